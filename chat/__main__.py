@@ -1,0 +1,44 @@
+"""``python -m chat [--port N]``: run one chat process.
+
+supervisord starts one of these per port; the port is a command-line option
+so every process of a group can share one configuration file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .app import serve
+from .config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chat", description="Run one chat server process.")
+    parser.add_argument("--port", type=int, help="port to listen on (default: CHAT_PORT or 8888)")
+    parser.add_argument("--host", help="address to bind (default: CHAT_HOST or 127.0.0.1)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.port is not None:
+        settings = settings.with_port(args.port)
+    if args.host is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, host=args.host)
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The one place that wires the application together.
+
+``build_services`` turns :class:`~chat.config.Settings` into connected
+backends and services; ``make_app`` turns those into a Tornado application;
+``serve`` runs one process until SIGINT/SIGTERM. Nothing else constructs
+clients or reads configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import tornado.httpserver
+import tornado.ioloop
+import tornado.web
+import tornado.websocket
+
+from .broker import Broker, open_broker
+from .config import Settings
+from .errors import Unavailable
+from .services.accounts import Accounts
+from .services.fanout import Fanout
+from .services.messages import Messages
+from .services.passwords import PasswordHasher
+from .services.rooms import Rooms
+from .storage import Storage, open_storage
+from .web import pages
+from .web.base import NotFoundHandler
+from .web.cookies import SessionCookie
+from .web.socket import RoomSocketHandler
+
+log = logging.getLogger(__name__)
+
+ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
+SESSION_PURGE_INTERVAL_MS = 3600 * 1000
+
+
+@dataclass
+class Services:
+    storage: Storage
+    broker: Broker
+    fanout: Fanout
+    accounts: Accounts
+    rooms: Rooms
+    messages: Messages
+    executor: concurrent.futures.ThreadPoolExecutor
+    sockets: set[Any] = field(default_factory=set)
+
+    async def close(self) -> None:
+        await self.fanout.stop()
+        await self.broker.disconnect()
+        await self.storage.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def build_services(settings: Settings) -> Services:
+    storage = open_storage(settings.database_url)
+    broker = open_broker(settings.broker_url)
+    await storage.connect()
+    await broker.connect()
+    # bcrypt releases the GIL, so a small pool uses the cores without
+    # starving the event loop.
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="bcrypt")
+    hasher = PasswordHasher(settings.bcrypt_rounds, executor)
+    messages = Messages(storage, settings.history_limit)
+    fanout = Fanout(broker, messages.backfill, messages.stored_seq)
+    await fanout.start()
+    return Services(
+        storage=storage,
+        broker=broker,
+        fanout=fanout,
+        accounts=Accounts(storage, hasher, settings.session_max_age),
+        rooms=Rooms(storage),
+        messages=messages,
+        executor=executor,
+    )
+
+
+def make_app(settings: Settings, services: Services) -> tornado.web.Application:
+    jinja_env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(settings.template_path)),
+        autoescape=True,
+        auto_reload=settings.debug,
+        undefined=jinja2.StrictUndefined,
+    )
+    handlers = [
+        (r"/", pages.IndexHandler),
+        (r"/register", pages.RegisterHandler),
+        (r"/login", pages.LoginHandler),
+        (r"/logout", pages.LogoutHandler),
+        (r"/rooms", pages.RoomsHandler),
+        (rf"/rooms/{ROOM_ID}", pages.RoomHandler),
+        (rf"/rooms/{ROOM_ID}/ws", RoomSocketHandler),
+        (r"/healthz", pages.HealthHandler),
+        (r"/readyz", pages.ReadinessHandler),
+    ]
+    return tornado.web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        static_path=str(settings.static_path),
+        login_url="/login",
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax", "secure": settings.cookie_secure},
+        websocket_max_message_size=settings.max_frame_bytes,
+        # Pings find dead peers; nginx's proxy_read_timeout must exceed this.
+        websocket_ping_interval=25,
+        websocket_ping_timeout=60,
+        debug=settings.debug,
+        compress_response=True,
+        chat_settings=settings,
+        jinja_env=jinja_env,
+        session_cookie=SessionCookie(settings.cookie_secrets, settings.session_max_age, settings.cookie_secure),
+        storage=services.storage,
+        broker=services.broker,
+        fanout=services.fanout,
+        accounts=services.accounts,
+        rooms=services.rooms,
+        messages=services.messages,
+        sockets=services.sockets,
+    )
+
+
+async def _purge_sessions(storage: Storage) -> None:
+    try:
+        removed = await storage.sessions.purge_expired()
+        if removed:
+            log.info("purged %d expired sessions", removed)
+    except Unavailable as exc:
+        log.warning("could not purge expired sessions: %s", exc)
+
+
+async def serve(settings: Settings) -> None:
+    """Run one chat process until it is told to stop."""
+    services = await build_services(settings)
+    app = make_app(settings, services)
+    server = tornado.httpserver.HTTPServer(app, xheaders=settings.xheaders)
+    server.listen(settings.port, settings.host)
+    log.info("chat %s listening on http://%s:%d (database %s, broker %s)", settings.instance,
+             settings.host, settings.port, settings.database_url.split("://")[0], settings.broker_url.split("://")[0])
+
+    purge = tornado.ioloop.PeriodicCallback(lambda: _purge_sessions(services.storage), SESSION_PURGE_INTERVAL_MS)
+    purge.start()
+    await _purge_sessions(services.storage)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: closing %d sockets", len(services.sockets))
+    purge.stop()
+    server.stop()
+    for socket in list(services.sockets):
+        socket.close(1001, "server shutting down")
+    await asyncio.sleep(0.2)  # let close frames go out
+    await server.close_all_connections()
+    await services.close()

@@ -1,0 +1,58 @@
+"""The broker contract: how chat processes hear about each other's messages.
+
+Deliberately broadcaster-sized: connect, subscribe, publish and one stream of
+published events. Each process runs a single listener (see
+:mod:`chat.services.fanout`) that reads :meth:`Broker.next_published` and fans
+out to its local sockets, so a process holds one subscription per room no
+matter how many sockets are in it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+def room_channel(room_id: str) -> str:
+    """The one channel that carries a room's traffic between processes."""
+    return f"chat:room:{room_id}"
+
+
+@dataclass(frozen=True)
+class Event:
+    channel: str
+    payload: str
+
+
+class Broker(abc.ABC):
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None:
+        """Close connections; a pending :meth:`next_published` raises ``BrokerClosed``."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, payload: str) -> None:
+        """Send ``payload`` to every process subscribed to ``channel``.
+
+        At most once: a process that is not subscribed at that moment never
+        sees it, which is why receivers backfill from storage by ``seq``.
+        """
+
+    @abc.abstractmethod
+    async def next_published(self) -> Event:
+        """Wait for the next event on any subscribed channel."""
+
+    async def ping(self) -> None:
+        """Return if the broker answers; raise Unavailable otherwise."""
+
+
+class BrokerClosed(Exception):
+    """The broker was disconnected while a caller waited for an event."""

@@ -1,0 +1,95 @@
+"""The domain records shared by services, storage and the wire protocol.
+
+They are plain frozen dataclasses so that every storage backend returns the
+same shapes and nothing above storage depends on a database driver.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+
+def utcnow() -> datetime.datetime:
+    # Millisecond precision: MongoDB stores BSON dates in milliseconds, so
+    # anything finer would make the two backends disagree about the same record.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_id() -> str:
+    """A random, URL-safe identifier (96 bits, 24 hex characters)."""
+    return secrets.token_hex(12)
+
+
+def isoformat(moment: datetime.datetime) -> str:
+    """ISO-8601 in UTC with millisecond precision and a ``Z`` suffix."""
+    moment = moment.astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    password_hash: bytes
+    created_at: datetime.datetime
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "username": self.username}
+
+
+@dataclass(frozen=True)
+class Room:
+    id: str
+    name: str
+    creator_id: str
+    creator_username: str
+    created_at: datetime.datetime
+    # The highest seq handed out in this room (a counter, holes allowed).
+    last_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    room_id: str
+    seq: int
+    user_id: str
+    username: str
+    body: str
+    created_at: datetime.datetime
+    client_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room_id": self.room_id,
+            "seq": self.seq,
+            "user_id": self.user_id,
+            "username": self.username,
+            "body": self.body,
+            "created_at": isoformat(self.created_at),
+            "client_id": self.client_id,
+        }
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """What a sender supplies; storage assigns ``id``, ``seq`` and ``created_at``."""
+
+    room_id: str
+    user_id: str
+    username: str
+    body: str
+    client_id: str
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    user_id: str
+    created_at: datetime.datetime
+    expires_at: datetime.datetime

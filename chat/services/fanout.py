@@ -1,0 +1,225 @@
+"""One listener per process that turns broker events into ordered local deliveries.
+
+Every socket in this process that is in a room registers a :class:`Listener`
+with the room's :class:`RoomFeed`. The process subscribes to the room's broker
+channel when the first local listener joins and unsubscribes when the last one
+leaves. Each broker event is parsed once and its ready-made frame text is
+handed to every listener, so serialization cost does not grow with the number
+of sockets.
+
+Message frames carry a ``seq``. A feed delivers them in ``seq`` order and at
+most once, whatever order the broker produced: publishes from concurrent
+senders can overtake each other. When a seq is missing the feed holds later
+frames back briefly and asks storage for what it missed (holes are legal: a
+seq drawn by a failed or duplicate write is never used), then gives up on a
+hole after ``hole_timeout`` so one lost write cannot stall a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Protocol
+
+from ..broker import Broker, BrokerClosed, room_channel
+from ..models import Message
+from ..protocol import frame_seq, message_frame
+
+log = logging.getLogger(__name__)
+
+# Fetch stored messages of a room with seq > after_seq, in order.
+Backfill = Callable[[str, int], Awaitable[list[Message]]]
+# The highest seq stored in a room so far.
+StoredSeq = Callable[[str], Awaitable[int]]
+
+
+class Listener(Protocol):
+    def deliver(self, seq: int | None, frame: str) -> None:
+        """Take one frame; must not block (write to a buffer and return)."""
+
+
+class RoomFeed:
+    """Ordered delivery for one room in this process."""
+
+    def __init__(self, room_id: str, fanout: "Fanout") -> None:
+        self.room_id = room_id
+        self.listeners: set[Listener] = set()
+        self.ready = asyncio.Event()
+        self._fanout = fanout
+        self.last_seq = 0
+        self._held: dict[int, str] = {}
+        self._gap_since: float | None = None
+        self._fill_task: asyncio.Task[None] | None = None
+
+    def start_at(self, seq: int) -> None:
+        self.last_seq = seq
+        self.ready.set()
+
+    def receive(self, seq: int | None, frame: str) -> None:
+        if seq is None:
+            self._broadcast(None, frame)
+            return
+        if seq <= self.last_seq or seq in self._held:
+            return  # already delivered or already waiting: a duplicate
+        self._held[seq] = frame
+        self._drain()
+
+    def _broadcast(self, seq: int | None, frame: str) -> None:
+        for listener in tuple(self.listeners):
+            try:
+                listener.deliver(seq, frame)
+            except Exception:
+                # One broken socket must not starve the rest of the room.
+                log.exception("delivery to a listener in room %s failed", self.room_id)
+
+    def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._held:
+            seq = min(self._held)
+            if seq <= self.last_seq:
+                del self._held[seq]
+                continue
+            hole_expired = (
+                self._gap_since is not None
+                and loop.time() - self._gap_since >= self._fanout.hole_timeout
+            )
+            if seq != self.last_seq + 1 and not hole_expired:
+                break
+            frame = self._held.pop(seq)
+            self.last_seq = seq
+            self._gap_since = None
+            self._broadcast(seq, frame)
+        if self._held:
+            if self._gap_since is None:
+                self._gap_since = loop.time()
+            if self._fill_task is None or self._fill_task.done():
+                self._fill_task = asyncio.create_task(self._fill_gap())
+        elif self._fill_task is not None and not self._fill_task.done():
+            self._fill_task.cancel()
+
+    async def _fill_gap(self) -> None:
+        """Wait a moment for the missing seq, then read it from storage."""
+        try:
+            while self._held:
+                await asyncio.sleep(self._fanout.gap_retry)
+                if not self._held:
+                    return
+                try:
+                    missed = await self._fanout.backfill(self.room_id, self.last_seq)
+                except Exception:
+                    log.warning("backfill of room %s after seq %d failed; retrying",
+                                self.room_id, self.last_seq, exc_info=True)
+                    missed = []
+                for message in missed:
+                    if message.seq > self.last_seq and message.seq not in self._held:
+                        self._held[message.seq] = message_frame(message)
+                self._fill_task = None
+                self._drain()
+                return
+        except asyncio.CancelledError:
+            pass
+
+    def close(self) -> None:
+        if self._fill_task is not None:
+            self._fill_task.cancel()
+
+
+class Fanout:
+    """The process-wide hub between the broker and local sockets."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        backfill: Backfill,
+        stored_seq: StoredSeq,
+        *,
+        gap_retry: float = 0.2,
+        hole_timeout: float = 2.0,
+    ) -> None:
+        self.broker = broker
+        self.backfill = backfill
+        self.stored_seq = stored_seq
+        self.gap_retry = gap_retry
+        self.hole_timeout = hole_timeout
+        self._feeds: dict[str, RoomFeed] = {}
+        self._listen_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._listen_task is None:
+            self._listen_task = asyncio.create_task(self._listen(), name="fanout-listener")
+
+    async def stop(self) -> None:
+        task, self._listen_task = self._listen_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for feed in self._feeds.values():
+            feed.close()
+        self._feeds.clear()
+
+    def local_listeners(self, room_id: str) -> int:
+        feed = self._feeds.get(room_id)
+        return len(feed.listeners) if feed else 0
+
+    async def join(self, room_id: str, listener: Listener) -> None:
+        """Start delivering the room's frames to ``listener``.
+
+        Subscribes first and reads the stored seq second, so nothing published
+        in between is missed; the caller then sends history up to at least
+        that seq.
+        """
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            feed = self._feeds[room_id] = RoomFeed(room_id, self)
+            try:
+                await self.broker.subscribe(room_channel(room_id))
+                feed.start_at(await self.stored_seq(room_id))
+            except BaseException:
+                del self._feeds[room_id]
+                feed.ready.set()  # wake joiners waiting on this attempt; they retry
+                raise
+        await feed.ready.wait()
+        if self._feeds.get(room_id) is not feed:
+            await self.join(room_id, listener)
+            return
+        feed.listeners.add(listener)
+
+    async def leave(self, room_id: str, listener: Listener) -> None:
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            return
+        feed.listeners.discard(listener)
+        if not feed.listeners and feed.ready.is_set():
+            del self._feeds[room_id]
+            feed.close()
+            await self.broker.unsubscribe(room_channel(room_id))
+
+    async def publish_message(self, message: Message) -> None:
+        await self.broker.publish(room_channel(message.room_id), message_frame(message))
+
+    async def _listen(self) -> None:
+        prefix = room_channel("")
+        while True:
+            try:
+                event = await self.broker.next_published()
+            except BrokerClosed:
+                return
+            except Exception:
+                # The broker backend reconnects on its own; keep listening.
+                log.warning("broker listener error; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if not event.channel.startswith(prefix):
+                continue
+            feed = self._feeds.get(event.channel[len(prefix):])
+            if feed is None or not feed.ready.is_set():
+                continue
+            try:
+                seq = frame_seq(event.payload)
+            except (ValueError, KeyError, TypeError):
+                log.warning("dropping malformed frame on %s", event.channel)
+                continue
+            feed.receive(seq, event.payload)

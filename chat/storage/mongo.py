@@ -1,0 +1,248 @@
+"""The distributed backend: MongoDB through PyMongo's async API.
+
+Uses only what both MongoDB and FerretDB v1 support (the tests run against
+FerretDB): no transactions, change streams or TTL indexes. Sequence numbers
+come from a counter on the room document advanced with ``$inc`` in
+``find_one_and_update``, which is atomic on one document; the unique
+``(room_id, seq)`` index is the backstop.
+
+Durability of an ack is whatever write concern the URL asks for; production
+deployments should use ``w=majority&journal=true`` (see README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from typing import Any, Iterator, Mapping
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from ..errors import Conflict, Unavailable
+from ..models import Message, NewMessage, Room, Session, User, new_id, utcnow
+from .base import MessageRepository, RoomRepository, SessionRepository, Storage, UserRepository
+
+# How long an operation waits for a reachable server before the caller gets
+# Unavailable. PyMongo's default is 30 s, far too long for someone pressing
+# "send"; a URL may still set its own.
+DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
+
+
+@contextlib.contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        raise Conflict(str(exc)) from exc
+    except ConnectionFailure as exc:
+        # Covers AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError.
+        raise Unavailable(f"MongoDB: {exc}") from exc
+
+
+def _user(doc: Mapping[str, Any]) -> User:
+    return User(id=doc["_id"], username=doc["username"], password_hash=bytes(doc["password_hash"]),
+                created_at=doc["created_at"])
+
+
+def _room(doc: Mapping[str, Any]) -> Room:
+    return Room(id=doc["_id"], name=doc["name"], creator_id=doc["creator_id"],
+                creator_username=doc["creator_username"], created_at=doc["created_at"],
+                last_seq=doc.get("last_seq", 0))
+
+
+def _message(doc: Mapping[str, Any]) -> Message:
+    return Message(id=doc["_id"], room_id=doc["room_id"], seq=doc["seq"], user_id=doc["user_id"],
+                   username=doc["username"], body=doc["body"], created_at=doc["created_at"],
+                   client_id=doc["client_id"])
+
+
+class MongoUsers(UserRepository):
+    def __init__(self, storage: "MongoStorage") -> None:
+        self._storage = storage
+
+    async def add(self, username: str, password_hash: bytes) -> User:
+        user = User(id=new_id(), username=username, password_hash=password_hash, created_at=utcnow())
+        try:
+            with _translate_errors():
+                await self._storage.db.users.insert_one({
+                    "_id": user.id, "username": username, "username_lower": username.lower(),
+                    "password_hash": password_hash, "created_at": user.created_at,
+                })
+        except Conflict:
+            raise Conflict(f"username {username!r} is taken") from None
+        return user
+
+    async def get(self, user_id: str) -> User | None:
+        with _translate_errors():
+            doc = await self._storage.db.users.find_one({"_id": user_id})
+        return _user(doc) if doc else None
+
+    async def get_by_username(self, username: str) -> User | None:
+        with _translate_errors():
+            doc = await self._storage.db.users.find_one({"username_lower": username.lower()})
+        return _user(doc) if doc else None
+
+
+class MongoSessions(SessionRepository):
+    def __init__(self, storage: "MongoStorage") -> None:
+        self._storage = storage
+
+    async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
+        session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
+        with _translate_errors():
+            await self._storage.db.sessions.insert_one({
+                "_id": session_id, "user_id": user_id, "created_at": session.created_at, "expires_at": expires_at,
+            })
+        return session
+
+    async def get(self, session_id: str) -> Session | None:
+        with _translate_errors():
+            doc = await self._storage.db.sessions.find_one({"_id": session_id, "expires_at": {"$gt": utcnow()}})
+        if doc is None:
+            return None
+        return Session(id=doc["_id"], user_id=doc["user_id"], created_at=doc["created_at"],
+                       expires_at=doc["expires_at"])
+
+    async def delete(self, session_id: str) -> None:
+        with _translate_errors():
+            await self._storage.db.sessions.delete_one({"_id": session_id})
+
+    async def purge_expired(self) -> int:
+        with _translate_errors():
+            result = await self._storage.db.sessions.delete_many({"expires_at": {"$lte": utcnow()}})
+        return result.deleted_count
+
+
+class MongoRooms(RoomRepository):
+    def __init__(self, storage: "MongoStorage") -> None:
+        self._storage = storage
+
+    async def add(self, name: str, creator: User) -> Room:
+        room = Room(id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username,
+                    created_at=utcnow())
+        try:
+            with _translate_errors():
+                await self._storage.db.rooms.insert_one({
+                    "_id": room.id, "name": name, "name_lower": name.lower(), "creator_id": creator.id,
+                    "creator_username": creator.username, "created_at": room.created_at, "last_seq": 0,
+                })
+        except Conflict:
+            raise Conflict(f"a room named {name!r} exists already") from None
+        return room
+
+    async def get(self, room_id: str) -> Room | None:
+        with _translate_errors():
+            doc = await self._storage.db.rooms.find_one({"_id": room_id})
+        return _room(doc) if doc else None
+
+    async def list(self) -> list[Room]:
+        with _translate_errors():
+            cursor = self._storage.db.rooms.find().sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+            return [_room(doc) async for doc in cursor]
+
+
+class MongoMessages(MessageRepository):
+    def __init__(self, storage: "MongoStorage") -> None:
+        self._storage = storage
+
+    async def _find_by_client_id(self, new: NewMessage) -> Message | None:
+        doc = await self._storage.db.messages.find_one(
+            {"room_id": new.room_id, "user_id": new.user_id, "client_id": new.client_id}
+        )
+        return _message(doc) if doc else None
+
+    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+        db = self._storage.db
+        with _translate_errors():
+            existing = await self._find_by_client_id(new)
+            if existing is not None:
+                return existing, False
+            room = await db.rooms.find_one_and_update(
+                {"_id": new.room_id}, {"$inc": {"last_seq": 1}},
+                projection={"last_seq": True}, return_document=ReturnDocument.AFTER,
+            )
+            if room is None:
+                raise LookupError(f"no room {new.room_id!r}")
+            message = Message(id=new_id(), room_id=new.room_id, seq=room["last_seq"], user_id=new.user_id,
+                              username=new.username, body=new.body, created_at=utcnow(), client_id=new.client_id)
+            try:
+                await db.messages.insert_one({
+                    "_id": message.id, "room_id": message.room_id, "seq": message.seq,
+                    "user_id": message.user_id, "username": message.username, "body": message.body,
+                    "created_at": message.created_at, "client_id": message.client_id,
+                })
+            except DuplicateKeyError:
+                # A concurrent send of the same client_id won the race; its
+                # message is the one to acknowledge. The seq we drew becomes
+                # a hole, which the protocol allows.
+                existing = await self._find_by_client_id(new)
+                if existing is None:
+                    raise
+                return existing, False
+        return message, True
+
+    async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
+        with _translate_errors():
+            cursor = self._storage.db.messages.find({"room_id": room_id}).sort("seq", DESCENDING).limit(limit + 1)
+            docs = [doc async for doc in cursor]
+        return [_message(doc) for doc in reversed(docs[:limit])], len(docs) > limit
+
+    async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
+        with _translate_errors():
+            cursor = (self._storage.db.messages.find({"room_id": room_id, "seq": {"$gt": since_seq}})
+                      .sort("seq", ASCENDING).limit(limit + 1))
+            docs = [doc async for doc in cursor]
+        return [_message(doc) for doc in docs[:limit]], len(docs) > limit
+
+
+class MongoStorage(Storage):
+    def __init__(self, url: str, database: str, client_options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.database_name = database
+        self._client_options = dict(client_options)
+        self._client: AsyncMongoClient | None = None
+        self.users = MongoUsers(self)
+        self.sessions = MongoSessions(self)
+        self.rooms = MongoRooms(self)
+        self.messages = MongoMessages(self)
+
+    @classmethod
+    def from_url(cls, url: str) -> "MongoStorage":
+        parsed = parse_uri(url)
+        given = parsed["options"]  # a case-insensitive mapping
+        defaults = {key: value for key, value in DEFAULT_TIMEOUTS_MS.items() if key not in given}
+        return cls(url, parsed.get("database") or "chat", defaults)
+
+    @property
+    def db(self) -> Any:
+        if self._client is None:
+            raise Unavailable("MongoDB storage is not connected")
+        return self._client[self.database_name]
+
+    async def connect(self) -> None:
+        if self._client is None:
+            self._client = AsyncMongoClient(self.url, tz_aware=True, **self._client_options)
+        db = self.db
+        with _translate_errors():
+            await db.users.create_index("username_lower", unique=True, name="username_lower_unique")
+            await db.rooms.create_index("name_lower", unique=True, name="name_lower_unique")
+            await db.rooms.create_index([("created_at", DESCENDING)], name="created_at")
+            await db.messages.create_index([("room_id", ASCENDING), ("seq", ASCENDING)],
+                                           unique=True, name="room_seq_unique")
+            await db.messages.create_index([("room_id", ASCENDING), ("user_id", ASCENDING), ("client_id", ASCENDING)],
+                                           unique=True, name="room_user_client_unique")
+            await db.sessions.create_index("expires_at", name="expires_at")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def ping(self) -> None:
+        with _translate_errors():
+            try:
+                await self.db.command("ping")
+            except PyMongoError as exc:
+                raise Unavailable(f"MongoDB: {exc}") from exc

@@ -1,0 +1,325 @@
+"""The embedded backend: one SQLite file, for ``make run`` on a bare machine.
+
+SQLite allows one writer at a time, so all writes go through one connection
+behind an asyncio lock, each in an explicit ``BEGIN IMMEDIATE`` transaction.
+Reads use a second connection: in WAL mode it sees only committed data and
+never waits for the writer. ``synchronous=FULL`` makes a commit durable before
+``add`` returns, which is what lets the caller acknowledge a message.
+
+One SQLite file belongs to one chat process; the multi-process group uses
+MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import sqlite3
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import aiosqlite
+
+from ..errors import Conflict, Unavailable
+from ..models import Message, NewMessage, Room, Session, User, new_id, utcnow
+from .base import MessageRepository, RoomRepository, SessionRepository, Storage, UserRepository
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    username_lower TEXT NOT NULL UNIQUE,
+    password_hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+CREATE TABLE IF NOT EXISTS rooms (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_lower TEXT NOT NULL UNIQUE,
+    creator_id TEXT NOT NULL,
+    creator_username TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    UNIQUE (room_id, seq),
+    UNIQUE (room_id, user_id, client_id)
+);
+"""
+
+
+def _to_ms(moment: datetime.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+
+
+@contextlib.contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise Conflict(str(exc)) from exc
+    except (sqlite3.OperationalError, sqlite3.DatabaseError, ValueError) as exc:
+        # OperationalError covers "database is locked", I/O errors and a
+        # closed connection (aiosqlite raises ValueError for that): all mean
+        # "cannot serve now", never "your input is wrong".
+        raise Unavailable(f"SQLite: {exc}") from exc
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(id=row["id"], username=row["username"], password_hash=bytes(row["password_hash"]),
+                created_at=_from_ms(row["created_at"]))
+
+
+def _room(row: sqlite3.Row) -> Room:
+    return Room(id=row["id"], name=row["name"], creator_id=row["creator_id"],
+                creator_username=row["creator_username"], created_at=_from_ms(row["created_at"]),
+                last_seq=row["last_seq"])
+
+
+def _message(row: sqlite3.Row) -> Message:
+    return Message(id=row["id"], room_id=row["room_id"], seq=row["seq"], user_id=row["user_id"],
+                   username=row["username"], body=row["body"], created_at=_from_ms(row["created_at"]),
+                   client_id=row["client_id"])
+
+
+class _Database:
+    """The two connections and the writer lock, shared by the repositories."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with _translate_errors():
+            self._writer = await self._connect()
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await self._writer.executescript(SCHEMA)
+            # An in-memory database is private to its connection, so there the
+            # writer serves reads too.
+            self._reader = self._writer if self.path == ":memory:" else await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def close(self) -> None:
+        for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+            await conn.close()
+        self._writer = self._reader = None
+
+    def _require(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise Unavailable("SQLite storage is not connected")
+        return conn
+
+    async def fetchone(self, sql: str, params: tuple = ()) -> sqlite3.Row | None:
+        with _translate_errors():
+            async with self._require(self._reader).execute(sql, params) as cursor:
+                return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with _translate_errors():
+            async with self._require(self._reader).execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            conn = self._require(self._writer)
+            with _translate_errors():
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+
+
+class SQLiteUsers(UserRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, username: str, password_hash: bytes) -> User:
+        user = User(id=new_id(), username=username, password_hash=password_hash, created_at=utcnow())
+        try:
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO users (id, username, username_lower, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (user.id, user.username, username.lower(), user.password_hash, _to_ms(user.created_at)),
+                )
+        except Conflict:
+            raise Conflict(f"username {username!r} is taken") from None
+        return user
+
+    async def get(self, user_id: str) -> User | None:
+        row = await self._db.fetchone("SELECT * FROM users WHERE id = ?", (user_id,))
+        return _user(row) if row else None
+
+    async def get_by_username(self, username: str) -> User | None:
+        row = await self._db.fetchone("SELECT * FROM users WHERE username_lower = ?", (username.lower(),))
+        return _user(row) if row else None
+
+
+class SQLiteSessions(SessionRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
+        session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (session.id, user_id, _to_ms(session.created_at), _to_ms(expires_at)),
+            )
+        return session
+
+    async def get(self, session_id: str) -> Session | None:
+        row = await self._db.fetchone(
+            "SELECT * FROM sessions WHERE id = ? AND expires_at > ?", (session_id, _to_ms(utcnow()))
+        )
+        if row is None:
+            return None
+        return Session(id=row["id"], user_id=row["user_id"], created_at=_from_ms(row["created_at"]),
+                       expires_at=_from_ms(row["expires_at"]))
+
+    async def delete(self, session_id: str) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    async def purge_expired(self) -> int:
+        async with self._db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (_to_ms(utcnow()),))
+            return cursor.rowcount
+
+
+class SQLiteRooms(RoomRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, name: str, creator: User) -> Room:
+        room = Room(id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username,
+                    created_at=utcnow())
+        try:
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (room.id, name, name.lower(), creator.id, creator.username, _to_ms(room.created_at)),
+                )
+        except Conflict:
+            raise Conflict(f"a room named {name!r} exists already") from None
+        return room
+
+    async def get(self, room_id: str) -> Room | None:
+        row = await self._db.fetchone("SELECT * FROM rooms WHERE id = ?", (room_id,))
+        return _room(row) if row else None
+
+    async def list(self) -> list[Room]:
+        rows = await self._db.fetchall("SELECT * FROM rooms ORDER BY created_at DESC, id")
+        return [_room(row) for row in rows]
+
+
+class SQLiteMessages(MessageRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+        async with self._db.transaction() as conn:
+            # Inside the write transaction, so the check and the insert cannot
+            # race with another send of the same client_id.
+            async with conn.execute(
+                "SELECT * FROM messages WHERE room_id = ? AND user_id = ? AND client_id = ?",
+                (new.room_id, new.user_id, new.client_id),
+            ) as cursor:
+                existing = await cursor.fetchone()
+            if existing is not None:
+                return _message(existing), False
+            async with conn.execute(
+                "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (new.room_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                raise LookupError(f"no room {new.room_id!r}")
+            message = Message(id=new_id(), room_id=new.room_id, seq=row[0], user_id=new.user_id,
+                              username=new.username, body=new.body, created_at=utcnow(), client_id=new.client_id)
+            await conn.execute(
+                "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (message.id, message.room_id, message.seq, message.user_id, message.username, message.body,
+                 _to_ms(message.created_at), message.client_id),
+            )
+        return message, True
+
+    async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM messages WHERE room_id = ? ORDER BY seq DESC LIMIT ?", (room_id, limit + 1)
+        )
+        has_more = len(rows) > limit
+        return [_message(row) for row in reversed(rows[:limit])], has_more
+
+    async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM messages WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (room_id, since_seq, limit + 1),
+        )
+        return [_message(row) for row in rows[:limit]], len(rows) > limit
+
+
+class SQLiteStorage(Storage):
+    def __init__(self, path: str) -> None:
+        self._db = _Database(path)
+        self.users = SQLiteUsers(self._db)
+        self.sessions = SQLiteSessions(self._db)
+        self.rooms = SQLiteRooms(self._db)
+        self.messages = SQLiteMessages(self._db)
+
+    @classmethod
+    def from_url(cls, url: str) -> "SQLiteStorage":
+        # sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory:
+        prefix = "sqlite:///"
+        if not url.startswith(prefix) or len(url) == len(prefix):
+            raise ValueError(f"expected sqlite:///PATH, got {url!r}")
+        return cls(url[len(prefix):])
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    async def connect(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def ping(self) -> None:
+        await self._db.fetchone("SELECT 1")

@@ -1,0 +1,1 @@
+"""The Tornado edge: request handlers, the WebSocket handler and session cookies."""

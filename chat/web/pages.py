@@ -1,0 +1,142 @@
+"""The HTML pages: thin handlers that parse the form, call a service, render."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import tornado.web
+
+from ..errors import Unavailable, ValidationError
+from ..models import isoformat
+from .base import BaseHandler
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: an open redirect would let phishers borrow our name."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/rooms"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/rooms"
+    return target
+
+
+class IndexHandler(BaseHandler):
+    def get(self) -> None:
+        self.redirect("/rooms" if self.current_user else "/login")
+
+
+class RegisterHandler(BaseHandler):
+    def get(self) -> None:
+        if self.current_user:
+            self.redirect("/rooms")
+            return
+        self.render_template("register.html", error=None, field=None, username="")
+
+    async def post(self) -> None:
+        username = self.get_body_argument("username", "")
+        try:
+            user = await self.accounts.register(
+                username, self.get_body_argument("password", ""), self.get_body_argument("confirm", ""))
+        except ValidationError as exc:
+            self.set_status(400)
+            self.render_template("register.html", error=exc.message, field=exc.field, username=username)
+            return
+        if self.session_token:
+            await self.accounts.end_session(self.session_token)
+        self.start_session_cookie(await self.accounts.start_session(user))
+        self.redirect("/rooms")
+
+
+class LoginHandler(BaseHandler):
+    def get(self) -> None:
+        if self.current_user:
+            self.redirect(safe_next(self.get_query_argument("next", None)))
+            return
+        self.render_template("login.html", error=None, username="", next=self.get_query_argument("next", ""))
+
+    async def post(self) -> None:
+        username = self.get_body_argument("username", "")
+        next_url = self.get_body_argument("next", "")
+        try:
+            user = await self.accounts.authenticate(username, self.get_body_argument("password", ""))
+        except ValidationError as exc:
+            self.set_status(400)
+            self.render_template("login.html", error=exc.message, username=username, next=next_url)
+            return
+        # A fresh id on every sign-in, so a session id planted before sign-in
+        # (session fixation) is worthless afterwards.
+        if self.session_token:
+            await self.accounts.end_session(self.session_token)
+        self.start_session_cookie(await self.accounts.start_session(user))
+        self.redirect(safe_next(next_url))
+
+
+class LogoutHandler(BaseHandler):
+    async def post(self) -> None:
+        if self.session_token:
+            await self.accounts.end_session(self.session_token)
+        self.clear_session_cookie()
+        self.redirect("/login")
+
+
+class RoomsHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self._render(error=None, name="")
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        name = self.get_body_argument("name", "")
+        try:
+            room = await self.rooms.create(name, self.current_user)
+        except ValidationError as exc:
+            self.set_status(400)
+            await self._render(error=exc.message, name=name)
+            return
+        self.redirect(f"/rooms/{room.id}")
+
+    async def _render(self, error: str | None, name: str) -> None:
+        self.render_template("rooms.html", rooms=await self.rooms.list(), error=error, name=name,
+                             isoformat=isoformat)
+
+
+class RoomHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        room = await self.rooms.get(room_id)
+        messages, has_more = await self.messages.recent(room.id)
+        last_seq = messages[-1].seq if messages else 0
+        self.render_template("room.html", room=room, messages=messages, has_more=has_more,
+                             last_seq=last_seq, isoformat=isoformat)
+
+
+class HealthHandler(BaseHandler):
+    """``/healthz``: the process answers. No database work, so it stays cheap."""
+
+    async def prepare(self) -> None:
+        pass  # no session lookup
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"status": "ok", "instance": self.config.instance})
+
+
+class ReadinessHandler(BaseHandler):
+    """``/readyz``: the database and the broker both answer; 503 otherwise."""
+
+    async def prepare(self) -> None:
+        pass
+
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        checks: dict[str, str] = {}
+        for name, probe in (("database", self.settings["storage"].ping), ("broker", self.settings["broker"].ping)):
+            try:
+                await probe()
+                checks[name] = "ok"
+            except Unavailable as exc:
+                checks[name] = f"unavailable: {exc}"
+        ready = all(value == "ok" for value in checks.values())
+        self.set_status(200 if ready else 503)
+        self.finish({"status": "ok" if ready else "unavailable", "checks": checks, "instance": self.config.instance})
