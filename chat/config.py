@@ -38,8 +38,14 @@ def parse_dotenv(text: str) -> dict[str, str]:
         if not sep or not key.isidentifier():
             raise ConfigError(f".env line {lineno}: expected KEY=VALUE, got {raw!r}")
         value = value.strip()
+        quote = value[:1]
+        closing = value.find(quote, 1) if quote in ("'", '"') else -1
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        elif closing > 0 and value[closing + 1:].lstrip().startswith("#"):
+            # KEY="quoted value"  # comment: the quotes protect spaces and '#',
+            # the comment after them is not part of the value.
+            value = value[1:closing]
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
         values[key] = value

@@ -67,7 +67,9 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         raise ProtocolError(BAD_REQUEST, "frames must be JSON text, not binary")
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: deeply nested arrays/objects ("[[[[...") overflow the
+        # decoder; that is the client's malformed input, not a server fault.
         raise ProtocolError(BAD_REQUEST, "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError(BAD_REQUEST, "frame must be a JSON object")

@@ -28,6 +28,9 @@ from .base import MessageRepository, RoomRepository, SessionRepository, Storage,
 # Unavailable. PyMongo's default is 30 s, far too long for someone pressing
 # "send"; a URL may still set its own.
 DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
+# Seq draws per message before giving up; more than one only under contention
+# on a server without an atomic findAndModify.
+MAX_SEQ_ATTEMPTS = 50
 
 
 @contextlib.contextmanager
@@ -159,29 +162,38 @@ class MongoMessages(MessageRepository):
             existing = await self._find_by_client_id(new)
             if existing is not None:
                 return existing, False
-            room = await db.rooms.find_one_and_update(
-                {"_id": new.room_id}, {"$inc": {"last_seq": 1}},
-                projection={"last_seq": True}, return_document=ReturnDocument.AFTER,
-            )
-            if room is None:
-                raise LookupError(f"no room {new.room_id!r}")
-            message = Message(id=new_id(), room_id=new.room_id, seq=room["last_seq"], user_id=new.user_id,
-                              username=new.username, body=new.body, created_at=utcnow(), client_id=new.client_id)
-            try:
-                await db.messages.insert_one({
-                    "_id": message.id, "room_id": message.room_id, "seq": message.seq,
-                    "user_id": message.user_id, "username": message.username, "body": message.body,
-                    "created_at": message.created_at, "client_id": message.client_id,
-                })
-            except DuplicateKeyError:
-                # A concurrent send of the same client_id won the race; its
-                # message is the one to acknowledge. The seq we drew becomes
-                # a hole, which the protocol allows.
+            for _ in range(MAX_SEQ_ATTEMPTS):
+                room = await db.rooms.find_one_and_update(
+                    # No projection: FerretDB v1 does not implement one here.
+                    {"_id": new.room_id}, {"$inc": {"last_seq": 1}}, return_document=ReturnDocument.AFTER,
+                )
+                if room is None:
+                    raise LookupError(f"no room {new.room_id!r}")
+                message = Message(id=new_id(), room_id=new.room_id, seq=room["last_seq"], user_id=new.user_id,
+                                  username=new.username, body=new.body, created_at=utcnow(),
+                                  client_id=new.client_id)
+                try:
+                    await db.messages.insert_one({
+                        "_id": message.id, "room_id": message.room_id, "seq": message.seq,
+                        "user_id": message.user_id, "username": message.username, "body": message.body,
+                        "created_at": message.created_at, "client_id": message.client_id,
+                    })
+                    return message, True
+                except DuplicateKeyError:
+                    pass
+                # Either a concurrent send of the same client_id won (its
+                # message is the one to acknowledge; the seq we drew becomes a
+                # legal hole), or the seq was taken. MongoDB's $inc is atomic,
+                # so the latter only happens on servers whose findAndModify is
+                # a read followed by a write (FerretDB v1): there, draw again,
+                # first pulling a counter that a racing writer set back.
                 existing = await self._find_by_client_id(new)
-                if existing is None:
-                    raise
-                return existing, False
-        return message, True
+                if existing is not None:
+                    return existing, False
+                await db.rooms.update_one(
+                    {"_id": new.room_id, "last_seq": {"$lt": message.seq}}, {"$set": {"last_seq": message.seq}}
+                )
+        raise Unavailable(f"could not allocate a seq in room {new.room_id} after {MAX_SEQ_ATTEMPTS} attempts")
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():

@@ -86,11 +86,11 @@ class BaseHandler(SessionMixin):
             "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
         )
 
-    def render_template(self, name: str, **context: Any) -> None:
-        self.finish(self.render_string_template(name, **context))
+    def render_template(self, template_name: str, **context: Any) -> None:
+        self.finish(self.render_string_template(template_name, **context))
 
-    def render_string_template(self, name: str, **context: Any) -> str:
-        template = self.jinja.get_template(name)
+    def render_string_template(self, template_name: str, **context: Any) -> str:
+        template = self.jinja.get_template(template_name)
         return template.render(
             current_user=self.current_user,
             xsrf_form_html=lambda: Markup(self.xsrf_form_html()),
@@ -122,7 +122,7 @@ class BaseHandler(SessionMixin):
             status_code = 403
         self.set_status(status_code)
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else ""
-        if status_code == 403 and "XSRF" in message:
+        if status_code == 403 and "xsrf" in message.lower():
             message = "Your form expired or came from another site. Go back, reload the page and try again."
         elif status_code >= 500:
             message = ""  # never show internals

@@ -1,0 +1,60 @@
+"""A database outage: clear errors, nothing acked that was not stored, recovery by itself."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.support.client import Browser
+from tests.support.services import FerretDB, ferretdb_binary
+
+
+async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_and_service_resumes(
+    server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    database = FerretDB(ferretdb_binary(), tmp_path / "ferretdb")
+    database.start()
+    try:
+        server = server_factory("mongodb", database_url=database.url("chat") + "?serverSelectionTimeoutMS=1000")
+        browser = Browser(server.base_url)
+        await browser.register()
+        room_id = await browser.create_room()
+        sock = await browser.socket(room_id)
+        await sock.join()
+
+        database.stop()
+
+        client_id = await sock.send_message("sent during the outage")
+        error = await sock.recv_type("error", timeout=15)
+        assert (error["code"], error["client_id"]) == ("unavailable", client_id)
+
+        page = await browser.get("/rooms")
+        assert page.code == 503
+        assert b"cannot reach its database" in page.body and b"Traceback" not in page.body
+        assert (await browser.get("/readyz")).code == 503
+        assert (await browser.get("/healthz")).code == 200  # the process itself is fine
+
+        database.start()  # same port, same files
+
+        # The client retries with the same client_id until the server is back.
+        for _ in range(40):
+            await sock.send_message("sent during the outage", client_id=client_id)
+            frame = await sock.recv(timeout=15)
+            if frame["type"] == "ack":
+                break
+            assert frame["code"] == "unavailable"
+            await asyncio.sleep(0.25)
+        else:
+            raise AssertionError("service did not resume")
+        assert frame["message"]["client_id"] == client_id
+        assert (await sock.recv_type("message"))["message"]["client_id"] == client_id
+        assert (await browser.get("/rooms")).code == 200
+        assert (await browser.get("/readyz")).code == 200
+        sock.close()
+
+        fresh = await browser.socket(room_id, since=0)
+        _, history = await fresh.join()
+        assert [m["client_id"] for m in history["messages"]] == [client_id]
+        fresh.close()
+    finally:
+        database.stop()

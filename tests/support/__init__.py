@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: real services, a real server process, test clients."""
