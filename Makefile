@@ -1,0 +1,49 @@
+# chat: `make run` to chat in a browser, `make test` to run the whole suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FERRETDB_BIN ?= .cache/bin/ferretdb
+PYTEST_ARGS ?=
+
+.PHONY: help run test venv test-venv ferretdb clean
+
+help:
+	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
+	@echo "make test      install what the tests need and run them all"
+	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
+	@echo "make clean     remove the virtualenv, caches and local data"
+
+$(VENV)/.run-deps: requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "chat needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.test-deps: $(VENV)/.run-deps requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	@touch $@
+
+venv: $(VENV)/.run-deps
+test-venv: $(VENV)/.test-deps
+
+run: venv
+	@$(PY) -m chat.tools.secret --ensure .env
+	$(PY) -m chat
+
+$(FERRETDB_BIN):
+	bash .ci/install-ferretdb $(FERRETDB_BIN)
+
+ferretdb: $(FERRETDB_BIN)
+
+test: test-venv
+	@if command -v go >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory ferretdb; \
+	else \
+		echo "Go is not installed: the MongoDB-backend tests will be skipped (under CI=true they fail)."; \
+	fi
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache data
