@@ -16,7 +16,7 @@ import secrets
 from ..errors import Conflict, ValidationError
 from ..models import Session, User, utcnow
 from ..storage import Storage
-from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, PasswordHasher
+from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
 USERNAME_RULE = "3-32 characters: letters, digits, underscore, dot or hyphen"
@@ -44,10 +44,9 @@ class Accounts:
 
     @staticmethod
     def validate_password(password: str) -> None:
-        size = len(password.encode("utf-8"))
-        if size < MIN_PASSWORD_BYTES:
-            raise ValidationError(f"Passwords need at least {MIN_PASSWORD_BYTES} characters.", field="password")
-        if size > MAX_PASSWORD_BYTES:
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise ValidationError(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", field="password")
+        if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
             raise ValidationError(
                 f"Passwords can be at most {MAX_PASSWORD_BYTES} bytes (fewer if they use non-ASCII characters).",
                 field="password",

@@ -15,7 +15,8 @@ import bcrypt
 # bcrypt ignores everything past 72 bytes, so longer passwords are refused
 # rather than silently truncated.
 MAX_PASSWORD_BYTES = 72
-MIN_PASSWORD_BYTES = 8
+# Counted in characters: 8 bytes of UTF-8 can be as few as 2 characters.
+MIN_PASSWORD_LENGTH = 8
 
 T = TypeVar("T")
 

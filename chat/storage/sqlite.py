@@ -78,11 +78,16 @@ def _translate_errors() -> Iterator[None]:
         yield
     except sqlite3.IntegrityError as exc:
         raise Conflict(str(exc)) from exc
-    except (sqlite3.OperationalError, sqlite3.DatabaseError, ValueError) as exc:
-        # OperationalError covers "database is locked", I/O errors and a
-        # closed connection (aiosqlite raises ValueError for that): all mean
-        # "cannot serve now", never "your input is wrong".
+    except sqlite3.DatabaseError as exc:
+        # OperationalError and its kin: "database is locked", I/O errors, a
+        # full disk. They mean "cannot serve now", never "your input is wrong".
         raise Unavailable(f"SQLite: {exc}") from exc
+    except ValueError as exc:
+        # aiosqlite's word for a closed connection; any other ValueError is a
+        # bug and must surface as one.
+        if str(exc) in {"Connection closed", "no active connection"}:
+            raise Unavailable(f"SQLite: {exc}") from exc
+        raise
 
 
 def _user(row: sqlite3.Row) -> User:

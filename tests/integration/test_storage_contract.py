@@ -1,0 +1,510 @@
+"""One contract suite for :class:`chat.storage.Storage`, run against every backend.
+
+Each test gets a fresh, connected storage: an SQLite file in ``tmp_path`` or a
+fresh database on the session's FerretDB server (MongoDB wire protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from typing import AsyncIterator
+
+import pytest
+
+from chat.errors import Conflict, Unavailable
+from chat.models import NewMessage, Room, User
+from chat.storage import Storage, open_storage
+from tests.support.services import free_port
+
+BACKENDS = ["sqlite", "mongodb"]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request: pytest.FixtureRequest) -> str:
+    # getfixturevalue keeps FerretDB out of the sqlite runs entirely.
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "mongo_url")
+
+
+@pytest.fixture
+async def storage(storage_url: str) -> AsyncIterator[Storage]:
+    store = open_storage(storage_url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def user(storage: Storage) -> User:
+    return await storage.users.add("alice", b"$2b$04$fakehash")
+
+
+@pytest.fixture
+async def room(storage: Storage, user: User) -> Room:
+    return await storage.rooms.add("lobby", user)
+
+
+def new_message(room: Room, user: User, client_id: str, body: str = "hi") -> NewMessage:
+    return NewMessage(room_id=room.id, user_id=user.id, username=user.username, body=body, client_id=client_id)
+
+
+async def post_many(storage: Storage, room: Room, user: User, count: int) -> None:
+    for i in range(count):
+        await storage.messages.add(new_message(room, user, f"c{i}", f"message {i + 1}"))
+
+
+def utc_in(seconds: float) -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+
+
+# -- users -----------------------------------------------------------------
+
+
+async def test_an_added_user_can_be_read_back_by_id(storage: Storage) -> None:
+    added = await storage.users.add("Alice", b"hash")
+
+    found = await storage.users.get(added.id)
+
+    assert found == added
+    assert found.username == "Alice"
+
+
+async def test_get_by_username_ignores_case(storage: Storage) -> None:
+    added = await storage.users.add("Alice", b"hash")
+
+    assert await storage.users.get_by_username("alice") == added
+    assert await storage.users.get_by_username("ALICE") == added
+    assert await storage.users.get_by_username("Alice") == added
+
+
+async def test_unknown_users_are_none(storage: Storage) -> None:
+    assert await storage.users.get("0" * 24) is None
+    assert await storage.users.get_by_username("nobody") is None
+
+
+async def test_a_username_taken_in_another_case_raises_conflict(storage: Storage) -> None:
+    await storage.users.add("Alice", b"hash")
+
+    with pytest.raises(Conflict):
+        await storage.users.add("aLICE", b"other")
+
+    assert await storage.users.get_by_username("alice") is not None
+
+
+async def test_password_hash_bytes_round_trip_exactly(storage: Storage) -> None:
+    password_hash = bytes(range(256))  # every byte value, including NUL
+    added = await storage.users.add("bob", password_hash)
+
+    found = await storage.users.get(added.id)
+
+    assert isinstance(found.password_hash, bytes)
+    assert found.password_hash == password_hash
+
+
+# -- sessions --------------------------------------------------------------
+
+
+async def test_an_added_session_can_be_read_back(storage: Storage, user: User) -> None:
+    expires_at = utc_in(3600)
+    added = await storage.sessions.add("s1", user.id, expires_at)
+
+    found = await storage.sessions.get("s1")
+
+    assert found is not None
+    assert found.id == "s1" and found.user_id == user.id
+    assert found == added or abs(found.expires_at - expires_at) < datetime.timedelta(milliseconds=1)
+
+
+async def test_an_expired_session_reads_as_none(storage: Storage, user: User) -> None:
+    await storage.sessions.add("old", user.id, utc_in(-1))
+
+    assert await storage.sessions.get("old") is None
+
+
+async def test_an_unknown_session_reads_as_none(storage: Storage) -> None:
+    assert await storage.sessions.get("nope") is None
+
+
+async def test_a_deleted_session_reads_as_none(storage: Storage, user: User) -> None:
+    await storage.sessions.add("s1", user.id, utc_in(3600))
+    await storage.sessions.add("s2", user.id, utc_in(3600))
+
+    await storage.sessions.delete("s1")
+
+    assert await storage.sessions.get("s1") is None
+    assert await storage.sessions.get("s2") is not None
+
+
+async def test_deleting_an_unknown_session_is_harmless(storage: Storage) -> None:
+    await storage.sessions.delete("never-existed")
+
+
+async def test_purge_expired_counts_and_removes_only_expired_sessions(storage: Storage, user: User) -> None:
+    await storage.sessions.add("expired-1", user.id, utc_in(-60))
+    await storage.sessions.add("expired-2", user.id, utc_in(-1))
+    await storage.sessions.add("live", user.id, utc_in(3600))
+
+    assert await storage.sessions.purge_expired() == 2
+    assert await storage.sessions.purge_expired() == 0
+    assert await storage.sessions.get("live") is not None
+
+
+# -- rooms -----------------------------------------------------------------
+
+
+async def test_an_added_room_can_be_read_back(storage: Storage, user: User) -> None:
+    added = await storage.rooms.add("Lobby", user)
+
+    found = await storage.rooms.get(added.id)
+
+    assert found == added
+    assert found.name == "Lobby"
+    assert found.creator_id == user.id
+    assert found.creator_username == user.username
+    assert found.last_seq == 0
+
+
+async def test_an_unknown_room_id_is_none(storage: Storage) -> None:
+    assert await storage.rooms.get("0" * 24) is None
+
+
+async def test_rooms_are_listed_newest_first(storage: Storage, user: User) -> None:
+    names = ["first", "second", "third"]
+    for name in names:
+        await storage.rooms.add(name, user)
+        # created_at has millisecond precision; keep the three apart.
+        await asyncio.sleep(0.005)
+
+    listed = await storage.rooms.list()
+
+    assert [r.name for r in listed] == list(reversed(names))
+
+
+async def test_listing_no_rooms_is_empty(storage: Storage) -> None:
+    assert await storage.rooms.list() == []
+
+
+async def test_a_room_name_taken_in_another_case_raises_conflict(storage: Storage, user: User) -> None:
+    await storage.rooms.add("Lobby", user)
+
+    with pytest.raises(Conflict):
+        await storage.rooms.add("LOBBY", user)
+
+    assert len(await storage.rooms.list()) == 1
+
+
+# -- messages: seq and idempotency ------------------------------------------
+
+
+async def test_add_assigns_seq_1_2_3_in_order(storage: Storage, room: Room, user: User) -> None:
+    seqs = []
+    for i in range(3):
+        message, created = await storage.messages.add(new_message(room, user, f"c{i}"))
+        assert created is True
+        seqs.append(message.seq)
+
+    assert seqs == [1, 2, 3]
+
+
+async def test_each_room_has_its_own_seq_counter(storage: Storage, room: Room, user: User) -> None:
+    other = await storage.rooms.add("other", user)
+
+    a1, _ = await storage.messages.add(new_message(room, user, "a1"))
+    b1, _ = await storage.messages.add(new_message(other, user, "b1"))
+    a2, _ = await storage.messages.add(new_message(room, user, "a2"))
+    b2, _ = await storage.messages.add(new_message(other, user, "b2"))
+
+    assert (a1.seq, a2.seq) == (1, 2)
+    assert (b1.seq, b2.seq) == (1, 2)
+
+
+async def test_added_message_carries_what_was_sent(storage: Storage, room: Room, user: User) -> None:
+    message, _ = await storage.messages.add(new_message(room, user, "c1", "hello, world"))
+
+    assert message.room_id == room.id
+    assert message.user_id == user.id
+    assert message.username == user.username
+    assert message.body == "hello, world"
+    assert message.client_id == "c1"
+    assert message.id
+
+
+async def test_resending_a_client_id_returns_the_original_and_stores_nothing(
+    storage: Storage, room: Room, user: User
+) -> None:
+    original, created = await storage.messages.add(new_message(room, user, "dup", "first"))
+    assert created is True
+
+    again, created_again = await storage.messages.add(new_message(room, user, "dup", "second body"))
+
+    assert created_again is False
+    assert again == original
+    assert again.body == "first"
+    stored, has_more = await storage.messages.latest(room.id, 10)
+    assert stored == [original]
+    assert has_more is False
+
+
+async def test_the_same_client_id_from_another_user_is_a_new_message(
+    storage: Storage, room: Room, user: User
+) -> None:
+    bob = await storage.users.add("bob", b"hash")
+
+    mine, _ = await storage.messages.add(new_message(room, user, "same"))
+    theirs, created = await storage.messages.add(new_message(room, bob, "same"))
+
+    assert created is True
+    assert theirs.id != mine.id
+    assert theirs.seq == 2
+
+
+async def test_the_same_client_id_in_another_room_is_a_new_message(
+    storage: Storage, room: Room, user: User
+) -> None:
+    other = await storage.rooms.add("other", user)
+
+    here, _ = await storage.messages.add(new_message(room, user, "same"))
+    there, created = await storage.messages.add(new_message(other, user, "same"))
+
+    assert created is True
+    assert there.id != here.id
+    assert there.room_id == other.id
+    assert there.seq == 1
+
+
+async def test_concurrent_adds_get_distinct_seqs_and_are_all_stored(
+    storage: Storage, room: Room, user: User
+) -> None:
+    results = await asyncio.gather(*(
+        storage.messages.add(new_message(room, user, f"c{i}", f"body {i}")) for i in range(30)
+    ))
+
+    assert all(created for _, created in results)
+    seqs = [message.seq for message, _ in results]
+    assert len(set(seqs)) == 30
+    stored, has_more = await storage.messages.latest(room.id, 100)
+    assert has_more is False
+    assert sorted(m.client_id for m in stored) == sorted(f"c{i}" for i in range(30))
+    assert [m.seq for m in stored] == sorted(seqs)
+
+
+async def test_adding_to_an_unknown_room_raises_lookup_error(storage: Storage, user: User) -> None:
+    ghost = NewMessage(room_id="0" * 24, user_id=user.id, username=user.username, body="hi", client_id="c1")
+
+    with pytest.raises(LookupError):
+        await storage.messages.add(ghost)
+
+
+# -- messages: reading ------------------------------------------------------
+
+
+async def test_latest_returns_the_newest_n_in_ascending_seq(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 5)
+
+    messages, has_more = await storage.messages.latest(room.id, 3)
+
+    assert [m.seq for m in messages] == [3, 4, 5]
+    assert [m.body for m in messages] == ["message 3", "message 4", "message 5"]
+    assert has_more is True
+
+
+async def test_latest_with_exactly_n_messages_has_no_more(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 3)
+
+    messages, has_more = await storage.messages.latest(room.id, 3)
+
+    assert [m.seq for m in messages] == [1, 2, 3]
+    assert has_more is False
+
+
+async def test_latest_with_fewer_than_n_messages_returns_all(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 2)
+
+    messages, has_more = await storage.messages.latest(room.id, 10)
+
+    assert [m.seq for m in messages] == [1, 2]
+    assert has_more is False
+
+
+async def test_latest_of_an_empty_room_is_empty(storage: Storage, room: Room) -> None:
+    assert await storage.messages.latest(room.id, 10) == ([], False)
+
+
+async def test_latest_only_reads_its_own_room(storage: Storage, room: Room, user: User) -> None:
+    other = await storage.rooms.add("other", user)
+    await post_many(storage, other, user, 3)
+
+    assert await storage.messages.latest(room.id, 10) == ([], False)
+
+
+async def test_after_returns_later_messages_ascending(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 5)
+
+    messages, has_more = await storage.messages.after(room.id, 2, 10)
+
+    assert [m.seq for m in messages] == [3, 4, 5]
+    assert has_more is False
+
+
+async def test_after_pages_with_has_more(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 5)
+
+    first, more_after_first = await storage.messages.after(room.id, 0, 2)
+    second, more_after_second = await storage.messages.after(room.id, first[-1].seq, 2)
+    third, more_after_third = await storage.messages.after(room.id, second[-1].seq, 2)
+
+    assert [m.seq for m in first] == [1, 2] and more_after_first is True
+    assert [m.seq for m in second] == [3, 4] and more_after_second is True
+    assert [m.seq for m in third] == [5] and more_after_third is False
+
+
+async def test_after_with_exactly_limit_remaining_has_no_more(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 4)
+
+    messages, has_more = await storage.messages.after(room.id, 1, 3)
+
+    assert [m.seq for m in messages] == [2, 3, 4]
+    assert has_more is False
+
+
+async def test_after_the_last_seq_is_empty(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 3)
+
+    assert await storage.messages.after(room.id, 3, 10) == ([], False)
+
+
+async def test_created_at_is_utc_and_round_trips_at_millisecond_precision(
+    storage: Storage, room: Room, user: User
+) -> None:
+    before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(milliseconds=1)
+    added = [(await storage.messages.add(new_message(room, user, f"c{i}")))[0] for i in range(5)]
+    after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(milliseconds=1)
+
+    stored, _ = await storage.messages.latest(room.id, 10)
+
+    assert stored == added  # every field, created_at included, survives the round trip
+    for message in stored:
+        assert message.created_at.tzinfo is not None
+        assert message.created_at.utcoffset() == datetime.timedelta(0)
+        assert message.created_at.microsecond % 1000 == 0
+        assert before <= message.created_at <= after
+
+
+async def test_user_and_room_created_at_are_utc_and_round_trip(storage: Storage, user: User, room: Room) -> None:
+    found_user = await storage.users.get(user.id)
+    found_room = await storage.rooms.get(room.id)
+
+    assert found_user.created_at == user.created_at
+    assert found_room.created_at == room.created_at
+    assert found_user.created_at.utcoffset() == datetime.timedelta(0)
+    assert found_room.created_at.utcoffset() == datetime.timedelta(0)
+
+
+# -- lifecycle -------------------------------------------------------------
+
+
+async def test_connecting_twice_is_harmless(storage: Storage, room: Room, user: User) -> None:
+    await storage.messages.add(new_message(room, user, "c1"))
+
+    await storage.connect()
+
+    await storage.ping()
+    message, created = await storage.messages.add(new_message(room, user, "c2"))
+    assert created is True and message.seq == 2
+
+
+async def test_ping_answers_on_a_connected_storage(storage: Storage) -> None:
+    await storage.ping()
+
+
+async def test_a_new_storage_on_the_same_database_sees_earlier_data(storage_url: str) -> None:
+    first = open_storage(storage_url)
+    await first.connect()
+    try:
+        user = await first.users.add("alice", b"hash")
+        room = await first.rooms.add("lobby", user)
+        message, _ = await first.messages.add(new_message(room, user, "c1", "remember me"))
+        await first.sessions.add("s1", user.id, utc_in(3600))
+    finally:
+        await first.close()
+
+    second = open_storage(storage_url)
+    await second.connect()
+    try:
+        assert await second.users.get_by_username("ALICE") == user
+        assert await second.rooms.get(room.id) == Room(**{**room.__dict__, "last_seq": 1})
+        assert await second.messages.latest(room.id, 10) == ([message], False)
+        assert await second.sessions.get("s1") is not None
+        # The seq counter survives too: the next message is 2, not 1 again.
+        next_message, _ = await second.messages.add(new_message(room, user, "c2"))
+        assert next_message.seq == 2
+    finally:
+        await second.close()
+
+
+# -- backend specifics -----------------------------------------------------
+
+
+def _index_keys(info: dict) -> dict[tuple[tuple[str, int], ...], dict]:
+    return {tuple((field, int(direction)) for field, direction in spec["key"]): spec for spec in info.values()}
+
+
+async def test_mongodb_creates_the_unique_indexes(mongo_url: str) -> None:
+    store = open_storage(mongo_url)
+    await store.connect()
+    try:
+        users = _index_keys(await store.db.users.index_information())
+        messages = _index_keys(await store.db.messages.index_information())
+        rooms = _index_keys(await store.db.rooms.index_information())
+    finally:
+        await store.close()
+
+    assert users[(("username_lower", 1),)].get("unique") is True
+    assert rooms[(("name_lower", 1),)].get("unique") is True
+    assert messages[(("room_id", 1), ("seq", 1))].get("unique") is True
+    assert messages[(("room_id", 1), ("user_id", 1), ("client_id", 1))].get("unique") is True
+
+
+async def test_mongodb_on_a_closed_port_raises_unavailable_quickly() -> None:
+    store = open_storage(f"mongodb://127.0.0.1:{free_port()}/x?serverSelectionTimeoutMS=500")
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unavailable):
+            await store.connect()
+    finally:
+        await store.close()
+
+    assert time.monotonic() - started < 5
+
+
+async def test_mongodb_ping_after_close_raises_unavailable(mongo_url: str) -> None:
+    store = open_storage(mongo_url)
+    await store.connect()
+    await store.close()
+
+    with pytest.raises(Unavailable):
+        await store.ping()
+
+
+async def test_sqlite_ping_after_close_raises_unavailable(sqlite_url: str) -> None:
+    store = open_storage(sqlite_url)
+    await store.connect()
+    await store.close()
+
+    with pytest.raises(Unavailable):
+        await store.ping()
+
+
+async def test_sqlite_reads_and_writes_after_close_raise_unavailable(sqlite_url: str) -> None:
+    store = open_storage(sqlite_url)
+    await store.connect()
+    user = await store.users.add("alice", b"hash")
+    await store.close()
+
+    with pytest.raises(Unavailable):
+        await store.users.get(user.id)
+    with pytest.raises(Unavailable):
+        await store.users.add("bob", b"hash")

@@ -1,0 +1,258 @@
+"""Reading settings from the environment and ``.env``."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from chat.config import ConfigError, ensure_dotenv_secret, load_settings, parse_dotenv
+
+SECRET_A = "a" * 32
+SECRET_B = "b" * 40
+
+
+@pytest.fixture
+def dotenv(tmp_path: Path) -> Path:
+    return tmp_path / ".env"
+
+
+# -- parse_dotenv ------------------------------------------------------------
+
+
+def test_parse_dotenv_reads_key_value_lines() -> None:
+    assert parse_dotenv("A=1\nB=two words\n") == {"A": "1", "B": "two words"}
+
+
+def test_parse_dotenv_skips_blank_lines_and_comments() -> None:
+    text = "# a comment\n\n   # indented comment\nA=1\n\n"
+
+    assert parse_dotenv(text) == {"A": "1"}
+
+
+def test_parse_dotenv_accepts_export_prefix() -> None:
+    assert parse_dotenv("export A=1\nexport   B=2") == {"A": "1", "B": "2"}
+
+
+def test_parse_dotenv_strips_matching_quotes() -> None:
+    text = "A=\"double quoted\"\nB='single quoted'\nC=\"\"\nD=\"mismatched'"
+
+    assert parse_dotenv(text) == {"A": "double quoted", "B": "single quoted", "C": "", "D": "\"mismatched'"}
+
+
+def test_parse_dotenv_keeps_hashes_inside_quotes() -> None:
+    assert parse_dotenv('A="value # not a comment"') == {"A": "value # not a comment"}
+
+
+def test_parse_dotenv_drops_inline_comments() -> None:
+    assert parse_dotenv("A=value # explained here\nB=x#y") == {"A": "value", "B": "x#y"}
+
+
+def test_parse_dotenv_drops_an_inline_comment_after_a_quoted_value() -> None:
+    assert parse_dotenv('A="quoted value"  # note\nB=\'x\' # note') == {"A": "quoted value", "B": "x"}
+
+
+def test_parse_dotenv_trims_whitespace_around_keys_and_values() -> None:
+    assert parse_dotenv("  A  =  spaced  ") == {"A": "spaced"}
+
+
+def test_parse_dotenv_allows_empty_values() -> None:
+    assert parse_dotenv("A=") == {"A": ""}
+
+
+def test_parse_dotenv_later_lines_win() -> None:
+    assert parse_dotenv("A=1\nA=2") == {"A": "2"}
+
+
+@pytest.mark.parametrize("line", ["JUST_A_KEY", "=value", "NOT VALID=1", "1ABC=2"])
+def test_parse_dotenv_rejects_a_malformed_line_with_its_number(line: str) -> None:
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_dotenv(f"OK=1\n{line}\n")
+
+
+# -- load_settings -----------------------------------------------------------
+
+
+def test_load_settings_uses_defaults_when_only_the_secret_is_set(dotenv: Path) -> None:
+    settings = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
+
+    assert settings.cookie_secrets == (SECRET_A,)
+    assert settings.database_url == "sqlite:///data/chat.sqlite3"
+    assert settings.broker_url == "memory://"
+    assert settings.port == 8888
+    assert settings.cookie_secure is False
+    assert settings.allowed_origins == ()
+
+
+def test_load_settings_reads_the_dotenv_file(dotenv: Path) -> None:
+    dotenv.write_text(f"CHAT_COOKIE_SECRETS={SECRET_A}\nCHAT_PORT=9000\n")
+
+    settings = load_settings({}, dotenv)
+
+    assert settings.cookie_secrets == (SECRET_A,)
+    assert settings.port == 9000
+
+
+def test_the_environment_wins_over_the_dotenv_file(dotenv: Path) -> None:
+    dotenv.write_text(f"CHAT_COOKIE_SECRETS={SECRET_A}\nCHAT_PORT=9000\nCHAT_HOST=0.0.0.0\n")
+
+    settings = load_settings({"CHAT_PORT": "9100", "CHAT_COOKIE_SECRETS": SECRET_B}, dotenv)
+
+    assert settings.port == 9100
+    assert settings.cookie_secrets == (SECRET_B,)
+    assert settings.host == "0.0.0.0"  # only in .env, so .env supplies it
+
+
+def test_a_missing_dotenv_file_is_fine(tmp_path: Path) -> None:
+    settings = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, tmp_path / "absent.env")
+
+    assert settings.cookie_secrets == (SECRET_A,)
+
+
+def test_missing_cookie_secrets_raise_config_error_naming_the_variable(dotenv: Path) -> None:
+    with pytest.raises(ConfigError, match="CHAT_COOKIE_SECRETS"):
+        load_settings({}, dotenv)
+
+
+def test_blank_cookie_secrets_count_as_missing(dotenv: Path) -> None:
+    with pytest.raises(ConfigError, match="CHAT_COOKIE_SECRETS"):
+        load_settings({"CHAT_COOKIE_SECRETS": " , ,"}, dotenv)
+
+
+def test_a_short_cookie_secret_is_rejected(dotenv: Path) -> None:
+    with pytest.raises(ConfigError, match="32 characters"):
+        load_settings({"CHAT_COOKIE_SECRETS": f"{SECRET_A},short"}, dotenv)
+
+
+def test_comma_separated_cookie_secrets_are_all_kept_in_order(dotenv: Path) -> None:
+    settings = load_settings({"CHAT_COOKIE_SECRETS": f" {SECRET_A} , {SECRET_B} ,"}, dotenv)
+
+    assert settings.cookie_secrets == (SECRET_A, SECRET_B)
+
+
+def test_allowed_origins_are_split_and_trailing_slashes_dropped(dotenv: Path) -> None:
+    settings = load_settings({
+        "CHAT_COOKIE_SECRETS": SECRET_A,
+        "CHAT_ALLOWED_ORIGINS": "https://chat.example.org/, http://localhost:8000 ,,",
+    }, dotenv)
+
+    assert settings.allowed_origins == ("https://chat.example.org", "http://localhost:8000")
+
+
+def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
+    settings = load_settings({
+        "CHAT_COOKIE_SECRETS": SECRET_A,
+        "CHAT_PORT": "0",
+        "CHAT_SESSION_MAX_AGE": "60",
+        "CHAT_SESSION_RECHECK_SECONDS": "0",
+        "CHAT_BCRYPT_ROUNDS": "4",
+        "CHAT_RATE_LIMIT_BURST": "3",
+        "CHAT_RATE_LIMIT_PER_SECOND": "0.5",
+        "CHAT_COOKIE_SECURE": "yes",
+        "CHAT_XHEADERS": "TRUE",
+        "CHAT_DEBUG": "off",
+    }, dotenv)
+
+    assert settings.port == 0
+    assert settings.session_max_age == 60
+    assert settings.session_recheck_seconds == 0
+    assert settings.bcrypt_rounds == 4
+    assert settings.rate_limit_burst == 3
+    assert settings.rate_limit_per_second == 0.5
+    assert (settings.cookie_secure, settings.xheaders, settings.debug) == (True, True, False)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("CHAT_PORT", "eighty"),
+    ("CHAT_PORT", "80.5"),
+    ("CHAT_SESSION_MAX_AGE", "0"),
+    ("CHAT_BCRYPT_ROUNDS", "3"),
+    ("CHAT_RATE_LIMIT_PER_SECOND", "fast"),
+    ("CHAT_SESSION_RECHECK_SECONDS", "-1"),
+])
+def test_a_bad_number_is_rejected_naming_the_variable(dotenv: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, name: value}, dotenv)
+
+
+@pytest.mark.parametrize("name", ["CHAT_COOKIE_SECURE", "CHAT_XHEADERS", "CHAT_DEBUG"])
+def test_a_bad_boolean_is_rejected_naming_the_variable(dotenv: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, name: "maybe"}, dotenv)
+
+
+def test_load_settings_ignores_the_process_environment_when_given_one(
+    dotenv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_PORT", "1234")
+
+    settings = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
+
+    assert settings.port == 8888
+
+
+# -- ensure_dotenv_secret ----------------------------------------------------
+
+
+@pytest.fixture
+def no_secret_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHAT_COOKIE_SECRETS", raising=False)
+
+
+@pytest.mark.usefixtures("no_secret_in_environment")
+def test_ensure_dotenv_secret_writes_a_usable_secret_once(dotenv: Path) -> None:
+    assert ensure_dotenv_secret(dotenv) is True
+    first = dotenv.read_text()
+
+    assert ensure_dotenv_secret(dotenv) is False
+    assert dotenv.read_text() == first
+    secret = parse_dotenv(first)["CHAT_COOKIE_SECRETS"]
+    assert len(secret) >= 32
+    assert load_settings({}, dotenv).cookie_secrets == (secret,)
+
+
+@pytest.mark.usefixtures("no_secret_in_environment")
+def test_ensure_dotenv_secret_makes_the_file_private(dotenv: Path) -> None:
+    ensure_dotenv_secret(dotenv)
+
+    assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("no_secret_in_environment")
+def test_ensure_dotenv_secret_appends_to_an_existing_file(dotenv: Path) -> None:
+    dotenv.write_text("CHAT_PORT=9000")  # no trailing newline
+    dotenv.chmod(0o644)
+
+    assert ensure_dotenv_secret(dotenv) is True
+
+    values = parse_dotenv(dotenv.read_text())
+    assert values["CHAT_PORT"] == "9000"
+    assert len(values["CHAT_COOKIE_SECRETS"]) >= 32
+    assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("no_secret_in_environment")
+def test_ensure_dotenv_secret_fills_an_empty_placeholder(dotenv: Path) -> None:
+    dotenv.write_text("CHAT_COOKIE_SECRETS=\n")  # as copied from .env.example
+
+    assert ensure_dotenv_secret(dotenv) is True
+
+    assert len(parse_dotenv(dotenv.read_text())["CHAT_COOKIE_SECRETS"]) >= 32
+
+
+@pytest.mark.usefixtures("no_secret_in_environment")
+def test_ensure_dotenv_secret_keeps_an_existing_secret(dotenv: Path) -> None:
+    dotenv.write_text(f"CHAT_COOKIE_SECRETS={SECRET_A}\n")
+
+    assert ensure_dotenv_secret(dotenv) is False
+    assert dotenv.read_text() == f"CHAT_COOKIE_SECRETS={SECRET_A}\n"
+
+
+def test_ensure_dotenv_secret_writes_nothing_when_the_environment_has_one(
+    dotenv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_COOKIE_SECRETS", SECRET_A)
+
+    assert ensure_dotenv_secret(dotenv) is False
+    assert not dotenv.exists()

@@ -1,0 +1,307 @@
+"""One socket's protocol, with a fake transport over real services and in-memory SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from chat.broker.memory import MemoryBroker
+from chat.errors import Unavailable
+from chat.models import Message, NewMessage, Room, User
+from chat.services.accounts import Accounts
+from chat.services.connection import CLOSE_POLICY_VIOLATION, RoomConnection
+from chat.services.fanout import Fanout
+from chat.services.messages import Messages
+from chat.services.ratelimit import TokenBucket
+from chat.storage import Storage
+from tests.unit.conftest import FakeClock, eventually
+
+
+@dataclass
+class FakeTransport:
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    closed_with: tuple[int, str] | None = None
+
+    def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [frame for frame in self.sent if frame["type"] == kind]
+
+    @property
+    def types(self) -> list[str]:
+        return [frame["type"] for frame in self.sent]
+
+
+class UnavailableMessages:
+    """A message repository whose database has gone away."""
+
+    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+        raise Unavailable("database down")
+
+    async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
+        raise Unavailable("database down")
+
+    async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
+        raise Unavailable("database down")
+
+
+def send(client_id: str, body: str = "hello") -> str:
+    return json.dumps({"type": "send", "client_id": client_id, "body": body})
+
+
+@pytest.fixture
+async def fanout(messages: Messages) -> AsyncIterator[Fanout]:
+    hub = Fanout(MemoryBroker(), messages.backfill, messages.stored_seq, gap_retry=0.01, hole_timeout=0.1)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
+@pytest.fixture
+async def member(accounts: Accounts) -> tuple[User, str]:
+    user = await accounts.register("alice", "correct horse", "correct horse")
+    return user, await accounts.start_session(user)
+
+
+@pytest.fixture
+async def chat_room(memory_storage: Storage, member: tuple[User, str]) -> Room:
+    return await memory_storage.rooms.add("lobby", member[0])
+
+
+Connect = Callable[..., Awaitable[tuple[RoomConnection, FakeTransport]]]
+
+
+@pytest.fixture
+async def connect(
+    member: tuple[User, str], chat_room: Room, messages: Messages, accounts: Accounts, fanout: Fanout,
+    clock: FakeClock,
+) -> AsyncIterator[Connect]:
+    opened: list[RoomConnection] = []
+
+    async def open_connection(
+        since: int | None = None, burst: int = 100, session_recheck_seconds: float = 30.0,
+    ) -> tuple[RoomConnection, FakeTransport]:
+        user, token = member
+        transport = FakeTransport()
+        connection = RoomConnection(
+            transport, user=user, room=chat_room, session_token=token, messages=messages, accounts=accounts,
+            fanout=fanout, instance="test:1", rate_limit=TokenBucket(burst, 1.0, clock=clock),
+            session_recheck_seconds=session_recheck_seconds,
+        )
+        await connection.open(since)
+        opened.append(connection)
+        return connection, transport
+
+    yield open_connection
+    for connection in opened:
+        await connection.close()
+
+
+async def test_open_sends_hello_then_history(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    user, _ = member
+    await messages.post(user, chat_room, "earlier", "before you came")
+
+    _, transport = await connect()
+
+    assert transport.types == ["hello", "history"]
+    hello, history = transport.sent
+    assert hello["room"] == {"id": chat_room.id, "name": "lobby"}
+    assert hello["user"] == {"id": user.id, "username": "alice"}
+    assert hello["instance"] == "test:1"
+    assert hello["last_seq"] == 1
+    assert [m["body"] for m in history["messages"]] == ["before you came"]
+    assert history["has_more"] is False
+
+
+async def test_open_with_since_sends_only_later_messages(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    for i in range(3):
+        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+
+    connection, transport = await connect(since=2)
+
+    assert [m["seq"] for m in transport.of_type("history")[0]["messages"]] == [3]
+    assert connection.last_seq == 3
+
+
+async def test_a_send_is_acked_then_delivered_once_via_the_fanout(connect: Connect, messages: Messages,
+                                                                  chat_room: Room) -> None:
+    connection, transport = await connect()
+
+    await connection.receive(send("c-1", "  hi there  "))
+
+    await eventually(lambda: len(transport.of_type("message")) == 1)
+    assert transport.types == ["hello", "history", "ack", "message"]
+    ack, delivered = transport.sent[2], transport.sent[3]
+    assert ack["client_id"] == "c-1"
+    assert ack["message"]["body"] == "hi there"
+    assert ack["message"]["seq"] == 1
+    assert delivered["message"] == ack["message"]
+    stored, _ = await messages.recent(chat_room.id)
+    assert [m.body for m in stored] == ["hi there"]
+
+
+async def test_other_sockets_in_the_room_receive_the_message(connect: Connect) -> None:
+    sender, sender_transport = await connect()
+    _, watcher_transport = await connect()
+
+    await sender.receive(send("c-1", "for everyone"))
+
+    await eventually(lambda: len(watcher_transport.of_type("message")) == 1)
+    assert watcher_transport.of_type("message")[0]["message"]["body"] == "for everyone"
+    assert watcher_transport.of_type("ack") == []
+
+
+async def test_resending_a_client_id_acks_the_original_and_stores_nothing(
+    connect: Connect, messages: Messages, chat_room: Room
+) -> None:
+    connection, transport = await connect()
+    await connection.receive(send("c-1", "once"))
+    await eventually(lambda: len(transport.of_type("message")) == 1)
+
+    await connection.receive(send("c-1", "once"))
+
+    acks = transport.of_type("ack")
+    assert len(acks) == 2
+    assert acks[1]["message"] == acks[0]["message"]
+    stored, _ = await messages.recent(chat_room.id)
+    assert len(stored) == 1
+    await asyncio.sleep(0.05)  # room for a wrong second publish to arrive
+    assert len(transport.of_type("message")) == 1
+
+
+async def test_bad_json_is_a_bad_request_and_the_connection_keeps_working(connect: Connect) -> None:
+    connection, transport = await connect()
+
+    await connection.receive("{not json")
+    await connection.receive(send("c-2", "still here"))
+
+    errors = transport.of_type("error")
+    assert len(errors) == 1 and errors[0]["code"] == "bad_request"
+    assert "client_id" not in errors[0]
+    assert transport.of_type("ack")[0]["client_id"] == "c-2"
+    assert transport.closed_with is None
+
+
+async def test_an_empty_body_is_a_bad_request_carrying_the_client_id(connect: Connect) -> None:
+    connection, transport = await connect()
+
+    await connection.receive(send("c-1", "   "))
+
+    assert transport.of_type("error") == [
+        {"type": "error", "code": "bad_request", "message": "message body is empty", "client_id": "c-1"},
+    ]
+
+
+async def test_a_body_of_4001_characters_is_too_large(
+    connect: Connect, messages: Messages, chat_room: Room
+) -> None:
+    connection, transport = await connect()
+
+    await connection.receive(send("c-big", "x" * 4001))
+
+    error = transport.of_type("error")[0]
+    assert error["code"] == "too_large"
+    assert error["client_id"] == "c-big"
+    assert await messages.recent(chat_room.id) == ([], False)
+
+
+async def test_exceeding_the_burst_is_rate_limited(connect: Connect, clock: FakeClock) -> None:
+    connection, transport = await connect(burst=2)
+
+    for i in range(3):
+        await connection.receive(send(f"c-{i}"))
+
+    assert len(transport.of_type("ack")) == 2
+    error = transport.of_type("error")[0]
+    assert error["code"] == "rate_limited"
+    assert error["client_id"] == "c-2"
+
+    clock.advance(1.0)
+    await connection.receive(send("c-3"))
+    assert len(transport.of_type("ack")) == 3
+
+
+async def test_a_send_after_the_session_ended_is_forbidden_and_closes(
+    connect: Connect, accounts: Accounts, member: tuple[User, str], messages: Messages, chat_room: Room
+) -> None:
+    connection, transport = await connect(session_recheck_seconds=0)
+    await connection.receive(send("c-1"))
+    assert len(transport.of_type("ack")) == 1
+
+    await accounts.end_session(member[1])
+    await connection.receive(send("c-2"))
+
+    error = transport.of_type("error")[0]
+    assert error["code"] == "forbidden"
+    assert error["client_id"] == "c-2"
+    assert transport.closed_with is not None and transport.closed_with[0] == CLOSE_POLICY_VIOLATION == 1008
+    stored, _ = await messages.recent(chat_room.id)
+    assert [m.client_id for m in stored] == ["c-1"]
+
+
+async def test_an_unavailable_store_gives_an_unavailable_error(
+    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection, transport = await connect()
+    monkeypatch.setattr(memory_storage, "messages", UnavailableMessages())
+
+    await connection.receive(send("c-1"))
+    await connection.receive(json.dumps({"type": "sync", "since": 0}))
+
+    errors = transport.of_type("error")
+    assert [e["code"] for e in errors] == ["unavailable", "unavailable"]
+    assert errors[0]["client_id"] == "c-1"
+    assert transport.of_type("ack") == []
+    assert transport.closed_with is None
+
+
+async def test_sync_resends_history_after_since(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    connection, transport = await connect()
+    for i in range(3):
+        await messages.post(member[0], chat_room, f"other-{i}", f"m{i}")
+
+    await connection.receive(json.dumps({"type": "sync", "since": 1}))
+
+    history = transport.of_type("history")[-1]
+    assert [m["seq"] for m in history["messages"]] == [2, 3]
+    assert connection.last_seq == 3
+
+
+async def test_frames_already_in_history_are_not_delivered_again(connect: Connect) -> None:
+    connection, transport = await connect()
+    await connection.receive(send("c-1"))
+    await eventually(lambda: len(transport.of_type("message")) == 1)
+
+    await connection.receive(json.dumps({"type": "sync", "since": 0}))
+    # A late broker copy of seq 1 (e.g. from another process) is a duplicate now.
+    connection.deliver(1, json.dumps(transport.of_type("message")[0]))
+
+    assert len(transport.of_type("message")) == 1
+
+
+async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanout: Fanout, chat_room: Room) -> None:
+    sender, sender_transport = await connect()
+    leaver, leaver_transport = await connect()
+
+    await leaver.close()
+    await sender.receive(send("c-1"))
+
+    await eventually(lambda: len(sender_transport.of_type("message")) == 1)
+    assert fanout.local_listeners(chat_room.id) == 1
+    assert leaver_transport.of_type("message") == []

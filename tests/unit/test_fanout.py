@@ -1,0 +1,305 @@
+"""Ordered, duplicate-free delivery from the broker to local listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import AsyncIterator
+
+import pytest
+
+from chat.broker import room_channel
+from chat.broker.memory import MemoryBroker
+from chat.models import Message
+from chat.protocol import message_frame
+from chat.services.fanout import Fanout
+from tests.unit.conftest import eventually
+
+ROOM = "room-1"
+MOMENT = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def msg(seq: int, room_id: str = ROOM) -> Message:
+    return Message(id=f"m{seq}", room_id=room_id, seq=seq, user_id="u1", username="alice",
+                   body=f"message {seq}", created_at=MOMENT, client_id=f"c{seq}")
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.received: list[tuple[int | None, str]] = []
+
+    def deliver(self, seq: int | None, frame: str) -> None:
+        self.received.append((seq, frame))
+
+    @property
+    def seqs(self) -> list[int | None]:
+        return [seq for seq, _ in self.received]
+
+
+class BrokenListener:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def deliver(self, seq: int | None, frame: str) -> None:
+        self.calls += 1
+        raise RuntimeError("socket exploded")
+
+
+class FakeStore:
+    """Stands in for the Messages service: what is stored, and who asked."""
+
+    def __init__(self, stored_seq: int = 0) -> None:
+        self.messages: list[Message] = []
+        self.seq = stored_seq
+        self.backfill_calls: list[tuple[str, int]] = []
+        self.stored_seq_calls: list[str] = []
+
+    async def backfill(self, room_id: str, after_seq: int) -> list[Message]:
+        self.backfill_calls.append((room_id, after_seq))
+        return [m for m in self.messages if m.room_id == room_id and m.seq > after_seq]
+
+    async def stored_seq(self, room_id: str) -> int:
+        self.stored_seq_calls.append(room_id)
+        return self.seq
+
+
+class CountingBroker(MemoryBroker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribe_calls: list[str] = []
+        self.unsubscribe_calls: list[str] = []
+
+    async def subscribe(self, channel: str) -> None:
+        self.subscribe_calls.append(channel)
+        await super().subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.unsubscribe_calls.append(channel)
+        await super().unsubscribe(channel)
+
+
+@pytest.fixture
+def broker() -> CountingBroker:
+    return CountingBroker()
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+async def fanout(broker: CountingBroker, store: FakeStore) -> AsyncIterator[Fanout]:
+    hub = Fanout(broker, store.backfill, store.stored_seq, gap_retry=0.01, hole_timeout=0.1)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
+async def publish(broker: MemoryBroker, *seqs: int) -> None:
+    for seq in seqs:
+        await broker.publish(room_channel(ROOM), message_frame(msg(seq)))
+
+
+async def test_frames_published_out_of_order_are_delivered_in_order(
+    fanout: Fanout, broker: CountingBroker
+) -> None:
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await publish(broker, 2, 1)
+
+    await eventually(lambda: len(listener.received) == 2)
+    assert listener.seqs == [1, 2]
+    assert [frame for _, frame in listener.received] == [message_frame(msg(1)), message_frame(msg(2))]
+
+
+async def test_duplicates_are_delivered_once(fanout: Fanout, broker: CountingBroker) -> None:
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await publish(broker, 1, 1, 3, 2, 3, 2, 1, 4)
+
+    await eventually(lambda: listener.seqs[-1:] == [4])
+    await asyncio.sleep(0.05)
+    assert listener.seqs == [1, 2, 3, 4]
+
+
+async def test_frames_at_or_below_the_stored_seq_at_join_are_skipped(
+    broker: CountingBroker, store: FakeStore, fanout: Fanout
+) -> None:
+    store.seq = 5  # history up to 5 is the caller's to send
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await publish(broker, 4, 5, 6)
+
+    await eventually(lambda: listener.seqs == [6])
+
+
+async def test_non_message_frames_are_delivered_immediately(fanout: Fanout, broker: CountingBroker) -> None:
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await publish(broker, 2)  # held back: seq 1 is missing
+    await broker.publish(room_channel(ROOM), '{"type":"presence","count":3}')
+
+    await eventually(lambda: len(listener.received) >= 1)
+    assert listener.received[0] == (None, '{"type":"presence","count":3}')
+
+
+async def test_a_gap_that_is_never_filled_is_skipped_after_the_hole_timeout(
+    fanout: Fanout, broker: CountingBroker, store: FakeStore
+) -> None:
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+    await publish(broker, 1)
+    await eventually(lambda: listener.seqs == [1])
+    started = asyncio.get_running_loop().time()
+
+    await publish(broker, 3)  # seq 2 was drawn but never stored
+
+    await eventually(lambda: listener.seqs == [1, 3])
+    waited = asyncio.get_running_loop().time() - started
+    assert waited >= fanout.hole_timeout * 0.9
+    assert store.backfill_calls and all(call == (ROOM, 1) for call in store.backfill_calls)
+
+
+async def test_a_gap_is_filled_from_storage_in_order(
+    fanout: Fanout, broker: CountingBroker, store: FakeStore
+) -> None:
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+    await publish(broker, 1)
+    await eventually(lambda: listener.seqs == [1])
+    # 2 and 3 were stored, but their publishes were lost.
+    store.messages = [msg(1), msg(2), msg(3), msg(4)]
+
+    await publish(broker, 4)
+
+    await eventually(lambda: listener.seqs == [1, 2, 3, 4])
+    assert store.backfill_calls[0] == (ROOM, 1)
+    assert [frame for _, frame in listener.received] == [message_frame(msg(s)) for s in (1, 2, 3, 4)]
+    await asyncio.sleep(0.05)
+    assert listener.seqs == [1, 2, 3, 4]  # the live 4 was not delivered a second time
+
+
+async def test_a_failing_backfill_is_retried_and_the_hole_still_times_out(
+    fanout: Fanout, broker: CountingBroker, store: FakeStore
+) -> None:
+    async def broken_backfill(room_id: str, after_seq: int) -> list[Message]:
+        store.backfill_calls.append((room_id, after_seq))
+        raise ConnectionError("database down")
+
+    fanout.backfill = broken_backfill
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await publish(broker, 2)
+
+    await eventually(lambda: listener.seqs == [2])
+    assert len(store.backfill_calls) >= 2
+
+
+async def test_join_subscribes_once_for_many_listeners_and_the_last_leave_unsubscribes(
+    fanout: Fanout, broker: CountingBroker, store: FakeStore
+) -> None:
+    channel = room_channel(ROOM)
+    listeners = [RecordingListener() for _ in range(3)]
+
+    for listener in listeners:
+        await fanout.join(ROOM, listener)
+
+    assert broker.subscribe_calls == [channel]
+    assert channel in broker._subscribed
+    assert store.stored_seq_calls == [ROOM]
+    assert fanout.local_listeners(ROOM) == 3
+
+    await fanout.leave(ROOM, listeners[0])
+    await fanout.leave(ROOM, listeners[1])
+    assert channel in broker._subscribed
+    assert fanout.local_listeners(ROOM) == 1
+
+    await fanout.leave(ROOM, listeners[2])
+    assert channel not in broker._subscribed
+    assert broker.unsubscribe_calls == [channel]
+    assert fanout.local_listeners(ROOM) == 0
+
+
+async def test_concurrent_joins_subscribe_once(fanout: Fanout, broker: CountingBroker) -> None:
+    listeners = [RecordingListener() for _ in range(5)]
+
+    await asyncio.gather(*(fanout.join(ROOM, listener) for listener in listeners))
+
+    assert broker.subscribe_calls == [room_channel(ROOM)]
+    assert fanout.local_listeners(ROOM) == 5
+
+
+async def test_every_listener_in_the_room_gets_each_frame(fanout: Fanout, broker: CountingBroker) -> None:
+    listeners = [RecordingListener() for _ in range(3)]
+    for listener in listeners:
+        await fanout.join(ROOM, listener)
+
+    await publish(broker, 1, 2)
+
+    await eventually(lambda: all(listener.seqs == [1, 2] for listener in listeners))
+
+
+async def test_rooms_are_delivered_independently(fanout: Fanout, broker: CountingBroker) -> None:
+    here, there = RecordingListener(), RecordingListener()
+    await fanout.join(ROOM, here)
+    await fanout.join("room-2", there)
+
+    await broker.publish(room_channel("room-2"), message_frame(msg(1, "room-2")))
+    await publish(broker, 1)
+
+    await eventually(lambda: here.seqs == [1] and there.seqs == [1])
+    assert '"room-2"' in there.received[0][1] and '"room-2"' not in here.received[0][1]
+
+
+async def test_a_listener_that_left_gets_nothing_more(fanout: Fanout, broker: CountingBroker) -> None:
+    staying, leaving = RecordingListener(), RecordingListener()
+    await fanout.join(ROOM, staying)
+    await fanout.join(ROOM, leaving)
+
+    await fanout.leave(ROOM, leaving)
+    await publish(broker, 1)
+
+    await eventually(lambda: staying.seqs == [1])
+    assert leaving.received == []
+
+
+async def test_a_listener_whose_deliver_raises_does_not_stop_the_others(
+    fanout: Fanout, broker: CountingBroker
+) -> None:
+    broken = BrokenListener()
+    first, last = RecordingListener(), RecordingListener()
+    await fanout.join(ROOM, first)
+    await fanout.join(ROOM, broken)
+    await fanout.join(ROOM, last)
+
+    await publish(broker, 1, 2)
+
+    await eventually(lambda: first.seqs == [1, 2] and last.seqs == [1, 2])
+    assert broken.calls == 2
+
+
+async def test_malformed_broker_payloads_are_dropped(fanout: Fanout, broker: CountingBroker) -> None:
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await broker.publish(room_channel(ROOM), "not json")
+    await broker.publish(room_channel(ROOM), '{"type":"message","message":{}}')
+    await publish(broker, 1)
+
+    await eventually(lambda: listener.seqs == [1])
+
+
+async def test_stop_ends_the_listener_and_forgets_every_room(fanout: Fanout, broker: CountingBroker) -> None:
+    await fanout.join(ROOM, RecordingListener())
+
+    await fanout.stop()
+
+    assert fanout.local_listeners(ROOM) == 0

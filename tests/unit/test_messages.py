@@ -1,0 +1,118 @@
+"""Posting messages and reading history through the Messages service."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat.errors import TooLarge, ValidationError
+from chat.models import Room, User
+from chat.services.messages import MAX_BODY_LENGTH, Messages, clean_body
+from chat.storage import Storage
+
+
+# -- clean_body --------------------------------------------------------------
+
+
+def test_clean_body_trims_surrounding_whitespace() -> None:
+    assert clean_body("  hello there \n\t") == "hello there"
+
+
+def test_clean_body_keeps_inner_whitespace_and_newlines() -> None:
+    assert clean_body("line one\n\n  line two") == "line one\n\n  line two"
+
+
+@pytest.mark.parametrize("body", ["", " ", "\n\t  \r\n"])
+def test_an_empty_body_is_a_validation_error(body: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        clean_body(body)
+
+    assert not isinstance(caught.value, TooLarge)
+    assert caught.value.field == "body"
+
+
+def test_a_body_of_exactly_the_limit_is_accepted() -> None:
+    body = "x" * MAX_BODY_LENGTH
+
+    assert MAX_BODY_LENGTH == 4000
+    assert clean_body(body) == body
+
+
+def test_the_limit_applies_after_trimming() -> None:
+    assert clean_body("  " + "x" * MAX_BODY_LENGTH + "  ") == "x" * MAX_BODY_LENGTH
+
+
+def test_a_body_over_the_limit_is_too_large() -> None:
+    with pytest.raises(TooLarge) as caught:
+        clean_body("x" * (MAX_BODY_LENGTH + 1))
+
+    assert caught.value.field == "body"
+    assert "4000" in caught.value.message
+
+
+def test_the_limit_counts_characters_not_bytes() -> None:
+    assert clean_body("é" * MAX_BODY_LENGTH) == "é" * MAX_BODY_LENGTH
+
+
+# -- Messages ----------------------------------------------------------------
+
+
+async def test_post_stores_a_cleaned_message(messages: Messages, user: User, room: Room) -> None:
+    message, created = await messages.post(user, room, "c1", "  hello  ")
+
+    assert created is True
+    assert (message.seq, message.body, message.client_id) == (1, "hello", "c1")
+    assert (message.user_id, message.username, message.room_id) == (user.id, user.username, room.id)
+
+
+async def test_posting_the_same_client_id_again_returns_the_original(
+    messages: Messages, user: User, room: Room
+) -> None:
+    original, _ = await messages.post(user, room, "c1", "first")
+
+    again, created = await messages.post(user, room, "c1", "first")
+
+    assert created is False
+    assert again == original
+    assert (await messages.recent(room.id)) == ([original], False)
+
+
+async def test_an_invalid_body_stores_nothing(messages: Messages, user: User, room: Room) -> None:
+    with pytest.raises(ValidationError):
+        await messages.post(user, room, "c1", "   ")
+    with pytest.raises(TooLarge):
+        await messages.post(user, room, "c2", "x" * 4001)
+
+    assert await messages.recent(room.id) == ([], False)
+    assert await messages.stored_seq(room.id) == 0
+
+
+async def test_recent_returns_the_newest_history_limit_messages(
+    memory_storage: Storage, user: User, room: Room
+) -> None:
+    messages = Messages(memory_storage, history_limit=3)
+    for i in range(5):
+        await messages.post(user, room, f"c{i}", f"m{i}")
+
+    recent, has_more = await messages.recent(room.id)
+
+    assert [m.body for m in recent] == ["m2", "m3", "m4"]
+    assert has_more is True
+
+
+async def test_stored_seq_is_the_highest_seq_in_the_room(messages: Messages, user: User, room: Room) -> None:
+    assert await messages.stored_seq(room.id) == 0
+    for i in range(3):
+        await messages.post(user, room, f"c{i}", "hi")
+
+    assert await messages.stored_seq(room.id) == 3
+
+
+async def test_after_and_backfill_read_later_messages_in_order(messages: Messages, user: User, room: Room) -> None:
+    for i in range(5):
+        await messages.post(user, room, f"c{i}", f"m{i}")
+
+    page, has_more = await messages.after(room.id, 1, 2)
+    missed = await messages.backfill(room.id, 3)
+
+    assert [m.seq for m in page] == [2, 3] and has_more is True
+    assert [m.seq for m in missed] == [4, 5]

@@ -1,0 +1,197 @@
+"""Parsing client frames and building server frames."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from chat import protocol
+from chat.models import Message, Room, User
+from chat.protocol import ProtocolError, SendFrame, SyncFrame, frame_seq, parse_client_frame
+
+MOMENT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.timezone.utc)
+USER = User(id="u1", username="alice", password_hash=b"secret-hash", created_at=MOMENT)
+ROOM = Room(id="r1", name="Lobby", creator_id="u1", creator_username="alice", created_at=MOMENT, last_seq=7)
+
+
+def message(seq: int = 3, client_id: str = "c-1") -> Message:
+    return Message(id="m1", room_id="r1", seq=seq, user_id="u1", username="alice", body="héllo <b>",
+                   created_at=MOMENT, client_id=client_id)
+
+
+def bad_request(text: str | bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(text)
+    assert caught.value.code == "bad_request"
+    assert caught.value.message
+    return caught.value
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+def test_a_send_frame_parses() -> None:
+    frame = parse_client_frame('{"type":"send","client_id":"c-1","body":"hi"}')
+
+    assert frame == SendFrame(client_id="c-1", body="hi")
+
+
+def test_a_send_frame_keeps_its_body_untouched() -> None:
+    # Trimming and length rules belong to the Messages service, not the parser.
+    frame = parse_client_frame(json.dumps({"type": "send", "client_id": "c", "body": "  ünïcode \n"}))
+
+    assert frame == SendFrame(client_id="c", body="  ünïcode \n")
+
+
+def test_a_sync_frame_parses() -> None:
+    assert parse_client_frame('{"type":"sync","since":42}') == SyncFrame(since=42)
+    assert parse_client_frame('{"type":"sync","since":0}') == SyncFrame(since=0)
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    assert parse_client_frame('{"type":"sync","since":1,"extra":true}') == SyncFrame(since=1)
+
+
+def test_binary_frames_are_rejected() -> None:
+    error = bad_request(b'{"type":"sync","since":0}')
+
+    assert "binary" in error.message
+
+
+@pytest.mark.parametrize("text", ["", "not json", "{", '{"type":"send"', "[" * 100_000])
+def test_invalid_json_is_rejected(text: str) -> None:
+    bad_request(text)
+
+
+@pytest.mark.parametrize("text", ["[]", '"send"', "42", "null", "true"])
+def test_a_frame_that_is_not_an_object_is_rejected(text: str) -> None:
+    bad_request(text)
+
+
+def test_an_unknown_type_is_rejected_carrying_the_client_id() -> None:
+    error = bad_request('{"type":"shout","client_id":"c-1"}')
+
+    assert error.client_id == "c-1"
+    assert "shout" in error.message
+
+
+def test_a_frame_without_a_type_is_rejected() -> None:
+    assert bad_request('{"client_id":"c-1","body":"hi"}').client_id == "c-1"
+
+
+@pytest.mark.parametrize("client_id", [None, "", "x" * 65, 17, ["c"], "tab\there", "new\nline"])
+def test_a_send_without_a_valid_client_id_is_rejected_without_one(client_id: object) -> None:
+    frame: dict[str, object] = {"type": "send", "body": "hi"}
+    if client_id is not None:
+        frame["client_id"] = client_id
+
+    error = bad_request(json.dumps(frame))
+
+    assert error.client_id is None
+
+
+def test_a_client_id_of_exactly_64_characters_is_accepted() -> None:
+    frame = parse_client_frame(json.dumps({"type": "send", "client_id": "x" * 64, "body": "hi"}))
+
+    assert frame == SendFrame(client_id="x" * 64, body="hi")
+
+
+@pytest.mark.parametrize("body", [None, 5, ["hi"], {"text": "hi"}, True])
+def test_a_send_with_a_non_string_body_is_rejected_carrying_the_client_id(body: object) -> None:
+    frame = {"type": "send", "client_id": "c-1"}
+    if body is not None:
+        frame["body"] = body
+
+    assert bad_request(json.dumps(frame)).client_id == "c-1"
+
+
+@pytest.mark.parametrize("since", [-1, True, False, "3", 1.5, None])
+def test_a_sync_with_a_bad_since_is_rejected(since: object) -> None:
+    error = bad_request(json.dumps({"type": "sync", "since": since, "client_id": "c-9"}))
+
+    assert error.client_id == "c-9"
+
+
+def test_a_sync_without_since_is_rejected() -> None:
+    assert bad_request('{"type":"sync"}').client_id is None
+
+
+# -- building ----------------------------------------------------------------
+
+
+def test_hello_frame_has_room_user_instance_and_last_seq() -> None:
+    frame = json.loads(protocol.hello_frame(ROOM, USER, "host:1", 7))
+
+    assert frame == {
+        "type": "hello",
+        "room": {"id": "r1", "name": "Lobby"},
+        "user": {"id": "u1", "username": "alice"},
+        "instance": "host:1",
+        "last_seq": 7,
+    }
+
+
+def test_hello_frame_never_leaks_the_password_hash() -> None:
+    assert "secret-hash" not in protocol.hello_frame(ROOM, USER, "host:1", 7)
+
+
+def test_message_wire_format_has_every_documented_key() -> None:
+    assert message().to_wire() == {
+        "id": "m1", "room_id": "r1", "seq": 3, "user_id": "u1", "username": "alice",
+        "body": "héllo <b>", "created_at": "2024-05-06T07:08:09.123Z", "client_id": "c-1",
+    }
+
+
+def test_history_frame_lists_messages_and_has_more() -> None:
+    frame = json.loads(protocol.history_frame([message(1), message(2)], True))
+
+    assert frame["type"] == "history"
+    assert [m["seq"] for m in frame["messages"]] == [1, 2]
+    assert frame["messages"][0] == message(1).to_wire()
+    assert frame["has_more"] is True
+
+
+def test_an_empty_history_frame() -> None:
+    assert json.loads(protocol.history_frame([], False)) == {"type": "history", "messages": [], "has_more": False}
+
+
+def test_message_frame_wraps_the_message() -> None:
+    assert json.loads(protocol.message_frame(message())) == {"type": "message", "message": message().to_wire()}
+
+
+def test_ack_frame_carries_client_id_and_message() -> None:
+    frame = json.loads(protocol.ack_frame(message(client_id="c-5")))
+
+    assert frame == {"type": "ack", "client_id": "c-5", "message": message(client_id="c-5").to_wire()}
+
+
+def test_error_frame_with_and_without_client_id() -> None:
+    assert json.loads(protocol.error_frame("too_large", "too big", "c-1")) == {
+        "type": "error", "code": "too_large", "message": "too big", "client_id": "c-1",
+    }
+    assert json.loads(protocol.error_frame("bad_request", "nope")) == {
+        "type": "error", "code": "bad_request", "message": "nope",
+    }
+
+
+def test_frames_are_compact_utf8_json() -> None:
+    text = protocol.message_frame(message())
+
+    assert "héllo" in text  # not \u-escaped
+    assert ": " not in text and ", " not in text
+
+
+def test_frame_seq_reads_the_seq_of_a_message_frame() -> None:
+    assert frame_seq(protocol.message_frame(message(seq=12))) == 12
+
+
+@pytest.mark.parametrize("frame", [
+    protocol.ack_frame(message()),
+    protocol.error_frame("bad_request", "x"),
+    protocol.history_frame([message()], False),
+    '{"type":"presence"}',
+])
+def test_frame_seq_is_none_for_other_frames(frame: str) -> None:
+    assert frame_seq(frame) is None
