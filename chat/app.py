@@ -21,13 +21,14 @@ import tornado.ioloop
 import tornado.web
 import tornado.websocket
 
-from .broker import Broker, open_broker
+from .broker import Broker, open_broker, open_presence
 from .config import Settings
 from .errors import Unavailable
 from .services.accounts import Accounts
 from .services.fanout import Fanout
 from .services.messages import Messages
 from .services.passwords import PasswordHasher
+from .services.presence import Presence
 from .services.rooms import Rooms
 from .storage import Storage, open_storage
 from .web import pages
@@ -49,10 +50,12 @@ class Services:
     accounts: Accounts
     rooms: Rooms
     messages: Messages
+    presence: Presence
     executor: concurrent.futures.ThreadPoolExecutor
     sockets: set[Any] = field(default_factory=set)
 
     async def close(self) -> None:
+        await self.presence.stop()
         await self.fanout.stop()
         await self.broker.disconnect()
         await self.storage.close()
@@ -70,7 +73,10 @@ async def build_services(settings: Settings) -> Services:
     hasher = PasswordHasher(settings.bcrypt_rounds, executor)
     messages = Messages(storage, settings.history_limit)
     fanout = Fanout(broker, messages.backfill, messages.stored_seq)
+    presence = Presence(open_presence(broker), fanout, settings.instance,
+                        ttl=settings.presence_ttl_seconds, heartbeat=settings.presence_heartbeat_seconds)
     await fanout.start()
+    await presence.start()
     return Services(
         storage=storage,
         broker=broker,
@@ -78,6 +84,7 @@ async def build_services(settings: Settings) -> Services:
         accounts=Accounts(storage, hasher, settings.session_max_age),
         rooms=Rooms(storage),
         messages=messages,
+        presence=presence,
         executor=executor,
     )
 
@@ -122,6 +129,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         accounts=services.accounts,
         rooms=services.rooms,
         messages=services.messages,
+        presence=services.presence,
         sockets=services.sockets,
     )
 

@@ -95,6 +95,10 @@ class Settings:
     # Sends allowed per socket: a burst, refilled at ``rate_limit_per_second``.
     rate_limit_burst: int = 20
     rate_limit_per_second: float = 5.0
+    # Presence entries live this long unless refreshed by the heartbeat; a
+    # crashed process's users vanish from presence within this delay.
+    presence_ttl_seconds: float = 30.0
+    presence_heartbeat_seconds: float = 10.0
     history_limit: int = 50
     max_frame_bytes: int = 64 * 1024
     allowed_origins: tuple[str, ...] = ()
@@ -156,6 +160,13 @@ def load_settings(
         rate_limit_burst=int(_number("CHAT_RATE_LIMIT_BURST", get("CHAT_RATE_LIMIT_BURST", str(defaults.rate_limit_burst)), int, 1)),
         rate_limit_per_second=_number(
             "CHAT_RATE_LIMIT_PER_SECOND", get("CHAT_RATE_LIMIT_PER_SECOND", str(defaults.rate_limit_per_second)), float, 0.01,
+        ),
+        presence_ttl_seconds=_number(
+            "CHAT_PRESENCE_TTL_SECONDS", get("CHAT_PRESENCE_TTL_SECONDS", str(defaults.presence_ttl_seconds)), float, 1,
+        ),
+        presence_heartbeat_seconds=_number(
+            "CHAT_PRESENCE_HEARTBEAT_SECONDS",
+            get("CHAT_PRESENCE_HEARTBEAT_SECONDS", str(defaults.presence_heartbeat_seconds)), float, 0.1,
         ),
         allowed_origins=origins,
         xheaders=_bool("CHAT_XHEADERS", get("CHAT_XHEADERS", "false")),

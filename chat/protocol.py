@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
+from .broker.presence import OnlineUser
 from .models import Message, Room, User
 
 # Error codes a client can receive (docs/protocol.md lists when).
@@ -119,13 +120,26 @@ def error_frame(code: str, message: str, client_id: str | None = None) -> str:
     return _dumps(frame)
 
 
-def frame_seq(frame: str) -> int | None:
-    """The ``seq`` of a message frame, None for frames without one.
+def presence_frame(users: Iterable[OnlineUser]) -> str:
+    return _dumps({"type": "presence", "users": [user.to_wire() for user in users]})
 
-    The broker carries finished frames; each process reads the seq once per
-    frame (not per socket) to keep delivery ordered and duplicate-free.
+
+# Between processes only, never sent to clients: "re-read this room's presence".
+PRESENCE_CHANGED = "presence_changed"
+
+
+def presence_changed_event() -> str:
+    return _dumps({"type": PRESENCE_CHANGED})
+
+
+def frame_routing(frame: str) -> tuple[str, int | None]:
+    """The ``type`` of a frame from the broker and its ``seq`` (None if it has none).
+
+    The broker carries finished frames; each process parses each one once (not
+    once per socket) to keep delivery ordered and duplicate-free.
     """
     data = json.loads(frame)
-    if data.get("type") == "message":
-        return int(data["message"]["seq"])
-    return None
+    kind = data["type"]
+    if kind == "message":
+        return kind, int(data["message"]["seq"])
+    return kind, None

@@ -17,6 +17,7 @@
   var notice = document.getElementById("notice");
   var stateEl = document.getElementById("connection-state");
   var form = document.getElementById("composer");
+  var presenceList = document.getElementById("presence");
   var input = document.getElementById("body");
 
   var lastSeq = parseInt(root.dataset.lastSeq, 10) || 0;
@@ -131,8 +132,20 @@
     entry.element.title = reason;
   }
 
+  function showPresence(users) {
+    presenceList.replaceChildren.apply(presenceList, users.map(function (user) {
+      var li = document.createElement("li");
+      li.dataset.userId = user.id;
+      li.textContent = user.username;
+      return li;
+    }));
+  }
+
   function onFrame(frame) {
     switch (frame.type) {
+      case "presence":
+        showPresence(frame.users);
+        break;
       case "hello":
         attempt = 0;
         setState("connected");

@@ -1,12 +1,16 @@
-"""Brokers, chosen by URL scheme (``memory://``; ``redis://`` for the cluster)."""
+"""Brokers, chosen by URL scheme: ``memory://`` (one process) or ``redis://`` (a cluster)."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import Broker, BrokerClosed, Event, room_channel
+from .base import RESYNC, Broker, BrokerClosed, Event, room_channel
+from .presence import MemoryPresence, OnlineUser, PresenceStore
 
-__all__ = ["Broker", "BrokerClosed", "Event", "open_broker", "room_channel"]
+__all__ = [
+    "RESYNC", "Broker", "BrokerClosed", "Event", "OnlineUser", "PresenceStore",
+    "open_broker", "open_presence", "room_channel",
+]
 
 
 def open_broker(url: str) -> Broker:
@@ -16,4 +20,17 @@ def open_broker(url: str) -> Broker:
         from .memory import MemoryBroker
 
         return MemoryBroker()
-    raise ValueError(f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use memory://")
+    if scheme in {"redis", "rediss", "unix"}:
+        from .redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ValueError(f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use memory:// or redis://")
+
+
+def open_presence(broker: Broker) -> PresenceStore:
+    """The presence store that goes with ``broker``: shared through Redis, or in-process."""
+    from .redis import RedisBroker, RedisPresence
+
+    if isinstance(broker, RedisBroker):
+        return RedisPresence(broker)
+    return MemoryPresence()

@@ -24,6 +24,12 @@ class Event:
     payload: str
 
 
+# Yielded by next_published after the broker lost its subscription and got it
+# back: events published in between are gone, so listeners must catch up from
+# storage.
+RESYNC = Event(channel="", payload="")
+
+
 class Broker(abc.ABC):
     @abc.abstractmethod
     async def connect(self) -> None: ...
@@ -48,7 +54,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def next_published(self) -> Event:
-        """Wait for the next event on any subscribed channel."""
+        """Wait for the next event on any subscribed channel, or :data:`RESYNC`."""
 
     async def ping(self) -> None:
         """Return if the broker answers; raise Unavailable otherwise."""

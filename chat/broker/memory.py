@@ -10,7 +10,7 @@ import asyncio
 
 from .base import Broker, BrokerClosed, Event
 
-_CLOSED = Event(channel="", payload="")
+_CLOSED = Event(channel="\0closed", payload="")
 
 
 class MemoryBroker(Broker):

@@ -18,6 +18,7 @@ from .. import protocol
 from .accounts import Accounts
 from .fanout import Fanout
 from .messages import Messages
+from .presence import Presence
 from .ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RoomConnection:
         messages: Messages,
         accounts: Accounts,
         fanout: Fanout,
+        presence: Presence,
         instance: str,
         rate_limit: TokenBucket,
         session_recheck_seconds: float,
@@ -56,6 +58,7 @@ class RoomConnection:
         self._messages = messages
         self._accounts = accounts
         self._fanout = fanout
+        self._presence = presence
         self._instance = instance
         self._rate_limit = rate_limit
         self._session_recheck = session_recheck_seconds
@@ -68,6 +71,7 @@ class RoomConnection:
         self._pending: list[tuple[int, str]] | None = None
         self._sync_lock = asyncio.Lock()
         self._joined = False
+        self._counted_present = False
         self.closed = False
 
     # -- lifecycle --------------------------------------------------------
@@ -81,12 +85,19 @@ class RoomConnection:
             protocol.hello_frame(self.room, self.user, self._instance, await self._messages.stored_seq(self.room.id))
         )
         await self._send_history(since)
+        users = await self._presence.joined(self.room.id, self.user)
+        self._counted_present = True
+        if not self.closed:
+            self.transport.send_text(protocol.presence_frame(users))
 
     async def close(self) -> None:
         self.closed = True
         if self._joined:
             self._joined = False
             await self._fanout.leave(self.room.id, self)
+        if self._counted_present:
+            self._counted_present = False
+            await self._presence.left(self.room.id, self.user)
 
     # -- fan-out side -----------------------------------------------------
 

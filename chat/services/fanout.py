@@ -21,9 +21,9 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Protocol
 
-from ..broker import Broker, BrokerClosed, room_channel
+from ..broker import RESYNC, Broker, BrokerClosed, room_channel
 from ..models import Message
-from ..protocol import frame_seq, message_frame
+from ..protocol import PRESENCE_CHANGED, frame_routing, message_frame, presence_changed_event
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 Backfill = Callable[[str, int], Awaitable[list[Message]]]
 # The highest seq stored in a room so far.
 StoredSeq = Callable[[str], Awaitable[int]]
+
+
+# After a failed catch-up read, how long until the next try.
+RESYNC_RETRY_SECONDS = 1.0
 
 
 class Listener(Protocol):
@@ -49,6 +53,7 @@ class RoomFeed:
         self.last_seq = 0
         self._held: dict[int, str] = {}
         self._gap_since: float | None = None
+        self._resync_due = False
         self._fill_task: asyncio.Task[None] | None = None
 
     def start_at(self, seq: int) -> None:
@@ -92,32 +97,45 @@ class RoomFeed:
         if self._held:
             if self._gap_since is None:
                 self._gap_since = loop.time()
-            if self._fill_task is None or self._fill_task.done():
-                self._fill_task = asyncio.create_task(self._fill_gap())
-        elif self._fill_task is not None and not self._fill_task.done():
-            self._fill_task.cancel()
+            # Wait a moment for the missing seq to arrive, then read storage.
+            self._schedule_fill(self._fanout.gap_retry)
 
-    async def _fill_gap(self) -> None:
-        """Wait a moment for the missing seq, then read it from storage."""
+    def resync(self) -> None:
+        """Catch up from storage at once: the broker may have dropped events."""
+        self._resync_due = True
+        self._schedule_fill(0)
+
+    def _schedule_fill(self, delay: float) -> None:
+        if self._fill_task is None or self._fill_task.done():
+            self._fill_task = asyncio.create_task(self._fill(delay))
+
+    async def _fill(self, delay: float) -> None:
         try:
-            while self._held:
-                await asyncio.sleep(self._fanout.gap_retry)
-                if not self._held:
-                    return
-                try:
-                    missed = await self._fanout.backfill(self.room_id, self.last_seq)
-                except Exception:
-                    log.warning("backfill of room %s after seq %d failed; retrying",
-                                self.room_id, self.last_seq, exc_info=True)
-                    missed = []
-                for message in missed:
-                    if message.seq > self.last_seq and message.seq not in self._held:
-                        self._held[message.seq] = message_frame(message)
-                self._fill_task = None
-                self._drain()
-                return
+            await asyncio.sleep(delay)
         except asyncio.CancelledError:
-            pass
+            return
+        if not self._held and not self._resync_due:
+            self._fill_task = None
+            return
+        try:
+            missed = await self._fanout.backfill(self.room_id, self.last_seq)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            # Storage is down too; held frames still get delivered once their
+            # hole times out, and the fill is retried until it succeeds.
+            log.warning("backfill of room %s after seq %d failed; retrying",
+                        self.room_id, self.last_seq, exc_info=True)
+            missed = None
+        else:
+            self._resync_due = False
+        for message in missed or ():
+            if message.seq > self.last_seq and message.seq not in self._held:
+                self._held[message.seq] = message_frame(message)
+        self._fill_task = None
+        self._drain()
+        if self._resync_due:
+            self._schedule_fill(RESYNC_RETRY_SECONDS)
 
     def close(self) -> None:
         if self._fill_task is not None:
@@ -143,6 +161,9 @@ class Fanout:
         self.hole_timeout = hole_timeout
         self._feeds: dict[str, RoomFeed] = {}
         self._listen_task: asyncio.Task[None] | None = None
+        # Set by the presence service: called with a room id when any process
+        # announces that the room's presence changed.
+        self.on_presence_changed: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         if self._listen_task is None:
@@ -200,6 +221,15 @@ class Fanout:
     async def publish_message(self, message: Message) -> None:
         await self.broker.publish(room_channel(message.room_id), message_frame(message))
 
+    async def publish_presence_changed(self, room_id: str) -> None:
+        await self.broker.publish(room_channel(room_id), presence_changed_event())
+
+    def deliver_local(self, room_id: str, frame: str) -> None:
+        """Hand a frame without seq to this process's sockets in the room only."""
+        feed = self._feeds.get(room_id)
+        if feed is not None and feed.ready.is_set():
+            feed.receive(None, frame)
+
     async def _listen(self) -> None:
         prefix = room_channel("")
         while True:
@@ -212,14 +242,23 @@ class Fanout:
                 log.warning("broker listener error; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
+            if event is RESYNC:
+                for feed in self._feeds.values():
+                    if feed.ready.is_set():
+                        feed.resync()
+                continue
             if not event.channel.startswith(prefix):
                 continue
             feed = self._feeds.get(event.channel[len(prefix):])
             if feed is None or not feed.ready.is_set():
                 continue
             try:
-                seq = frame_seq(event.payload)
+                kind, seq = frame_routing(event.payload)
             except (ValueError, KeyError, TypeError):
                 log.warning("dropping malformed frame on %s", event.channel)
+                continue
+            if kind == PRESENCE_CHANGED:
+                if self.on_presence_changed is not None:
+                    self.on_presence_changed(feed.room_id)
                 continue
             feed.receive(seq, event.payload)

@@ -14,6 +14,7 @@ from ..errors import Forbidden, NotFound, Unavailable
 from ..models import User
 from ..services.accounts import Accounts
 from ..services.messages import Messages
+from ..services.presence import Presence
 from ..services.rooms import Rooms
 from .cookies import COOKIE_NAME, SessionCookie
 
@@ -50,6 +51,10 @@ class SessionMixin(tornado.web.RequestHandler):
     @property
     def messages(self) -> Messages:
         return self.settings["messages"]
+
+    @property
+    def presence(self) -> Presence:
+        return self.settings["presence"]
 
     @property
     def session_cookie(self) -> SessionCookie:

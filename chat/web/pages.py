@@ -106,9 +106,10 @@ class RoomHandler(BaseHandler):
     async def get(self, room_id: str) -> None:
         room = await self.rooms.get(room_id)
         messages, has_more = await self.messages.recent(room.id)
+        online = await self.presence.online(room.id)
         last_seq = messages[-1].seq if messages else 0
         self.render_template("room.html", room=room, messages=messages, has_more=has_more,
-                             last_seq=last_seq, isoformat=isoformat)
+                             last_seq=last_seq, online=online, isoformat=isoformat)
 
 
 class HealthHandler(BaseHandler):

@@ -90,6 +90,7 @@ class RoomSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             messages=self.messages,
             accounts=self.accounts,
             fanout=self.fanout,
+            presence=self.presence,
             instance=config.instance,
             rate_limit=TokenBucket(config.rate_limit_burst, config.rate_limit_per_second),
             session_recheck_seconds=config.session_recheck_seconds,

@@ -97,24 +97,48 @@ async def handshake_status(browser: Browser, room_id: str, **kwargs: Any) -> int
 
 
 class RoomSocket:
+    """A room socket whose reads skip ``presence`` frames unless asked for them.
+
+    Presence frames arrive whenever anyone joins or leaves, so tests about
+    messages read past them, and tests about presence read only them.
+    """
+
     def __init__(self, conn: WebSocketClientConnection) -> None:
         self.conn = conn
+        self._buffer: list[dict[str, Any]] = []
+
+    async def _next(self, want_presence: bool, timeout: float) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for index, frame in enumerate(self._buffer):
+                if (frame["type"] == "presence") == want_presence:
+                    return self._buffer.pop(index)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            raw = await asyncio.wait_for(self.conn.read_message(), remaining)
+            if raw is None:
+                raise ConnectionError(f"socket closed: {self.conn.close_code} {self.conn.close_reason}")
+            self._buffer.append(json.loads(raw))
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.conn.read_message(), timeout)
-        if raw is None:
-            raise ConnectionError(f"socket closed: {self.conn.close_code} {self.conn.close_reason}")
-        return json.loads(raw)
+        """The next frame that is not a presence frame."""
+        return await self._next(False, timeout)
+
+    async def recv_presence(self, timeout: float = 10.0) -> list[str]:
+        """The usernames in the next presence frame."""
+        frame = await self._next(True, timeout)
+        return [user["username"] for user in frame["users"]]
 
     async def recv_type(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        """The next frame of ``kind``, failing on any other frame type first."""
+        """The next (non-presence) frame, which must be of ``kind``."""
         frame = await self.recv(timeout)
         assert frame["type"] == kind, frame
         return frame
 
     async def expect_silence(self, seconds: float = 0.3) -> None:
         try:
-            frame = await asyncio.wait_for(self.conn.read_message(), seconds)
+            frame = await self.recv(seconds)
         except asyncio.TimeoutError:
             return
         raise AssertionError(f"unexpected frame: {frame}")
@@ -132,7 +156,7 @@ class RoomSocket:
         return client_id
 
     async def closed(self, timeout: float = 10.0) -> int | None:
-        """Wait for the server to close the socket; return the close code."""
+        """Wait for the server to close the socket, reading past any frames; return the close code."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()

@@ -10,12 +10,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 
 from chat.broker.memory import MemoryBroker
+from chat.broker.presence import MemoryPresence
 from chat.errors import Unavailable
 from chat.models import Message, NewMessage, Room, User
 from chat.services.accounts import Accounts
 from chat.services.connection import CLOSE_POLICY_VIOLATION, RoomConnection
 from chat.services.fanout import Fanout
 from chat.services.messages import Messages
+from chat.services.presence import Presence
 from chat.services.ratelimit import TokenBucket
 from chat.storage import Storage
 from tests.unit.conftest import FakeClock, eventually
@@ -68,6 +70,16 @@ async def fanout(messages: Messages) -> AsyncIterator[Fanout]:
 
 
 @pytest.fixture
+async def presence(fanout: Fanout) -> AsyncIterator[Presence]:
+    service = Presence(MemoryPresence(), fanout, "test:1", heartbeat=3600)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@pytest.fixture
 async def member(accounts: Accounts) -> tuple[User, str]:
     user = await accounts.register("alice", "correct horse", "correct horse")
     return user, await accounts.start_session(user)
@@ -84,7 +96,7 @@ Connect = Callable[..., Awaitable[tuple[RoomConnection, FakeTransport]]]
 @pytest.fixture
 async def connect(
     member: tuple[User, str], chat_room: Room, messages: Messages, accounts: Accounts, fanout: Fanout,
-    clock: FakeClock,
+    presence: Presence, clock: FakeClock,
 ) -> AsyncIterator[Connect]:
     opened: list[RoomConnection] = []
 
@@ -95,7 +107,7 @@ async def connect(
         transport = FakeTransport()
         connection = RoomConnection(
             transport, user=user, room=chat_room, session_token=token, messages=messages, accounts=accounts,
-            fanout=fanout, instance="test:1", rate_limit=TokenBucket(burst, 1.0, clock=clock),
+            fanout=fanout, presence=presence, instance="test:1", rate_limit=TokenBucket(burst, 1.0, clock=clock),
             session_recheck_seconds=session_recheck_seconds,
         )
         await connection.open(since)
@@ -115,14 +127,15 @@ async def test_open_sends_hello_then_history(
 
     _, transport = await connect()
 
-    assert transport.types == ["hello", "history"]
-    hello, history = transport.sent
+    assert transport.types == ["hello", "history", "presence"]
+    hello, history, online = transport.sent
     assert hello["room"] == {"id": chat_room.id, "name": "lobby"}
     assert hello["user"] == {"id": user.id, "username": "alice"}
     assert hello["instance"] == "test:1"
     assert hello["last_seq"] == 1
     assert [m["body"] for m in history["messages"]] == ["before you came"]
     assert history["has_more"] is False
+    assert online["users"] == [{"id": user.id, "username": "alice"}]
 
 
 async def test_open_with_since_sends_only_later_messages(
@@ -144,8 +157,8 @@ async def test_a_send_is_acked_then_delivered_once_via_the_fanout(connect: Conne
     await connection.receive(send("c-1", "  hi there  "))
 
     await eventually(lambda: len(transport.of_type("message")) == 1)
-    assert transport.types == ["hello", "history", "ack", "message"]
-    ack, delivered = transport.sent[2], transport.sent[3]
+    assert transport.types == ["hello", "history", "presence", "ack", "message"]
+    ack, delivered = transport.sent[3], transport.sent[4]
     assert ack["client_id"] == "c-1"
     assert ack["message"]["body"] == "hi there"
     assert ack["message"]["seq"] == 1

@@ -9,7 +9,7 @@ import pytest
 
 from chat import protocol
 from chat.models import Message, Room, User
-from chat.protocol import ProtocolError, SendFrame, SyncFrame, frame_seq, parse_client_frame
+from chat.protocol import ProtocolError, SendFrame, SyncFrame, frame_routing, parse_client_frame
 
 MOMENT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.timezone.utc)
 USER = User(id="u1", username="alice", password_hash=b"secret-hash", created_at=MOMENT)
@@ -183,8 +183,8 @@ def test_frames_are_compact_utf8_json() -> None:
     assert ": " not in text and ", " not in text
 
 
-def test_frame_seq_reads_the_seq_of_a_message_frame() -> None:
-    assert frame_seq(protocol.message_frame(message(seq=12))) == 12
+def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
+    assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12)
 
 
 @pytest.mark.parametrize("frame", [
@@ -193,5 +193,6 @@ def test_frame_seq_reads_the_seq_of_a_message_frame() -> None:
     protocol.history_frame([message()], False),
     '{"type":"presence"}',
 ])
-def test_frame_seq_is_none_for_other_frames(frame: str) -> None:
-    assert frame_seq(frame) is None
+def test_frame_routing_gives_no_seq_for_other_frames(frame: str) -> None:
+    kind, seq = frame_routing(frame)
+    assert seq is None and kind == json.loads(frame)["type"]

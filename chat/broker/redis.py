@@ -1,0 +1,223 @@
+"""The distributed broker: Redis pub/sub through redis-py's asyncio client.
+
+One pub/sub connection per process carries every room channel this process
+subscribes to; publishing uses a separate pooled client. Redis pub/sub is at
+most once: whatever is published while the subscriber is disconnected is gone.
+So the subscriber reconnects with backoff, resubscribes every channel, and then
+yields a :data:`~chat.broker.base.RESYNC` event: the fan-out answers it by
+reading from storage everything after the last seq it delivered in each room.
+
+The subscriber client never retries internally, so every disconnect surfaces
+here and none can be papered over without a resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Iterable
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ..errors import Unavailable
+from .base import RESYNC, Broker, BrokerClosed, Event
+from .presence import OnlineUser, PresenceStore
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BASE_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+# How long one read waits before checking for shutdown; not a latency bound.
+POLL_SECONDS = 1.0
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: aioredis.Redis | None = None
+        self._subscriber: aioredis.Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._channels: set[str] = set()
+        self._has_channels = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._resync_due = False
+
+    async def connect(self) -> None:
+        if self.client is not None:
+            return
+        self.client = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=5,
+                                        health_check_interval=30)
+        self._subscriber = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=5,
+                                             retry=Retry(NoBackoff(), 0))
+        self._pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+
+    async def disconnect(self) -> None:
+        self._closed = True
+        self._has_channels.set()  # wake a listener waiting for a first channel
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.aclose()
+            except (RedisError, OSError):
+                pass
+        for client in (self._subscriber, self.client):
+            if client is not None:
+                await client.aclose()
+        self.client = self._subscriber = self._pubsub = None
+
+    async def subscribe(self, channel: str) -> None:
+        async with self._lock:
+            self._channels.add(channel)
+            self._has_channels.set()
+            try:
+                await self._require_pubsub().subscribe(channel)
+            except (RedisError, OSError) as exc:
+                # The listener resubscribes every channel when it reconnects,
+                # then resyncs from storage, so nothing is lost by going on.
+                log.warning("subscribe to %s failed (%s); the listener will retry", channel, exc)
+
+    async def unsubscribe(self, channel: str) -> None:
+        async with self._lock:
+            self._channels.discard(channel)
+            if not self._channels:
+                self._has_channels.clear()
+            try:
+                await self._require_pubsub().unsubscribe(channel)
+            except (RedisError, OSError) as exc:
+                log.warning("unsubscribe from %s failed (%s)", channel, exc)
+
+    async def publish(self, channel: str, payload: str) -> None:
+        try:
+            await self.require_client().publish(channel, payload)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self.require_client().ping()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+
+    async def next_published(self) -> Event:
+        while True:
+            if self._closed:
+                raise BrokerClosed()
+            if self._resync_due:
+                self._resync_due = False
+                return RESYNC
+            if not self._channels:
+                await self._has_channels.wait()
+                continue
+            try:
+                message = await self._require_pubsub().get_message(timeout=POLL_SECONDS)
+            except (RedisError, OSError) as exc:
+                if self._closed:
+                    raise BrokerClosed() from exc
+                log.warning("Redis subscription lost (%s); reconnecting", exc)
+                await self._reconnect()
+                continue
+            if message is not None and message["type"] == "message":
+                return Event(channel=message["channel"], payload=message["data"])
+
+    async def _reconnect(self) -> None:
+        """Replace the pub/sub connection and resubscribe, retrying with backoff."""
+        delay = RECONNECT_BASE_SECONDS
+        while not self._closed:
+            async with self._lock:
+                old, self._pubsub = self._pubsub, None
+                if old is not None:
+                    try:
+                        await old.aclose()
+                    except (RedisError, OSError):
+                        pass
+                subscriber = self._subscriber
+                if subscriber is None:
+                    return
+                pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
+                try:
+                    if self._channels:
+                        await pubsub.subscribe(*self._channels)
+                    else:
+                        await pubsub.ping()
+                except (RedisError, OSError) as exc:
+                    await pubsub.aclose()
+                    log.info("Redis still unreachable (%s); retrying in %.1fs", exc, delay)
+                else:
+                    self._pubsub = pubsub
+                    self._resync_due = True
+                    log.info("Redis subscription restored (%d channels)", len(self._channels))
+                    return
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def require_client(self) -> aioredis.Redis:
+        if self.client is None:
+            raise Unavailable("Redis broker is not connected")
+        return self.client
+
+    def _require_pubsub(self) -> PubSub:
+        if self._pubsub is None:
+            raise RedisError("no subscription connection")
+        return self._pubsub
+
+
+def _presence_key(room_id: str) -> str:
+    return f"chat:presence:{room_id}"
+
+
+def _member(instance: str, user: OnlineUser) -> str:
+    return json.dumps({"instance": instance, "id": user.id, "username": user.username}, sort_keys=True)
+
+
+class RedisPresence(PresenceStore):
+    """A sorted set per room: members name (instance, user), scores are expiry times.
+
+    Expired members are ignored on read and pruned on the way; the key itself
+    expires too, so a room nobody visits again leaves nothing behind.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+
+    async def add(self, room_id: str, instance: str, user: OnlineUser, ttl: float) -> None:
+        await self.refresh(instance, [(room_id, user)], ttl)
+
+    async def remove(self, room_id: str, instance: str, user: OnlineUser) -> None:
+        try:
+            await self._broker.require_client().zrem(_presence_key(room_id), _member(instance, user))
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+
+    async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
+        expiry = time.time() + ttl
+        try:
+            async with self._broker.require_client().pipeline(transaction=False) as pipe:
+                for room_id, user in entries:
+                    pipe.zadd(_presence_key(room_id), {_member(instance, user): expiry})
+                    pipe.expire(_presence_key(room_id), int(ttl) + 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+
+    async def online(self, room_id: str) -> list[OnlineUser]:
+        key = _presence_key(room_id)
+        now = time.time()
+        try:
+            async with self._broker.require_client().pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.zrangebyscore(key, now, "+inf")
+                _, members = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+        users = []
+        for member in members:
+            data = json.loads(member)
+            users.append(OnlineUser(username=data["username"], id=data["id"]))
+        return unique_users(users)

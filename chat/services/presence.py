@@ -1,0 +1,149 @@
+"""Presence: who is online in a room, whichever process their socket is on.
+
+Each process counts its own sockets per (room, user) and records the users in
+the shared :class:`~chat.broker.presence.PresenceStore`. When the set changes,
+it publishes a small control event on the room's channel; every process then
+re-reads the room's presence and, if what its sockets were last shown differs,
+delivers a ``presence`` frame to them. A heartbeat keeps this process's
+entries alive and re-reads every local room, which is also how users of a
+process that died without saying goodbye disappear (their entries expire).
+
+Presence is best effort: if the store is unreachable, chat goes on and the
+list catches up at the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable
+
+from ..broker import OnlineUser, PresenceStore
+from ..errors import Unavailable
+from ..models import User
+from ..protocol import presence_frame
+from .fanout import Fanout
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(
+        self,
+        store: PresenceStore,
+        fanout: Fanout,
+        instance: str,
+        *,
+        ttl: float = 30.0,
+        heartbeat: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._fanout = fanout
+        self._instance = instance
+        self.ttl = ttl
+        self.heartbeat = heartbeat
+        # room_id -> user_id -> (user, number of this process's sockets)
+        self._local: dict[str, dict[str, tuple[OnlineUser, int]]] = {}
+        # room_id -> the list this process's sockets were last sent
+        self._shown: dict[str, list[OnlineUser]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        fanout.on_presence_changed = self._changed
+
+    async def start(self) -> None:
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.create_task(self._beat(), name="presence-heartbeat")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._heartbeat_task, *self._refreshing.values()) if t is not None]
+        self._heartbeat_task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Say goodbye so others do not wait for our entries to expire.
+        for room_id, users in list(self._local.items()):
+            for user, _ in users.values():
+                try:
+                    await self._store.remove(room_id, self._instance, user)
+                except Unavailable:
+                    pass
+        self._local.clear()
+
+    async def online(self, room_id: str) -> list[OnlineUser]:
+        """Everyone online in the room; empty if the store cannot be reached."""
+        try:
+            return await self._store.online(room_id)
+        except Unavailable as exc:
+            log.warning("presence of room %s unavailable: %s", room_id, exc)
+            return []
+
+    async def joined(self, room_id: str, user: User) -> list[OnlineUser]:
+        """Count one more local socket of ``user`` in the room; return who is online."""
+        online = OnlineUser(username=user.username, id=user.id)
+        room = self._local.setdefault(room_id, {})
+        _, count = room.get(user.id, (online, 0))
+        room[user.id] = (online, count + 1)
+        if count == 0:
+            await self._announce(room_id, self._store.add(room_id, self._instance, online, self.ttl))
+        users = await self.online(room_id)
+        self._shown[room_id] = users
+        return users
+
+    async def left(self, room_id: str, user: User) -> None:
+        room = self._local.get(room_id, {})
+        if user.id not in room:
+            return
+        online, count = room[user.id]
+        if count > 1:
+            room[user.id] = (online, count - 1)
+            return
+        del room[user.id]
+        if not room:
+            del self._local[room_id]
+            self._shown.pop(room_id, None)
+        await self._announce(room_id, self._store.remove(room_id, self._instance, online))
+
+    async def _announce(self, room_id: str, change: Awaitable[None]) -> None:
+        """Apply a change to the shared store, then tell every process to re-read."""
+        try:
+            await change
+            await self._fanout.publish_presence_changed(room_id)
+        except Unavailable as exc:
+            log.warning("presence update for room %s failed: %s", room_id, exc)
+
+    def _changed(self, room_id: str) -> None:
+        """A process announced a change in the room: re-read it, coalescing bursts."""
+        if room_id not in self._local:
+            return
+        if room_id in self._refreshing:
+            self._dirty.add(room_id)
+            return
+        self._refreshing[room_id] = asyncio.create_task(self._refresh(room_id))
+
+    async def _refresh(self, room_id: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(room_id)
+                users = await self._store.online(room_id)
+                if room_id in self._local and users != self._shown.get(room_id):
+                    self._shown[room_id] = users
+                    self._fanout.deliver_local(room_id, presence_frame(users))
+                if room_id not in self._dirty:
+                    return
+        except Unavailable as exc:
+            log.warning("presence refresh of room %s failed: %s", room_id, exc)
+        finally:
+            self._refreshing.pop(room_id, None)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            entries = [(room_id, user) for room_id, users in self._local.items() for user, _ in users.values()]
+            try:
+                if entries:
+                    await self._store.refresh(self._instance, entries, self.ttl)
+            except Unavailable as exc:
+                log.warning("presence heartbeat failed: %s", exc)
+            for room_id in list(self._local):
+                self._changed(room_id)
