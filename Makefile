@@ -12,6 +12,8 @@ help:
 	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
 	@echo "make test      install what the tests need and run them all"
 	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
+	@echo "make cluster   start the process group under supervisord behind nginx (MongoDB + Redis)"
+	@echo "make cluster-stop, make cluster-ctl ARGS=status   stop it, or talk to supervisorctl"
 	@echo "make clean     remove the virtualenv, caches and local data"
 
 $(VENV)/.run-deps: requirements.txt
@@ -46,4 +48,26 @@ test: test-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache data
+	rm -rf $(VENV) .cache .pytest_cache data var test-artifacts
+
+# -- distributed mode: supervisord runs the process group, nginx balances it ---
+# Needs CHAT_DATABASE_URL=mongodb://... and CHAT_BROKER_URL=redis://... (in .env
+# or the environment), nginx on PATH; see README, "Distributed mode".
+CLUSTER_PROCESSES ?= 2
+CLUSTER_BASE_PORT ?= 8001
+CLUSTER_LISTEN ?= 8080
+CLUSTER_RUN_DIR ?= var/cluster
+ARGS ?= status
+
+.PHONY: cluster cluster-stop cluster-ctl
+
+cluster: venv
+	@$(PY) -m chat.tools.secret --ensure .env
+	$(PY) -m chat.tools.cluster start --processes $(CLUSTER_PROCESSES) --base-port $(CLUSTER_BASE_PORT) \
+		--listen $(CLUSTER_LISTEN) --run-dir $(CLUSTER_RUN_DIR)
+
+cluster-stop: venv
+	$(PY) -m chat.tools.cluster stop --run-dir $(CLUSTER_RUN_DIR)
+
+cluster-ctl: venv
+	@$(PY) -m chat.tools.cluster ctl --run-dir $(CLUSTER_RUN_DIR) -- $(ARGS)

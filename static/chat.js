@@ -148,6 +148,7 @@
         break;
       case "hello":
         attempt = 0;
+        root.dataset.instance = frame.instance; // which process serves us (handy when debugging)
         setState("connected");
         showNotice("");
         outbox.forEach(function (_, clientId) { send(clientId); });

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.client import Browser
 from tests.support.server import ChatServer
-from tests.support.services import FerretDB, ferretdb_binary
+from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis_binary
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,20 @@ def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretDB]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for the whole run; tests isolate themselves by room id (channels are server-wide)."""
+    server = RedisServer(redis_binary(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url()
 
 
 @pytest.fixture
@@ -69,7 +83,7 @@ def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         url = database_url or _database_url(backend, request, tmp_dir)
         server = ChatServer(url, tmp_dir, **{**SHARED_SERVER_ENV, **env})
         started.append(server)
-        request.node.chat_servers = [*getattr(request.node, "chat_servers", []), server]
+        add_log_source(request, f"chat server {server.port}", server.logs)
         return server.start()
 
     yield start
@@ -77,23 +91,29 @@ def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         server.stop()
 
 
+def add_log_source(request: pytest.FixtureRequest, title: str, read: Callable[[], str]) -> None:
+    """Show ``read()`` under ``title`` in the report if the test fails."""
+    request.node.log_sources = [*getattr(request.node, "log_sources", []), (title, read)]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" and report.failed:
-        # The server's side of the story is usually what explains a failure.
-        for server in getattr(item, "chat_servers", []):
-            report.sections.append((f"chat server {server.port} log (tail)", server.logs()[-6000:]))
+        # The servers' side of the story is usually what explains a failure.
+        for title, read in getattr(item, "log_sources", []):
+            report.sections.append((f"{title} log (tail)", read()[-8000:]))
 
 
 @pytest.fixture(autouse=True)
 def _attach_server_logs(request: pytest.FixtureRequest) -> None:
-    servers = []
-    for name in ("chat_server",):
-        if name in request.fixturenames:
-            servers.append(request.getfixturevalue(name))
-    request.node.chat_servers = servers
+    if "chat_server" in request.fixturenames:
+        server = request.getfixturevalue("chat_server")
+        add_log_source(request, f"chat server {server.port}", server.logs)
+    if "cluster" in request.fixturenames:
+        cluster = request.getfixturevalue("cluster")
+        add_log_source(request, "cluster", cluster.log_tail)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from redis.retry import Retry
 
 from ..errors import Unavailable
 from .base import RESYNC, Broker, BrokerClosed, Event
-from .presence import OnlineUser, PresenceStore
+from .presence import OnlineUser, PresenceStore, unique_users
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class RedisBroker(Broker):
         self._lock = asyncio.Lock()
         self._closed = False
         self._resync_due = False
+        # Set when a (un)subscribe failed: the server may not hold the
+        # subscriptions we think it does, so the listener must rebuild them.
+        self._subscription_lost = False
 
     async def connect(self) -> None:
         if self.client is not None:
@@ -75,13 +78,20 @@ class RedisBroker(Broker):
     async def subscribe(self, channel: str) -> None:
         async with self._lock:
             self._channels.add(channel)
-            self._has_channels.set()
             try:
                 await self._require_pubsub().subscribe(channel)
             except (RedisError, OSError) as exc:
                 # The listener resubscribes every channel when it reconnects,
                 # then resyncs from storage, so nothing is lost by going on.
+                # It must be told: the pub/sub connection may never have been
+                # made (then get_message raises RuntimeError, not RedisError),
+                # or redis-py may already have reconnected it with only the old
+                # channels, with no error left for the listener to see.
+                self._subscription_lost = True
                 log.warning("subscribe to %s failed (%s); the listener will retry", channel, exc)
+            # Wake a listener waiting for a first channel only now: earlier, it
+            # would read from a pub/sub connection that may not exist yet.
+            self._has_channels.set()
 
     async def unsubscribe(self, channel: str) -> None:
         async with self._lock:
@@ -91,6 +101,7 @@ class RedisBroker(Broker):
             try:
                 await self._require_pubsub().unsubscribe(channel)
             except (RedisError, OSError) as exc:
+                self._subscription_lost = True
                 log.warning("unsubscribe from %s failed (%s)", channel, exc)
 
     async def publish(self, channel: str, payload: str) -> None:
@@ -114,6 +125,10 @@ class RedisBroker(Broker):
                 return RESYNC
             if not self._channels:
                 await self._has_channels.wait()
+                continue
+            if self._subscription_lost:
+                self._subscription_lost = False
+                await self._reconnect()
                 continue
             try:
                 message = await self._require_pubsub().get_message(timeout=POLL_SECONDS)

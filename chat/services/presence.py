@@ -133,6 +133,8 @@ class Presence:
                     return
         except Unavailable as exc:
             log.warning("presence refresh of room %s failed: %s", room_id, exc)
+        except Exception:
+            log.exception("presence refresh of room %s failed", room_id)
         finally:
             self._refreshing.pop(room_id, None)
 

@@ -19,6 +19,7 @@ from .base import SessionMixin
 log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 
 
 def _ignore_closed(future: "asyncio.Future[None]") -> None:
@@ -101,6 +102,9 @@ class RoomSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         except Unavailable as exc:
             log.warning("closing socket: cannot load room %s: %s", room_id, exc)
             self.close(CLOSE_TRY_AGAIN_LATER, "storage unavailable; reconnect shortly")
+        except Exception:
+            log.exception("closing socket: opening room %s failed", room_id)
+            self.close(CLOSE_INTERNAL_ERROR, "internal error; reconnect shortly")
 
     async def on_message(self, message: str | bytes) -> None:
         if self.connection is not None:

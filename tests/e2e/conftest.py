@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import AsyncIterator
+import uuid
+from typing import AsyncIterator, Iterator
 
 import pytest
 
-from tests.support.services import PROJECT_ROOT, find_binary
+from chat.tools.cluster import Cluster
+from tests.support.server import TEST_SECRET
+from tests.support.services import (
+    PROJECT_ROOT, FerretDB, RedisServer, find_binary, free_port, free_port_range, nginx_binary, redis_binary,
+)
 
 ARTIFACTS = Path(os.environ.get("CHAT_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
 
@@ -28,7 +34,8 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def artifacts_dir(request: pytest.FixtureRequest) -> Path:
     path = ARTIFACTS / request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
-    path.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path, ignore_errors=True)  # only this run's screenshots
+    path.mkdir(parents=True)
     return path
 
 
@@ -42,3 +49,38 @@ async def chromium() -> AsyncIterator[object]:
         browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         yield browser
         await browser.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of the cluster's own, so tests may restart it without disturbing others."""
+    server = RedisServer(redis_binary(), tmp_path_factory.mktemp("cluster-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, ferretdb: FerretDB, cluster_redis: RedisServer
+) -> Iterator[Cluster]:
+    """supervisord running 2 chat processes on MongoDB (FerretDB) and Redis, nginx in front."""
+    nginx_binary()  # skip or fail early, naming the install command
+    group = Cluster(
+        run_dir=tmp_path_factory.mktemp("cluster"),
+        processes=2,
+        base_port=free_port_range(2),
+        listen_port=free_port(),
+        env={
+            "CHAT_DATABASE_URL": ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}"),
+            "CHAT_BROKER_URL": cluster_redis.url(),
+            "CHAT_COOKIE_SECRETS": TEST_SECRET,
+            "CHAT_RATE_LIMIT_BURST": "10000",
+            "CHAT_RATE_LIMIT_PER_SECOND": "1000",
+            "CHAT_PRESENCE_HEARTBEAT_SECONDS": "1",
+            "CHAT_PRESENCE_TTL_SECONDS": "5",
+        },
+    )
+    group.start()
+    yield group
+    group.stop()

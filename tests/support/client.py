@@ -155,6 +155,13 @@ class RoomSocket:
         await self.send_json({"type": "send", "client_id": client_id, "body": body})
         return client_id
 
+    async def acked(self, client_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Read (and drop) frames until the ack for ``client_id``; return its message."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == "ack" and frame["client_id"] == client_id:
+                return frame["message"]
+
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the server to close the socket, reading past any frames; return the close code."""
         deadline = asyncio.get_running_loop().time() + timeout

@@ -24,6 +24,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
+    """The first of ``count`` consecutive free loopback ports (for a process group)."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(start, stop - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,6 +130,10 @@ class FerretDB:
         self.process = None
 
 
+def nginx_binary() -> str:
+    return find_binary("nginx", "CHAT_NGINX_BIN", [Path("/usr/sbin/nginx")], "install it with `apt-get install nginx`")
+
+
 def ferretdb_binary() -> str:
     return find_binary(
         "ferretdb",
@@ -116,3 +141,55 @@ def ferretdb_binary() -> str:
         [PROJECT_ROOT / ".cache" / "bin" / "ferretdb"],
         "run `make ferretdb` (builds FerretDB v1.24.2 with Go into .cache/bin/ferretdb) or set CHAT_FERRETDB_BIN",
     )
+
+
+class RedisServer:
+    """A throwaway redis-server: no persistence, loopback only."""
+
+    def __init__(self, binary: str, data_dir: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir / "redis.log"
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        """Start (or start again, on the same port)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.data_dir),
+                "--logfile", str(self.log_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(self.port, process=self.process)
+        except Exception:
+            self.stop()
+            log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            raise RuntimeError(f"redis-server did not start; log:\n{log}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def redis_binary() -> str:
+    return find_binary("redis-server", "CHAT_REDIS_SERVER_BIN", [Path("/usr/bin/redis-server")],
+                       "install it with `apt-get install redis-server`")

@@ -1,0 +1,196 @@
+"""Several processes acting as one server: supervisord + nginx + Redis + MongoDB (FerretDB).
+
+Everything goes through nginx, as users would; ``instance`` in each hello
+frame tells which process a socket landed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from chat.tools.cluster import Cluster
+from tests.support.client import Browser, RoomSocket
+
+
+async def socket_on(browser: Browser, room_id: str, want: set[str] | None = None,
+                    avoid: set[str] | None = None, since: int | None = None) -> tuple[RoomSocket, str]:
+    """A joined socket on a process in ``want`` / not in ``avoid`` (nginx picks; retry until it fits)."""
+    for _ in range(20):
+        sock = await browser.socket(room_id, since=since)
+        hello, _ = await sock.join()
+        instance = hello["instance"]
+        if (want is None or instance in want) and (avoid is None or instance not in avoid):
+            return sock, instance
+        sock.close()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"could not land on a process in {want} / outside {avoid}")
+
+
+async def collect_messages(sock: RoomSocket, count: int, timeout: float = 20.0) -> list[dict]:
+    messages = []
+    while len(messages) < count:
+        frame = await sock.recv(timeout)
+        if frame["type"] == "message":
+            messages.append(frame["message"])
+    return messages
+
+
+async def test_clients_on_different_processes_get_every_message_of_their_room_in_order_exactly_once(
+    cluster: Cluster,
+) -> None:
+    browsers = [Browser(cluster.url) for _ in range(4)]
+    for b in browsers:
+        await b.register()
+    room_id = await browsers[0].create_room()
+    other_room = await browsers[0].create_room()
+
+    sockets: list[RoomSocket] = []
+    instances: list[str] = []
+    for i, b in enumerate(browsers):
+        # Alternate processes explicitly, so both carry senders and readers.
+        avoid = {instances[-1]} if instances else None
+        sock, instance = await socket_on(b, room_id, avoid=avoid)
+        sockets.append(sock)
+        instances.append(instance)
+    assert len(set(instances)) == 2, instances
+    bystander, _ = await socket_on(browsers[0], other_room)
+
+    per_sender = 15
+    sent: dict[str, set[str]] = {}
+
+    async def send_all(index: int, sock: RoomSocket) -> None:
+        sent[str(index)] = {await sock.send_message(f"{index}-{n}") for n in range(per_sender)}
+
+    await asyncio.gather(*(send_all(i, s) for i, s in enumerate(sockets)))
+    total = per_sender * len(sockets)
+    streams = await asyncio.gather(*(collect_messages(s, total) for s in sockets))
+
+    expected = set().union(*sent.values())
+    for stream in streams:
+        seqs = [m["seq"] for m in stream]
+        assert seqs == sorted(seqs) and len(set(seqs)) == total  # in seq order, no duplicates
+        assert {m["client_id"] for m in stream} == expected  # nothing lost
+        assert stream == streams[0]  # every process delivered the same sequence
+    for sock in sockets:
+        await sock.expect_silence(0.5)  # and nothing extra arrives
+    await bystander.expect_silence(0.5)  # rooms do not leak into each other
+    for sock in (*sockets, bystander):
+        sock.close()
+
+
+async def test_after_restarting_every_process_data_survives_and_clients_resume_with_since(cluster: Cluster) -> None:
+    alice, bob = Browser(cluster.url), Browser(cluster.url)
+    alice_name = await alice.register()
+    await bob.register()
+    room_name = f"durable {uuid.uuid4().hex[:6]}"
+    room_id = await alice.create_room(room_name)
+    a, _ = await socket_on(alice, room_id)
+    await a.send_message("before the restart")
+    last_seen = (await a.recv_type("ack"))["message"]["seq"]
+
+    await asyncio.to_thread(cluster.supervisorctl, "restart", "all")
+    assert await a.closed() == 1001  # the process said goodbye as it shut down
+    await asyncio.to_thread(cluster.wait_healthy)
+
+    # Sessions, users and rooms are all still there.
+    rooms_page = await alice.get("/rooms")
+    assert rooms_page.code == 200 and room_name in rooms_page.body.decode()
+    assert (await Browser(cluster.url).login(alice_name)).headers["Location"] == "/rooms"
+
+    # Bob talks while Alice is away ...
+    b, _ = await socket_on(bob, room_id)
+    for text in ("while you were out", "second one"):
+        await b.acked(await b.send_message(text))
+    b.close()
+
+    # ... and Alice, reconnecting from her last seq, gets exactly what she missed.
+    sock = await alice.socket(room_id, since=last_seen)
+    await sock.recv_type("hello")
+    history = await sock.recv_type("history")
+    assert [m["body"] for m in history["messages"]] == ["while you were out", "second one"]
+    assert history["messages"][0]["seq"] > last_seen
+    sock.close()
+
+    full = await alice.socket(room_id, since=0)
+    _, everything = await full.join()
+    assert [m["body"] for m in everything["messages"]] == ["before the restart", "while you were out", "second one"]
+    full.close()
+
+
+async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(cluster: Cluster) -> None:
+    alice, bob = Browser(cluster.url), Browser(cluster.url)
+    alice_name = await alice.register()
+    bob_name = await bob.register()
+    room_id = await alice.create_room()
+
+    a, alice_instance = await socket_on(alice, room_id)
+    assert await a.recv_presence() == [alice_name]
+    b, bob_instance = await socket_on(bob, room_id, avoid={alice_instance})
+    assert bob_instance != alice_instance
+
+    async def presence_until(sock: RoomSocket, expected: list[str]) -> None:
+        while (names := await sock.recv_presence()) != expected:
+            pass
+        assert names == expected
+
+    await presence_until(a, sorted([alice_name, bob_name]))
+    await presence_until(b, sorted([alice_name, bob_name]))
+
+    # The room page, rendered by either process, lists both.
+    page = (await alice.get(f"/rooms/{room_id}")).body.decode()
+    assert alice_name in page.split('id="presence"')[1] and bob_name in page.split('id="presence"')[1]
+
+    b.close()
+    await presence_until(a, [alice_name])
+    a.close()
+
+
+async def test_two_people_chat_in_browsers_served_by_different_processes(
+    cluster: Cluster, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.e2e.test_browser_chat import register, say
+
+    base = cluster.url
+    alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
+    alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
+    errors: list[str] = []
+    for page in (alice, bob):
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    alice_name, bob_name = f"alice_{uuid.uuid4().hex[:6]}", f"bob_{uuid.uuid4().hex[:6]}"
+    await register(alice, base, alice_name)
+    await register(bob, base, bob_name)
+
+    room = f"Cluster room {uuid.uuid4().hex[:4]}"
+    await alice.fill("input[name=name]", room)
+    await alice.click("form.row button[type=submit]")
+    await alice.wait_for_url(f"{base}/rooms/*")
+    await alice.wait_for_selector("#connection-state.state-connected")
+    alice_instance = await alice.get_attribute("#room", "data-instance")
+
+    # nginx balances each new socket to the least busy process; reload until
+    # Bob's socket is on the other one.
+    await bob.goto(alice.url)
+    for _ in range(20):
+        await bob.wait_for_selector("#connection-state.state-connected")
+        if await bob.get_attribute("#room", "data-instance") != alice_instance:
+            break
+        await bob.reload()
+    bob_instance = await bob.get_attribute("#room", "data-instance")
+    assert bob_instance != alice_instance
+
+    await say(alice, "hello from the first process")
+    await bob.wait_for_selector("li.message >> text=hello from the first process")
+    await say(bob, "and hello from the second")
+    await alice.wait_for_selector("li.message >> text=and hello from the second")
+    await alice.wait_for_selector(f"#presence li >> text={bob_name}")
+    await bob.wait_for_selector(f"#presence li >> text={alice_name}")
+    for page in (alice, bob):
+        assert await page.locator("li.message").count() == 2
+
+    await alice.screenshot(path=str(artifacts_dir / f"alice-{alice_instance.replace(':', '_')}.png"), full_page=True)
+    await bob.screenshot(path=str(artifacts_dir / f"bob-{bob_instance.replace(':', '_')}.png"), full_page=True)
+    assert errors == []
+    await alice_ctx.close()
+    await bob_ctx.close()
