@@ -39,6 +39,9 @@ from .web.socket import RoomSocketHandler
 log = logging.getLogger(__name__)
 
 ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
+# Pings find dead peers; nginx's proxy_read_timeout must exceed the interval.
+WEBSOCKET_PING_INTERVAL = 25
+WEBSOCKET_PING_TIMEOUT = 60
 SESSION_PURGE_INTERVAL_MS = 3600 * 1000
 
 
@@ -115,9 +118,8 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax", "secure": settings.cookie_secure},
         websocket_max_message_size=settings.max_frame_bytes,
-        # Pings find dead peers; nginx's proxy_read_timeout must exceed this.
-        websocket_ping_interval=25,
-        websocket_ping_timeout=60,
+        websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
+        websocket_ping_timeout=WEBSOCKET_PING_TIMEOUT,
         debug=settings.debug,
         compress_response=True,
         chat_settings=settings,

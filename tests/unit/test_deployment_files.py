@@ -1,0 +1,80 @@
+"""supervisord.conf, nginx/, the Dockerfile and docker-compose.yml must agree with each other."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from chat.app import WEBSOCKET_PING_INTERVAL
+from chat.tools.cluster import render_site_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose_value(name: str) -> str:
+    match = re.search(rf'^\s*{name}: "([^"]*)"', (ROOT / "docker-compose.yml").read_text(), re.M)
+    assert match, f"{name} not set in docker-compose.yml"
+    return match.group(1)
+
+
+def dockerfile_env(name: str) -> str:
+    match = re.search(rf"\b{name}=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert match, f"{name} not set in the Dockerfile"
+    return match.group(1)
+
+
+def test_compose_upstreams_match_the_process_group() -> None:
+    processes, base_port = int(compose_value("CHAT_PROCESSES")), int(compose_value("CHAT_BASE_PORT"))
+    upstreams = re.findall(r"server app:(\d+)", compose_value("CHAT_UPSTREAM_SERVERS"))
+    assert [int(port) for port in upstreams] == [base_port + i for i in range(processes)]
+
+
+def test_the_image_defaults_match_compose_and_expose_every_port() -> None:
+    assert dockerfile_env("CHAT_PROCESSES") == compose_value("CHAT_PROCESSES")
+    assert dockerfile_env("CHAT_BASE_PORT") == compose_value("CHAT_BASE_PORT")
+    exposed = re.search(r"^EXPOSE (.+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert exposed and exposed.group(1).split() == re.findall(r"server app:(\d+)", compose_value("CHAT_UPSTREAM_SERVERS"))
+
+
+def test_the_image_contains_what_a_chat_process_loads() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for needed in ("requirements.txt", "chat/", "templates/", "static/", "supervisord.conf"):
+        assert re.search(rf"^COPY {re.escape(needed)} ", dockerfile, re.M), needed
+    assert "supervisord.conf" in dockerfile.splitlines()[-1]
+
+
+def test_compose_mounts_the_nginx_template_the_cluster_tool_renders() -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "./nginx/chat.conf.template:/etc/nginx/templates/chat.conf.template" in compose
+
+
+def test_supervisord_conf_defines_one_program_per_port(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from supervisor.options import ServerOptions
+
+    (tmp_path / "log").mkdir()
+    for name, value in {"CHAT_PROCESSES": "3", "CHAT_BASE_PORT": "9001", "CHAT_RUN_DIR": str(tmp_path),
+                        "CHAT_PYTHON": "/usr/bin/python3"}.items():
+        monkeypatch.setenv(name, value)
+    options = ServerOptions()
+    options.realize(args=["-c", str(ROOT / "supervisord.conf")])
+    [group] = options.process_group_configs
+    assert group.name == "chat"
+    assert [p.name for p in group.process_configs] == ["chat-9001", "chat-9002", "chat-9003"]
+    assert [p.command for p in group.process_configs] == [
+        f"/usr/bin/python3 -m chat --port {port}" for port in (9001, 9002, 9003)
+    ]
+    assert all(p.autorestart for p in group.process_configs)
+    assert all(p.stdout_logfile == f"{tmp_path}/log/{p.name}.log" for p in group.process_configs)
+
+
+def test_the_rendered_nginx_site_balances_every_process_and_upgrades_websockets() -> None:
+    site = render_site_config(processes=3, base_port=9001, listen="127.0.0.1:9000")
+    assert re.findall(r"server 127\.0\.0\.1:(\d+)", site) == ["9001", "9002", "9003"]
+    assert "listen 127.0.0.1:9000;" in site
+    assert "proxy_set_header Upgrade $http_upgrade;" in site
+    assert "proxy_set_header Connection $connection_upgrade;" in site
+    timeout = int(re.search(r"proxy_read_timeout (\d+)s;", site).group(1))  # type: ignore[union-attr]
+    assert timeout > WEBSOCKET_PING_INTERVAL  # idle sockets are kept open between pings
+    assert "${" not in site
