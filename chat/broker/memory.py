@@ -17,11 +17,13 @@ class MemoryBroker(Broker):
     def __init__(self) -> None:
         self._subscribed: set[str] = set()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._closed = False
 
     async def connect(self) -> None:
         pass
 
     async def disconnect(self) -> None:
+        self._closed = True
         self._subscribed.clear()
         self._events.put_nowait(_CLOSED)
 
@@ -36,6 +38,8 @@ class MemoryBroker(Broker):
             self._events.put_nowait(Event(channel, payload))
 
     async def next_published(self) -> Event:
+        if self._closed:
+            raise BrokerClosed()
         event = await self._events.get()
         if event is _CLOSED:
             raise BrokerClosed()

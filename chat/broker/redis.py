@@ -165,6 +165,9 @@ class RedisBroker(Broker):
                     await pubsub.aclose()
                     log.info("Redis still unreachable (%s); retrying in %.1fs", exc, delay)
                 else:
+                    if self._closed:  # disconnect() ran while we were reconnecting
+                        await pubsub.aclose()
+                        return
                     self._pubsub = pubsub
                     self._resync_due = True
                     log.info("Redis subscription restored (%d channels)", len(self._channels))

@@ -86,8 +86,21 @@ class Presence:
         room[user.id] = (online, count + 1)
         if count == 0:
             await self._announce(room_id, self._store.add(room_id, self._instance, online, self.ttl))
-        users = await self.online(room_id)
+        previous = self._shown.get(room_id)
+        try:
+            users = await self._store.online(room_id)
+        except Unavailable as exc:
+            log.warning("presence of room %s unavailable: %s", room_id, exc)
+            # The newcomer is shown an empty list; the next heartbeat finds the
+            # real one different and sends it to every local socket. Sockets
+            # already here keep their list until then.
+            self._shown[room_id] = []
+            return []
         self._shown[room_id] = users
+        if previous is not None and users != previous:
+            # The re-read that our own announcement triggers compares with
+            # _shown, which now matches: tell the sockets already here.
+            self._fanout.deliver_local(room_id, presence_frame(users))
         return users
 
     async def left(self, room_id: str, user: User) -> None:

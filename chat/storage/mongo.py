@@ -6,8 +6,8 @@ come from a counter on the room document advanced with ``$inc`` in
 ``find_one_and_update``, which is atomic on one document; the unique
 ``(room_id, seq)`` index is the backstop.
 
-Durability of an ack is whatever write concern the URL asks for; production
-deployments should use ``w=majority&journal=true`` (see README).
+An ack is only sent once the write is acknowledged with the write concern
+``w=majority, journal=true`` (unless the URL sets its own; see README).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from .base import MessageRepository, RoomRepository, SessionRepository, Storage,
 # Unavailable. PyMongo's default is 30 s, far too long for someone pressing
 # "send"; a URL may still set its own.
 DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
+# An ack promises the message survives a crash: by default every write waits
+# for a majority of the replica set, journaled. A URL's own w= / journal=
+# options win (w=1 trades that promise for latency; see README).
+DEFAULT_WRITE_CONCERN = {"w": "majority", "journal": True}
 # Seq draws per message before giving up; more than one only under contention
 # on a server without an atomic findAndModify.
 MAX_SEQ_ATTEMPTS = 50
@@ -224,7 +228,8 @@ class MongoStorage(Storage):
     def from_url(cls, url: str) -> "MongoStorage":
         parsed = parse_uri(url)
         given = parsed["options"]  # a case-insensitive mapping
-        defaults = {key: value for key, value in DEFAULT_TIMEOUTS_MS.items() if key not in given}
+        defaults = {key: value for key, value in {**DEFAULT_TIMEOUTS_MS, **DEFAULT_WRITE_CONCERN}.items()
+                    if key not in given}
         return cls(url, parsed.get("database") or "chat", defaults)
 
     @property
