@@ -14,6 +14,7 @@ help:
 	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
 	@echo "make cluster   start the process group under supervisord behind nginx (MongoDB + Redis)"
 	@echo "make cluster-stop, make cluster-ctl ARGS=status   stop it, or talk to supervisorctl"
+	@echo "make soak      run the soak test (faults + report); SOAK_ARGS=\"--seconds 300\" to change it"
 	@echo "make clean     remove the virtualenv, caches and local data"
 
 $(VENV)/.run-deps: requirements.txt
@@ -71,3 +72,11 @@ cluster-stop: venv
 
 cluster-ctl: venv
 	@$(PY) -m chat.tools.cluster ctl --run-dir $(CLUSTER_RUN_DIR) -- $(ARGS)
+
+# -- soak: clients through nginx while faults are injected; prints a report ---
+SOAK_ARGS ?= --clients 10 --rooms 3 --seconds 60
+
+.PHONY: soak
+
+soak: test-venv ferretdb
+	$(PY) -m chat.tools.soak $(SOAK_ARGS)

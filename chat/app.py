@@ -22,7 +22,7 @@ import tornado.web
 import tornado.websocket
 
 from .broker import Broker, open_broker, open_presence
-from .config import Settings
+from .config import DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT, Settings
 from .errors import Unavailable
 from .services.accounts import Accounts
 from .services.fanout import Fanout
@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
 # Pings find dead peers; nginx's proxy_read_timeout must exceed the interval.
-WEBSOCKET_PING_INTERVAL = 25
-WEBSOCKET_PING_TIMEOUT = 60
+# The defaults; CHAT_WS_PING_INTERVAL and CHAT_WS_PING_TIMEOUT override them.
+WEBSOCKET_PING_INTERVAL = DEFAULT_WS_PING_INTERVAL
+WEBSOCKET_PING_TIMEOUT = DEFAULT_WS_PING_TIMEOUT
 SESSION_PURGE_INTERVAL_MS = 3600 * 1000
 
 
@@ -56,6 +57,8 @@ class Services:
     presence: Presence
     executor: concurrent.futures.ThreadPoolExecutor
     sockets: set[Any] = field(default_factory=set)
+    # Set on SIGTERM: /readyz answers 503 so balancers stop sending traffic.
+    draining: bool = False
 
     async def close(self) -> None:
         await self.presence.stop()
@@ -75,7 +78,7 @@ async def build_services(settings: Settings) -> Services:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="bcrypt")
     hasher = PasswordHasher(settings.bcrypt_rounds, executor)
     messages = Messages(storage, settings.history_limit)
-    fanout = Fanout(broker, messages.backfill, messages.stored_seq)
+    fanout = Fanout(broker, messages.backfill, messages.stored_seq, sweep_interval=settings.catchup_interval_seconds)
     presence = Presence(open_presence(broker), fanout, settings.instance,
                         ttl=settings.presence_ttl_seconds, heartbeat=settings.presence_heartbeat_seconds)
     await fanout.start()
@@ -118,8 +121,8 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax", "secure": settings.cookie_secure},
         websocket_max_message_size=settings.max_frame_bytes,
-        websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
-        websocket_ping_timeout=WEBSOCKET_PING_TIMEOUT,
+        websocket_ping_interval=settings.ws_ping_interval,
+        websocket_ping_timeout=settings.ws_ping_timeout,
         debug=settings.debug,
         compress_response=True,
         chat_settings=settings,
@@ -133,6 +136,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         messages=services.messages,
         presence=services.presence,
         sockets=services.sockets,
+        services=services,
     )
 
 
@@ -164,11 +168,32 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    log.info("shutting down: closing %d sockets", len(services.sockets))
+    await shutdown(settings, services, server, purge)
+
+
+async def shutdown(settings: Settings, services: Services, server: tornado.httpserver.HTTPServer,
+                   purge: tornado.ioloop.PeriodicCallback) -> None:
+    """Stop gracefully: no new connections, sockets told to go elsewhere, in-flight sends finished.
+
+    Clients reconnect through the load balancer to another process and resume
+    with ``since``; a message that was being stored completes (and is
+    published), and its sender, who may have missed the ack, re-sends it with
+    the same client_id, which stores nothing twice.
+    """
+    sockets = list(services.sockets)
+    log.info("shutting down: closing %d sockets", len(sockets))
+    services.draining = True
     purge.stop()
     server.stop()
-    for socket in list(services.sockets):
-        socket.close(1001, "server shutting down")
-    await asyncio.sleep(0.2)  # let close frames go out
+    for socket in sockets:
+        socket.close(1001, "server shutting down; reconnect")
+    connections = [s.connection for s in sockets if getattr(s, "connection", None) is not None]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.wait_idle() for c in connections)),
+                               settings.shutdown_grace_seconds)
+    except asyncio.TimeoutError:
+        log.warning("shutdown: some sends did not finish within %.0fs", settings.shutdown_grace_seconds)
+    await asyncio.sleep(0.1)  # let the close frames go out
     await server.close_all_connections()
     await services.close()
+    log.info("shut down")

@@ -20,6 +20,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_DATABASE_URL = "sqlite:///data/chat.sqlite3"
 
+# WebSocket keepalive, in seconds. nginx's proxy_read_timeout (75 s in
+# nginx/chat.conf.template) must stay longer than the ping interval, or idle
+# sockets behind it are cut between pings.
+DEFAULT_WS_PING_INTERVAL = 25.0
+# Tornado refuses a timeout longer than the interval (it warns and uses the
+# interval), so the default stays below it.
+DEFAULT_WS_PING_TIMEOUT = 20.0
+# Bytes queued on one socket but not yet written to the network; a client
+# that falls further behind is closed with 1013 and resumes with `since`.
+DEFAULT_WS_MAX_BUFFER_BYTES = 1024 * 1024
+
 
 class ConfigError(Exception):
     """The configuration is missing or malformed; the message says how to fix it."""
@@ -99,8 +110,20 @@ class Settings:
     # crashed process's users vanish from presence within this delay.
     presence_ttl_seconds: float = 30.0
     presence_heartbeat_seconds: float = 10.0
+    # Each process checks every room it serves against storage this often,
+    # to deliver a message whose publish was lost with a crashed process.
+    catchup_interval_seconds: float = 10.0
+    # On SIGTERM, how long to wait for messages being stored to finish.
+    shutdown_grace_seconds: float = 10.0
     history_limit: int = 50
     max_frame_bytes: int = 64 * 1024
+    # A ping every ``ws_ping_interval`` seconds; a peer that has not answered
+    # within ``ws_ping_timeout`` is dropped (Tornado caps the timeout at the
+    # interval).
+    ws_ping_interval: float = DEFAULT_WS_PING_INTERVAL
+    ws_ping_timeout: float = DEFAULT_WS_PING_TIMEOUT
+    # Per-socket cap on frames queued but not yet written (slow consumers).
+    ws_max_buffer_bytes: int = DEFAULT_WS_MAX_BUFFER_BYTES
     allowed_origins: tuple[str, ...] = ()
     xheaders: bool = False
     debug: bool = False
@@ -168,6 +191,23 @@ def load_settings(
             "CHAT_PRESENCE_HEARTBEAT_SECONDS",
             get("CHAT_PRESENCE_HEARTBEAT_SECONDS", str(defaults.presence_heartbeat_seconds)), float, 0.1,
         ),
+        catchup_interval_seconds=_number(
+            "CHAT_CATCHUP_INTERVAL_SECONDS",
+            get("CHAT_CATCHUP_INTERVAL_SECONDS", str(defaults.catchup_interval_seconds)), float, 0.1,
+        ),
+        shutdown_grace_seconds=_number(
+            "CHAT_SHUTDOWN_GRACE_SECONDS",
+            get("CHAT_SHUTDOWN_GRACE_SECONDS", str(defaults.shutdown_grace_seconds)), float, 0,
+        ),
+        ws_ping_interval=_number(
+            "CHAT_WS_PING_INTERVAL", get("CHAT_WS_PING_INTERVAL", str(defaults.ws_ping_interval)), float, 0.1,
+        ),
+        ws_ping_timeout=_number(
+            "CHAT_WS_PING_TIMEOUT", get("CHAT_WS_PING_TIMEOUT", str(defaults.ws_ping_timeout)), float, 0,
+        ),
+        ws_max_buffer_bytes=int(_number(
+            "CHAT_WS_MAX_BUFFER_BYTES", get("CHAT_WS_MAX_BUFFER_BYTES", str(defaults.ws_max_buffer_bytes)), int, 4096,
+        )),
         allowed_origins=origins,
         xheaders=_bool("CHAT_XHEADERS", get("CHAT_XHEADERS", "false")),
         debug=_bool("CHAT_DEBUG", get("CHAT_DEBUG", "false")),

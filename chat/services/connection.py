@@ -73,6 +73,10 @@ class RoomConnection:
         self._joined = False
         self._counted_present = False
         self.closed = False
+        # Clear while a client frame is being handled. Frames are handled one
+        # at a time (Tornado awaits on_message before reading the next).
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -114,7 +118,18 @@ class RoomConnection:
 
     # -- client side ------------------------------------------------------
 
+    async def wait_idle(self) -> None:
+        """Return once no frame from the client is being handled (for graceful shutdown)."""
+        await self._idle.wait()
+
     async def receive(self, text: str | bytes) -> None:
+        self._idle.clear()
+        try:
+            await self._receive(text)
+        finally:
+            self._idle.set()
+
+    async def _receive(self, text: str | bytes) -> None:
         client_id: str | None = None
         try:
             frame = protocol.parse_client_frame(text)
@@ -144,16 +159,13 @@ class RoomConnection:
             return
         self._rate_limit.take()
         message, created = await self._messages.post(self.user, self.room, frame.client_id, frame.body)
-        if self.closed:
-            return
-        self.transport.send_text(protocol.ack_frame(message))
-        if created:
-            try:
-                await self._fanout.publish_message(message)
-            except Exception:
-                # Stored and acknowledged: other sockets catch up from storage
-                # (backfill, `since` on reconnect) even if this publish is lost.
-                log.warning("publishing message %s failed", message.id, exc_info=True)
+        if not self.closed:
+            self.transport.send_text(protocol.ack_frame(message))
+        # Publish even if this socket closed meanwhile (the message is stored,
+        # the room must see it), and even for a resend of a stored message:
+        # the process that stored it may have died before publishing, and
+        # receivers drop any seq they already delivered.
+        await self._fanout.publish_message(message)
 
     async def _session_still_live(self) -> bool:
         now = time.monotonic()

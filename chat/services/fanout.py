@@ -22,6 +22,7 @@ import logging
 from typing import Awaitable, Callable, Protocol
 
 from ..broker import RESYNC, Broker, BrokerClosed, room_channel
+from ..errors import Unavailable
 from ..models import Message
 from ..protocol import PRESENCE_CHANGED, frame_routing, message_frame, presence_changed_event
 
@@ -35,6 +36,8 @@ StoredSeq = Callable[[str], Awaitable[int]]
 
 # After a failed catch-up read, how long until the next try.
 RESYNC_RETRY_SECONDS = 1.0
+# How long a publish that failed is retried in the background.
+REPUBLISH_FOR_SECONDS = 60.0
 
 
 class Listener(Protocol):
@@ -153,12 +156,15 @@ class Fanout:
         *,
         gap_retry: float = 0.2,
         hole_timeout: float = 2.0,
+        sweep_interval: float = 10.0,
     ) -> None:
         self.broker = broker
         self.backfill = backfill
         self.stored_seq = stored_seq
         self.gap_retry = gap_retry
         self.hole_timeout = hole_timeout
+        self.sweep_interval = sweep_interval
+        self._background: set[asyncio.Task[None]] = set()
         self._feeds: dict[str, RoomFeed] = {}
         self._listen_task: asyncio.Task[None] | None = None
         # Set by the presence service: called with a room id when any process
@@ -168,15 +174,16 @@ class Fanout:
     async def start(self) -> None:
         if self._listen_task is None:
             self._listen_task = asyncio.create_task(self._listen(), name="fanout-listener")
+            sweeper = asyncio.create_task(self._sweep(), name="fanout-sweep")
+            self._background.add(sweeper)
+            sweeper.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
-        task, self._listen_task = self._listen_task, None
-        if task is not None:
+        tasks = [t for t in (self._listen_task, *self._background) if t is not None]
+        self._listen_task = None
+        for task in tasks:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await asyncio.gather(*tasks, return_exceptions=True)
         for feed in self._feeds.values():
             feed.close()
         self._feeds.clear()
@@ -219,7 +226,57 @@ class Fanout:
             await self.broker.unsubscribe(room_channel(room_id))
 
     async def publish_message(self, message: Message) -> None:
-        await self.broker.publish(room_channel(message.room_id), message_frame(message))
+        """Send a stored message to every process with sockets in its room.
+
+        Never raises for a broker outage: the message is stored and maybe
+        acknowledged, so this process delivers it to its own sockets at once
+        and keeps retrying the publish in the background; other processes
+        also catch up from storage when their subscription comes back.
+        """
+        channel, frame = room_channel(message.room_id), message_frame(message)
+        try:
+            await self.broker.publish(channel, frame)
+        except Unavailable as exc:
+            log.warning("publishing seq %d of room %s failed (%s); retrying in the background",
+                        message.seq, message.room_id, exc)
+            feed = self._feeds.get(message.room_id)
+            if feed is not None and feed.ready.is_set():
+                feed.receive(message.seq, frame)
+            task = asyncio.create_task(self._republish(channel, frame))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _republish(self, channel: str, frame: str) -> None:
+        delay = 0.2
+        deadline = asyncio.get_running_loop().time() + REPUBLISH_FOR_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self.broker.publish(channel, frame)
+                return
+            except Unavailable:
+                delay = min(delay * 2, 5.0)
+        log.warning("gave up publishing a frame on %s; receivers will catch up from storage", channel)
+
+    async def _sweep(self) -> None:
+        """Now and then, compare each room's stored seq with what was delivered.
+
+        Catches the one loss nothing else sees: a process killed after storing
+        (and acking) a message but before publishing it, in a room where
+        nobody writes again for a while.
+        """
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            for feed in list(self._feeds.values()):
+                if not feed.ready.is_set() or not feed.listeners:
+                    continue
+                try:
+                    stored = await self.stored_seq(feed.room_id)
+                except Exception as exc:
+                    log.warning("sweep of room %s failed: %s", feed.room_id, exc)
+                    continue
+                if stored > feed.last_seq:
+                    feed.resync()
 
     async def publish_presence_changed(self, room_id: str) -> None:
         await self.broker.publish(room_channel(room_id), presence_changed_event())

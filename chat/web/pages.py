@@ -138,6 +138,8 @@ class ReadinessHandler(BaseHandler):
                 checks[name] = "ok"
             except Unavailable as exc:
                 checks[name] = f"unavailable: {exc}"
+        if self.settings["services"].draining:
+            checks["process"] = "shutting down"
         ready = all(value == "ok" for value in checks.values())
         self.set_status(200 if ready else 503)
         self.finish({"status": "ok" if ready else "unavailable", "checks": checks, "instance": self.config.instance})

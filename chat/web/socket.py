@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,11 @@ def _log_failure(future: "asyncio.Future[None]") -> None:
 class RoomSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     connection: RoomConnection | None = None
     _since: int | None = None
+    # Bytes handed to write_message whose frames are not yet written to the
+    # network; more than ``ws_max_buffer_bytes`` means the client stopped
+    # reading (or reads slower than the room talks).
+    _unflushed_bytes = 0
+    _too_slow = False
 
     @property
     def fanout(self) -> Fanout:
@@ -119,7 +125,31 @@ class RoomSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     # -- Transport for RoomConnection -------------------------------------
 
     def send_text(self, text: str) -> None:
+        if self._too_slow:
+            return
+        if self._unflushed_bytes > self.config.ws_max_buffer_bytes:
+            self._close_too_slow()
+            return
+        data = text.encode("utf-8")
         try:
-            self.write_message(text).add_done_callback(_ignore_closed)
+            future = self.write_message(data)  # a text frame: bytes are sent as they are
         except tornado.websocket.WebSocketClosedError:
-            pass
+            return
+        self._unflushed_bytes += len(data)
+        future.add_done_callback(functools.partial(self._flushed, len(data)))
+
+    def _flushed(self, size: int, future: "asyncio.Future[None]") -> None:
+        # Written to the socket, or failed because the stream closed: either
+        # way Tornado no longer holds the bytes.
+        self._unflushed_bytes -= size
+        _ignore_closed(future)
+
+    def _close_too_slow(self) -> None:
+        # Everything the client misses is in storage: it reconnects and
+        # resumes with `since`, and the room does not wait for it meanwhile.
+        # The backlog is dropped when Tornado gives up on the close handshake.
+        self._too_slow = True
+        log.warning("closing the socket of %s in room %s: too slow, %d bytes not yet sent (cap %d)",
+                    self.current_user.username, self.room.id, self._unflushed_bytes,
+                    self.config.ws_max_buffer_bytes)
+        self.close(CLOSE_TRY_AGAIN_LATER, "too slow: reconnect and resume with since")

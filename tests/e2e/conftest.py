@@ -11,6 +11,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from chat.tools.cluster import Cluster
+from chat.tools.services import locate
 from tests.support.server import TEST_SECRET
 from tests.support.services import (
     PROJECT_ROOT, FerretDB, RedisServer, find_binary, free_port, free_port_range, nginx_binary, redis_binary,
@@ -41,7 +42,7 @@ def artifacts_dir(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[object]:
-    executable = find_binary("chromium", "CHAT_CHROMIUM_BIN", [Path("/usr/bin/chromium")],
+    executable = find_binary(locate("chromium", "CHAT_CHROMIUM_BIN", [Path("/usr/bin/chromium")]), "chromium",
                              "install Debian's browser with `apt-get install chromium`")
     from playwright.async_api import async_playwright
 

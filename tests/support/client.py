@@ -3,87 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import http.cookies
+import base64
+import hashlib
 import json
-import re
+import os
+import socket
+import struct
 import uuid
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import WebSocketClientConnection
 
-PASSWORD = "correct horse battery"
+from chat.tools.webclient import DEFAULT_PASSWORD, WebClient
+
+PASSWORD = DEFAULT_PASSWORD
 
 
-class Browser:
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.cookies: dict[str, str] = {}
-        self.http = AsyncHTTPClient()
-
-    def cookie_header(self) -> str:
-        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-
-    def _remember_cookies(self, response: HTTPResponse) -> None:
-        for header in response.headers.get_list("Set-Cookie"):
-            jar = http.cookies.SimpleCookie()
-            jar.load(header)
-            for name, morsel in jar.items():
-                if morsel["max-age"] == "0" or (morsel["expires"] and "1970" in morsel["expires"]) or not morsel.value:
-                    self.cookies.pop(name, None)
-                else:
-                    self.cookies[name] = morsel.value
-
-    async def request(self, method: str, path: str, body: str | None = None,
-                      headers: dict[str, str] | None = None) -> HTTPResponse:
-        all_headers = {"Cookie": self.cookie_header(), **(headers or {})}
-        request = HTTPRequest(self.base_url + path, method=method, body=body, headers=all_headers,
-                              follow_redirects=False, request_timeout=30)
-        response = await self.http.fetch(request, raise_error=False)
-        self._remember_cookies(response)
-        return response
-
-    async def get(self, path: str) -> HTTPResponse:
-        return await self.request("GET", path)
-
-    async def post(self, path: str, data: dict[str, str], xsrf: bool = True) -> HTTPResponse:
-        if xsrf:
-            if "_xsrf" not in self.cookies:
-                await self.get("/login")  # any form page sets the XSRF cookie
-            data = {**data, "_xsrf": self.cookies["_xsrf"]}
-        return await self.request("POST", path, body=urlencode(data),
-                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
-
-    async def register(self, username: str | None = None, password: str = PASSWORD) -> str:
-        username = username or f"user_{uuid.uuid4().hex[:10]}"
-        response = await self.post("/register", {"username": username, "password": password, "confirm": password})
-        assert response.code == 302, (response.code, response.body[:500])
-        return username
-
-    async def login(self, username: str, password: str = PASSWORD) -> HTTPResponse:
-        return await self.post("/login", {"username": username, "password": password})
-
-    async def logout(self) -> HTTPResponse:
-        return await self.post("/logout", {})
-
-    async def create_room(self, name: str | None = None) -> str:
-        response = await self.post("/rooms", {"name": name or f"room {uuid.uuid4().hex[:8]}"})
-        assert response.code == 302, (response.code, response.body[:500])
-        match = re.fullmatch(r"/rooms/([A-Za-z0-9_-]+)", response.headers["Location"])
-        assert match, response.headers["Location"]
-        return match.group(1)
+class Browser(WebClient):
+    """The site's web client, whose room sockets are test-friendly :class:`RoomSocket` s."""
 
     async def socket(self, room_id: str, since: int | None = None, origin: str | None = None,
                      cookie: str | None = None) -> "RoomSocket":
-        url = self.base_url.replace("http://", "ws://") + f"/rooms/{room_id}/ws"
-        if since is not None:
-            url += f"?since={since}"
-        headers = {"Cookie": self.cookie_header() if cookie is None else cookie}
-        if origin is not None:
-            headers["Origin"] = origin
-        conn = await websocket_connect(HTTPRequest(url, headers=headers, request_timeout=30))
-        return RoomSocket(conn)
+        return RoomSocket(await self.connect_socket(room_id, since=since, origin=origin, cookie=cookie))
 
 
 async def handshake_status(browser: Browser, room_id: str, **kwargs: Any) -> int:
@@ -173,3 +116,90 @@ class RoomSocket:
 
     def close(self) -> None:
         self.conn.close()
+
+
+# -- WebSockets by hand --------------------------------------------------------
+#
+# Tornado's client reads eagerly and answers pings by itself; tests about
+# peers that stop reading or never answer need a socket whose every byte the
+# test controls.
+
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
+
+
+async def raw_websocket(base_url: str, room_id: str, cookie: str,
+                        rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a room socket over plain TCP, doing the WebSocket handshake by hand.
+
+    ``cookie`` is a ``Cookie`` header value (``Browser.cookie_header()``).
+    ``rcvbuf`` shrinks the kernel receive buffer (set before connecting, so
+    the TCP window is small from the start). Returns the streams positioned
+    just after the ``101`` response; nothing more is read or answered unless
+    the caller does it (see :func:`read_frame` and :func:`client_frame`).
+    asyncio reads ahead into the StreamReader (up to 128 KiB) on its own:
+    call ``writer.transport.pause_reading()`` for a peer that truly stops.
+    """
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), 10)
+    except BaseException:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((
+        f"GET /rooms/{room_id}/ws HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        f"Cookie: {cookie}\r\n"
+        "\r\n"
+    ).encode("latin-1"))
+    await writer.drain()
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+    status_line, *header_lines = head.split("\r\n")
+    if status_line.split(" ")[1:2] != ["101"]:
+        writer.close()
+        raise ConnectionError(f"handshake refused: {head!r}")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in header_lines if line)}
+    accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
+    assert headers.get("sec-websocket-accept") == accept, head
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one (unmasked, unfragmented) server frame: ``(opcode, payload)``.
+
+    Raises ``asyncio.IncompleteReadError`` at the end of the stream.
+    """
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+def close_code(payload: bytes) -> tuple[int | None, str]:
+    """The status code and reason in a close frame's payload."""
+    if len(payload) < 2:
+        return None, ""
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode("utf-8", "replace")
+
+
+def client_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """A masked client frame with a payload under 126 bytes (control frames, short texts)."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked

@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from chat.tools.services import terminate
+
 from .services import PROJECT_ROOT, free_port
 
 TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -70,13 +72,7 @@ class ChatServer:
         raise TimeoutError(f"chat server not healthy after {timeout}s:\n{self.logs()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout=15)  # SIGTERM first: the server shuts down gracefully
         self.process = None
 
     def restart(self) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from chat.config import ConfigError, ensure_dotenv_secret, load_settings, parse_dotenv
+from chat.config import ConfigError, Settings, ensure_dotenv_secret, load_settings, parse_dotenv
 
 SECRET_A = "a" * 32
 SECRET_B = "b" * 40
@@ -170,10 +171,73 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
     ("CHAT_BCRYPT_ROUNDS", "3"),
     ("CHAT_RATE_LIMIT_PER_SECOND", "fast"),
     ("CHAT_SESSION_RECHECK_SECONDS", "-1"),
+    ("CHAT_WS_PING_INTERVAL", "0"),
+    ("CHAT_WS_PING_INTERVAL", "soon"),
+    ("CHAT_WS_PING_TIMEOUT", "-1"),
+    ("CHAT_WS_PING_TIMEOUT", "inf"),
+    ("CHAT_WS_MAX_BUFFER_BYTES", "4095"),
+    ("CHAT_WS_MAX_BUFFER_BYTES", "1.5"),
 ])
 def test_a_bad_number_is_rejected_naming_the_variable(dotenv: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, name: value}, dotenv)
+
+
+def test_websocket_settings_default_to_a_25_s_ping_a_20_s_timeout_and_a_1_mib_buffer(dotenv: Path) -> None:
+    settings = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
+
+    assert settings.ws_ping_interval == 25
+    assert settings.ws_ping_timeout == 20
+    assert settings.ws_max_buffer_bytes == 1024 * 1024
+
+
+def test_websocket_settings_are_parsed(dotenv: Path) -> None:
+    settings = load_settings({
+        "CHAT_COOKIE_SECRETS": SECRET_A,
+        "CHAT_WS_PING_INTERVAL": "0.5",
+        "CHAT_WS_PING_TIMEOUT": "0",
+        "CHAT_WS_MAX_BUFFER_BYTES": "4096",
+    }, dotenv)
+
+    assert settings.ws_ping_interval == 0.5
+    assert settings.ws_ping_timeout == 0
+    assert settings.ws_max_buffer_bytes == 4096
+
+
+def test_empty_websocket_settings_mean_the_defaults(dotenv: Path) -> None:
+    settings = load_settings({
+        "CHAT_COOKIE_SECRETS": SECRET_A,
+        "CHAT_WS_PING_INTERVAL": "",
+        "CHAT_WS_PING_TIMEOUT": " ",
+        "CHAT_WS_MAX_BUFFER_BYTES": "",
+    }, dotenv)
+
+    assert (settings.ws_ping_interval, settings.ws_ping_timeout, settings.ws_max_buffer_bytes) == (25, 20, 1048576)
+
+
+def test_env_example_documents_the_websocket_settings_with_their_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    values = parse_dotenv(example.read_text())
+    defaults = Settings(cookie_secrets=(SECRET_A,))
+
+    assert float(values["CHAT_WS_PING_INTERVAL"]) == defaults.ws_ping_interval
+    assert float(values["CHAT_WS_PING_TIMEOUT"]) == defaults.ws_ping_timeout
+    assert int(values["CHAT_WS_MAX_BUFFER_BYTES"]) == defaults.ws_max_buffer_bytes == 1024 * 1024
+
+
+def test_the_ping_settings_reach_tornado_and_the_app_constants_are_the_defaults(dotenv: Path) -> None:
+    from chat.app import WEBSOCKET_PING_INTERVAL, WEBSOCKET_PING_TIMEOUT, make_app
+
+    defaults = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
+    assert (WEBSOCKET_PING_INTERVAL, WEBSOCKET_PING_TIMEOUT) == (defaults.ws_ping_interval, defaults.ws_ping_timeout)
+
+    settings = load_settings({
+        "CHAT_COOKIE_SECRETS": SECRET_A, "CHAT_WS_PING_INTERVAL": "7", "CHAT_WS_PING_TIMEOUT": "3",
+    }, dotenv)
+    app = make_app(settings, mock.Mock())
+
+    assert app.settings["websocket_ping_interval"] == 7
+    assert app.settings["websocket_ping_timeout"] == 3
 
 
 @pytest.mark.parametrize("name", ["CHAT_COOKIE_SECURE", "CHAT_XHEADERS", "CHAT_DEBUG"])

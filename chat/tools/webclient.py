@@ -1,0 +1,98 @@
+"""A small programmatic user of the site: cookies, XSRF-protected forms, room sockets.
+
+The soak tool drives the server through it, and the tests build on it.
+"""
+
+from __future__ import annotations
+
+import http.cookies
+import re
+import uuid
+from urllib.parse import urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+DEFAULT_PASSWORD = "correct horse battery"
+
+
+class UnexpectedResponse(Exception):
+    """The server answered a form with something other than its success redirect."""
+
+
+class WebClient:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.cookies: dict[str, str] = {}
+        self.http = AsyncHTTPClient()
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+
+    def _remember_cookies(self, response: HTTPResponse) -> None:
+        for header in response.headers.get_list("Set-Cookie"):
+            jar = http.cookies.SimpleCookie()
+            jar.load(header)
+            for name, morsel in jar.items():
+                if morsel["max-age"] == "0" or (morsel["expires"] and "1970" in morsel["expires"]) or not morsel.value:
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+
+    async def request(self, method: str, path: str, body: str | None = None,
+                      headers: dict[str, str] | None = None) -> HTTPResponse:
+        all_headers = {"Cookie": self.cookie_header(), **(headers or {})}
+        request = HTTPRequest(self.base_url + path, method=method, body=body, headers=all_headers,
+                              follow_redirects=False, request_timeout=30)
+        response = await self.http.fetch(request, raise_error=False)
+        self._remember_cookies(response)
+        return response
+
+    async def get(self, path: str) -> HTTPResponse:
+        return await self.request("GET", path)
+
+    async def post(self, path: str, data: dict[str, str], xsrf: bool = True) -> HTTPResponse:
+        if xsrf:
+            if "_xsrf" not in self.cookies:
+                await self.get("/login")  # any form page sets the XSRF cookie
+            data = {**data, "_xsrf": self.cookies["_xsrf"]}
+        return await self.request("POST", path, body=urlencode(data),
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+    @staticmethod
+    def _expect_redirect(response: HTTPResponse, what: str) -> str:
+        if response.code != 302:
+            raise UnexpectedResponse(f"{what}: HTTP {response.code}: {response.body[:300]!r}")
+        return response.headers["Location"]
+
+    async def register(self, username: str | None = None, password: str = DEFAULT_PASSWORD) -> str:
+        username = username or f"user_{uuid.uuid4().hex[:10]}"
+        response = await self.post("/register", {"username": username, "password": password, "confirm": password})
+        self._expect_redirect(response, f"registering {username}")
+        return username
+
+    async def login(self, username: str, password: str = DEFAULT_PASSWORD) -> HTTPResponse:
+        return await self.post("/login", {"username": username, "password": password})
+
+    async def logout(self) -> HTTPResponse:
+        return await self.post("/logout", {})
+
+    async def create_room(self, name: str | None = None) -> str:
+        response = await self.post("/rooms", {"name": name or f"room {uuid.uuid4().hex[:8]}"})
+        location = self._expect_redirect(response, "creating a room")
+        match = re.fullmatch(r"/rooms/([A-Za-z0-9_-]+)", location)
+        if not match:
+            raise UnexpectedResponse(f"creating a room redirected to {location!r}")
+        return match.group(1)
+
+    def socket_url(self, room_id: str, since: int | None = None) -> str:
+        url = self.base_url.replace("http://", "ws://").replace("https://", "wss://") + f"/rooms/{room_id}/ws"
+        return url if since is None else f"{url}?since={since}"
+
+    async def connect_socket(self, room_id: str, since: int | None = None, origin: str | None = None,
+                             cookie: str | None = None) -> WebSocketClientConnection:
+        headers = {"Cookie": self.cookie_header() if cookie is None else cookie}
+        if origin is not None:
+            headers["Origin"] = origin
+        return await websocket_connect(HTTPRequest(self.socket_url(room_id, since), headers=headers,
+                                                   request_timeout=30, connect_timeout=10))
