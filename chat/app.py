@@ -44,6 +44,9 @@ ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
 WEBSOCKET_PING_INTERVAL = DEFAULT_WS_PING_INTERVAL
 WEBSOCKET_PING_TIMEOUT = DEFAULT_WS_PING_TIMEOUT
 SESSION_PURGE_INTERVAL_MS = 3600 * 1000
+# At start-up, how long to wait for the database before serving without it.
+STORAGE_STARTUP_WAIT_SECONDS = 3.0
+STORAGE_RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass
@@ -59,8 +62,12 @@ class Services:
     sockets: set[Any] = field(default_factory=set)
     # Set on SIGTERM: /readyz answers 503 so balancers stop sending traffic.
     draining: bool = False
+    background: set["asyncio.Task[None]"] = field(default_factory=set)
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.presence.stop()
         await self.fanout.stop()
         await self.broker.disconnect()
@@ -68,10 +75,33 @@ class Services:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+async def _connect_storage(storage: Storage) -> None:
+    """Connect, retrying until the database answers.
+
+    A process (re)started by supervisord while the database is down must not
+    crash-loop into supervisord's FATAL state: it starts serving at once
+    (pages answer 503, sends get ``unavailable``) and finishes connecting when
+    the database is back.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await storage.connect()
+            return
+        except Unavailable as exc:
+            log.warning("database unavailable at start-up (%s); retrying in %.1fs", exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
+
+
 async def build_services(settings: Settings) -> Services:
     storage = open_storage(settings.database_url)
     broker = open_broker(settings.broker_url)
-    await storage.connect()
+    connecting = asyncio.create_task(_connect_storage(storage), name="storage-connect")
+    try:
+        await asyncio.wait_for(asyncio.shield(connecting), STORAGE_STARTUP_WAIT_SECONDS)
+    except asyncio.TimeoutError:
+        pass  # serve now; the task keeps trying in the background
     await broker.connect()
     # bcrypt releases the GIL, so a small pool uses the cores without
     # starving the event loop.
@@ -92,6 +122,7 @@ async def build_services(settings: Settings) -> Services:
         messages=messages,
         presence=presence,
         executor=executor,
+        background={connecting},
     )
 
 

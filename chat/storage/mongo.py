@@ -218,6 +218,7 @@ class MongoStorage(Storage):
         self.url = url
         self.database_name = database
         self._client_options = dict(client_options)
+        self._indexed = False
         self._client: AsyncMongoClient | None = None
         self.users = MongoUsers(self)
         self.sessions = MongoSessions(self)
@@ -234,14 +235,18 @@ class MongoStorage(Storage):
 
     @property
     def db(self) -> Any:
-        if self._client is None:
+        # Until the unique indexes exist nothing may be written: they are
+        # what keeps seqs and client_ids from being stored twice.
+        if self._client is None or not self._indexed:
             raise Unavailable("MongoDB storage is not connected")
         return self._client[self.database_name]
 
     async def connect(self) -> None:
         if self._client is None:
             self._client = AsyncMongoClient(self.url, tz_aware=True, **self._client_options)
-        db = self.db
+        if self._indexed:
+            return
+        db = self._client[self.database_name]
         with _translate_errors():
             await db.users.create_index("username_lower", unique=True, name="username_lower_unique")
             await db.rooms.create_index("name_lower", unique=True, name="name_lower_unique")
@@ -251,11 +256,13 @@ class MongoStorage(Storage):
             await db.messages.create_index([("room_id", ASCENDING), ("user_id", ASCENDING), ("client_id", ASCENDING)],
                                            unique=True, name="room_user_client_unique")
             await db.sessions.create_index("expires_at", name="expires_at")
+        self._indexed = True
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+            self._indexed = False
 
     async def ping(self) -> None:
         with _translate_errors():

@@ -58,3 +58,28 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_an
         fresh.close()
     finally:
         database.stop()
+
+
+async def test_a_server_started_while_the_database_is_down_serves_503s_then_recovers_by_itself(
+    server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    database = FerretDB(ferretdb_binary(), tmp_path / "ferretdb")  # not started yet
+    try:
+        server = server_factory("mongodb", database_url=database.url("chat") + "?serverSelectionTimeoutMS=500")
+        browser = Browser(server.base_url)
+        assert (await browser.get("/healthz")).code == 200
+        assert (await browser.get("/readyz")).code == 503
+        response = await browser.post("/register", {"username": "early_bird", "password": "p" * 10,
+                                                    "confirm": "p" * 10})
+        assert response.code == 503 and b"cannot reach its database" in response.body
+
+        database.start()
+        for _ in range(100):
+            if (await browser.get("/readyz")).code == 200:
+                break
+            await asyncio.sleep(0.1)
+        await browser.register()  # works once the database is there
+        assert (await browser.get("/rooms")).code == 200
+        assert server.process is not None and server.process.poll() is None  # never crashed
+    finally:
+        database.stop()
