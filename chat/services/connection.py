@@ -85,16 +85,22 @@ class RoomConnection:
         self._pending = []
         await self._fanout.join(self.room.id, self)
         self._joined = True
+        if self.closed:  # the client left while we were joining: undo it
+            await self.close()
+            return
         self.transport.send_text(
             protocol.hello_frame(self.room, self.user, self._instance, await self._messages.stored_seq(self.room.id))
         )
         await self._send_history(since)
         users = await self._presence.joined(self.room.id, self.user)
         self._counted_present = True
-        if not self.closed:
-            self.transport.send_text(protocol.presence_frame(users))
+        if self.closed:
+            await self.close()
+            return
+        self.transport.send_text(protocol.presence_frame(users))
 
     async def close(self) -> None:
+        """Leave the room's feed and presence; safe to call again, and during open()."""
         self.closed = True
         if self._joined:
             self._joined = False

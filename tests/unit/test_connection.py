@@ -318,3 +318,23 @@ async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanou
     await eventually(lambda: len(sender_transport.of_type("message")) == 1)
     assert fanout.local_listeners(chat_room.id) == 1
     assert leaver_transport.of_type("message") == []
+
+
+async def test_a_socket_that_closes_while_opening_leaves_no_listener_or_presence_behind(
+    member: tuple[User, str], chat_room: Room, messages: Messages, accounts: Accounts, fanout: Fanout,
+    presence: Presence, clock: FakeClock,
+) -> None:
+    user, token = member
+    transport = FakeTransport()
+    connection = RoomConnection(
+        transport, user=user, room=chat_room, session_token=token, messages=messages, accounts=accounts,
+        fanout=fanout, presence=presence, instance="test:1", rate_limit=TokenBucket(10, 1.0, clock=clock),
+        session_recheck_seconds=30.0,
+    )
+    opening = asyncio.create_task(connection.open(None))
+    await asyncio.sleep(0)  # open() is now waiting on storage
+    await connection.close()  # what the handler's on_close does
+    await opening
+
+    assert fanout.local_listeners(chat_room.id) == 0
+    assert await presence.online(chat_room.id) == []
