@@ -13,6 +13,11 @@ senders can overtake each other. When a seq is missing the feed holds later
 frames back briefly and asks storage for what it missed (holes are legal: a
 seq drawn by a failed or duplicate write is never used), then gives up on a
 hole after ``hole_timeout`` so one lost write cannot stall a room.
+
+Pub/sub is at most once, so storage is the fallback everywhere: after the
+broker reconnects (``RESYNC``), when a publish fails (delivered locally at
+once, re-published in the background), and on a periodic sweep that compares
+each room's stored seq with the last one delivered.
 """
 
 from __future__ import annotations
