@@ -216,3 +216,21 @@ async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one
     assert (await healthy.acked(client_id, timeout=5))["body"] == "still here"
     healthy.close()
     assert_healthy(server)
+
+
+async def test_sigterm_closes_sockets_with_1001_finishes_and_exits_cleanly(
+    server_factory: Callable[..., ChatServer],
+) -> None:
+    import signal
+
+    server = server_factory()
+    alice, _, room_id, _ = await two_users_in_a_room(server)
+    sock = await alice.socket(room_id)
+    await sock.join()
+    await sock.acked(await sock.send_message("before the shutdown"))
+
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert await sock.closed() == 1001  # "going away": reconnect elsewhere
+    assert await asyncio.to_thread(server.process.wait, 15) == 0
+    assert "shut down" in server.logs() and "Traceback" not in server.logs()
