@@ -104,7 +104,15 @@ class BaseHandler(SessionMixin):
             **context,
         )
 
-    def start_session_cookie(self, token: str) -> None:
+    async def sign_in(self, user: User) -> None:
+        """Start a new session for ``user`` and set its cookie.
+
+        A fresh id on every sign-in, and the old session ended, so a session
+        id planted before sign-in (session fixation) is worthless afterwards.
+        """
+        if self.session_token:
+            await self.accounts.end_session(self.session_token)
+        token = await self.accounts.start_session(user)
         self.set_cookie(COOKIE_NAME, self.session_cookie.encode(token), **self.session_cookie.attributes())
 
     def clear_session_cookie(self) -> None:

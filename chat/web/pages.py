@@ -42,9 +42,7 @@ class RegisterHandler(BaseHandler):
             self.set_status(400)
             self.render_template("register.html", error=exc.message, field=exc.field, username=username)
             return
-        if self.session_token:
-            await self.accounts.end_session(self.session_token)
-        self.start_session_cookie(await self.accounts.start_session(user))
+        await self.sign_in(user)
         self.redirect("/rooms")
 
 
@@ -64,11 +62,7 @@ class LoginHandler(BaseHandler):
             self.set_status(400)
             self.render_template("login.html", error=exc.message, username=username, next=next_url)
             return
-        # A fresh id on every sign-in, so a session id planted before sign-in
-        # (session fixation) is worthless afterwards.
-        if self.session_token:
-            await self.accounts.end_session(self.session_token)
-        self.start_session_cookie(await self.accounts.start_session(user))
+        await self.sign_in(user)
         self.redirect(safe_next(next_url))
 
 
