@@ -25,6 +25,7 @@ from .broker import Broker, open_broker, open_presence
 from .config import DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT, Settings
 from .errors import Unavailable
 from .services.accounts import Accounts
+from .services.connection import CLOSE_GOING_AWAY
 from .services.fanout import Fanout
 from .services.messages import Messages
 from .services.passwords import PasswordHasher
@@ -217,7 +218,7 @@ async def shutdown(settings: Settings, services: Services, server: tornado.https
     purge.stop()
     server.stop()
     for socket in sockets:
-        socket.close(1001, "server shutting down; reconnect")
+        socket.close(CLOSE_GOING_AWAY, "server shutting down; reconnect")
     connections = [s.connection for s in sockets if getattr(s, "connection", None) is not None]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.wait_idle() for c in connections)),

@@ -23,8 +23,10 @@ from .ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-# WebSocket close codes (RFC 6455 section 7.4.1).
+# WebSocket close codes (RFC 6455 section 7.4.1, and 1013 from the IANA registry).
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
 

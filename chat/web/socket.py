@@ -12,15 +12,13 @@ import tornado.web
 import tornado.websocket
 
 from ..errors import NotFound, Unavailable
-from ..services.connection import CLOSE_TRY_AGAIN_LATER, RoomConnection
+from ..services.connection import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_LATER, RoomConnection
 from ..services.fanout import Fanout
 from ..services.ratelimit import TokenBucket
 from .base import SessionMixin
 
 log = logging.getLogger(__name__)
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_INTERNAL_ERROR = 1011
 
 
 def _ignore_closed(future: "asyncio.Future[None]") -> None:
@@ -58,7 +56,7 @@ class RoomSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         self.room = await self.rooms.get(room_id)
         since = self.get_query_argument("since", None)
         if since is not None:
-            if not since.isdigit():
+            if not (since.isascii() and since.isdigit()):
                 raise tornado.web.HTTPError(400, "since must be a non-negative integer")
             self._since = int(since)
 

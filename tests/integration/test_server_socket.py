@@ -341,3 +341,12 @@ async def test_concurrent_senders_in_one_room_get_distinct_increasing_seqs(new_b
         s.close()
     assert received[0] == list(range(1, 41))
     assert all(r == received[0] for r in received)
+
+
+async def test_a_since_that_is_not_a_plain_number_is_refused_with_400(browser: Browser) -> None:
+    await browser.register()
+    room_id = await browser.create_room()
+    for since in ("-1", "abc", "²", "1.5"):
+        response = await browser.get(f"/rooms/{room_id}/ws?since={since}")
+        # Not a WebSocket request, but prepare() runs first and refuses it.
+        assert response.code == 400, (since, response.code)
