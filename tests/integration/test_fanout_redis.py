@@ -12,7 +12,6 @@ Tests that restart redis-server start it again in a ``finally``.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import AsyncIterator
 
@@ -26,6 +25,7 @@ from chat.services.fanout import Fanout
 from chat.services.messages import Messages
 from chat.services.presence import Presence
 from chat.storage import Storage, open_storage
+from tests.support.fakes import RecordingListener
 from tests.support.services import RedisServer
 from tests.unit.conftest import eventually
 
@@ -37,34 +37,6 @@ RECOVERY_TIMEOUT = 20.0
 QUIET_PERIOD = 0.5
 PRESENCE_TTL = 1.0
 HEARTBEAT = 0.2
-
-
-class RecordingListener:
-    """Stands in for a socket: records every frame, in order."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[int | None, str]] = []
-
-    def deliver(self, seq: int | None, frame: str) -> None:
-        self.received.append((seq, frame))
-
-    @property
-    def seqs(self) -> list[int]:
-        return [seq for seq, _ in self.received if seq is not None]
-
-    @property
-    def message_frames(self) -> list[str]:
-        return [frame for seq, frame in self.received if seq is not None]
-
-    @property
-    def presence_lists(self) -> list[list[str]]:
-        """The usernames of every presence frame received, in order."""
-        lists = []
-        for seq, frame in self.received:
-            data = json.loads(frame)
-            if seq is None and data["type"] == "presence":
-                lists.append([user["username"] for user in data["users"]])
-        return lists
 
 
 class Stack:
@@ -159,7 +131,7 @@ async def test_a_message_published_through_one_process_reaches_listeners_on_both
     message = await post(messages, alice, room, "hello, cluster")
     await a.fanout.publish_message(message)
 
-    await eventually(lambda: on_a.seqs == [1] and on_b.seqs == [1], DELIVERY_TIMEOUT)
+    await eventually(lambda: on_a.message_seqs == [1] and on_b.message_seqs == [1], DELIVERY_TIMEOUT)
     await quietly_settled()
     assert on_a.received == on_b.received == [(1, message_frame(message))]
 
@@ -181,12 +153,12 @@ async def test_a_concurrent_burst_from_both_processes_arrives_everywhere_in_seq_
 
     await asyncio.gather(*(send(i) for i in range(50)))
 
-    await eventually(lambda: all(len(listener.seqs) >= 50 for listener in everyone), DELIVERY_TIMEOUT)
+    await eventually(lambda: all(len(listener.message_seqs) >= 50 for listener in everyone), DELIVERY_TIMEOUT)
     await quietly_settled()
     expected = await stored_frames(messages, room)
     assert len(expected) == 50
     for listener in everyone:
-        assert listener.seqs == list(range(1, 51))
+        assert listener.message_seqs == list(range(1, 51))
         assert listener.message_frames == expected
 
 
@@ -200,7 +172,7 @@ async def test_messages_stored_while_a_subscription_was_down_are_delivered_after
     await b.fanout.join(room.id, on_b)
     for i in range(1, 4):
         await a.fanout.publish_message(await post(messages, alice, room, f"before {i}"))
-    await eventually(lambda: on_a.seqs == on_b.seqs == [1, 2, 3], DELIVERY_TIMEOUT)
+    await eventually(lambda: on_a.message_seqs == on_b.message_seqs == [1, 2, 3], DELIVERY_TIMEOUT)
 
     try:
         redis_server.stop()
@@ -209,17 +181,17 @@ async def test_messages_stored_while_a_subscription_was_down_are_delivered_after
             # publish_message absorbs: it delivers to its own process at once
             # and retries the publish in the background.
             await a.fanout.publish_message(await post(messages, alice, room, f"during outage {i}"))
-        assert on_a.seqs == list(range(1, 9))
+        assert on_a.message_seqs == list(range(1, 9))
     finally:
         redis_server.start()
 
     # B catches up, through its resync from storage or the retried publishes.
-    await eventually(lambda: on_b.seqs == list(range(1, 9)), RECOVERY_TIMEOUT)
+    await eventually(lambda: on_b.message_seqs == list(range(1, 9)), RECOVERY_TIMEOUT)
 
     # And live delivery carries on from where the resync left off.
     for i in range(9, 12):
         await a.fanout.publish_message(await post(messages, alice, room, f"after {i}"))
-    await eventually(lambda: on_a.seqs == on_b.seqs == list(range(1, 12)), RECOVERY_TIMEOUT)
+    await eventually(lambda: on_a.message_seqs == on_b.message_seqs == list(range(1, 12)), RECOVERY_TIMEOUT)
     await quietly_settled()
     expected = await stored_frames(messages, room)
     assert on_a.message_frames == on_b.message_frames == expected

@@ -14,6 +14,7 @@ from chat.models import Message
 from chat.protocol import message_frame
 from chat.services.fanout import Fanout
 from tests.unit.conftest import eventually
+from tests.support.fakes import RecordingListener
 
 ROOM = "room-1"
 MOMENT = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
@@ -22,18 +23,6 @@ MOMENT = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 def msg(seq: int, room_id: str = ROOM) -> Message:
     return Message(id=f"m{seq}", room_id=room_id, seq=seq, user_id="u1", username="alice",
                    body=f"message {seq}", created_at=MOMENT, client_id=f"c{seq}")
-
-
-class RecordingListener:
-    def __init__(self) -> None:
-        self.received: list[tuple[int | None, str]] = []
-
-    def deliver(self, seq: int | None, frame: str) -> None:
-        self.received.append((seq, frame))
-
-    @property
-    def seqs(self) -> list[int | None]:
-        return [seq for seq, _ in self.received]
 
 
 class BrokenListener:

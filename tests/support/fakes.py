@@ -1,0 +1,38 @@
+"""Test doubles shared by the unit and integration tiers."""
+
+from __future__ import annotations
+
+import json
+
+
+class RecordingListener:
+    """Stands in for a socket in a room's feed: records every frame, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[int | None, str]] = []
+
+    def deliver(self, seq: int | None, frame: str) -> None:
+        self.received.append((seq, frame))
+
+    @property
+    def seqs(self) -> list[int | None]:
+        """The seq of every frame, None for frames without one (presence, ...)."""
+        return [seq for seq, _ in self.received]
+
+    @property
+    def message_seqs(self) -> list[int]:
+        return [seq for seq, _ in self.received if seq is not None]
+
+    @property
+    def message_frames(self) -> list[str]:
+        return [frame for seq, frame in self.received if seq is not None]
+
+    @property
+    def presence_lists(self) -> list[list[str]]:
+        """The usernames of every presence frame received, in order."""
+        lists = []
+        for seq, frame in self.received:
+            data = json.loads(frame)
+            if seq is None and data["type"] == "presence":
+                lists.append([user["username"] for user in data["users"]])
+        return lists
