@@ -174,8 +174,23 @@ class SoakClient:
             self.report.latencies.append(time.time() - float(message["body"].rsplit(" t=", 1)[1]))
 
 
-async def stored_sequence(web: WebClient, room_id: str) -> tuple[list[int], set[str]]:
-    """Every stored seq of a room, and the client_ids stored, read through the protocol."""
+async def stored_sequence(web: WebClient, room_id: str, attempts: int = 30) -> tuple[list[int], set[str]]:
+    """Every stored seq of a room, and the client_ids stored, read through the protocol.
+
+    Retried like any client would: right after a fault, nginx may briefly
+    have no process to send the request to (502).
+    """
+    for attempt in range(attempts):
+        try:
+            return await _read_stored_sequence(web, room_id)
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2 + backoff(attempt))
+    raise AssertionError("unreachable")
+
+
+async def _read_stored_sequence(web: WebClient, room_id: str) -> tuple[list[int], set[str]]:
     conn = await web.connect_socket(room_id, since=0)
     seqs: list[int] = []
     client_ids: set[str] = set()
