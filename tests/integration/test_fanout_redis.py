@@ -24,9 +24,10 @@ from chat.protocol import message_frame
 from chat.services.fanout import Fanout
 from chat.services.messages import Messages
 from chat.services.presence import Presence
-from chat.storage import Storage, open_storage
+from chat.storage import Storage
 from tests.support.fakes import RecordingListener
 from tests.support.services import RedisServer
+from tests.support.storage import connected_storage
 from tests.unit.conftest import eventually
 
 # Bounds on waits: delivery normally takes milliseconds, recovery from a Redis
@@ -61,12 +62,8 @@ class Stack:
 
 @pytest.fixture
 async def storage(sqlite_url: str) -> AsyncIterator[Storage]:
-    store = open_storage(sqlite_url)
-    await store.connect()
-    try:
+    async with connected_storage(sqlite_url) as store:
         yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture

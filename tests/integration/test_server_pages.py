@@ -12,6 +12,7 @@ from itsdangerous import URLSafeTimedSerializer
 from chat.web.cookies import COOKIE_NAME
 from tests.support.client import PASSWORD, Browser, handshake_status
 from tests.support.server import TEST_SECRET, ChatServer
+from tests.support.storage import connected_storage
 
 COOKIE_SALT = "chat.session-cookie"
 
@@ -77,15 +78,9 @@ async def test_usernames_are_unique_regardless_of_case(browser: Browser, new_bro
 
 
 async def test_passwords_are_stored_as_bcrypt_cost_12(chat_server: ChatServer, browser: Browser) -> None:
-    from chat.storage import open_storage
-
     username = await browser.register()
-    storage = open_storage(chat_server.database_url)
-    await storage.connect()
-    try:
+    async with connected_storage(chat_server.database_url) as storage:
         user = await storage.users.get_by_username(username)
-    finally:
-        await storage.close()
     assert user is not None and user.password_hash.startswith(b"$2b$12$")
 
 

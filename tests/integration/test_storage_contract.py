@@ -17,6 +17,7 @@ from chat.errors import Conflict, Unavailable
 from chat.models import NewMessage, Room, User
 from chat.storage import Storage, open_storage
 from tests.support.services import free_port
+from tests.support.storage import connected_storage
 
 BACKENDS = ["sqlite", "mongodb"]
 
@@ -29,12 +30,8 @@ def storage_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def storage(storage_url: str) -> AsyncIterator[Storage]:
-    store = open_storage(storage_url)
-    await store.connect()
-    try:
+    async with connected_storage(storage_url) as store:
         yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture
@@ -421,19 +418,13 @@ async def test_ping_answers_on_a_connected_storage(storage: Storage) -> None:
 
 
 async def test_a_new_storage_on_the_same_database_sees_earlier_data(storage_url: str) -> None:
-    first = open_storage(storage_url)
-    await first.connect()
-    try:
+    async with connected_storage(storage_url) as first:
         user = await first.users.add("alice", b"hash")
         room = await first.rooms.add("lobby", user)
         message, _ = await first.messages.add(new_message(room, user, "c1", "remember me"))
         await first.sessions.add("s1", user.id, utc_in(3600))
-    finally:
-        await first.close()
 
-    second = open_storage(storage_url)
-    await second.connect()
-    try:
+    async with connected_storage(storage_url) as second:
         assert await second.users.get_by_username("ALICE") == user
         assert await second.rooms.get(room.id) == Room(**{**room.__dict__, "last_seq": 1})
         assert await second.messages.latest(room.id, 10) == ([message], False)
@@ -441,8 +432,6 @@ async def test_a_new_storage_on_the_same_database_sees_earlier_data(storage_url:
         # The seq counter survives too: the next message is 2, not 1 again.
         next_message, _ = await second.messages.add(new_message(room, user, "c2"))
         assert next_message.seq == 2
-    finally:
-        await second.close()
 
 
 # -- backend specifics -----------------------------------------------------
@@ -453,14 +442,10 @@ def _index_keys(info: dict) -> dict[tuple[tuple[str, int], ...], dict]:
 
 
 async def test_mongodb_creates_the_unique_indexes(mongo_url: str) -> None:
-    store = open_storage(mongo_url)
-    await store.connect()
-    try:
+    async with connected_storage(mongo_url) as store:
         users = _index_keys(await store.db.users.index_information())
         messages = _index_keys(await store.db.messages.index_information())
         rooms = _index_keys(await store.db.rooms.index_information())
-    finally:
-        await store.close()
 
     assert users[(("username_lower", 1),)].get("unique") is True
     assert rooms[(("name_lower", 1),)].get("unique") is True
