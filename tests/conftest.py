@@ -17,19 +17,15 @@ from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis
 @pytest.fixture(scope="session")
 def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretDB]:
     """One FerretDB server for the whole run; tests isolate themselves by database name."""
-    server = FerretDB(ferretdb_binary(), tmp_path_factory.mktemp("ferretdb"))
-    server.start()
-    yield server
-    server.stop()
+    with FerretDB(ferretdb_binary(), tmp_path_factory.mktemp("ferretdb")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis for the whole run; tests isolate themselves by room id (channels are server-wide)."""
-    server = RedisServer(redis_binary(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(redis_binary(), tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

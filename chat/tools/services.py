@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 from ..config import PROJECT_ROOT
 
@@ -126,6 +127,13 @@ class ServiceProcess:
     def stop(self) -> None:
         terminate(self.process)
         self.process = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 class FerretDB(ServiceProcess):

@@ -55,10 +55,8 @@ async def chromium() -> AsyncIterator[object]:
 @pytest.fixture(scope="module")
 def cluster_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis of the cluster's own, so tests may restart it without disturbing others."""
-    server = RedisServer(redis_binary(), tmp_path_factory.mktemp("cluster-redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(redis_binary(), tmp_path_factory.mktemp("cluster-redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
