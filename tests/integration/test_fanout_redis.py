@@ -28,7 +28,7 @@ from chat.storage import Storage
 from tests.support.fakes import RecordingListener
 from tests.support.services import RedisServer
 from tests.support.storage import connected_storage
-from tests.unit.conftest import eventually
+from tests.support.waiting import eventually
 
 # Bounds on waits: delivery normally takes milliseconds, recovery from a Redis
 # restart a second or two (reconnect backoff), expiry of presence about the ttl.

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import pytest
 
@@ -13,28 +11,7 @@ from chat.services.accounts import Accounts
 from chat.services.messages import Messages
 from chat.services.passwords import PasswordHasher
 from chat.storage import Storage, open_storage
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Yield to the event loop until ``predicate()`` holds, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.005)
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture

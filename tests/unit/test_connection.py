@@ -20,7 +20,8 @@ from chat.services.messages import Messages
 from chat.services.presence import Presence
 from chat.services.ratelimit import TokenBucket
 from chat.storage import Storage
-from tests.unit.conftest import FakeClock, eventually
+from tests.support.clock import FakeClock
+from tests.support.waiting import eventually
 
 
 @dataclass

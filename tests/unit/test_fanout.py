@@ -13,7 +13,7 @@ from chat.broker.memory import MemoryBroker
 from chat.models import Message
 from chat.protocol import message_frame
 from chat.services.fanout import Fanout
-from tests.unit.conftest import eventually
+from tests.support.waiting import eventually
 from tests.support.fakes import RecordingListener
 
 ROOM = "room-1"

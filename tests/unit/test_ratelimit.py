@@ -6,7 +6,7 @@ import pytest
 
 from chat.errors import RateLimited
 from chat.services.ratelimit import TokenBucket
-from tests.unit.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 def test_a_full_burst_is_allowed_at_once(clock: FakeClock) -> None:
