@@ -9,17 +9,39 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Any, Iterable, Union
 
 from .broker.presence import OnlineUser
 from .models import Message, Room, User
 
-# Error codes a client can receive (docs/protocol.md lists when).
-BAD_REQUEST = "bad_request"
-TOO_LARGE = "too_large"
-RATE_LIMITED = "rate_limited"
-UNAVAILABLE = "unavailable"
-FORBIDDEN = "forbidden"
+
+class Close(IntEnum):
+    """WebSocket close codes the server sends (RFC 6455 section 7.4.1; 1013 from the IANA registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the server is shutting down: reconnect (elsewhere) and resume
+    SESSION_ENDED = 1008  # policy violation: the session behind the socket ended; sign in again
+    TOO_BIG = 1009  # a frame over the size limit
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # storage unavailable, or the client read too slowly: back off, resume
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``error`` frame (docs/protocol.md lists when each is sent)."""
+
+    BAD_REQUEST = "bad_request"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    FORBIDDEN = "forbidden"
+
+
+BAD_REQUEST = ErrorCode.BAD_REQUEST
+TOO_LARGE = ErrorCode.TOO_LARGE
+RATE_LIMITED = ErrorCode.RATE_LIMITED
+UNAVAILABLE = ErrorCode.UNAVAILABLE
+FORBIDDEN = ErrorCode.FORBIDDEN
 
 MAX_CLIENT_ID_LENGTH = 64
 # A history frame never carries more than this many messages.
