@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -201,8 +201,10 @@ class RedisPresence(PresenceStore):
     expires too, so a room nobody visits again leaves nothing behind.
     """
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: RedisBroker, clock: Callable[[], float] = time.time) -> None:
         self._broker = broker
+        # Wall-clock seconds: expiry scores are compared across processes.
+        self._clock = clock
 
     async def add(self, room_id: str, instance: str, user: OnlineUser, ttl: float) -> None:
         await self.refresh(instance, [(room_id, user)], ttl)
@@ -214,7 +216,7 @@ class RedisPresence(PresenceStore):
             raise Unavailable(f"Redis: {exc}") from exc
 
     async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
-        expiry = time.time() + ttl
+        expiry = self._clock() + ttl
         try:
             async with self._broker.require_client().pipeline(transaction=False) as pipe:
                 for room_id, user in entries:
@@ -226,7 +228,7 @@ class RedisPresence(PresenceStore):
 
     async def online(self, room_id: str) -> list[OnlineUser]:
         key = _presence_key(room_id)
-        now = time.time()
+        now = self._clock()
         try:
             async with self._broker.require_client().pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(key, "-inf", now)
