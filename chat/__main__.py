@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 
 from .app import serve
 from .config import ConfigError, load_settings
@@ -28,10 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     if args.port is not None:
-        settings = settings.with_port(args.port)
+        settings = replace(settings, port=args.port)
     if args.host is not None:
-        from dataclasses import replace
-
         settings = replace(settings, host=args.host)
     try:
         asyncio.run(serve(settings))

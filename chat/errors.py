@@ -36,6 +36,10 @@ class Forbidden(ChatError):
     """The caller is known but may not do this."""
 
 
+class SessionEnded(Forbidden):
+    """The session behind a live connection was signed out or expired."""
+
+
 class RateLimited(ChatError):
     """The caller is sending faster than allowed."""
 

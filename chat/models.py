@@ -87,6 +87,17 @@ class NewMessage:
     client_id: str
 
 
+@dataclass(frozen=True, order=True)
+class OnlineUser:
+    """Someone with at least one open socket in a room (ordered by name for display)."""
+
+    username: str
+    id: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.id, "username": self.username}
+
+
 @dataclass(frozen=True)
 class Session:
     id: str

@@ -1,19 +1,35 @@
-"""The WebSocket wire protocol: one parser per client frame, one builder per server frame.
+"""The wire: one parser per client frame, one builder per server frame, and every code on it.
 
 ``docs/protocol.md`` is the human-readable contract; this module is the
 executable one. Frames are JSON text. Client frames are validated here, at the
-edge, so the services below only ever see well-typed values.
+edge, so the services below only ever see well-typed values. Close codes,
+error codes and the HTTP status a refused request gets are defined here too,
+so that the socket, the pages and the tools agree on them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, Iterable, Union
+from typing import Any
 
-from .broker.presence import OnlineUser
-from .models import Message, Room, User
+from .errors import (
+    ChatError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    ValidationError,
+)
+from .models import Message, OnlineUser, Room, User
+
+MAX_CLIENT_ID_LENGTH = 64
+# A history frame never carries more than this many messages.
+HISTORY_PAGE_SIZE = 500
 
 
 class Close(IntEnum):
@@ -37,25 +53,49 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
 
 
-BAD_REQUEST = ErrorCode.BAD_REQUEST
-TOO_LARGE = ErrorCode.TOO_LARGE
-RATE_LIMITED = ErrorCode.RATE_LIMITED
-UNAVAILABLE = ErrorCode.UNAVAILABLE
-FORBIDDEN = ErrorCode.FORBIDDEN
+@dataclass(frozen=True)
+class Refusal:
+    """How one kind of :class:`~chat.errors.ChatError` reaches a client."""
 
-MAX_CLIENT_ID_LENGTH = 64
-# A history frame never carries more than this many messages.
-HISTORY_PAGE_SIZE = 500
+    status: int  # the HTTP status of a page or a refused handshake
+    code: ErrorCode  # the code of an error frame on an open socket
+    # Said instead of the exception's own text, which may name internals.
+    public_message: str | None = None
 
 
-class ProtocolError(Exception):
-    """A client frame we cannot accept; becomes an ``error`` frame."""
+# The one exception-to-answer table, for pages and sockets alike. Looked up by
+# the exception's class hierarchy, most specific first.
+REFUSALS: dict[type[BaseException], Refusal] = {
+    TooLarge: Refusal(413, ErrorCode.TOO_LARGE),
+    ValidationError: Refusal(400, ErrorCode.BAD_REQUEST),
+    Conflict: Refusal(409, ErrorCode.BAD_REQUEST),
+    NotFound: Refusal(404, ErrorCode.BAD_REQUEST),
+    Forbidden: Refusal(403, ErrorCode.FORBIDDEN),
+    RateLimited: Refusal(429, ErrorCode.RATE_LIMITED),
+    Unavailable: Refusal(503, ErrorCode.UNAVAILABLE, "storage is unavailable right now; retry shortly"),
+}
 
-    def __init__(self, code: str, message: str, client_id: str | None = None) -> None:
+
+def refusal_for(exc: BaseException) -> Refusal | None:
+    """The answer for ``exc``, or None if it is not one we raise on purpose (a bug: 500)."""
+    for cls in type(exc).__mro__:
+        refusal = REFUSALS.get(cls)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+class ProtocolError(ValidationError):
+    """A client frame we cannot accept; becomes a ``bad_request`` error frame."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, message: str, client_id: str | None = None) -> None:
         super().__init__(message)
-        self.code = code
-        self.message = message
         self.client_id = client_id
+
+
+# -- client frames -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -69,48 +109,62 @@ class SyncFrame:
     since: int
 
 
-ClientFrame = Union[SendFrame, SyncFrame]
+ClientFrame = SendFrame | SyncFrame
 
 
-def _dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-
-
-def _valid_client_id(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_CLIENT_ID_LENGTH
-        and value.isprintable()
-    )
+def _valid_client_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_CLIENT_ID_LENGTH and value.isprintable()
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
     """Parse and validate one client frame, or raise :class:`ProtocolError`."""
     if isinstance(text, bytes):
-        raise ProtocolError(BAD_REQUEST, "frames must be JSON text, not binary")
+        raise ProtocolError("frames must be JSON text, not binary")
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
         # RecursionError: deeply nested arrays/objects ("[[[[...") overflow the
         # decoder; that is the client's malformed input, not a server fault.
-        raise ProtocolError(BAD_REQUEST, "frame is not valid JSON") from None
+        raise ProtocolError("frame is not valid JSON") from None
     if not isinstance(data, dict):
-        raise ProtocolError(BAD_REQUEST, "frame must be a JSON object")
-    client_id = data.get("client_id") if _valid_client_id(data.get("client_id")) else None
+        raise ProtocolError("frame must be a JSON object")
+    client_id = data.get("client_id")
+    if not _valid_client_id(client_id):
+        client_id = None
     kind = data.get("type")
-    if kind == "send":
-        if client_id is None:
-            raise ProtocolError(BAD_REQUEST, f"send needs a client_id of 1-{MAX_CLIENT_ID_LENGTH} printable characters")
-        body = data.get("body")
-        if not isinstance(body, str):
-            raise ProtocolError(BAD_REQUEST, "send needs a string body", client_id)
-        return SendFrame(client_id=client_id, body=body)
-    if kind == "sync":
-        since = data.get("since")
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-            raise ProtocolError(BAD_REQUEST, "sync needs since: a non-negative integer", client_id)
-        return SyncFrame(since=since)
-    raise ProtocolError(BAD_REQUEST, f"unknown frame type {kind!r}", client_id)
+    parse = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parse is None:
+        raise ProtocolError(f"unknown frame type {kind!r}", client_id)
+    return parse(data, client_id)
+
+
+def _parse_send(data: dict[str, Any], client_id: str | None) -> SendFrame:
+    if client_id is None:
+        raise ProtocolError(f"send needs a client_id of 1-{MAX_CLIENT_ID_LENGTH} printable characters")
+    body = data.get("body")
+    if not isinstance(body, str):
+        raise ProtocolError("send needs a string body", client_id)
+    return SendFrame(client_id=client_id, body=body)
+
+
+def _parse_sync(data: dict[str, Any], client_id: str | None) -> SyncFrame:
+    since = data.get("since")
+    if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+        raise ProtocolError("sync needs since: a non-negative integer", client_id)
+    return SyncFrame(since=since)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], str | None], ClientFrame]] = {
+    "send": _parse_send,
+    "sync": _parse_sync,
+}
+
+
+# -- server frames -------------------------------------------------------------
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
 def hello_frame(room: Room, user: User, instance: str, last_seq: int) -> str:
@@ -135,23 +189,35 @@ def ack_frame(message: Message) -> str:
     return _dumps({"type": "ack", "client_id": message.client_id, "message": message.to_wire()})
 
 
-def error_frame(code: str, message: str, client_id: str | None = None) -> str:
+def error_frame(code: str, message: str, client_id: str | None = None, retry_after: float | None = None) -> str:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_id is not None:
         frame["client_id"] = client_id
+    if retry_after is not None:
+        # Seconds, rounded up a little so a client that waits exactly this
+        # long is not refused again for a rounding error.
+        frame["retry_after"] = round(retry_after + 0.005, 2)
     return _dumps(frame)
+
+
+def error_frame_for(exc: ChatError, refusal: Refusal, client_id: str | None) -> str:
+    """The ``error`` frame that answers ``exc`` (see :data:`REFUSALS`)."""
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+    return error_frame(refusal.code, refusal.public_message or str(exc), client_id, retry_after)
 
 
 def presence_frame(users: Iterable[OnlineUser]) -> str:
     return _dumps({"type": "presence", "users": [user.to_wire() for user in users]})
 
 
-# Between processes only, never sent to clients: "re-read this room's presence".
+# -- between processes ---------------------------------------------------------
+
+# A control event, never sent to clients: "re-read this room's presence".
 PRESENCE_CHANGED = "presence_changed"
 
 
-def presence_changed_event() -> str:
-    return _dumps({"type": PRESENCE_CHANGED})
+def control_event(kind: str) -> str:
+    return _dumps({"type": kind})
 
 
 def frame_routing(frame: str) -> tuple[str, int | None]:

@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import abc
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-
-@dataclass(frozen=True, order=True)
-class OnlineUser:
-    username: str
-    id: str
-
-    def to_wire(self) -> dict[str, str]:
-        return {"id": self.id, "username": self.username}
+from ..models import OnlineUser
 
 
 def unique_users(users: Iterable[OnlineUser]) -> list[OnlineUser]:

@@ -28,7 +28,8 @@ from redis.retry import Retry
 
 from ..errors import Unavailable
 from .base import RESYNC, Broker, BrokerClosed, Event
-from .presence import OnlineUser, PresenceStore, unique_users
+from ..models import OnlineUser
+from .presence import PresenceStore, unique_users
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,16 @@ from ..models import Session, User, utcnow
 from ..storage import Storage
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
-USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
-USERNAME_RULE = "3-32 characters: letters, digits, underscore, dot or hyphen"
+USERNAME_MIN_LENGTH = 3
+USERNAME_MAX_LENGTH = 32
+# A regular-expression character class, valid both here and in an HTML
+# ``pattern`` attribute (which browsers compile with the ``v`` flag, where a
+# bare ``-`` in a class is an error).
+USERNAME_CHARACTERS = r"A-Za-z0-9_.\-"
+USERNAME_PATTERN = re.compile(f"[{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}")
+USERNAME_RULE = (
+    f"{USERNAME_MIN_LENGTH}-{USERNAME_MAX_LENGTH} characters: letters, digits, underscore, dot or hyphen"
+)
 # 256 bits of randomness; the issue asks for at least 128.
 SESSION_TOKEN_BYTES = 32
 

@@ -18,18 +18,25 @@ Pub/sub is at most once, so storage is the fallback everywhere: after the
 broker reconnects (``RESYNC``), when a publish fails (delivered locally at
 once, re-published in the background), and on a periodic sweep that compares
 each room's stored seq with the last one delivered.
+
+The fan-out routes; it does not interpret. Frames without a seq go to every
+local listener as they are; a frame whose ``type`` has a registered control
+handler (see :meth:`Fanout.on_control`) goes to that handler instead of to the
+sockets, which is how other services (presence) talk between processes over
+the room's channel without the fan-out knowing them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from ..broker import RESYNC, Broker, BrokerClosed, room_channel
+from ..broker import RESYNC, Broker, BrokerClosed, Event, room_channel
 from ..errors import Unavailable
 from ..models import Message
-from ..protocol import PRESENCE_CHANGED, frame_routing, message_frame, presence_changed_event
+from ..protocol import frame_routing, message_frame
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ log = logging.getLogger(__name__)
 Backfill = Callable[[str, int], Awaitable[list[Message]]]
 # The highest seq stored in a room so far.
 StoredSeq = Callable[[str], Awaitable[int]]
+# Called with the room id and the event's text for a control event in a room
+# this process serves; must not block.
+ControlHandler = Callable[[str, str], None]
 
 
 # After a failed catch-up read, how long until the next try.
@@ -172,9 +182,11 @@ class Fanout:
         self._background: set[asyncio.Task[None]] = set()
         self._feeds: dict[str, RoomFeed] = {}
         self._listen_task: asyncio.Task[None] | None = None
-        # Set by the presence service: called with a room id when any process
-        # announces that the room's presence changed.
-        self.on_presence_changed: Callable[[str], None] | None = None
+        self._control_handlers: dict[str, ControlHandler] = {}
+
+    def on_control(self, kind: str, handler: ControlHandler) -> None:
+        """Hand broker frames of type ``kind`` to ``handler`` instead of to the sockets."""
+        self._control_handlers[kind] = handler
 
     async def start(self) -> None:
         if self._listen_task is None:
@@ -283,8 +295,9 @@ class Fanout:
                 if stored > feed.last_seq:
                     feed.resync()
 
-    async def publish_presence_changed(self, room_id: str) -> None:
-        await self.broker.publish(room_channel(room_id), presence_changed_event())
+    async def publish_control(self, room_id: str, event: str) -> None:
+        """Send a control event to every process serving the room (this one included)."""
+        await self.broker.publish(room_channel(room_id), event)
 
     def deliver_local(self, room_id: str, frame: str) -> None:
         """Hand a frame without seq to this process's sockets in the room only."""
@@ -293,7 +306,6 @@ class Fanout:
             feed.receive(None, frame)
 
     async def _listen(self) -> None:
-        prefix = room_channel("")
         while True:
             try:
                 event = await self.broker.next_published()
@@ -304,23 +316,29 @@ class Fanout:
                 log.warning("broker listener error; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
-            if event is RESYNC:
-                for feed in self._feeds.values():
-                    if feed.ready.is_set():
-                        feed.resync()
-                continue
-            if not event.channel.startswith(prefix):
-                continue
-            feed = self._feeds.get(event.channel[len(prefix):])
-            if feed is None or not feed.ready.is_set():
-                continue
             try:
-                kind, seq = frame_routing(event.payload)
-            except (ValueError, KeyError, TypeError):
-                log.warning("dropping malformed frame on %s", event.channel)
-                continue
-            if kind == PRESENCE_CHANGED:
-                if self.on_presence_changed is not None:
-                    self.on_presence_changed(feed.room_id)
-                continue
+                self._route(event)
+            except Exception:
+                # One bad event or handler must not stop this process's only listener.
+                log.exception("routing an event on %s failed", event.channel)
+
+    def _route(self, event: Event) -> None:
+        if event is RESYNC:
+            for feed in self._feeds.values():
+                if feed.ready.is_set():
+                    feed.resync()
+            return
+        prefix = room_channel("")
+        feed = self._feeds.get(event.channel[len(prefix) :]) if event.channel.startswith(prefix) else None
+        if feed is None or not feed.ready.is_set():
+            return
+        try:
+            kind, seq = frame_routing(event.payload)
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping malformed frame on %s", event.channel)
+            return
+        handler = self._control_handlers.get(kind)
+        if handler is not None:
+            handler(feed.room_id, event.payload)
+        else:
             feed.receive(seq, event.payload)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable
+from collections.abc import Awaitable
 
-from ..broker import OnlineUser, PresenceStore
+from ..broker import PresenceStore
 from ..errors import Unavailable
-from ..models import User
-from ..protocol import presence_frame
+from ..models import OnlineUser, User
+from ..protocol import PRESENCE_CHANGED, control_event, presence_frame
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class Presence:
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        fanout.on_presence_changed = self._changed
 
     async def start(self) -> None:
         if self._heartbeat_task is None:
@@ -121,12 +120,15 @@ class Presence:
         """Apply a change to the shared store, then tell every process to re-read."""
         try:
             await change
-            await self._fanout.publish_presence_changed(room_id)
+            await self._fanout.publish_control(room_id, control_event(PRESENCE_CHANGED))
         except Unavailable as exc:
             log.warning("presence update for room %s failed: %s", room_id, exc)
 
-    def _changed(self, room_id: str) -> None:
-        """A process announced a change in the room: re-read it, coalescing bursts."""
+    def changed(self, room_id: str, event: str = "") -> None:
+        """A process announced a change in the room: re-read it, coalescing bursts.
+
+        The root wires this to the fan-out's ``presence_changed`` control events.
+        """
         if room_id not in self._local:
             return
         if room_id in self._refreshing:
@@ -161,4 +163,4 @@ class Presence:
             except Unavailable as exc:
                 log.warning("presence heartbeat failed: %s", exc)
             for room_id in list(self._local):
-                self._changed(room_id)
+                self.changed(room_id)

@@ -1,17 +1,26 @@
-"""What every handler shares: the signed-in user, templates and error pages."""
+"""What every handler shares: dependencies, the signed-in user, templates and error answers.
+
+``AppHandler`` reaches the application's services through read-only
+properties (JupyterHub's ``BaseHandler`` is the model) and turns exceptions
+into answers with the one table in :data:`chat.protocol.REFUSALS`.
+``BaseHandler`` adds the session and the pages; page handlers and the room
+WebSocket both build on it. Health probes use ``AppHandler`` alone: they load
+no session.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import tornado.web
 from markupsafe import Markup
 
+from ..bootstrap import Services
 from ..config import Settings
-from ..errors import Forbidden, NotFound, Unavailable
 from ..models import User
+from ..protocol import refusal_for
 from ..services.accounts import Accounts
 from ..services.messages import Messages
 from ..services.presence import Presence
@@ -26,39 +35,110 @@ ERROR_TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    409: "Conflict",
+    413: "Too large",
+    429: "Too many requests",
     500: "Something went wrong",
     503: "Temporarily unavailable",
 }
+# Seconds a client should wait before retrying when a backing service is down.
+UNAVAILABLE_RETRY_AFTER = 5
 
 
-class SessionMixin(tornado.web.RequestHandler):
-    """Loads the signed-in user; shared by page and WebSocket handlers."""
+class ChatApplication(tornado.web.Application):
+    """The Tornado application with the process's services and web tools as typed attributes."""
+
+    def __init__(
+        self,
+        handlers: list[Any],
+        *,
+        services: Services,
+        jinja: jinja2.Environment,
+        session_cookie: SessionCookie,
+        **settings: Any,
+    ) -> None:
+        super().__init__(handlers, **settings)
+        self.services = services
+        self.jinja = jinja
+        self.session_cookie = session_cookie
+
+
+class AppHandler(tornado.web.RequestHandler):
+    """Dependencies as read-only properties, and errors answered from one table."""
+
+    @property
+    def app(self) -> ChatApplication:
+        return cast(ChatApplication, self.application)
+
+    @property
+    def services(self) -> Services:
+        return self.app.services
+
+    @property
+    def config(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def accounts(self) -> Accounts:
+        return self.services.accounts
+
+    @property
+    def rooms(self) -> Rooms:
+        return self.services.rooms
+
+    @property
+    def messages(self) -> Messages:
+        return self.services.messages
+
+    @property
+    def presence(self) -> Presence:
+        return self.services.presence
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = _exception(kwargs)
+        refusal = refusal_for(exc) if exc is not None else None
+        if refusal is not None:
+            status_code = refusal.status
+            self.set_status(status_code)
+        retry_after = getattr(exc, "retry_after", UNAVAILABLE_RETRY_AFTER if status_code == 503 else None)
+        if retry_after is not None:
+            self.set_header("Retry-After", str(max(1, round(retry_after))))
+        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else ""
+        if status_code >= 500:
+            message = ""  # never show internals
+        self.render_error(status_code, ERROR_TITLES.get(status_code, self._reason), message)
+
+    def render_error(self, status_code: int, title: str, message: str) -> None:
+        """Send the body of an error answer (overridden for pages)."""
+        self.finish({"error": title, "message": message} if message else {"error": title})
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        refusal = refusal_for(value) if value is not None else None
+        if refusal is None:
+            super().log_exception(typ, value, tb)
+        elif refusal.status >= 500:
+            # An outage, not a bug: one line, no traceback.
+            log.warning("%d %s %s: %s", refusal.status, self.request.method, self.request.uri, value)
+
+
+def _exception(kwargs: dict[str, Any]) -> BaseException | None:
+    exc_info = kwargs.get("exc_info")
+    return exc_info[1] if exc_info else None
+
+
+class BaseHandler(AppHandler):
+    """Loads the signed-in user; renders pages. Shared by page and WebSocket handlers."""
 
     session_token: str | None = None
 
     @property
-    def config(self) -> Settings:
-        return self.settings["chat_settings"]
-
-    @property
-    def accounts(self) -> Accounts:
-        return self.settings["accounts"]
-
-    @property
-    def rooms(self) -> Rooms:
-        return self.settings["rooms"]
-
-    @property
-    def messages(self) -> Messages:
-        return self.settings["messages"]
-
-    @property
-    def presence(self) -> Presence:
-        return self.settings["presence"]
-
-    @property
     def session_cookie(self) -> SessionCookie:
-        return self.settings["session_cookie"]
+        return self.app.session_cookie
+
+    @property
+    def user(self) -> User:
+        """The signed-in user, for handlers behind ``@authenticated`` (or that checked)."""
+        return cast(User, self.current_user)
 
     async def prepare(self) -> None:
         # get_current_user cannot be a coroutine, so resolve the session here
@@ -70,16 +150,6 @@ class SessionMixin(tornado.web.RequestHandler):
         if resolved is not None:
             self.session_token = token
             self.current_user = resolved[1]
-
-    @property
-    def user(self) -> User | None:
-        return self.current_user
-
-
-class BaseHandler(SessionMixin):
-    @property
-    def jinja(self) -> jinja2.Environment:
-        return self.settings["jinja_env"]
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -95,7 +165,7 @@ class BaseHandler(SessionMixin):
         self.finish(self.render_string_template(template_name, **context))
 
     def render_string_template(self, template_name: str, **context: Any) -> str:
-        template = self.jinja.get_template(template_name)
+        template = self.app.jinja.get_template(template_name)
         return template.render(
             current_user=self.current_user,
             xsrf_form_html=lambda: Markup(self.xsrf_form_html()),
@@ -103,6 +173,16 @@ class BaseHandler(SessionMixin):
             request=self.request,
             **context,
         )
+
+    def render_error(self, status_code: int, title: str, message: str) -> None:
+        if status_code == 403 and "xsrf" in message.lower():
+            message = "Your form expired or came from another site. Go back, reload the page and try again."
+        context = {"status_code": status_code, "title": title, "message": message}
+        try:
+            page = self.render_string_template(f"{status_code}.html", **context)
+        except jinja2.TemplateNotFound:
+            page = self.render_string_template("error.html", **context)
+        self.finish(page)
 
     async def sign_in(self, user: User) -> None:
         """Start a new session for ``user`` and set its cookie.
@@ -117,43 +197,6 @@ class BaseHandler(SessionMixin):
 
     def clear_session_cookie(self) -> None:
         self.clear_cookie(COOKIE_NAME, path="/")
-
-    # -- errors -----------------------------------------------------------
-
-    def _exception(self, kwargs: dict[str, Any]) -> BaseException | None:
-        exc_info = kwargs.get("exc_info")
-        return exc_info[1] if exc_info else None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = self._exception(kwargs)
-        if isinstance(exc, Unavailable):
-            status_code = 503
-            self.set_header("Retry-After", "5")
-        elif isinstance(exc, NotFound):
-            status_code = 404
-        elif isinstance(exc, Forbidden):
-            status_code = 403
-        self.set_status(status_code)
-        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else ""
-        if status_code == 403 and "xsrf" in message.lower():
-            message = "Your form expired or came from another site. Go back, reload the page and try again."
-        elif status_code >= 500:
-            message = ""  # never show internals
-        context = {"status_code": status_code, "title": ERROR_TITLES.get(status_code, self._reason),
-                   "message": message}
-        try:
-            page = self.render_string_template(f"{status_code}.html", **context)
-        except jinja2.TemplateNotFound:
-            page = self.render_string_template("error.html", **context)
-        self.finish(page)
-
-    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        if isinstance(value, Unavailable):
-            log.warning("503 %s: %s", self.request.uri, value)
-        elif isinstance(value, (NotFound, Forbidden)):
-            pass
-        else:
-            super().log_exception(typ, value, tb)
 
 
 class NotFoundHandler(BaseHandler):

@@ -7,8 +7,7 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from ..errors import Unavailable, ValidationError
-from ..models import isoformat
-from .base import BaseHandler
+from .base import AppHandler, BaseHandler
 
 
 def safe_next(target: str | None) -> str:
@@ -83,7 +82,7 @@ class RoomsHandler(BaseHandler):
     async def post(self) -> None:
         name = self.get_body_argument("name", "")
         try:
-            room = await self.rooms.create(name, self.current_user)
+            room = await self.rooms.create(name, self.user)
         except ValidationError as exc:
             self.set_status(400)
             await self._render(error=exc.message, name=name)
@@ -91,8 +90,7 @@ class RoomsHandler(BaseHandler):
         self.redirect(f"/rooms/{room.id}")
 
     async def _render(self, error: str | None, name: str) -> None:
-        self.render_template("rooms.html", rooms=await self.rooms.list(), error=error, name=name,
-                             isoformat=isoformat)
+        self.render_template("rooms.html", rooms=await self.rooms.list(), error=error, name=name)
 
 
 class RoomHandler(BaseHandler):
@@ -103,36 +101,30 @@ class RoomHandler(BaseHandler):
         online = await self.presence.online(room.id)
         last_seq = messages[-1].seq if messages else 0
         self.render_template("room.html", room=room, messages=messages, has_more=has_more,
-                             last_seq=last_seq, online=online, isoformat=isoformat)
+                             last_seq=last_seq, online=online)
 
 
-class HealthHandler(BaseHandler):
-    """``/healthz``: the process answers. No database work, so it stays cheap."""
-
-    async def prepare(self) -> None:
-        pass  # no session lookup
+class HealthHandler(AppHandler):
+    """``/healthz``: the process answers. No session, no database work, so it stays cheap."""
 
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.finish({"status": "ok", "instance": self.config.instance})
 
 
-class ReadinessHandler(BaseHandler):
+class ReadinessHandler(AppHandler):
     """``/readyz``: the database and the broker both answer; 503 otherwise."""
-
-    async def prepare(self) -> None:
-        pass
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         checks: dict[str, str] = {}
-        for name, probe in (("database", self.settings["storage"].ping), ("broker", self.settings["broker"].ping)):
+        for name, probe in (("database", self.services.storage.ping), ("broker", self.services.broker.ping)):
             try:
                 await probe()
                 checks[name] = "ok"
             except Unavailable as exc:
                 checks[name] = f"unavailable: {exc}"
-        if self.settings["services"].draining:
+        if self.services.draining:
             checks["process"] = "shutting down"
         ready = all(value == "ok" for value in checks.values())
         self.set_status(200 if ready else 503)

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from chat.broker import RESYNC, Broker, BrokerClosed, Event, open_broker
+from chat.broker import RESYNC, Broker, BrokerClosed, Event, open_backplane
 from chat.broker.redis import RedisBroker
 from chat.errors import Unavailable
 from tests.support.services import RedisServer
@@ -37,7 +37,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def broker(broker_url: str) -> AsyncIterator[Broker]:
-    hub = open_broker(broker_url)
+    hub = open_backplane(broker_url).broker
     await hub.connect()
     try:
         yield hub
@@ -48,7 +48,7 @@ async def broker(broker_url: str) -> AsyncIterator[Broker]:
 @pytest.fixture
 async def redis_only(redis_url: str) -> AsyncIterator[RedisBroker]:
     """For behaviour only Redis has (several processes, outages): not parametrized."""
-    hub = open_broker(redis_url)
+    hub = open_backplane(redis_url).broker
     assert isinstance(hub, RedisBroker)
     await hub.connect()
     try:
@@ -224,7 +224,7 @@ async def test_disconnect_wakes_a_next_published_that_waits_for_a_first_channel(
 async def test_two_processes_subscribed_to_one_channel_both_receive_what_one_publishes(
     redis_only: RedisBroker, redis_url: str
 ) -> None:
-    other = open_broker(redis_url)
+    other = open_backplane(redis_url).broker
     await other.connect()
     try:
         room = channel()

@@ -8,7 +8,8 @@ from typing import AsyncIterator
 import pytest
 import tornado.httpserver
 
-from chat.app import build_services, make_app
+from chat.app import make_app
+from chat.bootstrap import build_services
 from chat.config import Settings
 from chat.errors import Unavailable
 from chat.web.base import BaseHandler
@@ -31,7 +32,8 @@ class OutageHandler(BaseHandler):
 async def base_url(tmp_path: Path) -> AsyncIterator[str]:
     settings = Settings(cookie_secrets=(TEST_SECRET,), database_url=f"sqlite:///{tmp_path}/chat.sqlite3",
                         bcrypt_rounds=4)
-    services = await build_services(settings)
+    services = build_services(settings)
+    await services.start()
     app = make_app(settings, services)
     app.add_handlers(r".*$", [(r"/crash", CrashHandler), (r"/outage", OutageHandler)])
     port = free_port()

@@ -17,10 +17,10 @@ from typing import AsyncIterator
 
 import pytest
 
-from chat.broker import open_broker, open_presence
+from chat.broker import open_backplane
 from chat.broker.redis import RedisBroker
 from chat.models import Message, Room, User
-from chat.protocol import message_frame
+from chat.protocol import PRESENCE_CHANGED, message_frame
 from chat.services.fanout import Fanout
 from chat.services.messages import Messages
 from chat.services.presence import Presence
@@ -45,7 +45,8 @@ class Stack:
 
     def __init__(self, name: str, redis_url: str, messages: Messages) -> None:
         self.name = name
-        broker = open_broker(redis_url)
+        self.backplane = open_backplane(redis_url)
+        broker = self.backplane.broker
         assert isinstance(broker, RedisBroker)
         self.broker = broker
         self.fanout = Fanout(broker, messages.backfill, messages.stored_seq, gap_retry=0.05, hole_timeout=2.0)
@@ -201,8 +202,11 @@ async def test_messages_stored_while_a_subscription_was_down_are_delivered_after
 async def presences(stacks: tuple[Stack, Stack]) -> AsyncIterator[tuple[Presence, Presence]]:
     """A Presence service per process, sharing RedisPresence; only B's heartbeat is started."""
     a, b = stacks
-    on_a = Presence(open_presence(a.broker), a.fanout, "a:1", ttl=PRESENCE_TTL, heartbeat=HEARTBEAT)
-    on_b = Presence(open_presence(b.broker), b.fanout, "b:2", ttl=PRESENCE_TTL, heartbeat=HEARTBEAT)
+    on_a = Presence(a.backplane.presence, a.fanout, "a:1", ttl=PRESENCE_TTL, heartbeat=HEARTBEAT)
+    on_b = Presence(b.backplane.presence, b.fanout, "b:2", ttl=PRESENCE_TTL, heartbeat=HEARTBEAT)
+    # As chat.bootstrap wires each process.
+    a.fanout.on_control(PRESENCE_CHANGED, on_a.changed)
+    b.fanout.on_control(PRESENCE_CHANGED, on_b.changed)
     await on_b.start()
     try:
         yield on_a, on_b

@@ -14,7 +14,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from chat.broker import OnlineUser, PresenceStore, open_broker, open_presence
+from chat.broker import PresenceStore, open_backplane
+from chat.models import OnlineUser
 
 BACKENDS = ["memory", "redis"]
 TTL = 30.0
@@ -31,12 +32,12 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def presence(broker_url: str) -> AsyncIterator[PresenceStore]:
-    broker = open_broker(broker_url)
-    await broker.connect()
+    backplane = open_backplane(broker_url)
+    await backplane.broker.connect()
     try:
-        yield open_presence(broker)
+        yield backplane.presence
     finally:
-        await broker.disconnect()
+        await backplane.broker.disconnect()
 
 
 def room_id() -> str:

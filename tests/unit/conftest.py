@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import AsyncIterator
 
 import pytest
 
+from chat.bootstrap import Services, build_services
+from chat.config import Settings
 from chat.models import Room, User
 from chat.services.accounts import Accounts
 from chat.services.messages import Messages
@@ -53,3 +56,30 @@ async def user(memory_storage: Storage) -> User:
 @pytest.fixture
 async def room(memory_storage: Storage, user: User) -> Room:
     return await memory_storage.rooms.add("lobby", user)
+
+
+@pytest.fixture
+def chat_settings(request: pytest.FixtureRequest) -> Settings:
+    """Settings for services built in-process; ``indirect`` parametrization overrides fields."""
+    fast = Settings(
+        cookie_secrets=("unit-test-secret-" + "x" * 32,),
+        instance_name="test:1",
+        bcrypt_rounds=4,
+        rate_limit_burst=100,
+        rate_limit_per_second=1.0,
+        presence_heartbeat_seconds=3600,
+        fanout_gap_retry_seconds=0.01,
+        fanout_hole_timeout_seconds=0.1,
+    )
+    return replace(fast, **getattr(request, "param", {}))
+
+
+@pytest.fixture
+async def services(chat_settings: Settings, memory_storage: Storage, clock: FakeClock) -> AsyncIterator[Services]:
+    """Every service, wired by the composition root over in-memory SQLite and the memory broker."""
+    built = build_services(chat_settings, storage=memory_storage, clock=clock)
+    await built.start()
+    try:
+        yield built
+    finally:
+        await built.close()

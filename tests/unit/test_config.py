@@ -225,11 +225,12 @@ def test_env_example_documents_the_websocket_settings_with_their_defaults() -> N
     assert int(values["CHAT_WS_MAX_BUFFER_BYTES"]) == defaults.ws_max_buffer_bytes == 1024 * 1024
 
 
-def test_the_ping_settings_reach_tornado_and_the_app_constants_are_the_defaults(dotenv: Path) -> None:
-    from chat.app import WEBSOCKET_PING_INTERVAL, WEBSOCKET_PING_TIMEOUT, make_app
+def test_the_ping_settings_reach_tornado_and_the_config_constants_are_the_defaults(dotenv: Path) -> None:
+    from chat.app import make_app
+    from chat.config import DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT
 
     defaults = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
-    assert (WEBSOCKET_PING_INTERVAL, WEBSOCKET_PING_TIMEOUT) == (defaults.ws_ping_interval, defaults.ws_ping_timeout)
+    assert (DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT) == (defaults.ws_ping_interval, defaults.ws_ping_timeout)
 
     settings = load_settings({
         "CHAT_COOKIE_SECRETS": SECRET_A, "CHAT_WS_PING_INTERVAL": "7", "CHAT_WS_PING_TIMEOUT": "3",

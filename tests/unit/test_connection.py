@@ -9,16 +9,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from chat.broker.memory import MemoryBroker
-from chat.broker.presence import MemoryPresence
+from chat.bootstrap import Services
 from chat.errors import Unavailable
 from chat.models import Message, NewMessage, Room, User
+from chat.protocol import Close
 from chat.services.accounts import Accounts
-from chat.services.connection import CLOSE_POLICY_VIOLATION, RoomConnection
+from chat.services.connection import RoomConnection
 from chat.services.fanout import Fanout
 from chat.services.messages import Messages
 from chat.services.presence import Presence
-from chat.services.ratelimit import TokenBucket
 from chat.storage import Storage
 from tests.support.clock import FakeClock
 from tests.support.waiting import eventually
@@ -61,23 +60,23 @@ def send(client_id: str, body: str = "hello") -> str:
 
 
 @pytest.fixture
-async def fanout(messages: Messages) -> AsyncIterator[Fanout]:
-    hub = Fanout(MemoryBroker(), messages.backfill, messages.stored_seq, gap_retry=0.01, hole_timeout=0.1)
-    await hub.start()
-    try:
-        yield hub
-    finally:
-        await hub.stop()
+def messages(services: Services) -> Messages:
+    return services.messages
 
 
 @pytest.fixture
-async def presence(fanout: Fanout) -> AsyncIterator[Presence]:
-    service = Presence(MemoryPresence(), fanout, "test:1", heartbeat=3600)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
+def accounts(services: Services) -> Accounts:
+    return services.accounts
+
+
+@pytest.fixture
+def fanout(services: Services) -> Fanout:
+    return services.fanout
+
+
+@pytest.fixture
+def presence(services: Services) -> Presence:
+    return services.presence
 
 
 @pytest.fixture
@@ -95,22 +94,14 @@ Connect = Callable[..., Awaitable[tuple[RoomConnection, FakeTransport]]]
 
 
 @pytest.fixture
-async def connect(
-    member: tuple[User, str], chat_room: Room, messages: Messages, accounts: Accounts, fanout: Fanout,
-    presence: Presence, clock: FakeClock,
-) -> AsyncIterator[Connect]:
+async def connect(member: tuple[User, str], chat_room: Room, services: Services) -> AsyncIterator[Connect]:
+    """Open connections the way the socket handler does: through the services' factory."""
     opened: list[RoomConnection] = []
 
-    async def open_connection(
-        since: int | None = None, burst: int = 100, session_recheck_seconds: float = 30.0,
-    ) -> tuple[RoomConnection, FakeTransport]:
+    async def open_connection(since: int | None = None) -> tuple[RoomConnection, FakeTransport]:
         user, token = member
         transport = FakeTransport()
-        connection = RoomConnection(
-            transport, user=user, room=chat_room, session_token=token, messages=messages, accounts=accounts,
-            fanout=fanout, presence=presence, instance="test:1", rate_limit=TokenBucket(burst, 1.0, clock=clock),
-            session_recheck_seconds=session_recheck_seconds,
-        )
+        connection = services.connections.create(transport, user, chat_room, token)
         await connection.open(since)
         opened.append(connection)
         return connection, transport
@@ -233,8 +224,9 @@ async def test_a_body_of_4001_characters_is_too_large(
     assert await messages.recent(chat_room.id) == ([], False)
 
 
+@pytest.mark.parametrize("chat_settings", [{"rate_limit_burst": 2}], indirect=True)
 async def test_exceeding_the_burst_is_rate_limited(connect: Connect, clock: FakeClock) -> None:
-    connection, transport = await connect(burst=2)
+    connection, transport = await connect()
 
     for i in range(3):
         await connection.receive(send(f"c-{i}"))
@@ -249,10 +241,11 @@ async def test_exceeding_the_burst_is_rate_limited(connect: Connect, clock: Fake
     assert len(transport.of_type("ack")) == 3
 
 
+@pytest.mark.parametrize("chat_settings", [{"session_recheck_seconds": 0}], indirect=True)
 async def test_a_send_after_the_session_ended_is_forbidden_and_closes(
     connect: Connect, accounts: Accounts, member: tuple[User, str], messages: Messages, chat_room: Room
 ) -> None:
-    connection, transport = await connect(session_recheck_seconds=0)
+    connection, transport = await connect()
     await connection.receive(send("c-1"))
     assert len(transport.of_type("ack")) == 1
 
@@ -262,7 +255,7 @@ async def test_a_send_after_the_session_ended_is_forbidden_and_closes(
     error = transport.of_type("error")[0]
     assert error["code"] == "forbidden"
     assert error["client_id"] == "c-2"
-    assert transport.closed_with is not None and transport.closed_with[0] == CLOSE_POLICY_VIOLATION == 1008
+    assert transport.closed_with is not None and transport.closed_with[0] == Close.SESSION_ENDED == 1008
     stored, _ = await messages.recent(chat_room.id)
     assert [m.client_id for m in stored] == ["c-1"]
 
@@ -322,16 +315,10 @@ async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanou
 
 
 async def test_a_socket_that_closes_while_opening_leaves_no_listener_or_presence_behind(
-    member: tuple[User, str], chat_room: Room, messages: Messages, accounts: Accounts, fanout: Fanout,
-    presence: Presence, clock: FakeClock,
+    member: tuple[User, str], chat_room: Room, services: Services, fanout: Fanout, presence: Presence,
 ) -> None:
     user, token = member
-    transport = FakeTransport()
-    connection = RoomConnection(
-        transport, user=user, room=chat_room, session_token=token, messages=messages, accounts=accounts,
-        fanout=fanout, presence=presence, instance="test:1", rate_limit=TokenBucket(10, 1.0, clock=clock),
-        session_recheck_seconds=30.0,
-    )
+    connection = services.connections.create(FakeTransport(), user, chat_room, token)
     opening = asyncio.create_task(connection.open(None))
     await asyncio.sleep(0)  # open() is now waiting on storage
     await connection.close()  # what the handler's on_close does

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.app import WEBSOCKET_PING_INTERVAL
+from chat.config import DEFAULT_WS_PING_INTERVAL as WEBSOCKET_PING_INTERVAL
 from chat.tools.cluster import render_site_config
 
 ROOT = Path(__file__).resolve().parents[2]

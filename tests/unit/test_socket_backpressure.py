@@ -1,39 +1,26 @@
-"""RoomSocketHandler.send_text caps the bytes queued for a client that stops reading.
+"""The socket's sender caps the bytes queued for a client that stops reading.
 
-The handler is built without a server: ``write_message`` and ``close`` are
-replaced by recorders whose futures the test completes, standing in for
-Tornado flushing (or failing to flush) a frame to the network.
+The sender is built without a server: its ``write`` and ``close`` are
+recorders whose futures the test completes, standing in for Tornado flushing
+(or failing to flush) a frame to the network.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
-from types import SimpleNamespace
 
 import pytest
 import tornado.websocket
 
-from chat.config import Settings
-from chat.models import Room, User
-from chat.web.socket import RoomSocketHandler
-
-NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+from chat.web.socket import BoundedSender
 
 
 class RecordingSocket:
-    """A RoomSocketHandler whose transport is in the test's hands."""
+    """A BoundedSender whose transport is in the test's hands."""
 
     def __init__(self, cap: int) -> None:
-        handler = RoomSocketHandler.__new__(RoomSocketHandler)
-        handler.application = SimpleNamespace(  # type: ignore[assignment]
-            settings={"chat_settings": Settings(cookie_secrets=("s" * 32,), ws_max_buffer_bytes=cap)})
-        handler.current_user = User("u1", "alice", b"", NOW)
-        handler.room = Room("r1", "Lobby", "u1", "alice", NOW)
-        handler.write_message = self._write_message  # type: ignore[method-assign]
-        handler.close = self._close  # type: ignore[method-assign]
-        self.handler = handler
+        self.handler = BoundedSender(self._write_message, self._close, cap, "alice in room r1")
         self.written: list[bytes] = []
         self.futures: list[asyncio.Future[None]] = []
         self.closes: list[tuple[int, str]] = []
@@ -66,11 +53,11 @@ async def test_frames_are_queued_as_utf8_text_and_flushing_frees_the_budget() ->
     sock.handler.send_text("\u20ac" * 1000)  # 3000 bytes in UTF-8
     sock.handler.send_text("x" * 1000)
     assert sock.written == ["\u20ac".encode() * 1000, b"x" * 1000]
-    assert sock.handler._unflushed_bytes == 4000
+    assert sock.handler.unflushed_bytes == 4000
 
     await sock.flush(0)
     await sock.flush(1)
-    assert sock.handler._unflushed_bytes == 0
+    assert sock.handler.unflushed_bytes == 0
     assert sock.closes == []
 
 
@@ -103,8 +90,8 @@ async def test_a_failed_write_releases_its_bytes_and_a_closed_socket_is_ignored(
 
     sock.handler.send_text("a" * 100)
     await sock.flush(0, tornado.websocket.WebSocketClosedError())
-    assert sock.handler._unflushed_bytes == 0
+    assert sock.handler.unflushed_bytes == 0
 
     sock.closed_stream = True
     sock.handler.send_text("b" * 100)  # raises inside; swallowed
-    assert sock.handler._unflushed_bytes == 0 and sock.closes == []
+    assert sock.handler.unflushed_bytes == 0 and sock.closes == []

@@ -1,0 +1,184 @@
+"""The composition root: settings in, a connected set of services out.
+
+:func:`build_services` is the only place that constructs backends and
+services and wires them to each other; the server, the tools and the tests
+all call it (tests pass fakes or fast settings as overrides). Nothing here
+imports Tornado: :mod:`chat.app` puts the result behind the web handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from .broker import Backplane, Broker, open_backplane
+from .config import Settings
+from .errors import Unavailable
+from .protocol import PRESENCE_CHANGED
+from .services.accounts import Accounts
+from .services.connection import ConnectionPolicy, Connections
+from .services.fanout import Fanout
+from .services.messages import Messages
+from .services.passwords import PasswordHasher
+from .services.presence import Presence
+from .services.rooms import Rooms
+from .storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+# At start-up, how long to wait for the database before serving without it.
+STORAGE_STARTUP_WAIT_SECONDS = 3.0
+STORAGE_RETRY_MAX_SECONDS = 5.0
+SESSION_PURGE_INTERVAL_SECONDS = 3600.0
+# bcrypt releases the GIL, so a small pool uses the cores without starving
+# the event loop.
+PASSWORD_HASHING_THREADS = 4
+
+
+@dataclass
+class Services:
+    """Everything a chat process runs, built and wired by :func:`build_services`."""
+
+    settings: Settings
+    storage: Storage
+    broker: Broker
+    fanout: Fanout
+    presence: Presence
+    accounts: Accounts
+    rooms: Rooms
+    messages: Messages
+    connections: Connections
+    executor: concurrent.futures.Executor
+    # Set on SIGTERM: /readyz answers 503 so balancers stop sending traffic.
+    draining: bool = False
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self, storage_wait: float = STORAGE_STARTUP_WAIT_SECONDS) -> None:
+        """Connect and start the background work.
+
+        A process (re)started by supervisord while the database is down must
+        not crash-loop into supervisord's FATAL state: after ``storage_wait``
+        seconds it starts serving anyway (pages answer 503, sends get
+        ``unavailable``) and finishes connecting when the database is back.
+        """
+        connecting = self._run_in_background(_connect_storage(self.storage), "storage-connect")
+        try:
+            await asyncio.wait_for(asyncio.shield(connecting), storage_wait)
+        except TimeoutError:
+            pass  # serve now; the task keeps trying in the background
+        await self.broker.connect()
+        await self.fanout.start()
+        await self.presence.start()
+        self._run_in_background(self._purge_sessions(), "session-purge")
+
+    def _run_in_background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _purge_sessions(self) -> None:
+        """Delete expired sessions now and then (no TTL indexes: FerretDB v1 lacks them)."""
+        while True:
+            try:
+                removed = await self.storage.sessions.purge_expired()
+                if removed:
+                    log.info("purged %d expired sessions", removed)
+            except Unavailable as exc:
+                log.warning("could not purge expired sessions: %s", exc)
+            await asyncio.sleep(SESSION_PURGE_INTERVAL_SECONDS)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.presence.stop()
+        await self.fanout.stop()
+        await self.broker.disconnect()
+        await self.storage.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _connect_storage(storage: Storage) -> None:
+    """Connect, retrying with backoff until the database answers."""
+    delay = 0.5
+    while True:
+        try:
+            await storage.connect()
+            return
+        except Unavailable as exc:
+            log.warning("database unavailable at start-up (%s); retrying in %.1fs", exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
+
+
+def build_services(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    backplane: Backplane | None = None,
+    executor: concurrent.futures.Executor | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> Services:
+    """Build (not connect: see :meth:`Services.start`) every service for ``settings``.
+
+    The keyword arguments replace a part with one the caller made (a fake, an
+    in-memory database, a clock the test moves); everything else comes from
+    ``settings``. ``clock`` measures intervals (rate limits, session
+    re-checks); ``wall_clock`` is shared time between processes (presence
+    expiry).
+    """
+    storage = storage or open_storage(settings.database_url)
+    backplane = backplane or open_backplane(settings.broker_url, clock=wall_clock)
+    executor = executor or concurrent.futures.ThreadPoolExecutor(
+        max_workers=PASSWORD_HASHING_THREADS, thread_name_prefix="bcrypt"
+    )
+    messages = Messages(storage, settings.history_limit)
+    fanout = Fanout(
+        backplane.broker,
+        messages.backfill,
+        messages.stored_seq,
+        gap_retry=settings.fanout_gap_retry_seconds,
+        hole_timeout=settings.fanout_hole_timeout_seconds,
+        sweep_interval=settings.catchup_interval_seconds,
+    )
+    presence = Presence(
+        backplane.presence,
+        fanout,
+        settings.instance,
+        ttl=settings.presence_ttl_seconds,
+        heartbeat=settings.presence_heartbeat_seconds,
+    )
+    fanout.on_control(PRESENCE_CHANGED, presence.changed)
+    accounts = Accounts(storage, PasswordHasher(settings.bcrypt_rounds, executor), settings.session_max_age)
+    connections = Connections(
+        messages=messages,
+        accounts=accounts,
+        fanout=fanout,
+        presence=presence,
+        policy=ConnectionPolicy(
+            instance=settings.instance,
+            rate_limit_burst=settings.rate_limit_burst,
+            rate_limit_per_second=settings.rate_limit_per_second,
+            session_recheck_seconds=settings.session_recheck_seconds,
+        ),
+        clock=clock,
+    )
+    return Services(
+        settings=settings,
+        storage=storage,
+        broker=backplane.broker,
+        fanout=fanout,
+        presence=presence,
+        accounts=accounts,
+        rooms=Rooms(storage),
+        messages=messages,
+        connections=connections,
+        executor=executor,
+    )

@@ -1,0 +1,59 @@
+"""The Jinja2 environment, and the limits pages and the browser client learn from the server.
+
+Templates and ``static/chat.js`` never copy a limit or a wire constant: the
+values below come from the services and the protocol module, and reach the
+templates as globals (``limits``, ``client_config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from ..config import Settings
+from ..models import isoformat
+from ..protocol import Close
+from ..services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
+from ..services.messages import MAX_BODY_LENGTH
+from ..services.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
+from ..services.rooms import MAX_ROOM_NAME_LENGTH
+
+
+@dataclass(frozen=True)
+class FormLimits:
+    """Validation limits the forms show and pre-check; the services enforce them."""
+
+    username_min: int = USERNAME_MIN_LENGTH
+    username_max: int = USERNAME_MAX_LENGTH
+    username_pattern: str = f"[{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}"
+    password_min: int = MIN_PASSWORD_LENGTH
+    password_max_bytes: int = MAX_PASSWORD_BYTES
+    room_name_max: int = MAX_ROOM_NAME_LENGTH
+    body_max: int = MAX_BODY_LENGTH
+
+
+def client_config() -> dict[str, Any]:
+    """What ``static/chat.js`` needs to know, rendered into the room page as ``data-config``."""
+    return {
+        "maxBodyLength": MAX_BODY_LENGTH,
+        "close": {
+            "sessionEnded": int(Close.SESSION_ENDED),
+            "goingAway": int(Close.GOING_AWAY),
+            "tryAgainLater": int(Close.TRY_AGAIN_LATER),
+        },
+    }
+
+
+def make_jinja_env(settings: Settings) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(settings.template_path)),
+        autoescape=True,
+        auto_reload=settings.debug,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals.update(isoformat=isoformat, limits=FormLimits(), client_config=client_config())
+    return env
+
+
