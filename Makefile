@@ -6,11 +6,13 @@ PY := $(VENV)/bin/python
 FERRETDB_BIN ?= .cache/bin/ferretdb
 PYTEST_ARGS ?=
 
-.PHONY: help run test venv test-venv ferretdb clean
+.PHONY: help run test lint format venv test-venv ferretdb clean
 
 help:
 	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
 	@echo "make test      install what the tests need and run them all"
+	@echo "make lint      ruff (lint and format check) and mypy --strict; CI runs it before the tests"
+	@echo "make format    reformat the code with ruff"
 	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
 	@echo "make cluster   start the process group under supervisord behind nginx (MongoDB + Redis)"
 	@echo "make cluster-stop, make cluster-ctl ARGS=status   stop it, or talk to supervisorctl"
@@ -47,6 +49,15 @@ test: test-venv
 		echo "Go is not installed: the MongoDB-backend tests will be skipped (under CI=true they fail)."; \
 	fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: test-venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy chat devtools
+
+format: test-venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache data var test-artifacts

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import protocol
@@ -47,26 +47,17 @@ class ConnectionPolicy:
     session_recheck_seconds: float
 
 
+@dataclass(eq=False)
 class Connections:
     """The room sockets open in this process, and the factory that makes them."""
 
-    def __init__(
-        self,
-        *,
-        messages: Messages,
-        accounts: Accounts,
-        fanout: Fanout,
-        presence: Presence,
-        policy: ConnectionPolicy,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.messages = messages
-        self.accounts = accounts
-        self.fanout = fanout
-        self.presence = presence
-        self.policy = policy
-        self.clock = clock
-        self._open: set[RoomConnection] = set()
+    messages: Messages
+    accounts: Accounts
+    fanout: Fanout
+    presence: Presence
+    policy: ConnectionPolicy
+    clock: Callable[[], float] = time.monotonic
+    _open: set[RoomConnection] = field(default_factory=set, init=False, repr=False)
 
     def create(self, transport: Transport, user: User, room: Room, session_token: str) -> RoomConnection:
         """A connection for a socket that passed the handshake; call ``open()`` on it next."""

@@ -324,9 +324,9 @@ class Fanout:
 
     def _route(self, event: Event) -> None:
         if event is RESYNC:
-            for feed in self._feeds.values():
-                if feed.ready.is_set():
-                    feed.resync()
+            for each in self._feeds.values():
+                if each.ready.is_set():
+                    each.resync()
             return
         prefix = room_channel("")
         feed = self._feeds.get(event.channel[len(prefix) :]) if event.channel.startswith(prefix) else None

@@ -71,24 +71,18 @@ class MongoUsers(UserRepository):
 
     async def add(self, username: str, password_hash: bytes) -> User:
         user = User(id=new_id(), username=username, password_hash=password_hash, created_at=utcnow())
-        try:
-            with _translate_errors():
-                await self._storage.db.users.insert_one({
-                    "_id": user.id, "username": username, "username_lower": username.lower(),
-                    "password_hash": password_hash, "created_at": user.created_at,
-                })
-        except Conflict:
-            raise Conflict(f"username {username!r} is taken") from None
+        await self._storage.insert("users", {
+            "_id": user.id, "username": username, "username_lower": username.lower(),
+            "password_hash": password_hash, "created_at": user.created_at,
+        }, conflict=f"username {username!r} is taken")
         return user
 
     async def get(self, user_id: str) -> User | None:
-        with _translate_errors():
-            doc = await self._storage.db.users.find_one({"_id": user_id})
+        doc = await self._storage.find_one("users", {"_id": user_id})
         return _user(doc) if doc else None
 
     async def get_by_username(self, username: str) -> User | None:
-        with _translate_errors():
-            doc = await self._storage.db.users.find_one({"username_lower": username.lower()})
+        doc = await self._storage.find_one("users", {"username_lower": username.lower()})
         return _user(doc) if doc else None
 
 
@@ -98,15 +92,13 @@ class MongoSessions(SessionRepository):
 
     async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
         session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
-        with _translate_errors():
-            await self._storage.db.sessions.insert_one({
-                "_id": session_id, "user_id": user_id, "created_at": session.created_at, "expires_at": expires_at,
-            })
+        await self._storage.insert("sessions", {
+            "_id": session_id, "user_id": user_id, "created_at": session.created_at, "expires_at": expires_at,
+        }, conflict=f"session {session_id!r} exists already")
         return session
 
     async def get(self, session_id: str) -> Session | None:
-        with _translate_errors():
-            doc = await self._storage.db.sessions.find_one({"_id": session_id, "expires_at": {"$gt": utcnow()}})
+        doc = await self._storage.find_one("sessions", {"_id": session_id, "expires_at": {"$gt": utcnow()}})
         if doc is None:
             return None
         return Session(id=doc["_id"], user_id=doc["user_id"], created_at=doc["created_at"],
@@ -119,7 +111,7 @@ class MongoSessions(SessionRepository):
     async def purge_expired(self) -> int:
         with _translate_errors():
             result = await self._storage.db.sessions.delete_many({"expires_at": {"$lte": utcnow()}})
-        return result.deleted_count
+        return int(result.deleted_count)
 
 
 class MongoRooms(RoomRepository):
@@ -129,19 +121,14 @@ class MongoRooms(RoomRepository):
     async def add(self, name: str, creator: User) -> Room:
         room = Room(id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username,
                     created_at=utcnow())
-        try:
-            with _translate_errors():
-                await self._storage.db.rooms.insert_one({
-                    "_id": room.id, "name": name, "name_lower": name.lower(), "creator_id": creator.id,
-                    "creator_username": creator.username, "created_at": room.created_at, "last_seq": 0,
-                })
-        except Conflict:
-            raise Conflict(f"a room named {name!r} exists already") from None
+        await self._storage.insert("rooms", {
+            "_id": room.id, "name": name, "name_lower": name.lower(), "creator_id": creator.id,
+            "creator_username": creator.username, "created_at": room.created_at, "last_seq": 0,
+        }, conflict=f"a room named {name!r} exists already")
         return room
 
     async def get(self, room_id: str) -> Room | None:
-        with _translate_errors():
-            doc = await self._storage.db.rooms.find_one({"_id": room_id})
+        doc = await self._storage.find_one("rooms", {"_id": room_id})
         return _room(doc) if doc else None
 
     async def list(self) -> list[Room]:
@@ -219,7 +206,7 @@ class MongoStorage(Storage):
         self.database_name = database
         self._client_options = dict(client_options)
         self._indexed = False
-        self._client: AsyncMongoClient | None = None
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self.users = MongoUsers(self)
         self.sessions = MongoSessions(self)
         self.rooms = MongoRooms(self)
@@ -240,6 +227,19 @@ class MongoStorage(Storage):
         if self._client is None or not self._indexed:
             raise Unavailable("MongoDB storage is not connected")
         return self._client[self.database_name]
+
+    async def insert(self, collection: str, document: Mapping[str, Any], conflict: str) -> None:
+        """Insert one document; a unique-key clash raises Conflict(conflict)."""
+        try:
+            with _translate_errors():
+                await self.db[collection].insert_one(document)
+        except Conflict:
+            raise Conflict(conflict) from None
+
+    async def find_one(self, collection: str, query: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        with _translate_errors():
+            doc: Mapping[str, Any] | None = await self.db[collection].find_one(query)
+        return doc
 
     async def connect(self) -> None:
         if self._client is None:

@@ -146,15 +146,23 @@ class _Database:
             raise Unavailable("SQLite storage is not connected")
         return conn
 
-    async def fetchone(self, sql: str, params: tuple = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
         with _translate_errors():
             async with self._require(self._reader).execute(sql, params) as cursor:
                 return await cursor.fetchone()
 
-    async def fetchall(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with _translate_errors():
             async with self._require(self._reader).execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
+
+    async def insert(self, sql: str, params: tuple[object, ...], conflict: str) -> None:
+        """Insert one row in its own transaction; a unique-key clash raises Conflict(conflict)."""
+        try:
+            async with self.transaction() as conn:
+                await conn.execute(sql, params)
+        except Conflict:
+            raise Conflict(conflict) from None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -176,14 +184,11 @@ class SQLiteUsers(UserRepository):
 
     async def add(self, username: str, password_hash: bytes) -> User:
         user = User(id=new_id(), username=username, password_hash=password_hash, created_at=utcnow())
-        try:
-            async with self._db.transaction() as conn:
-                await conn.execute(
-                    "INSERT INTO users (id, username, username_lower, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (user.id, user.username, username.lower(), user.password_hash, _to_ms(user.created_at)),
-                )
-        except Conflict:
-            raise Conflict(f"username {username!r} is taken") from None
+        await self._db.insert(
+            "INSERT INTO users (id, username, username_lower, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (user.id, user.username, username.lower(), user.password_hash, _to_ms(user.created_at)),
+            conflict=f"username {username!r} is taken",
+        )
         return user
 
     async def get(self, user_id: str) -> User | None:
@@ -201,11 +206,11 @@ class SQLiteSessions(SessionRepository):
 
     async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
         session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
-        async with self._db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                (session.id, user_id, _to_ms(session.created_at), _to_ms(expires_at)),
-            )
+        await self._db.insert(
+            "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+            (session.id, user_id, _to_ms(session.created_at), _to_ms(expires_at)),
+            conflict=f"session {session_id!r} exists already",
+        )
         return session
 
     async def get(self, session_id: str) -> Session | None:
@@ -234,15 +239,12 @@ class SQLiteRooms(RoomRepository):
     async def add(self, name: str, creator: User) -> Room:
         room = Room(id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username,
                     created_at=utcnow())
-        try:
-            async with self._db.transaction() as conn:
-                await conn.execute(
-                    "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    (room.id, name, name.lower(), creator.id, creator.username, _to_ms(room.created_at)),
-                )
-        except Conflict:
-            raise Conflict(f"a room named {name!r} exists already") from None
+        await self._db.insert(
+            "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0)",
+            (room.id, name, name.lower(), creator.id, creator.username, _to_ms(room.created_at)),
+            conflict=f"a room named {name!r} exists already",
+        )
         return room
 
     async def get(self, room_id: str) -> Room | None:

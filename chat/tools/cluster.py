@@ -60,7 +60,7 @@ def _find(program: str, *extra: Path) -> str:
 def _port_answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except OSError:
         return False
 

@@ -8,10 +8,20 @@ accepted so they can be rotated: the last one signs, all of them verify.
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 COOKIE_NAME = "chat_session"
 _SALT = "chat.session-cookie"
+
+
+class CookieAttributes(TypedDict):
+    httponly: bool
+    samesite: Literal["Lax"]
+    secure: bool
+    max_age: int
+    path: str
 
 
 class SessionCookie:
@@ -35,5 +45,5 @@ class SessionCookie:
             return None
         return token if isinstance(token, str) and token else None
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> CookieAttributes:
         return {"httponly": True, "samesite": "Lax", "secure": self.secure, "max_age": self.max_age, "path": "/"}

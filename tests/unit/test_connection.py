@@ -241,6 +241,23 @@ async def test_exceeding_the_burst_is_rate_limited(connect: Connect, clock: Fake
     assert len(transport.of_type("ack")) == 3
 
 
+@pytest.mark.parametrize("chat_settings", [{"rate_limit_burst": 1, "rate_limit_per_second": 4.0}], indirect=True)
+async def test_a_rate_limited_send_says_when_to_retry_and_retrying_then_succeeds(
+    connect: Connect, clock: FakeClock
+) -> None:
+    connection, transport = await connect()
+    await connection.receive(send("c-1"))
+
+    await connection.receive(send("c-2"))
+    error = transport.of_type("error")[0]
+    assert (error["code"], error["client_id"]) == ("rate_limited", "c-2")
+    assert 0.25 <= error["retry_after"] < 0.3
+
+    clock.advance(error["retry_after"])
+    await connection.receive(send("c-2"))
+    assert [ack["client_id"] for ack in transport.of_type("ack")] == ["c-1", "c-2"]
+
+
 @pytest.mark.parametrize("chat_settings", [{"session_recheck_seconds": 0}], indirect=True)
 async def test_a_send_after_the_session_ended_is_forbidden_and_closes(
     connect: Connect, accounts: Accounts, member: tuple[User, str], messages: Messages, chat_room: Room
@@ -326,3 +343,27 @@ async def test_a_socket_that_closes_while_opening_leaves_no_listener_or_presence
 
     assert fanout.local_listeners(chat_room.id) == 0
     assert await presence.online(chat_room.id) == []
+
+
+async def test_the_factory_knows_every_open_connection_and_closing_forgets_it(
+    connect: Connect, services: Services
+) -> None:
+    first, _ = await connect()
+    second, _ = await connect()
+    assert set(services.connections) == {first, second}
+
+    await first.close()
+
+    assert set(services.connections) == {second}
+
+
+async def test_closing_all_connections_closes_every_transport_with_the_code_given(
+    connect: Connect, services: Services
+) -> None:
+    _, first = await connect()
+    _, second = await connect()
+
+    finished = await services.connections.close_all(Close.GOING_AWAY, "server shutting down; reconnect", grace=1)
+
+    assert finished
+    assert first.closed_with == second.closed_with == (1001, "server shutting down; reconnect")

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 
 import pytest
 
 from chat import protocol
 from chat.models import Message, Room, User
-from chat.protocol import ProtocolError, SendFrame, SyncFrame, frame_routing, parse_client_frame
+from chat.errors import ChatError, Conflict, Forbidden, NotFound, RateLimited, SessionEnded, TooLarge, Unavailable
+from chat.protocol import (
+    Close,
+    ErrorCode,
+    ProtocolError,
+    SendFrame,
+    SyncFrame,
+    frame_routing,
+    parse_client_frame,
+    refusal_for,
+)
 
 MOMENT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.timezone.utc)
 USER = User(id="u1", username="alice", password_hash=b"secret-hash", created_at=MOMENT)
@@ -196,3 +207,58 @@ def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
 def test_frame_routing_gives_no_seq_for_other_frames(frame: str) -> None:
     kind, seq = frame_routing(frame)
     assert seq is None and kind == json.loads(frame)["type"]
+
+
+# -- the one exception table ---------------------------------------------------
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    (ProtocolError("bad"), 400, "bad_request"),
+    (TooLarge("big"), 413, "too_large"),
+    (Conflict("taken"), 409, "bad_request"),
+    (NotFound("gone"), 404, "bad_request"),
+    (SessionEnded("signed out"), 403, "forbidden"),
+    (Forbidden("no"), 403, "forbidden"),
+    (RateLimited(1.5), 429, "rate_limited"),
+    (Unavailable("db-7 refused"), 503, "unavailable"),
+])
+def test_every_error_we_raise_has_one_status_and_one_code(exc: ChatError, status: int, code: str) -> None:
+    refusal = refusal_for(exc)
+
+    assert refusal is not None and (refusal.status, refusal.code) == (status, code)
+
+
+def test_anything_else_is_a_bug_with_no_refusal() -> None:
+    assert refusal_for(RuntimeError("boom")) is None
+    assert refusal_for(KeyError("x")) is None
+
+
+def test_an_outage_never_shows_its_internals_to_the_client() -> None:
+    exc = Unavailable("database host db-7 refused the connection")
+    refusal = refusal_for(exc)
+    assert refusal is not None
+
+    frame = json.loads(protocol.error_frame_for(exc, refusal, "c-1"))
+
+    assert frame["code"] == "unavailable" and "db-7" not in frame["message"] and frame["client_id"] == "c-1"
+
+
+def test_a_rate_limited_error_says_how_long_to_wait_in_seconds() -> None:
+    exc = RateLimited(retry_after=0.2)
+    refusal = refusal_for(exc)
+    assert refusal is not None
+
+    frame = json.loads(protocol.error_frame_for(exc, refusal, None))
+
+    assert frame["code"] == "rate_limited"
+    assert isinstance(frame["retry_after"], float) and 0.2 <= frame["retry_after"] < 0.25
+    assert "client_id" not in frame
+
+
+def test_every_close_code_and_error_code_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+
+    for close in Close:
+        assert f"| {close.value}" in doc or f"/ {close.value} |" in doc, close
+    for code in ErrorCode:
+        assert f"| `{code.value}` |" in doc, code
