@@ -128,32 +128,28 @@ class RoomFeed:
             self._fill_task = asyncio.create_task(self._fill(delay))
 
     async def _fill(self, delay: float) -> None:
-        try:
-            await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            return
-        if not self._held and not self._resync_due:
-            self._fill_task = None
-            return
-        try:
-            missed = await self._fanout.backfill(self.room_id, self.last_seq)
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            # Storage is down too; held frames still get delivered once their
-            # hole times out, and the fill is retried until it succeeds.
-            log.warning("backfill of room %s after seq %d failed; retrying",
-                        self.room_id, self.last_seq, exc_info=True)
-            missed = None
-        else:
-            self._resync_due = False
-        for message in missed or ():
-            if message.seq > self.last_seq and message.seq not in self._held:
-                self._held[message.seq] = message_frame(message)
+        await asyncio.sleep(delay)
+        if self._held or self._resync_due:
+            for message in await self._read_missed():
+                if message.seq > self.last_seq and message.seq not in self._held:
+                    self._held[message.seq] = message_frame(message)
         self._fill_task = None
         self._drain()
         if self._resync_due:
             self._schedule_fill(RESYNC_RETRY_SECONDS)
+
+    async def _read_missed(self) -> list[Message]:
+        try:
+            missed = await self._fanout.backfill(self.room_id, self.last_seq)
+        except Exception:
+            # Storage is down too; held frames still get delivered once their
+            # hole times out, and the fill is retried until it succeeds.
+            log.warning(
+                "backfill of room %s after seq %d failed; retrying", self.room_id, self.last_seq, exc_info=True
+            )
+            return []
+        self._resync_due = False
+        return missed
 
     def close(self) -> None:
         if self._fill_task is not None:
