@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class RecordingListener:
@@ -36,3 +38,24 @@ class RecordingListener:
             if seq is None and data["type"] == "presence":
                 lists.append([user["username"] for user in data["users"]])
         return lists
+
+
+@dataclass
+class FakeTransport:
+    """Stands in for a WebSocket under a RoomConnection: records frames (parsed) and the close."""
+
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    closed_with: tuple[int, str] | None = None
+
+    def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [frame for frame in self.sent if frame["type"] == kind]
+
+    @property
+    def types(self) -> list[str]:
+        return [frame["type"] for frame in self.sent]

@@ -321,3 +321,39 @@ def test_ensure_dotenv_secret_writes_nothing_when_the_environment_has_one(
 
     assert ensure_dotenv_secret(dotenv) is False
     assert not dotenv.exists()
+
+
+# -- the settings table --------------------------------------------------------
+
+
+def test_every_variable_in_the_settings_table_is_documented_in_env_example() -> None:
+    from dataclasses import fields
+
+    documented = parse_dotenv((Path(__file__).resolve().parents[2] / ".env.example").read_text())
+    variables = [f.metadata["env"] for f in fields(Settings) if "env" in f.metadata]
+
+    assert variables and sorted(variables) == sorted(documented)
+
+
+def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
+    from dataclasses import fields
+
+    configurable = [f for f in fields(Settings) if "env" in f.metadata]
+    # A value each parser accepts that differs from every default.
+    raw = {
+        "CHAT_COOKIE_SECRETS": SECRET_B, "CHAT_DATABASE_URL": "sqlite:///elsewhere.db", "CHAT_BROKER_URL": "redis://r",
+        "CHAT_HOST": "0.0.0.0", "CHAT_PORT": "9999", "CHAT_INSTANCE_NAME": "n1", "CHAT_COOKIE_SECURE": "true",
+        "CHAT_SESSION_MAX_AGE": "61", "CHAT_SESSION_RECHECK_SECONDS": "3", "CHAT_BCRYPT_ROUNDS": "5",
+        "CHAT_RATE_LIMIT_BURST": "7", "CHAT_RATE_LIMIT_PER_SECOND": "0.25", "CHAT_PRESENCE_TTL_SECONDS": "9",
+        "CHAT_PRESENCE_HEARTBEAT_SECONDS": "2", "CHAT_CATCHUP_INTERVAL_SECONDS": "4",
+        "CHAT_SHUTDOWN_GRACE_SECONDS": "6", "CHAT_WS_PING_INTERVAL": "11", "CHAT_WS_PING_TIMEOUT": "8",
+        "CHAT_WS_MAX_BUFFER_BYTES": "8192", "CHAT_ALLOWED_ORIGINS": "https://a.example", "CHAT_XHEADERS": "true",
+        "CHAT_DEBUG": "true",
+    }
+    assert sorted(raw) == sorted(f.metadata["env"] for f in configurable)
+
+    settings = load_settings(raw, dotenv)
+    defaults = Settings(cookie_secrets=(SECRET_A,))
+
+    for setting in configurable:
+        assert getattr(settings, setting.name) != getattr(defaults, setting.name), setting.metadata["env"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -20,26 +19,8 @@ from chat.services.messages import Messages
 from chat.services.presence import Presence
 from chat.storage import Storage
 from tests.support.clock import FakeClock
+from tests.support.fakes import FakeTransport
 from tests.support.waiting import eventually
-
-
-@dataclass
-class FakeTransport:
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    closed_with: tuple[int, str] | None = None
-
-    def send_text(self, text: str) -> None:
-        self.sent.append(json.loads(text))
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed_with = (code, reason)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [frame for frame in self.sent if frame["type"] == kind]
-
-    @property
-    def types(self) -> list[str]:
-        return [frame["type"] for frame in self.sent]
 
 
 class UnavailableMessages:
