@@ -43,20 +43,21 @@ async def test_presence_hears_other_processes_through_the_fanout(
     backplane = open_backplane("memory://")
     services = build_services(chat_settings, storage=memory_storage, backplane=backplane)
     await services.start()
-    user = await services.storage.users.add("alice", b"hash")
-    room = await services.storage.rooms.add("lobby", user)
-    transport = FakeTransport()
-    connection = services.connections.create(transport, user, room, "token")
-    await connection.open(None)
-    assert transport.of_type("presence")[-1]["users"] == [{"id": user.id, "username": "alice"}]
+    try:
+        user = await services.storage.users.add("alice", b"hash")
+        room = await services.storage.rooms.add("lobby", user)
+        transport = FakeTransport()
+        connection = services.connections.create(transport, user, room, "token")
+        await connection.open(None)
+        assert transport.of_type("presence")[-1]["users"] == [{"id": user.id, "username": "alice"}]
 
-    # Another process puts bob in the shared store and announces it on the room's channel.
-    await backplane.presence.add(room.id, "other:2", OnlineUser(username="bob", id="b1"), ttl=30)
-    await services.fanout.publish_control(room.id, control_event(PRESENCE_CHANGED))
+        # Another process puts bob in the shared store and announces it on the room's channel.
+        await backplane.presence.add(room.id, "other:2", OnlineUser(username="bob", id="b1"), ttl=30)
+        await services.fanout.publish_control(room.id, control_event(PRESENCE_CHANGED))
 
-    await eventually(lambda: len(transport.of_type("presence")) == 2, what="a presence frame")
-    assert [u["username"] for u in transport.of_type("presence")[-1]["users"]] == ["alice", "bob"]
-    # A control event is for the services, never for the sockets.
-    assert PRESENCE_CHANGED not in transport.types
-    await connection.close()
-    await services.close()
+        await eventually(lambda: len(transport.of_type("presence")) == 2, what="a presence frame")
+        assert [u["username"] for u in transport.of_type("presence")[-1]["users"]] == ["alice", "bob"]
+        # A control event is for the services, never for the sockets.
+        assert PRESENCE_CHANGED not in transport.types
+    finally:
+        await services.close()
