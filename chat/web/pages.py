@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
 
 from ..errors import Unavailable, ValidationError
 from ..models import isoformat
+from ..protocol import Close
+from ..services.messages import MAX_BODY_LENGTH
 from .base import BaseHandler
 
 
@@ -19,6 +22,22 @@ def safe_next(target: str | None) -> str:
     if parts.scheme or parts.netloc:
         return "/rooms"
     return target
+
+
+def client_config() -> dict[str, Any]:
+    """The limits and wire constants chat.js needs, rendered into the room page.
+
+    The script reads them from the page instead of keeping copies, so a change
+    here cannot leave the browser disagreeing with the server.
+    """
+    return {
+        "maxBodyLength": MAX_BODY_LENGTH,
+        "close": {
+            "sessionEnded": int(Close.SESSION_ENDED),
+            "goingAway": int(Close.GOING_AWAY),
+            "tryAgainLater": int(Close.TRY_AGAIN_LATER),
+        },
+    }
 
 
 class IndexHandler(BaseHandler):
@@ -103,7 +122,8 @@ class RoomHandler(BaseHandler):
         online = await self.presence.online(room.id)
         last_seq = messages[-1].seq if messages else 0
         self.render_template("room.html", room=room, messages=messages, has_more=has_more,
-                             last_seq=last_seq, online=online, isoformat=isoformat)
+                             last_seq=last_seq, online=online, isoformat=isoformat,
+                             client_config=client_config())
 
 
 class HealthHandler(BaseHandler):
