@@ -15,7 +15,7 @@
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30000;
 const OFFLINE_AFTER_ATTEMPTS = 6;
-// Retrying a refused send.
+// Retrying a refused send: the server's retry_after when it gives one.
 const RETRY_FALLBACK_MS = 2000;
 const RETRY_JITTER_MS = 1000;
 const RETRYABLE_ERRORS = new Set(["rate_limited", "unavailable"]);
@@ -57,7 +57,10 @@ function upperBound(sorted, value) {
 // How long to wait before re-sending a refused message. Jitter, so the
 // retries of several tabs (or of a burst from one) do not land together.
 function retryDelayMs(frame) {
-  return RETRY_FALLBACK_MS + Math.random() * RETRY_JITTER_MS;
+  const wait = Number.isFinite(frame.retry_after) && frame.retry_after >= 0
+    ? frame.retry_after * 1000
+    : RETRY_FALLBACK_MS;
+  return wait + Math.random() * RETRY_JITTER_MS;
 }
 
 /**
