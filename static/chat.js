@@ -1,48 +1,343 @@
 // Live room client: one WebSocket per room page (protocol: docs/protocol.md).
 //
-// The server renders the latest messages into the page; this script resumes
-// from the last rendered seq, so nothing is shown twice. Every message lives
-// in the DOM keyed by seq, inserted in seq order whatever order frames arrive
-// in. Own messages show as pending until acked; unacked sends are re-sent on
-// reconnect with their original client_id, which the server deduplicates.
-(function () {
-  "use strict";
+// The server renders the latest messages into the page; this module resumes
+// from the last rendered seq, so nothing is shown twice. Messages are kept in
+// seq order whatever order frames arrive in. Own messages show as pending
+// until acked; unacked sends are re-sent on reconnect with their original
+// client_id, which the server deduplicates.
+//
+// One file on purpose: the page loads it through static_url(), which puts a
+// version on the URL for caching, and modules it imported would not get one.
+//
+// Limits and close codes come from the page (#room's data-config, built by
+// chat/web/pages.py: client_config), never from copies kept here.
 
-  var root = document.getElementById("room");
-  if (!root) return;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 30000;
+const OFFLINE_AFTER_ATTEMPTS = 6;
+// Retrying a refused send: the server's retry_after when it gives one.
+const RETRY_FALLBACK_MS = 2000;
+const RETRY_JITTER_MS = 1000;
+const RETRYABLE_ERRORS = new Set(["rate_limited", "unavailable"]);
+const NEAR_BOTTOM_PX = 80;
 
-  var roomId = root.dataset.roomId;
-  var list = document.getElementById("messages");
-  var empty = document.getElementById("empty");
-  var notice = document.getElementById("notice");
-  var stateEl = document.getElementById("connection-state");
-  var form = document.getElementById("composer");
-  var presenceList = document.getElementById("presence");
-  var input = document.getElementById("body");
+function newClientId() {
+  // randomUUID only exists in secure contexts; a page served over plain http
+  // from another host still needs unique ids.
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
-  var lastSeq = parseInt(root.dataset.lastSeq, 10) || 0;
-  var outbox = new Map(); // client_id -> {body, element}
-  var socket = null;
-  var attempt = 0;
-  var reconnectTimer = null;
-  var stopped = false;
+function formatTime(iso) {
+  const date = new Date(iso);
+  return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
 
-  var BACKOFF_BASE_MS = 500;
-  var BACKOFF_MAX_MS = 30000;
-  var OFFLINE_AFTER_ATTEMPTS = 6;
+function nearBottom() {
+  return window.innerHeight + window.scrollY >= document.body.offsetHeight - NEAR_BOTTOM_PX;
+}
 
-  function newClientId() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    var bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    return Array.prototype.map.call(bytes, function (b) {
-      return ("0" + b.toString(16)).slice(-2);
-    }).join("");
+function scrollToBottom() {
+  window.scrollTo(0, document.body.scrollHeight);
+}
+
+// Index of the first element of ascending `sorted` greater than `value`.
+function upperBound(sorted, value) {
+  let low = 0;
+  let high = sorted.length;
+  while (low < high) {
+    const mid = (low + high) >>> 1;
+    if (sorted[mid] <= value) low = mid + 1;
+    else high = mid;
+  }
+  return low;
+}
+
+// How long to wait before re-sending a refused message. Jitter, so the
+// retries of several tabs (or of a burst from one) do not land together.
+function retryDelayMs(frame) {
+  const wait = Number.isFinite(frame.retry_after) && frame.retry_after >= 0
+    ? frame.retry_after * 1000
+    : RETRY_FALLBACK_MS;
+  return wait + Math.random() * RETRY_JITTER_MS;
+}
+
+/**
+ * The #messages list: stored messages in seq order, then own pending ones.
+ *
+ * Lookups go through a Map and a sorted array of seqs rather than the DOM,
+ * so a 500-message history frame costs O(n log n), not a scan per message.
+ */
+class MessageList {
+  #list;
+  #empty;
+  #template;
+  #bySeq = new Map(); // seq -> <li>
+  #seqs = []; // ascending
+  // Pending elements in the order they sit at the end of the list (a Set
+  // keeps insertion order), so the first one is found without a DOM query.
+  #pending = new Set();
+  #lastSeq;
+
+  constructor(list, empty, template, lastSeq) {
+    this.#list = list;
+    this.#empty = empty;
+    this.#template = template;
+    this.#lastSeq = lastSeq;
+    // Adopt the history the server rendered, once.
+    for (const li of list.querySelectorAll("li[data-seq]")) {
+      const seq = Number(li.dataset.seq);
+      this.#bySeq.set(seq, li);
+      this.#seqs.push(seq);
+    }
+    this.#seqs.sort((a, b) => a - b);
+    if (this.#seqs.length) this.#lastSeq = Math.max(this.#lastSeq, this.#seqs[this.#seqs.length - 1]);
   }
 
-  function setState(state) {
-    stateEl.textContent = state;
-    stateEl.className = "state state-" + state;
+  /** The highest seq held: where a reconnect resumes. */
+  get lastSeq() {
+    return this.#lastSeq;
+  }
+
+  has(seq) {
+    return this.#bySeq.has(seq);
+  }
+
+  /** Insert a stored message at its seq position; false if it is already shown. */
+  add(message) {
+    if (this.#bySeq.has(message.seq)) return false;
+    const li = this.#render(message, false);
+    const index = upperBound(this.#seqs, message.seq);
+    // Before the next higher seq; with none, after the last stored message
+    // and before any pending ones.
+    const before = index < this.#seqs.length
+      ? this.#bySeq.get(this.#seqs[index])
+      : this.#pending.values().next().value ?? null;
+    this.#list.insertBefore(li, before);
+    if (index === this.#seqs.length) this.#seqs.push(message.seq);
+    else this.#seqs.splice(index, 0, message.seq);
+    this.#bySeq.set(message.seq, li);
+    if (message.seq > this.#lastSeq) this.#lastSeq = message.seq;
+    this.#empty.hidden = true;
+    return true;
+  }
+
+  /** Show an own message not yet stored, at the end; returns its element. */
+  addPending(message) {
+    const li = this.#render(message, true);
+    this.#list.appendChild(li);
+    this.#pending.add(li);
+    this.#empty.hidden = true;
+    return li;
+  }
+
+  /** Remove a pending element: its stored version is about to be added. */
+  removePending(li) {
+    this.#pending.delete(li);
+    li.remove();
+  }
+
+  /** Keep a refused message in view, marked failed, with the reason on hover. */
+  markFailed(li, reason) {
+    this.#pending.delete(li);
+    li.classList.remove("pending");
+    li.classList.add("failed");
+    li.title = reason;
+  }
+
+  /** The server renders times in UTC; show them in the reader's time zone. */
+  localizeTimes() {
+    for (const time of this.#list.querySelectorAll("time[datetime]")) {
+      time.textContent = formatTime(time.getAttribute("datetime"));
+    }
+  }
+
+  // Fill in a clone of <template id="message-template"> (templates/_message.html),
+  // so the server and this script draw a message with the same markup.
+  #render(message, pending) {
+    const li = document.importNode(this.#template.content.firstElementChild, true);
+    li.classList.toggle("pending", pending);
+    if (message.seq !== undefined) li.dataset.seq = message.seq;
+    if (message.id) li.dataset.id = message.id;
+    li.dataset.clientId = message.client_id;
+    li.querySelector(".author").textContent = message.username;
+    const time = li.querySelector("time");
+    if (message.created_at) {
+      time.dateTime = message.created_at;
+      time.textContent = formatTime(message.created_at);
+    } else {
+      time.textContent = "sending…";
+    }
+    li.querySelector(".body").textContent = message.body; // text, never HTML
+    return li;
+  }
+}
+
+/** Own messages sent but not yet acked, by client_id, with their elements. */
+class Outbox {
+  #entries = new Map(); // client_id -> {body, element, retryTimer}
+
+  add(clientId, body, element) {
+    this.#entries.set(clientId, { body, element, retryTimer: null });
+  }
+
+  get(clientId) {
+    return this.#entries.get(clientId);
+  }
+
+  /** Remove and return the entry (undefined if none): it was stored or refused. */
+  take(clientId) {
+    const entry = this.#entries.get(clientId);
+    if (!entry) return undefined;
+    clearTimeout(entry.retryTimer);
+    this.#entries.delete(clientId);
+    return entry;
+  }
+
+  clientIds() {
+    return [...this.#entries.keys()];
+  }
+
+  /** Call resend(clientId) after delayMs, replacing any retry already waiting. */
+  retryLater(clientId, delayMs, resend) {
+    const entry = this.#entries.get(clientId);
+    if (!entry) return;
+    clearTimeout(entry.retryTimer);
+    entry.retryTimer = setTimeout(() => {
+      entry.retryTimer = null;
+      resend(clientId);
+    }, delayMs);
+  }
+}
+
+/**
+ * The room socket: connects, reconnects with backoff, reports its state
+ * ("connected", "reconnecting" or "offline") and hands on parsed frames.
+ */
+class RoomConnection {
+  #url;
+  #sessionEndedCode;
+  #onFrame;
+  #onState;
+  #onSessionEnded;
+  #socket = null;
+  #attempt = 0;
+  #reconnectTimer = null;
+  #stopped = false;
+
+  /**
+   * @param {object} options
+   * @param {() => string} options.url called on every connect, so it resumes from the latest seq
+   * @param {number} options.sessionEndedCode the close code after which reconnecting is pointless
+   */
+  constructor({ url, sessionEndedCode, onFrame, onState, onSessionEnded }) {
+    this.#url = url;
+    this.#sessionEndedCode = sessionEndedCode;
+    this.#onFrame = onFrame;
+    this.#onState = onState;
+    this.#onSessionEnded = onSessionEnded;
+  }
+
+  start() {
+    this.#onState("reconnecting");
+    this.#connect();
+  }
+
+  /** Send a frame if the socket is open; false if it is not (the caller keeps it). */
+  send(frame) {
+    if (!this.#socket || this.#socket.readyState !== WebSocket.OPEN) return false;
+    this.#socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  /** The network is back: skip the backoff wait. */
+  reconnectNow() {
+    if (this.#socket || this.#stopped) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#attempt = 0;
+    this.#connect();
+  }
+
+  #connect() {
+    const socket = new WebSocket(this.#url());
+    this.#socket = socket;
+    socket.onmessage = (event) => {
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      // hello, not the socket's open event, counts as connected: the server
+      // may accept the socket and close it at once (1013, the room could not
+      // be loaded), and that must keep backing off.
+      if (frame.type === "hello") {
+        this.#attempt = 0;
+        this.#onState("connected");
+      }
+      this.#onFrame(frame);
+    };
+    socket.onclose = (event) => {
+      this.#socket = null;
+      if (event.code === this.#sessionEndedCode) {
+        this.#stopped = true;
+        this.#onState("offline");
+        this.#onSessionEnded();
+        return;
+      }
+      this.#scheduleReconnect();
+    };
+  }
+
+  #scheduleReconnect() {
+    if (this.#stopped || this.#reconnectTimer) return;
+    this.#attempt += 1;
+    this.#onState(this.#attempt > OFFLINE_AFTER_ATTEMPTS || !navigator.onLine ? "offline" : "reconnecting");
+    // Exponential backoff with full jitter, so a restarted server is not hit
+    // by every client at the same instant.
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (this.#attempt - 1));
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      this.#connect();
+    }, Math.random() * ceiling);
+  }
+}
+
+/** Who is online: the server always sends the whole list. */
+function renderPresence(list, users) {
+  list.replaceChildren(...users.map((user) => {
+    const li = document.createElement("li");
+    li.dataset.userId = user.id;
+    li.textContent = user.username;
+    return li;
+  }));
+}
+
+function main() {
+  const root = document.getElementById("room");
+  if (!root) return;
+
+  const config = JSON.parse(root.dataset.config);
+  const { userId, username } = root.dataset;
+  const stateBadge = document.getElementById("connection-state");
+  const notice = document.getElementById("notice");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("body");
+  const presence = document.getElementById("presence");
+
+  const messages = new MessageList(
+    document.getElementById("messages"),
+    document.getElementById("empty"),
+    document.getElementById("message-template"),
+    parseInt(root.dataset.lastSeq, 10) || 0,
+  );
+  const outbox = new Outbox();
+
+  function showState(state) {
+    stateBadge.textContent = state;
+    stateBadge.className = "state state-" + state;
     root.dataset.state = state;
   }
 
@@ -51,200 +346,94 @@
     notice.hidden = !text;
   }
 
-  function formatTime(iso) {
-    var date = new Date(iso);
-    return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const connection = new RoomConnection({
+    url: () => {
+      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+      return `${scheme}//${location.host}/rooms/${encodeURIComponent(root.dataset.roomId)}/ws?since=${messages.lastSeq}`;
+    },
+    sessionEndedCode: config.close.sessionEnded,
+    onFrame,
+    onState: showState,
+    onSessionEnded: () => showNotice("Your session has ended. Sign in again to keep chatting."),
+  });
+
+  function sendPending(clientId) {
+    const entry = outbox.get(clientId);
+    if (entry) connection.send({ type: "send", client_id: clientId, body: entry.body });
   }
 
-  function renderMessage(msg, pending) {
-    var li = document.createElement("li");
-    li.className = "message" + (pending ? " pending" : "");
-    if (msg.seq !== undefined) li.dataset.seq = msg.seq;
-    if (msg.id) li.dataset.id = msg.id;
-    li.dataset.clientId = msg.client_id;
-    var author = document.createElement("span");
-    author.className = "author";
-    author.textContent = msg.username;
-    var time = document.createElement("time");
-    if (msg.created_at) {
-      time.dateTime = msg.created_at;
-      time.textContent = formatTime(msg.created_at);
-    } else {
-      time.textContent = "sending…";
+  function addStored(list) {
+    const stick = nearBottom();
+    let added = false;
+    for (const message of list) {
+      if (messages.has(message.seq)) continue;
+      // Our own message, stored: its pending copy gives way to it.
+      const mine = message.user_id === userId ? outbox.take(message.client_id) : undefined;
+      if (mine) messages.removePending(mine.element);
+      added = messages.add(message) || added;
     }
-    var body = document.createElement("p");
-    body.className = "body";
-    body.textContent = msg.body; // text, never HTML
-    li.append(author, time, body);
-    return li;
+    // Scroll once per frame, not per message: each check forces a layout.
+    if (added && stick) scrollToBottom();
   }
 
-  function localizeRenderedTimes() {
-    list.querySelectorAll("time[datetime]").forEach(function (el) {
-      el.textContent = formatTime(el.getAttribute("datetime"));
-    });
-  }
-
-  function nearBottom() {
-    return window.innerHeight + window.scrollY >= document.body.offsetHeight - 80;
-  }
-
-  // Insert a stored message at its seq position; ignore it if already shown.
-  function addMessage(msg) {
-    if (list.querySelector('li[data-seq="' + msg.seq + '"]')) return;
-    var stick = nearBottom();
-    var pending = outbox.get(msg.client_id);
-    if (pending && msg.user_id === root.dataset.userId) {
-      pending.element.remove();
-      outbox.delete(msg.client_id);
+  function onError(frame) {
+    showNotice(frame.message);
+    if (!frame.client_id) return;
+    if (RETRYABLE_ERRORS.has(frame.code)) {
+      outbox.retryLater(frame.client_id, retryDelayMs(frame), sendPending);
+      return;
     }
-    var li = renderMessage(msg, false);
-    var confirmed = list.querySelectorAll("li[data-seq]");
-    var before = null;
-    for (var i = confirmed.length - 1; i >= 0; i--) {
-      if (parseInt(confirmed[i].dataset.seq, 10) < msg.seq) break;
-      before = confirmed[i];
-    }
-    if (before) {
-      list.insertBefore(li, before);
-    } else {
-      // After the last confirmed message, before any pending ones.
-      var firstPending = list.querySelector("li.pending");
-      list.insertBefore(li, firstPending);
-    }
-    if (msg.seq > lastSeq) lastSeq = msg.seq;
-    empty.hidden = true;
-    if (stick) window.scrollTo(0, document.body.scrollHeight);
-  }
-
-  function send(clientId) {
-    var entry = outbox.get(clientId);
-    if (!entry || !socket || socket.readyState !== WebSocket.OPEN) return;
-    socket.send(JSON.stringify({ type: "send", client_id: clientId, body: entry.body }));
-  }
-
-  function markFailed(clientId, reason) {
-    var entry = outbox.get(clientId);
-    if (!entry) return;
-    outbox.delete(clientId);
-    entry.element.classList.remove("pending");
-    entry.element.classList.add("failed");
-    entry.element.title = reason;
-  }
-
-  function showPresence(users) {
-    presenceList.replaceChildren.apply(presenceList, users.map(function (user) {
-      var li = document.createElement("li");
-      li.dataset.userId = user.id;
-      li.textContent = user.username;
-      return li;
-    }));
+    const refused = outbox.take(frame.client_id);
+    if (refused) messages.markFailed(refused.element, frame.message);
   }
 
   function onFrame(frame) {
     switch (frame.type) {
-      case "presence":
-        showPresence(frame.users);
-        break;
       case "hello":
-        attempt = 0;
         root.dataset.instance = frame.instance; // which process serves us (handy when debugging)
-        setState("connected");
         showNotice("");
-        outbox.forEach(function (_, clientId) { send(clientId); });
+        for (const clientId of outbox.clientIds()) sendPending(clientId);
         break;
       case "history":
-        frame.messages.forEach(addMessage);
+        addStored(frame.messages);
         break;
       case "message":
-        addMessage(frame.message);
-        break;
       case "ack":
-        addMessage(frame.message);
+        addStored([frame.message]);
+        break;
+      case "presence":
+        renderPresence(presence, frame.users);
         break;
       case "error":
-        if (frame.code === "rate_limited" || frame.code === "unavailable") {
-          showNotice(frame.message);
-          if (frame.client_id) {
-            setTimeout(function () { send(frame.client_id); }, 2000 + Math.random() * 1000);
-          }
-        } else if (frame.client_id) {
-          markFailed(frame.client_id, frame.message);
-          showNotice(frame.message);
-        } else {
-          showNotice(frame.message);
-        }
+        onError(frame);
         break;
     }
   }
 
-  function scheduleReconnect() {
-    if (stopped || reconnectTimer) return;
-    attempt += 1;
-    setState(attempt > OFFLINE_AFTER_ATTEMPTS || !navigator.onLine ? "offline" : "reconnecting");
-    // Exponential backoff with full jitter, so a restarted server is not hit
-    // by every client at the same instant.
-    var ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, attempt - 1));
-    var delay = Math.random() * ceiling;
-    reconnectTimer = setTimeout(function () {
-      reconnectTimer = null;
-      connect();
-    }, delay);
-  }
-
-  function connect() {
-    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    var url = scheme + "//" + location.host + "/rooms/" + encodeURIComponent(roomId) + "/ws?since=" + lastSeq;
-    socket = new WebSocket(url);
-    socket.onmessage = function (event) {
-      var frame;
-      try { frame = JSON.parse(event.data); } catch (e) { return; }
-      onFrame(frame);
-    };
-    socket.onclose = function (event) {
-      socket = null;
-      if (event.code === 1008) {
-        stopped = true;
-        setState("offline");
-        showNotice("Your session has ended. Sign in again to keep chatting.");
-        return;
-      }
-      scheduleReconnect();
-    };
-  }
-
-  form.addEventListener("submit", function (event) {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    var body = input.value.trim();
+    const body = input.value.trim();
     if (!body) return;
-    var clientId = newClientId();
-    var element = renderMessage({ client_id: clientId, username: root.dataset.username, body: body }, true);
-    list.appendChild(element);
-    empty.hidden = true;
-    outbox.set(clientId, { body: body, element: element });
+    const clientId = newClientId();
+    const element = messages.addPending({ client_id: clientId, username, body });
+    outbox.add(clientId, body, element);
     input.value = "";
-    send(clientId);
-    window.scrollTo(0, document.body.scrollHeight);
+    sendPending(clientId);
+    scrollToBottom();
   });
 
-  input.addEventListener("keydown", function (event) {
+  input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
   });
 
-  window.addEventListener("online", function () {
-    if (!socket && !stopped) {
-      clearTimeout(reconnectTimer);
-      reconnectTimer = null;
-      attempt = 0;
-      connect();
-    }
-  });
+  window.addEventListener("online", () => connection.reconnectNow());
 
-  localizeRenderedTimes();
-  window.scrollTo(0, document.body.scrollHeight);
-  setState("reconnecting");
-  connect();
-})();
+  messages.localizeTimes();
+  scrollToBottom();
+  connection.start();
+}
+
+main();

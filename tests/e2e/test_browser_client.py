@@ -1,0 +1,145 @@
+"""static/chat.js on the real room page, fed frames by the test through a scripted WebSocket.
+
+The page, its history and its config come from a real server; only the socket
+is replaced, so the test decides which frames arrive, in which order, and how
+the connection closes (things a live server will not do on demand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from chat.services.messages import MAX_BODY_LENGTH
+from chat.protocol import Close
+from tests.e2e.test_browser_chat import register, say
+from tests.support.waiting import eventually
+
+# Replaces window.WebSocket before any page script runs. Every socket the page
+# opens is kept in window.__sockets with the frames it sent.
+SCRIPTED_WEBSOCKET = """
+window.__sockets = [];
+class ScriptedSocket {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) { this.url = url; this.readyState = 0; this.sent = []; window.__sockets.push(this); }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close() {}
+  deliver(frame) { this.readyState = 1; this.onmessage({ data: JSON.stringify(frame) }); }
+  drop(code) { this.readyState = 3; this.onclose({ code }); }
+}
+window.WebSocket = ScriptedSocket;
+"""
+
+
+def stored(seq: int, body: str, user_id: str = "someone-else", client_id: str | None = None) -> dict[str, Any]:
+    return {"id": f"id{seq}", "room_id": "r", "seq": seq, "user_id": user_id, "username": "other",
+            "body": body, "created_at": "2026-11-27T07:41:37.123Z", "client_id": client_id or uuid.uuid4().hex}
+
+
+async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_says(
+    server_factory, chromium  # type: ignore[no-untyped-def]
+) -> None:
+    server = server_factory()
+    context = await chromium.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # Two messages stored for real, so the page renders them server-side.
+    await register(page, server.base_url, f"carol_{uuid.uuid4().hex[:6]}")
+    await page.fill("input[name=name]", f"Scripted {uuid.uuid4().hex[:4]}")
+    await page.click("form.row button[type=submit]")
+    await page.wait_for_selector("#connection-state.state-connected")
+    for text in ("first", "second"):
+        await say(page, text)
+        await page.wait_for_selector(f"li.message:not(.pending) >> text={text}")
+    await context.add_init_script(SCRIPTED_WEBSOCKET)
+    await page.reload()
+    user_id = await page.get_attribute("#room", "data-user-id")
+
+    async def socket_count() -> int:
+        return await page.evaluate("window.__sockets.length")
+
+    async def deliver(frame: dict[str, Any], socket: int = -1) -> None:
+        await page.evaluate("([i, f]) => window.__sockets.at(i).deliver(f)", [socket, frame])
+
+    async def sent(socket: int = -1) -> list[dict[str, Any]]:
+        return await page.evaluate("i => window.__sockets.at(i).sent", socket)
+
+    async def seqs() -> list[str | None]:
+        return await page.locator("#messages li.message").evaluate_all("els => els.map(e => e.dataset.seq ?? null)")
+
+    # The limits come from the server, and the page resumes after its history.
+    config = json.loads(await page.get_attribute("#room", "data-config") or "")
+    assert config == {"maxBodyLength": MAX_BODY_LENGTH, "close": {
+        "sessionEnded": Close.SESSION_ENDED, "goingAway": Close.GOING_AWAY, "tryAgainLater": Close.TRY_AGAIN_LATER}}
+    assert await page.get_attribute("#body", "maxlength") == str(MAX_BODY_LENGTH)
+    assert await page.evaluate("window.__sockets[0].url.endsWith('/ws?since=2')")
+    await deliver({"type": "hello", "instance": "scripted:1", "last_seq": 2, "room": {}, "user": {}})
+    await page.wait_for_selector("#room[data-state=connected][data-instance='scripted:1']")
+
+    # Out-of-order frames land in seq order; a pending own message stays last.
+    await say(page, "mine")
+    (mine,) = await sent()
+    assert mine["type"] == "send" and mine["body"] == "mine"
+    for seq in (5, 3, 7, 4):
+        await deliver({"type": "message", "message": stored(seq, f"m{seq}")})
+    assert await seqs() == ["1", "2", "3", "4", "5", "7", None]
+    assert await page.locator("li.message.pending >> text=mine").count() == 1
+
+    # The ack replaces the pending element; the later broadcast is a duplicate.
+    acked = stored(6, "mine", user_id=user_id or "", client_id=mine["client_id"])
+    await deliver({"type": "ack", "client_id": mine["client_id"], "message": acked})
+    await deliver({"type": "message", "message": acked})
+    assert await seqs() == ["1", "2", "3", "4", "5", "6", "7"]
+    assert await page.locator("li.message.pending").count() == 0
+
+    # A full history page, with overlap, in one frame.
+    await deliver({"type": "history", "has_more": False, "messages": [stored(s, f"h{s}") for s in range(5, 505)]})
+    assert await seqs() == [str(s) for s in range(1, 505)]
+
+    # rate_limited waits retry_after (plus jitter under a second), then re-sends the same client_id.
+    await say(page, "limited")
+    limited = (await sent())[-1]
+    await deliver({"type": "error", "code": "rate_limited", "message": "Slow down", "client_id": limited["client_id"],
+                   "retry_after": 0.1})
+    assert await page.text_content("#notice") == "Slow down"
+    async def resent() -> bool:
+        return [f["client_id"] for f in await sent()].count(limited["client_id"]) == 2
+    await eventually(resent, timeout=1.5, what="the rate-limited message re-sent")
+
+    # A refused message is kept in view, marked failed, and not re-sent.
+    await say(page, "refused")
+    refused = (await sent())[-1]
+    await deliver({"type": "error", "code": "too_large", "message": "Too long", "client_id": refused["client_id"]})
+    assert await page.locator("li.message.failed >> text=refused").count() == 1
+
+    # Any other close reconnects with backoff, resumes after the last seq and re-sends what is unacked.
+    await page.evaluate(f"window.__sockets.at(-1).drop({int(Close.TRY_AGAIN_LATER)})")
+    await page.wait_for_selector("#room[data-state=reconnecting]")
+    async def reconnected() -> bool:
+        return await socket_count() == 2
+    await eventually(reconnected, what="a second socket")
+    assert await page.evaluate("window.__sockets[1].url.endsWith('/ws?since=504')")
+    await deliver({"type": "hello", "instance": "scripted:2", "last_seq": 504, "room": {}, "user": {}})
+    assert [f["client_id"] for f in await sent()] == [limited["client_id"]]
+    await page.wait_for_selector("#room[data-state=connected][data-instance='scripted:2']")
+    assert await page.is_hidden("#notice")
+
+    # The browser coming back online reconnects at once, without waiting out the backoff.
+    await page.evaluate("window.__sockets.at(-1).drop(1006)")
+    await page.evaluate("window.dispatchEvent(new Event('online'))")
+    assert await socket_count() == 3
+
+    # The session-ended close code stops reconnecting for good.
+    await page.evaluate(f"window.__sockets.at(-1).drop({int(Close.SESSION_ENDED)})")
+    await page.wait_for_selector("#room[data-state=offline]")
+    assert "session has ended" in (await page.text_content("#notice") or "")
+    await page.evaluate("window.dispatchEvent(new Event('online'))")
+    await asyncio.sleep(1)
+    assert await socket_count() == 3
+
+    assert errors == []
+    await context.close()
