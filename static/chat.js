@@ -10,7 +10,7 @@
 // version on the URL for caching, and modules it imported would not get one.
 //
 // Limits and close codes come from the page (#room's data-config, built by
-// chat/web/pages.py: client_config), never from copies kept here.
+// chat/web/rendering.py: client_config), never from copies kept here.
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30000;
