@@ -11,7 +11,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from chat.tools.cluster import Cluster
-from chat.tools.services import locate
+from devtools.services import locate
 from tests.support.server import TEST_SECRET
 from tests.support.services import (
     PROJECT_ROOT, FerretDB, RedisServer, find_binary, free_port, free_port_range, nginx_binary, redis_binary,

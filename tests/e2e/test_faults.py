@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from chat.tools.soak import Deployment, SoakReport, run_soak
-from chat.tools.webclient import WebClient
+from devtools.soak import Deployment, SoakReport, run_soak
+from devtools.webclient import WebClient
 from tests.conftest import add_log_source
 from tests.support.services import ferretdb_binary, nginx_binary, redis_binary
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 
-from chat.tools.webclient import DEFAULT_PASSWORD, WebClient
+from devtools.webclient import DEFAULT_PASSWORD, WebClient
 
 PASSWORD = DEFAULT_PASSWORD
 

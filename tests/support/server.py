@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from chat.tools.services import terminate
+from devtools.services import terminate
 
 from .services import PROJECT_ROOT, free_port
 

@@ -1,8 +1,8 @@
 """Soak test: many clients chatting through nginx while faults are injected, then a report.
 
-    python -m chat.tools.soak [--clients 8] [--rooms 2] [--seconds 60] [--rate 2]
-                              [--faults kill,redis,db,restart] [--fault-every 6] [--seed 1]
-    python -m chat.tools.soak --url http://chat.example.org --seconds 60   # an existing deployment, no faults
+    python -m devtools.soak [--clients 8] [--rooms 2] [--seconds 60] [--rate 2]
+                           [--faults kill,redis,db,restart] [--fault-every 6] [--seed 1]
+    python -m devtools.soak --url http://chat.example.org --seconds 60   # an existing deployment, no faults
 
 Without ``--url`` it starts a whole deployment of its own on free loopback
 ports: Redis, FerretDB (a MongoDB wire-protocol server), a supervisord group
@@ -42,8 +42,10 @@ from typing import Any, Callable
 
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
-from ..config import generate_secret
-from .cluster import Cluster
+from chat.config import generate_secret
+from chat.protocol import Close
+from chat.tools.cluster import Cluster
+
 from .services import (
     FERRETDB_INSTALL_HINT, FerretDB, RedisServer, ferretdb_path, free_port, free_port_range, nginx_path,
     redis_server_path,
@@ -51,7 +53,6 @@ from .services import (
 from .webclient import WebClient
 
 FAULTS = ("kill", "redis", "db", "restart")
-CLOSE_POLICY_VIOLATION = 1008
 
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
@@ -105,7 +106,7 @@ class SoakClient:
             finally:
                 self.conn = None
                 self.connected.clear()
-            if conn.close_code == CLOSE_POLICY_VIOLATION:
+            if conn.close_code == Close.SESSION_ENDED:
                 raise RuntimeError(f"{self.report.name}: session ended ({conn.close_reason})")
             if self.stopping:
                 return
@@ -411,7 +412,7 @@ async def run_soak(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chat.tools.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an existing deployment (no faults); default: start one")
     parser.add_argument("--clients", type=int, default=8)

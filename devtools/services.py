@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from ..config import PROJECT_ROOT
+from chat.config import PROJECT_ROOT
 
 FERRETDB_INSTALL_HINT = (
     "run `make ferretdb` (builds FerretDB v1.24.2 with Go into .cache/bin/ferretdb) or set CHAT_FERRETDB_BIN"
