@@ -13,6 +13,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -127,6 +129,20 @@ class ServiceProcess:
     def stop(self) -> None:
         terminate(self.process)
         self.process = None
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """Down for the body of the ``with``, then up again on the same port and files.
+
+        The restart happens even when the body raises: a test that fails
+        mid-outage must not leave a session-wide service down for the tests
+        after it.
+        """
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
     def __enter__(self) -> Self:
         self.start()

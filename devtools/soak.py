@@ -322,13 +322,11 @@ class Deployment:
             port = random.choice(self.cluster.ports)
             os.kill(self.cluster.process_pid(port), signal.SIGKILL)  # supervisord restarts it
         elif fault == "redis":
-            self.redis.stop()
-            time.sleep(random.uniform(0.5, 2.0))
-            self.redis.start()
+            with self.redis.outage():
+                time.sleep(random.uniform(0.5, 2.0))
         elif fault == "db":
-            self.database.stop()
-            time.sleep(random.uniform(1.0, 3.0))
-            self.database.start()
+            with self.database.outage():
+                time.sleep(random.uniform(1.0, 3.0))
         elif fault == "restart":
             for port in self.cluster.ports:
                 self.cluster.supervisorctl("restart", f"chat:chat-{port}")

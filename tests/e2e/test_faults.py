@@ -91,16 +91,13 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_503_and_se
     cookie = reader.cookie_header()
 
     def outage(fault: str) -> None:
-        deployment.database.stop()
-        try:
+        with deployment.database.outage():
             time.sleep(2.5)  # long enough for sends to fail, not only to wait
             seen_during_outage["page"] = http_status(f"{deployment.url}/rooms", cookie)
             seen_during_outage["readyz"] = max(
                 http_status(f"http://127.0.0.1:{port}/readyz") for port in deployment.cluster.ports)
             seen_during_outage["healthz"] = max(
                 http_status(f"http://127.0.0.1:{port}/healthz") for port in deployment.cluster.ports)
-        finally:
-            deployment.database.start()
 
     report = await run_soak(deployment.url, clients=4, rooms=1, seconds=10, rate=4, faults=("db",),
                             fault_every=3, inject=outage)

@@ -5,7 +5,8 @@ a :class:`~chat.broker.redis.RedisBroker` on the session's redis-server.
 Redis channels are server-wide, so every test names its channels with a uuid.
 
 The Redis-only tests at the end stop and restart the session's redis-server
-(same port); each restarts it in a ``finally`` so later tests find it up.
+(same port) with ``outage()``, which restarts it even when the test fails, so
+later tests find it up.
 """
 
 from __future__ import annotations
@@ -251,11 +252,8 @@ async def test_after_a_redis_restart_the_broker_yields_resync_and_hears_channels
         await redis_only.publish(first, "before")
         await until(lambda: collector.payloads(first) == ["before"], EVENT_TIMEOUT, "live delivery")
 
-        try:
-            redis_server.stop()
+        with redis_server.outage():
             await asyncio.sleep(0.5)  # the listener is waiting in next_published meanwhile
-        finally:
-            redis_server.start()
 
         await until(lambda: collector.resyncs >= 1, RECOVERY_TIMEOUT, "RESYNC after the restart")
         await publish_until_received(redis_only, collector, first, "after")
@@ -271,15 +269,11 @@ async def test_publish_and_ping_raise_unavailable_while_redis_is_down(
     redis_only: RedisBroker, redis_server: RedisServer
 ) -> None:
     await redis_only.ping()  # connected first: the failure is Redis going away
-    try:
-        redis_server.stop()
-
+    with redis_server.outage():
         with pytest.raises(Unavailable):
             await asyncio.wait_for(redis_only.publish(channel(), "nobody hears this"), EVENT_TIMEOUT)
         with pytest.raises(Unavailable):
             await asyncio.wait_for(redis_only.ping(), EVENT_TIMEOUT)
-    finally:
-        redis_server.start()
 
     await asyncio.wait_for(redis_only.ping(), RECOVERY_TIMEOUT)  # and it recovers
 
@@ -291,11 +285,8 @@ async def test_subscribe_while_redis_is_down_does_not_raise_and_the_channel_is_l
     room = channel()
     collector = Collector(redis_only)  # listening before the first channel exists
     try:
-        try:
-            redis_server.stop()
+        with redis_server.outage():
             await asyncio.wait_for(redis_only.subscribe(room), EVENT_TIMEOUT)
-        finally:
-            redis_server.start()
 
         await publish_until_received(redis_only, collector, room, "hello again")
         assert not collector.closed
@@ -313,11 +304,8 @@ async def test_subscribe_while_redis_is_down_with_other_channels_live_keeps_them
     try:
         await redis_only.publish(before, "live")
         await until(lambda: collector.payloads(before) == ["live"], EVENT_TIMEOUT, "live delivery")
-        try:
-            redis_server.stop()
+        with redis_server.outage():
             await asyncio.wait_for(redis_only.subscribe(during), EVENT_TIMEOUT)
-        finally:
-            redis_server.start()
 
         await publish_until_received(redis_only, collector, during, "new channel")
         await publish_until_received(redis_only, collector, before, "old channel")

@@ -6,7 +6,7 @@ session's redis-server) and its own :class:`~chat.services.fanout.Fanout`.
 Both stacks share one SQLite storage, as processes of a cluster share one
 database. Listeners stand in for sockets and just record what they get.
 
-Tests that restart redis-server start it again in a ``finally``.
+Tests that restart redis-server do it with ``outage()``, which starts it again even if they fail.
 """
 
 from __future__ import annotations
@@ -171,16 +171,13 @@ async def test_messages_stored_while_a_subscription_was_down_are_delivered_after
         await a.fanout.publish_message(await post(messages, alice, room, f"before {i}"))
     await eventually(lambda: on_a.message_seqs == on_b.message_seqs == [1, 2, 3], DELIVERY_TIMEOUT)
 
-    try:
-        redis_server.stop()
+    with redis_server.outage():
         for i in range(4, 9):
             # Storing succeeds with Redis down; the publish fails, which
             # publish_message absorbs: it delivers to its own process at once
             # and retries the publish in the background.
             await a.fanout.publish_message(await post(messages, alice, room, f"during outage {i}"))
         assert on_a.message_seqs == list(range(1, 9))
-    finally:
-        redis_server.start()
 
     # B catches up, through its resync from storage or the retried publishes.
     await eventually(lambda: on_b.message_seqs == list(range(1, 9)), RECOVERY_TIMEOUT)

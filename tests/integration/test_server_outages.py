@@ -12,9 +12,7 @@ from tests.support.services import FerretDB, ferretdb_binary
 async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_and_service_resumes(
     server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    database = FerretDB(ferretdb_binary(), tmp_path / "ferretdb")
-    database.start()
-    try:
+    with FerretDB(ferretdb_binary(), tmp_path / "ferretdb") as database:
         server = server_factory("mongodb", database_url=database.url("chat") + "?serverSelectionTimeoutMS=1000")
         browser = Browser(server.base_url)
         await browser.register()
@@ -22,19 +20,16 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_an
         sock = await browser.socket(room_id)
         await sock.join()
 
-        database.stop()
+        with database.outage():  # back on the same port, with the same files, afterwards
+            client_id = await sock.send_message("sent during the outage")
+            error = await sock.recv_type("error", timeout=15)
+            assert (error["code"], error["client_id"]) == ("unavailable", client_id)
 
-        client_id = await sock.send_message("sent during the outage")
-        error = await sock.recv_type("error", timeout=15)
-        assert (error["code"], error["client_id"]) == ("unavailable", client_id)
-
-        page = await browser.get("/rooms")
-        assert page.code == 503
-        assert b"cannot reach its database" in page.body and b"Traceback" not in page.body
-        assert (await browser.get("/readyz")).code == 503
-        assert (await browser.get("/healthz")).code == 200  # the process itself is fine
-
-        database.start()  # same port, same files
+            page = await browser.get("/rooms")
+            assert page.code == 503
+            assert b"cannot reach its database" in page.body and b"Traceback" not in page.body
+            assert (await browser.get("/readyz")).code == 503
+            assert (await browser.get("/healthz")).code == 200  # the process itself is fine
 
         # The client retries with the same client_id until the server is back.
         for _ in range(40):
@@ -56,8 +51,6 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_an
         _, history = await fresh.join()
         assert [m["client_id"] for m in history["messages"]] == [client_id]
         fresh.close()
-    finally:
-        database.stop()
 
 
 async def test_a_server_started_while_the_database_is_down_serves_503s_then_recovers_by_itself(
