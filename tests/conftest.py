@@ -63,10 +63,8 @@ def _database_url(backend: str, request: pytest.FixtureRequest, tmp_dir) -> str:
 def chat_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
     """One server per backend per test module."""
     tmp_dir = tmp_path_factory.mktemp(f"server-{request.param}")
-    server = ChatServer(_database_url(request.param, request, tmp_dir), tmp_dir, **SHARED_SERVER_ENV)
-    server.start()
-    yield server
-    server.stop()
+    with ChatServer(_database_url(request.param, request, tmp_dir), tmp_dir, **SHARED_SERVER_ENV) as server:
+        yield server
 
 
 @pytest.fixture
