@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
+from tests.support.pages import register, say
 
 
 async def socket_on(browser: Browser, room_id: str, want: set[str] | None = None,
@@ -150,8 +151,6 @@ async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(clu
 async def test_two_people_chat_in_browsers_served_by_different_processes(
     cluster: Cluster, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from tests.e2e.test_browser_chat import register, say
-
     base = cluster.url
     alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
     alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()

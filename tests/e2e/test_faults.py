@@ -21,7 +21,8 @@ import pytest
 
 from devtools.soak import Deployment, SoakReport, run_soak
 from devtools.webclient import WebClient
-from tests.conftest import add_log_source
+from tests.support.logs import add_log_source
+from tests.support.pages import register, say
 from tests.support.services import ferretdb_binary, nginx_binary, redis_binary
 
 
@@ -132,8 +133,6 @@ async def test_a_short_soak_with_every_fault_reports_zero_lost_duplicated_or_reo
 async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_sends_them_once(
     deployment: Deployment, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from tests.e2e.test_browser_chat import register, say
-
     context = await chromium.new_context()
     page = await context.new_page()
     errors: list[str] = []

@@ -5,13 +5,35 @@ from __future__ import annotations
 import os
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
+
+import pytest
 
 from devtools.services import ServiceProcess
 
 from .services import PROJECT_ROOT
 
 TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+# Generous limits on the shared server so tests can post quickly; the
+# rate-limit test starts a server of its own with tight ones.
+SHARED_SERVER_ENV = {
+    "CHAT_RATE_LIMIT_BURST": "10000",
+    "CHAT_RATE_LIMIT_PER_SECOND": "1000",
+    "CHAT_SESSION_RECHECK_SECONDS": "0",
+}
+
+
+def fresh_database_url(backend: str, request: pytest.FixtureRequest, tmp_dir: Path) -> str:
+    """An empty database: a SQLite file in ``tmp_dir``, or a new database on the session's FerretDB.
+
+    FerretDB is asked for only when needed, so SQLite runs never start it.
+    """
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_dir}/chat.sqlite3"
+    ferretdb = request.getfixturevalue("ferretdb")
+    return ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}")
 
 
 class ChatServer(ServiceProcess):
