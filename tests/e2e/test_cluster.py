@@ -13,20 +13,29 @@ from pathlib import Path
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
 from tests.support.pages import register, say
+from tests.support.waiting import eventually
+
+# nginx picks the process; new connections land elsewhere within a few tries.
+LANDING_TIMEOUT = 15.0
 
 
 async def socket_on(browser: Browser, room_id: str, want: set[str] | None = None,
                     avoid: set[str] | None = None, since: int | None = None) -> tuple[RoomSocket, str]:
     """A joined socket on a process in ``want`` / not in ``avoid`` (nginx picks; retry until it fits)."""
-    for _ in range(20):
+    landed: list[tuple[RoomSocket, str]] = []
+
+    async def fits() -> bool:
         sock = await browser.socket(room_id, since=since)
         hello, _ = await sock.join()
         instance = hello["instance"]
         if (want is None or instance in want) and (avoid is None or instance not in avoid):
-            return sock, instance
-        sock.close()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"could not land on a process in {want} / outside {avoid}")
+            landed.append((sock, instance))
+            return True
+        sock.close()  # the wrong process: leave it, so nginx's next pick may differ
+        return False
+
+    await eventually(fits, LANDING_TIMEOUT, f"landing on a process in {want} / outside {avoid}", interval=0.05)
+    return landed[0]
 
 
 async def collect_messages(sock: RoomSocket, count: int, timeout: float = 20.0) -> list[dict]:
@@ -171,11 +180,15 @@ async def test_two_people_chat_in_browsers_served_by_different_processes(
     # nginx balances each new socket to the least busy process; reload until
     # Bob's socket is on the other one.
     await bob.goto(alice.url)
-    for _ in range(20):
+
+    async def bob_elsewhere() -> bool:
         await bob.wait_for_selector("#connection-state.state-connected")
         if await bob.get_attribute("#room", "data-instance") != alice_instance:
-            break
+            return True
         await bob.reload()
+        return False
+
+    await eventually(bob_elsewhere, LANDING_TIMEOUT, "Bob's page on the other process", interval=0)
     bob_instance = await bob.get_attribute("#room", "data-instance")
     assert bob_instance != alice_instance
 

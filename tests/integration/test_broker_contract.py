@@ -12,7 +12,6 @@ later tests find it up.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import AsyncIterator
 
@@ -22,6 +21,7 @@ from chat.broker import RESYNC, Broker, BrokerClosed, Event, open_broker
 from chat.broker.redis import RedisBroker
 from chat.errors import Unavailable
 from tests.support.services import RedisServer
+from tests.support.waiting import eventually
 
 BACKENDS = ["memory", "redis"]
 # Bounds every single wait for an event; generous, a healthy run takes milliseconds.
@@ -105,14 +105,6 @@ class Collector:
             pass
 
 
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
 async def publish_until_received(publisher: Broker, collector: Collector, on: str, payload: str,
                                  timeout: float = RECOVERY_TIMEOUT) -> None:
     """Publish ``payload`` on ``on`` again and again until ``collector`` has it.
@@ -120,15 +112,17 @@ async def publish_until_received(publisher: Broker, collector: Collector, on: st
     Publishing may fail while the server is still coming back, and a publish
     that lands before the subscriber has resubscribed is gone (at most once).
     """
-    deadline = time.monotonic() + timeout
-    while payload not in collector.payloads(on):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{payload!r} on {on} never arrived within {timeout}s")
+
+    async def arrived_or_published_again() -> bool:
+        if payload in collector.payloads(on):
+            return True
         try:
             await publisher.publish(on, payload)
         except Unavailable:
             pass
-        await asyncio.sleep(0.1)
+        return False
+
+    await eventually(arrived_or_published_again, timeout, f"{payload!r} arriving on {on}", interval=0.1)
 
 
 # -- delivery -------------------------------------------------------------------
@@ -250,12 +244,12 @@ async def test_after_a_redis_restart_the_broker_yields_resync_and_hears_channels
     collector = Collector(redis_only)
     try:
         await redis_only.publish(first, "before")
-        await until(lambda: collector.payloads(first) == ["before"], EVENT_TIMEOUT, "live delivery")
+        await eventually(lambda: collector.payloads(first) == ["before"], EVENT_TIMEOUT, "live delivery")
 
         with redis_server.outage():
             await asyncio.sleep(0.5)  # the listener is waiting in next_published meanwhile
 
-        await until(lambda: collector.resyncs >= 1, RECOVERY_TIMEOUT, "RESYNC after the restart")
+        await eventually(lambda: collector.resyncs >= 1, RECOVERY_TIMEOUT, "RESYNC after the restart")
         await publish_until_received(redis_only, collector, first, "after")
         await publish_until_received(redis_only, collector, second, "after too")
         assert collector.payloads(first)[0] == "before"
@@ -303,7 +297,7 @@ async def test_subscribe_while_redis_is_down_with_other_channels_live_keeps_them
     collector = Collector(redis_only)
     try:
         await redis_only.publish(before, "live")
-        await until(lambda: collector.payloads(before) == ["live"], EVENT_TIMEOUT, "live delivery")
+        await eventually(lambda: collector.payloads(before) == ["live"], EVENT_TIMEOUT, "live delivery")
         with redis_server.outage():
             await asyncio.wait_for(redis_only.subscribe(during), EVENT_TIMEOUT)
 

@@ -30,6 +30,7 @@ from tests.support.client import (
     read_frame,
 )
 from tests.support.server import ChatServer
+from tests.support.waiting import eventually
 
 SLOW_WARNING = "too slow"
 
@@ -54,14 +55,6 @@ async def two_users_in_a_room(server: ChatServer) -> tuple[Browser, Browser, str
     return alice, bob, await alice.create_room(), bob_name
 
 
-async def wait_for_log(server: ChatServer, text: str, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while text not in server.logs():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{text!r} not in the server log after {timeout}s")
-        await asyncio.sleep(0.05)
-
-
 def assert_healthy(server: ChatServer) -> None:
     assert server.process is not None and server.process.poll() is None, "the server process died"
     with urllib.request.urlopen(f"{server.base_url}/healthz", timeout=5) as response:
@@ -76,7 +69,7 @@ async def drain_once_cut_off(server: ChatServer, reader: asyncio.StreamReader,
     close code and reason. Must start within the 5 s Tornado waits for the
     close handshake, after which it drops the backlog with the connection.
     """
-    await wait_for_log(server, SLOW_WARNING, timeout=15)
+    await eventually(lambda: SLOW_WARNING in server.logs(), 15, f"{SLOW_WARNING!r} in the server log", interval=0.05)
     writer.transport.resume_reading()  # type: ignore[attr-defined]
     frames: list[dict[str, Any]] = []
     while True:
