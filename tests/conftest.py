@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from tests.support.client import Browser
 from tests.support.logs import add_log_source, log_sources
 from tests.support.server import SHARED_SERVER_ENV, ChatServer, fresh_database_url
 from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis_binary
@@ -49,7 +50,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ChatServer]]:
+def server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ChatServer]]:
     """Start servers with custom settings; each is stopped after the test."""
     started: list[ChatServer] = []
 
@@ -64,6 +67,23 @@ def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def open_browser() -> AsyncIterator[Callable[[str], Browser]]:
+    """Browsers on any server; every socket they open is closed after the test.
+
+    Async so that the sockets close on the test's event loop, before it ends.
+    """
+    opened: list[Browser] = []
+
+    def open_at(base_url: str) -> Browser:
+        opened.append(Browser(base_url))
+        return opened[-1]
+
+    yield open_at
+    for browser in opened:
+        browser.close_sockets()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -56,5 +56,3 @@ async def test_two_users_chat_live_in_the_browser_and_html_stays_text(
     await alice.screenshot(path=str(artifacts_dir / "alice.png"), full_page=True)
     await bob.screenshot(path=str(artifacts_dir / "bob.png"), full_page=True)
     assert errors == []
-    await alice_ctx.close()
-    await bob_ctx.close()

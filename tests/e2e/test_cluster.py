@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
@@ -48,9 +49,9 @@ async def collect_messages(sock: RoomSocket, count: int, timeout: float = 20.0) 
 
 
 async def test_clients_on_different_processes_get_every_message_of_their_room_in_order_exactly_once(
-    cluster: Cluster,
+    cluster: Cluster, open_browser: Callable[[str], Browser],
 ) -> None:
-    browsers = [Browser(cluster.url) for _ in range(4)]
+    browsers = [open_browser(cluster.url) for _ in range(4)]
     for b in browsers:
         await b.register()
     room_id = await browsers[0].create_room()
@@ -86,12 +87,12 @@ async def test_clients_on_different_processes_get_every_message_of_their_room_in
     for sock in sockets:
         await sock.expect_silence(0.5)  # and nothing extra arrives
     await bystander.expect_silence(0.5)  # rooms do not leak into each other
-    for sock in (*sockets, bystander):
-        sock.close()
 
 
-async def test_after_restarting_every_process_data_survives_and_clients_resume_with_since(cluster: Cluster) -> None:
-    alice, bob = Browser(cluster.url), Browser(cluster.url)
+async def test_after_restarting_every_process_data_survives_and_clients_resume_with_since(
+    cluster: Cluster, open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
     alice_name = await alice.register()
     await bob.register()
     room_name = f"durable {uuid.uuid4().hex[:6]}"
@@ -126,11 +127,12 @@ async def test_after_restarting_every_process_data_survives_and_clients_resume_w
     full = await alice.socket(room_id, since=0)
     _, everything = await full.join()
     assert [m["body"] for m in everything["messages"]] == ["before the restart", "while you were out", "second one"]
-    full.close()
 
 
-async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(cluster: Cluster) -> None:
-    alice, bob = Browser(cluster.url), Browser(cluster.url)
+async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(
+    cluster: Cluster, open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
     alice_name = await alice.register()
     bob_name = await bob.register()
     room_id = await alice.create_room()
@@ -154,7 +156,6 @@ async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(clu
 
     b.close()
     await presence_until(a, [alice_name])
-    a.close()
 
 
 async def test_two_people_chat_in_browsers_served_by_different_processes(
@@ -204,5 +205,3 @@ async def test_two_people_chat_in_browsers_served_by_different_processes(
     await alice.screenshot(path=str(artifacts_dir / f"alice-{alice_instance.replace(':', '_')}.png"), full_page=True)
     await bob.screenshot(path=str(artifacts_dir / f"bob-{bob_instance.replace(':', '_')}.png"), full_page=True)
     assert errors == []
-    await alice_ctx.close()
-    await bob_ctx.close()

@@ -161,4 +161,3 @@ async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) == 2
     await page.screenshot(path=str(artifacts_dir / "reconnected.png"), full_page=True)
     assert errors == []
-    await context.close()

@@ -28,10 +28,10 @@ def _attach_server_logs(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def browser(chat_server: ChatServer) -> Browser:
-    return Browser(chat_server.base_url)
+def browser(chat_server: ChatServer, open_browser: Callable[[str], Browser]) -> Browser:
+    return open_browser(chat_server.base_url)
 
 
 @pytest.fixture
-def new_browser(chat_server: ChatServer) -> Callable[[], Browser]:
-    return lambda: Browser(chat_server.base_url)
+def new_browser(chat_server: ChatServer, open_browser: Callable[[str], Browser]) -> Callable[[], Browser]:
+    return lambda: open_browser(chat_server.base_url)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tests.support.client import Browser
 from tests.support.services import FerretDB, ferretdb_binary
@@ -15,11 +15,11 @@ RECOVERY_TIMEOUT = 60.0
 
 
 async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_and_service_resumes(
-    server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+    server_factory, open_browser: Callable[[str], Browser], tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     with FerretDB(ferretdb_binary(), tmp_path / "ferretdb") as database:
         server = server_factory("mongodb", database_url=database.url("chat") + "?serverSelectionTimeoutMS=1000")
-        browser = Browser(server.base_url)
+        browser = open_browser(server.base_url)
         await browser.register()
         room_id = await browser.create_room()
         sock = await browser.socket(room_id)
@@ -58,7 +58,6 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_an
         fresh = await browser.socket(room_id, since=0)
         _, history = await fresh.join()
         assert [m["client_id"] for m in history["messages"]] == [client_id]
-        fresh.close()
 
 
 async def test_a_server_started_while_the_database_is_down_serves_503s_then_recovers_by_itself(
