@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.client import Browser, RoomSocket, handshake_status
 from tests.support.server import ChatServer
+from tests.support.storage import seed_messages
 
 
 async def signed_in_pair(new_browser: Callable[[], Browser]) -> tuple[Browser, Browser, str]:
@@ -90,16 +91,10 @@ async def test_messages_have_the_documented_shape(new_browser: Callable[[], Brow
     assert message["created_at"].endswith("Z") and "T" in message["created_at"]
 
 
-async def test_joining_sends_the_last_50_messages_in_order(browser: Browser) -> None:
-    await browser.register()
+async def test_joining_sends_the_last_50_messages_in_order(browser: Browser, chat_server: ChatServer) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
-    sender = await browser.socket(room_id)
-    await sender.join()
-    for i in range(55):
-        await sender.send_message(f"m{i}")
-    for _ in range(110):  # 55 acks and 55 broadcasts
-        await sender.recv()
-    sender.close()
+    await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(55)))
 
     sock = await browser.socket(room_id)
     hello, history = await sock.join()
@@ -109,19 +104,13 @@ async def test_joining_sends_the_last_50_messages_in_order(browser: Browser) -> 
     assert history["has_more"] is True
 
 
-async def test_since_resumes_with_every_later_message_in_pages_of_at_most_500(browser: Browser) -> None:
-    await browser.register()
+async def test_since_resumes_with_every_later_message_in_pages_of_at_most_500(
+    browser: Browser, chat_server: ChatServer
+) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
-    sender = await browser.socket(room_id)
-    await sender.join()
     total = 620
-    for i in range(total):
-        await sender.send_message(f"m{i}")
-    acked = 0
-    while acked < total:
-        if (await sender.recv())["type"] == "ack":
-            acked += 1
-    sender.close()
+    await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(total)))
 
     sock = await browser.socket(room_id, since=100)
     await sock.recv_type("hello")
@@ -263,17 +252,12 @@ async def test_html_in_a_message_is_shown_as_text_on_the_room_page(browser: Brow
     assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in page
 
 
-async def test_the_room_page_renders_the_last_50_messages_without_javascript(browser: Browser) -> None:
-    await browser.register()
+async def test_the_room_page_renders_the_last_50_messages_without_javascript(
+    browser: Browser, chat_server: ChatServer
+) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
-    sock = await browser.socket(room_id)
-    await sock.join()
-    for i in range(52):
-        await sock.send_message(f"line {i}")
-    acked = 0
-    while acked < 52:
-        acked += (await sock.recv())["type"] == "ack"
-    sock.close()
+    await seed_messages(chat_server.database_url, username, room_id, (f"line {i}" for i in range(52)))
     page = (await browser.get(f"/rooms/{room_id}")).body.decode()
     assert page.count('<li class="message"') == 50
     assert "line 1<" not in page and "line 2<" in page and "line 51<" in page
