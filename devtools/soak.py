@@ -38,7 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Self
 
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
@@ -304,17 +304,30 @@ class Deployment:
     def url(self) -> str:
         return self.cluster.url
 
-    def start(self) -> None:
-        self.redis.start()
-        self.database.start()
-        self.cluster.env["CHAT_DATABASE_URL"] = self.database.url("chat") + "?serverSelectionTimeoutMS=2000"
-        self.cluster.env["CHAT_BROKER_URL"] = self.redis.url()
-        self.cluster.start()
+    def start(self) -> Self:
+        try:
+            self.redis.start()
+            self.database.start()
+            self.cluster.env["CHAT_DATABASE_URL"] = self.database.url("chat") + "?serverSelectionTimeoutMS=2000"
+            self.cluster.env["CHAT_BROKER_URL"] = self.redis.url()
+            self.cluster.start()
+        except BaseException:
+            # Whatever did start must not outlive a failed start.
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
+        """Stop everything; safe on a deployment that started only in part, or not at all."""
         self.cluster.stop()
         self.database.stop()
         self.redis.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def inject(self, fault: str) -> None:
         """Cause one fault and return once the deployment has been told to recover."""

@@ -29,10 +29,8 @@ from tests.support.services import ferretdb_binary, nginx_binary, redis_binary
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     ferretdb_binary(), redis_binary(), nginx_binary()  # skip or fail early, naming the install command
-    deployed = Deployment(Path(tmp_path_factory.mktemp("deployment")))
-    deployed.start()
-    yield deployed
-    deployed.stop()
+    with Deployment(Path(tmp_path_factory.mktemp("deployment"))) as deployed:
+        yield deployed
 
 
 @pytest.fixture(autouse=True)
