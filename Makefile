@@ -90,4 +90,4 @@ SOAK_ARGS ?= --clients 10 --rooms 3 --seconds 60
 .PHONY: soak
 
 soak: test-venv ferretdb
-	$(PY) -m chat.tools.soak $(SOAK_ARGS)
+	$(PY) -m devtools.soak $(SOAK_ARGS)

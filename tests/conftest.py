@@ -1,16 +1,21 @@
-"""Fixtures shared by every tier. Each service fixture starts and stops its own instance,
-and chat servers run as real child processes on each storage backend."""
+"""Fixtures every tier may use: backing services, chat servers started on demand, and the
+report hook that shows the servers' logs when a test fails.
+
+Fixtures of one tier live in that tier's conftest.py; helpers the tiers share are in
+``tests/support``. Each service fixture starts and stops its own instance.
+"""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from tests.support.client import Browser
-from tests.support.server import ChatServer
+from tests.support.logs import add_log_source, log_sources
+from tests.support.server import SHARED_SERVER_ENV, ChatServer, fresh_database_url
 from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis_binary
 
 
@@ -43,40 +48,17 @@ def mongo_url(ferretdb: FerretDB) -> str:
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/chat.sqlite3"
 
-# Generous limits on the shared server so tests can post quickly; the
-# rate-limit test starts a server of its own with tight ones.
-SHARED_SERVER_ENV = {
-    "CHAT_RATE_LIMIT_BURST": "10000",
-    "CHAT_RATE_LIMIT_PER_SECOND": "1000",
-    "CHAT_SESSION_RECHECK_SECONDS": "0",
-}
-
-
-def _database_url(backend: str, request: pytest.FixtureRequest, tmp_dir) -> str:  # type: ignore[no-untyped-def]
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_dir}/chat.sqlite3"
-    ferretdb = request.getfixturevalue("ferretdb")
-    return ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
-def chat_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
-    """One server per backend per test module."""
-    tmp_dir = tmp_path_factory.mktemp(f"server-{request.param}")
-    server = ChatServer(_database_url(request.param, request, tmp_dir), tmp_dir, **SHARED_SERVER_ENV)
-    server.start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
-def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ChatServer]]:
+def server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ChatServer]]:
     """Start servers with custom settings; each is stopped after the test."""
     started: list[ChatServer] = []
 
     def start(backend: str = "sqlite", database_url: str | None = None, **env: str) -> ChatServer:
         tmp_dir = tmp_path_factory.mktemp(f"server-{backend}")
-        url = database_url or _database_url(backend, request, tmp_dir)
+        url = database_url or fresh_database_url(backend, request, tmp_dir)
         server = ChatServer(url, tmp_dir, **{**SHARED_SERVER_ENV, **env})
         started.append(server)
         add_log_source(request, f"chat server {server.port}", server.logs)
@@ -87,9 +69,21 @@ def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         server.stop()
 
 
-def add_log_source(request: pytest.FixtureRequest, title: str, read: Callable[[], str]) -> None:
-    """Show ``read()`` under ``title`` in the report if the test fails."""
-    request.node.log_sources = [*getattr(request.node, "log_sources", []), (title, read)]
+@pytest.fixture
+async def open_browser() -> AsyncIterator[Callable[[str], Browser]]:
+    """Browsers on any server; every socket they open is closed after the test.
+
+    Async so that the sockets close on the test's event loop, before it ends.
+    """
+    opened: list[Browser] = []
+
+    def open_at(base_url: str) -> Browser:
+        opened.append(Browser(base_url))
+        return opened[-1]
+
+    yield open_at
+    for browser in opened:
+        browser.close_sockets()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -98,25 +92,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if report.when == "call" and report.failed:
         # The servers' side of the story is usually what explains a failure.
-        for title, read in getattr(item, "log_sources", []):
+        for title, read in log_sources(item):
             report.sections.append((f"{title} log (tail)", read()[-8000:]))
-
-
-@pytest.fixture(autouse=True)
-def _attach_server_logs(request: pytest.FixtureRequest) -> None:
-    if "chat_server" in request.fixturenames:
-        server = request.getfixturevalue("chat_server")
-        add_log_source(request, f"chat server {server.port}", server.logs)
-    if "cluster" in request.fixturenames:
-        cluster = request.getfixturevalue("cluster")
-        add_log_source(request, "cluster", cluster.log_tail)
-
-
-@pytest.fixture
-def browser(chat_server: ChatServer) -> Browser:
-    return Browser(chat_server.base_url)
-
-
-@pytest.fixture
-def new_browser(chat_server: ChatServer) -> Callable[[], Browser]:
-    return lambda: Browser(chat_server.base_url)

@@ -1,17 +1,19 @@
-"""Browser fixtures: Playwright driving Debian's Chromium (never a downloaded browser)."""
+"""Fixtures for the e2e tier: Playwright driving Debian's Chromium (never a downloaded browser),
+and a supervisord group behind nginx."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 import uuid
+from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
 
 from chat.tools.cluster import Cluster
-from chat.tools.services import locate
+from devtools.services import locate
+from tests.support.logs import add_log_source
 from tests.support.server import TEST_SECRET
 from tests.support.services import (
     PROJECT_ROOT, FerretDB, RedisServer, find_binary, free_port, free_port_range, nginx_binary, redis_binary,
@@ -83,3 +85,10 @@ def cluster(
     group.start()
     yield group
     group.stop()
+
+
+@pytest.fixture(autouse=True)
+def _attach_cluster_logs(request: pytest.FixtureRequest) -> None:
+    # Only where a test uses the cluster: asking for it would start one.
+    if "cluster" in request.fixturenames:
+        add_log_source(request, "cluster", request.getfixturevalue("cluster").log_tail)

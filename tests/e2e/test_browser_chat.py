@@ -5,21 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from tests.support.client import PASSWORD
-
-
-async def register(page, base_url: str, username: str) -> None:  # type: ignore[no-untyped-def]
-    await page.goto(f"{base_url}/register")
-    await page.fill("input[name=username]", username)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.fill("input[name=confirm]", PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{base_url}/rooms")
-
-
-async def say(page, text: str) -> None:  # type: ignore[no-untyped-def]
-    await page.fill("#body", text)
-    await page.keyboard.press("Enter")
+from tests.support.pages import register, say
 
 
 async def test_two_users_chat_live_in_the_browser_and_html_stays_text(
@@ -70,5 +56,3 @@ async def test_two_users_chat_live_in_the_browser_and_html_stays_text(
     await alice.screenshot(path=str(artifacts_dir / "alice.png"), full_page=True)
     await bob.screenshot(path=str(artifacts_dir / "bob.png"), full_page=True)
     assert errors == []
-    await alice_ctx.close()
-    await bob_ctx.close()

@@ -9,23 +9,34 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
+from tests.support.pages import register, say
+from tests.support.waiting import eventually
+
+# nginx picks the process; new connections land elsewhere within a few tries.
+LANDING_TIMEOUT = 15.0
 
 
 async def socket_on(browser: Browser, room_id: str, want: set[str] | None = None,
                     avoid: set[str] | None = None, since: int | None = None) -> tuple[RoomSocket, str]:
     """A joined socket on a process in ``want`` / not in ``avoid`` (nginx picks; retry until it fits)."""
-    for _ in range(20):
+    landed: list[tuple[RoomSocket, str]] = []
+
+    async def fits() -> bool:
         sock = await browser.socket(room_id, since=since)
         hello, _ = await sock.join()
         instance = hello["instance"]
         if (want is None or instance in want) and (avoid is None or instance not in avoid):
-            return sock, instance
-        sock.close()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"could not land on a process in {want} / outside {avoid}")
+            landed.append((sock, instance))
+            return True
+        sock.close()  # the wrong process: leave it, so nginx's next pick may differ
+        return False
+
+    await eventually(fits, LANDING_TIMEOUT, f"landing on a process in {want} / outside {avoid}", interval=0.05)
+    return landed[0]
 
 
 async def collect_messages(sock: RoomSocket, count: int, timeout: float = 20.0) -> list[dict]:
@@ -38,9 +49,9 @@ async def collect_messages(sock: RoomSocket, count: int, timeout: float = 20.0) 
 
 
 async def test_clients_on_different_processes_get_every_message_of_their_room_in_order_exactly_once(
-    cluster: Cluster,
+    cluster: Cluster, open_browser: Callable[[str], Browser],
 ) -> None:
-    browsers = [Browser(cluster.url) for _ in range(4)]
+    browsers = [open_browser(cluster.url) for _ in range(4)]
     for b in browsers:
         await b.register()
     room_id = await browsers[0].create_room()
@@ -76,12 +87,12 @@ async def test_clients_on_different_processes_get_every_message_of_their_room_in
     for sock in sockets:
         await sock.expect_silence(0.5)  # and nothing extra arrives
     await bystander.expect_silence(0.5)  # rooms do not leak into each other
-    for sock in (*sockets, bystander):
-        sock.close()
 
 
-async def test_after_restarting_every_process_data_survives_and_clients_resume_with_since(cluster: Cluster) -> None:
-    alice, bob = Browser(cluster.url), Browser(cluster.url)
+async def test_after_restarting_every_process_data_survives_and_clients_resume_with_since(
+    cluster: Cluster, open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
     alice_name = await alice.register()
     await bob.register()
     room_name = f"durable {uuid.uuid4().hex[:6]}"
@@ -116,11 +127,12 @@ async def test_after_restarting_every_process_data_survives_and_clients_resume_w
     full = await alice.socket(room_id, since=0)
     _, everything = await full.join()
     assert [m["body"] for m in everything["messages"]] == ["before the restart", "while you were out", "second one"]
-    full.close()
 
 
-async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(cluster: Cluster) -> None:
-    alice, bob = Browser(cluster.url), Browser(cluster.url)
+async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(
+    cluster: Cluster, open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
     alice_name = await alice.register()
     bob_name = await bob.register()
     room_id = await alice.create_room()
@@ -144,14 +156,11 @@ async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(clu
 
     b.close()
     await presence_until(a, [alice_name])
-    a.close()
 
 
 async def test_two_people_chat_in_browsers_served_by_different_processes(
     cluster: Cluster, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from tests.e2e.test_browser_chat import register, say
-
     base = cluster.url
     alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
     alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
@@ -172,11 +181,15 @@ async def test_two_people_chat_in_browsers_served_by_different_processes(
     # nginx balances each new socket to the least busy process; reload until
     # Bob's socket is on the other one.
     await bob.goto(alice.url)
-    for _ in range(20):
+
+    async def bob_elsewhere() -> bool:
         await bob.wait_for_selector("#connection-state.state-connected")
         if await bob.get_attribute("#room", "data-instance") != alice_instance:
-            break
+            return True
         await bob.reload()
+        return False
+
+    await eventually(bob_elsewhere, LANDING_TIMEOUT, "Bob's page on the other process", interval=0)
     bob_instance = await bob.get_attribute("#room", "data-instance")
     assert bob_instance != alice_instance
 
@@ -192,5 +205,3 @@ async def test_two_people_chat_in_browsers_served_by_different_processes(
     await alice.screenshot(path=str(artifacts_dir / f"alice-{alice_instance.replace(':', '_')}.png"), full_page=True)
     await bob.screenshot(path=str(artifacts_dir / f"bob-{bob_instance.replace(':', '_')}.png"), full_page=True)
     assert errors == []
-    await alice_ctx.close()
-    await bob_ctx.close()

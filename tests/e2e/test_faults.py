@@ -19,19 +19,18 @@ from typing import Iterator
 
 import pytest
 
-from chat.tools.soak import Deployment, SoakReport, run_soak
-from chat.tools.webclient import WebClient
-from tests.conftest import add_log_source
+from devtools.soak import Deployment, SoakReport, run_soak
+from devtools.webclient import WebClient
+from tests.support.logs import add_log_source
+from tests.support.pages import register, say
 from tests.support.services import ferretdb_binary, nginx_binary, redis_binary
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     ferretdb_binary(), redis_binary(), nginx_binary()  # skip or fail early, naming the install command
-    deployed = Deployment(Path(tmp_path_factory.mktemp("deployment")))
-    deployed.start()
-    yield deployed
-    deployed.stop()
+    with Deployment(Path(tmp_path_factory.mktemp("deployment"))) as deployed:
+        yield deployed
 
 
 @pytest.fixture(autouse=True)
@@ -91,16 +90,13 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_503_and_se
     cookie = reader.cookie_header()
 
     def outage(fault: str) -> None:
-        deployment.database.stop()
-        try:
+        with deployment.database.outage():
             time.sleep(2.5)  # long enough for sends to fail, not only to wait
             seen_during_outage["page"] = http_status(f"{deployment.url}/rooms", cookie)
             seen_during_outage["readyz"] = max(
                 http_status(f"http://127.0.0.1:{port}/readyz") for port in deployment.cluster.ports)
             seen_during_outage["healthz"] = max(
                 http_status(f"http://127.0.0.1:{port}/healthz") for port in deployment.cluster.ports)
-        finally:
-            deployment.database.start()
 
     report = await run_soak(deployment.url, clients=4, rooms=1, seconds=10, rate=4, faults=("db",),
                             fault_every=3, inject=outage)
@@ -135,8 +131,6 @@ async def test_a_short_soak_with_every_fault_reports_zero_lost_duplicated_or_reo
 async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_sends_them_once(
     deployment: Deployment, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from tests.e2e.test_browser_chat import register, say
-
     context = await chromium.new_context()
     page = await context.new_page()
     errors: list[str] = []
@@ -165,4 +159,3 @@ async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) == 2
     await page.screenshot(path=str(artifacts_dir / "reconnected.png"), full_page=True)
     assert errors == []
-    await context.close()

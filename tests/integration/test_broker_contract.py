@@ -5,13 +5,13 @@ a :class:`~chat.broker.redis.RedisBroker` on the session's redis-server.
 Redis channels are server-wide, so every test names its channels with a uuid.
 
 The Redis-only tests at the end stop and restart the session's redis-server
-(same port); each restarts it in a ``finally`` so later tests find it up.
+(same port) with ``outage()``, which restarts it even when the test fails, so
+later tests find it up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import AsyncIterator
 
@@ -21,6 +21,7 @@ from chat.broker import RESYNC, Broker, BrokerClosed, Event, open_backplane
 from chat.broker.redis import RedisBroker
 from chat.errors import Unavailable
 from tests.support.services import RedisServer
+from tests.support.waiting import eventually
 
 BACKENDS = ["memory", "redis"]
 # Bounds every single wait for an event; generous, a healthy run takes milliseconds.
@@ -104,14 +105,6 @@ class Collector:
             pass
 
 
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
 async def publish_until_received(publisher: Broker, collector: Collector, on: str, payload: str,
                                  timeout: float = RECOVERY_TIMEOUT) -> None:
     """Publish ``payload`` on ``on`` again and again until ``collector`` has it.
@@ -119,15 +112,17 @@ async def publish_until_received(publisher: Broker, collector: Collector, on: st
     Publishing may fail while the server is still coming back, and a publish
     that lands before the subscriber has resubscribed is gone (at most once).
     """
-    deadline = time.monotonic() + timeout
-    while payload not in collector.payloads(on):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{payload!r} on {on} never arrived within {timeout}s")
+
+    async def arrived_or_published_again() -> bool:
+        if payload in collector.payloads(on):
+            return True
         try:
             await publisher.publish(on, payload)
         except Unavailable:
             pass
-        await asyncio.sleep(0.1)
+        return False
+
+    await eventually(arrived_or_published_again, timeout, f"{payload!r} arriving on {on}", interval=0.1)
 
 
 # -- delivery -------------------------------------------------------------------
@@ -249,15 +244,12 @@ async def test_after_a_redis_restart_the_broker_yields_resync_and_hears_channels
     collector = Collector(redis_only)
     try:
         await redis_only.publish(first, "before")
-        await until(lambda: collector.payloads(first) == ["before"], EVENT_TIMEOUT, "live delivery")
+        await eventually(lambda: collector.payloads(first) == ["before"], EVENT_TIMEOUT, "live delivery")
 
-        try:
-            redis_server.stop()
+        with redis_server.outage():
             await asyncio.sleep(0.5)  # the listener is waiting in next_published meanwhile
-        finally:
-            redis_server.start()
 
-        await until(lambda: collector.resyncs >= 1, RECOVERY_TIMEOUT, "RESYNC after the restart")
+        await eventually(lambda: collector.resyncs >= 1, RECOVERY_TIMEOUT, "RESYNC after the restart")
         await publish_until_received(redis_only, collector, first, "after")
         await publish_until_received(redis_only, collector, second, "after too")
         assert collector.payloads(first)[0] == "before"
@@ -271,15 +263,11 @@ async def test_publish_and_ping_raise_unavailable_while_redis_is_down(
     redis_only: RedisBroker, redis_server: RedisServer
 ) -> None:
     await redis_only.ping()  # connected first: the failure is Redis going away
-    try:
-        redis_server.stop()
-
+    with redis_server.outage():
         with pytest.raises(Unavailable):
             await asyncio.wait_for(redis_only.publish(channel(), "nobody hears this"), EVENT_TIMEOUT)
         with pytest.raises(Unavailable):
             await asyncio.wait_for(redis_only.ping(), EVENT_TIMEOUT)
-    finally:
-        redis_server.start()
 
     await asyncio.wait_for(redis_only.ping(), RECOVERY_TIMEOUT)  # and it recovers
 
@@ -291,11 +279,8 @@ async def test_subscribe_while_redis_is_down_does_not_raise_and_the_channel_is_l
     room = channel()
     collector = Collector(redis_only)  # listening before the first channel exists
     try:
-        try:
-            redis_server.stop()
+        with redis_server.outage():
             await asyncio.wait_for(redis_only.subscribe(room), EVENT_TIMEOUT)
-        finally:
-            redis_server.start()
 
         await publish_until_received(redis_only, collector, room, "hello again")
         assert not collector.closed
@@ -312,12 +297,9 @@ async def test_subscribe_while_redis_is_down_with_other_channels_live_keeps_them
     collector = Collector(redis_only)
     try:
         await redis_only.publish(before, "live")
-        await until(lambda: collector.payloads(before) == ["live"], EVENT_TIMEOUT, "live delivery")
-        try:
-            redis_server.stop()
+        await eventually(lambda: collector.payloads(before) == ["live"], EVENT_TIMEOUT, "live delivery")
+        with redis_server.outage():
             await asyncio.wait_for(redis_only.subscribe(during), EVENT_TIMEOUT)
-        finally:
-            redis_server.start()
 
         await publish_until_received(redis_only, collector, during, "new channel")
         await publish_until_received(redis_only, collector, before, "old channel")

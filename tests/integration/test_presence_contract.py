@@ -4,11 +4,14 @@ Each test gets the store that goes with a fresh, connected broker: the
 in-process :class:`~chat.broker.MemoryPresence` or a
 :class:`~chat.broker.redis.RedisPresence` on the session's redis-server.
 Redis keys are server-wide, so every test uses fresh room ids.
+
+Both stores read expiry times from a :class:`FakeClock` the tests move by
+hand. Redis also gives each key a real ``EXPIRE`` of ``int(ttl) + 1`` seconds,
+longer than any of these tests runs, so only the fake clock decides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import AsyncIterator
 
@@ -16,6 +19,7 @@ import pytest
 
 from chat.broker import PresenceStore, open_backplane
 from chat.models import OnlineUser
+from tests.support.clock import FakeClock
 
 BACKENDS = ["memory", "redis"]
 TTL = 30.0
@@ -31,8 +35,13 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def presence(broker_url: str) -> AsyncIterator[PresenceStore]:
-    backplane = open_backplane(broker_url)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def presence(broker_url: str, clock: FakeClock) -> AsyncIterator[PresenceStore]:
+    backplane = open_backplane(broker_url, clock=clock)
     await backplane.broker.connect()
     try:
         yield backplane.presence
@@ -99,26 +108,26 @@ async def test_removing_someone_who_is_not_there_is_harmless(presence: PresenceS
     assert await presence.online(room) == [BOB]
 
 
-async def test_entries_expire_after_their_ttl(presence: PresenceStore) -> None:
+async def test_entries_expire_after_their_ttl(presence: PresenceStore, clock: FakeClock) -> None:
     room = room_id()
     await presence.add(room, "a:1", ALICE, 0.5)
     await presence.add(room, "a:1", BOB, TTL)
     assert await presence.online(room) == [ALICE, BOB]
 
-    await asyncio.sleep(0.8)
+    clock.advance(0.8)
 
     assert await presence.online(room) == [BOB]
 
 
-async def test_refresh_pushes_the_expiry_forward(presence: PresenceStore) -> None:
+async def test_refresh_pushes_the_expiry_forward(presence: PresenceStore, clock: FakeClock) -> None:
     room, other = room_id(), room_id()
     await presence.add(room, "a:1", ALICE, 0.6)
     await presence.add(other, "a:1", BOB, 0.6)
     await presence.add(room, "b:2", CAROL, 0.6)  # another instance: not refreshed by a:1
 
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)
     await presence.refresh("a:1", [(room, ALICE), (other, BOB)], 0.6)
-    await asyncio.sleep(0.4)  # 0.7s after add: past the first expiry, before the refreshed one
+    clock.advance(0.4)  # 0.7s after add: past the first expiry, before the refreshed one
 
     assert await presence.online(room) == [ALICE]
     assert await presence.online(other) == [BOB]

@@ -30,6 +30,7 @@ from tests.support.client import (
     read_frame,
 )
 from tests.support.server import ChatServer
+from tests.support.waiting import eventually
 
 SLOW_WARNING = "too slow"
 
@@ -46,20 +47,13 @@ def kernel_send_buffer_ceiling() -> int:
         return 4 * 1024 * 1024
 
 
-async def two_users_in_a_room(server: ChatServer) -> tuple[Browser, Browser, str, str]:
+async def two_users_in_a_room(server: ChatServer,
+                              open_browser: Callable[[str], Browser]) -> tuple[Browser, Browser, str, str]:
     """Alice and Bob, signed in, and a room of Alice's; returns Bob's username last."""
-    alice, bob = Browser(server.base_url), Browser(server.base_url)
+    alice, bob = open_browser(server.base_url), open_browser(server.base_url)
     await alice.register()
     bob_name = await bob.register()
     return alice, bob, await alice.create_room(), bob_name
-
-
-async def wait_for_log(server: ChatServer, text: str, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while text not in server.logs():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{text!r} not in the server log after {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 def assert_healthy(server: ChatServer) -> None:
@@ -76,7 +70,7 @@ async def drain_once_cut_off(server: ChatServer, reader: asyncio.StreamReader,
     close code and reason. Must start within the 5 s Tornado waits for the
     close handshake, after which it drops the backlog with the connection.
     """
-    await wait_for_log(server, SLOW_WARNING, timeout=15)
+    await eventually(lambda: SLOW_WARNING in server.logs(), 15, f"{SLOW_WARNING!r} in the server log", interval=0.05)
     writer.transport.resume_reading()  # type: ignore[attr-defined]
     frames: list[dict[str, Any]] = []
     while True:
@@ -134,10 +128,10 @@ async def read_messages(sock: RoomSocket, count: int) -> tuple[list[dict[str, An
 
 
 async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_keeps_flowing(
-    server_factory: Callable[..., ChatServer],
+    server_factory: Callable[..., ChatServer], open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_WS_MAX_BUFFER_BYTES="65536")
-    alice, bob, room_id, bob_name = await two_users_in_a_room(server)
+    alice, bob, room_id, bob_name = await two_users_in_a_room(server, open_browser)
     # Bob's tab hangs: a tiny TCP window, and nothing read after the handshake.
     reader, writer = await raw_websocket(server.base_url, room_id, bob.cookie_header(), rcvbuf=4096)
     writer.transport.pause_reading()  # type: ignore[attr-defined]
@@ -184,15 +178,14 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_ke
     client_id = await healthy.send_message("after the slow one left")
     assert (await healthy.acked(client_id, timeout=5))["body"] == "after the slow one left"
     assert acks == len(bodies)
-    healthy.close()
     assert_healthy(server)
 
 
 async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one_stays(
-    server_factory: Callable[..., ChatServer],
+    server_factory: Callable[..., ChatServer], open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_WS_PING_INTERVAL="0.5", CHAT_WS_PING_TIMEOUT="1")
-    alice, bob, room_id, _ = await two_users_in_a_room(server)
+    alice, bob, room_id, _ = await two_users_in_a_room(server, open_browser)
     reader, writer = await raw_websocket(server.base_url, room_id, bob.cookie_header())
     healthy = await alice.socket(room_id)  # Tornado's client answers pings by itself
     await healthy.join()
@@ -214,17 +207,16 @@ async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one
     assert healthy.conn.close_code is None
     client_id = await healthy.send_message("still here")
     assert (await healthy.acked(client_id, timeout=5))["body"] == "still here"
-    healthy.close()
     assert_healthy(server)
 
 
 async def test_sigterm_closes_sockets_with_1001_finishes_and_exits_cleanly(
-    server_factory: Callable[..., ChatServer],
+    server_factory: Callable[..., ChatServer], open_browser: Callable[[str], Browser],
 ) -> None:
     import signal
 
     server = server_factory()
-    alice, _, room_id, _ = await two_users_in_a_room(server)
+    alice, _, room_id, _ = await two_users_in_a_room(server, open_browser)
     sock = await alice.socket(room_id)
     await sock.join()
     await sock.acked(await sock.send_message("before the shutdown"))

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.client import Browser, RoomSocket, handshake_status
 from tests.support.server import ChatServer
+from tests.support.storage import seed_messages
 
 
 async def signed_in_pair(new_browser: Callable[[], Browser]) -> tuple[Browser, Browser, str]:
@@ -32,7 +33,6 @@ async def test_hello_names_the_room_the_user_and_this_process(browser: Browser, 
     assert hello["instance"] == f"127.0.0.1:{chat_server.port}"
     assert hello["last_seq"] == 0
     assert history == {"type": "history", "messages": [], "has_more": False}
-    sock.close()
 
 
 async def test_two_users_receive_each_others_messages_in_seq_order_and_only_the_sender_gets_the_ack(
@@ -74,8 +74,6 @@ async def test_two_users_receive_each_others_messages_in_seq_order_and_only_the_
     assert seqs_a == sorted(seqs_a) and len(set(seqs_a)) == 20
     assert streams["a"] == streams["b"]
     await a.expect_silence()
-    a.close()
-    b.close()
 
 
 async def test_messages_have_the_documented_shape(new_browser: Callable[[], Browser]) -> None:
@@ -91,19 +89,12 @@ async def test_messages_have_the_documented_shape(new_browser: Callable[[], Brow
     assert message["body"] == "padded body"  # trimmed
     assert message["seq"] == 1
     assert message["created_at"].endswith("Z") and "T" in message["created_at"]
-    sock.close()
 
 
-async def test_joining_sends_the_last_50_messages_in_order(browser: Browser) -> None:
-    await browser.register()
+async def test_joining_sends_the_last_50_messages_in_order(browser: Browser, chat_server: ChatServer) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
-    sender = await browser.socket(room_id)
-    await sender.join()
-    for i in range(55):
-        await sender.send_message(f"m{i}")
-    for _ in range(110):  # 55 acks and 55 broadcasts
-        await sender.recv()
-    sender.close()
+    await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(55)))
 
     sock = await browser.socket(room_id)
     hello, history = await sock.join()
@@ -111,22 +102,15 @@ async def test_joining_sends_the_last_50_messages_in_order(browser: Browser) -> 
     assert [m["seq"] for m in history["messages"]] == list(range(6, 56))
     assert [m["body"] for m in history["messages"]][-1] == "m54"
     assert history["has_more"] is True
-    sock.close()
 
 
-async def test_since_resumes_with_every_later_message_in_pages_of_at_most_500(browser: Browser) -> None:
-    await browser.register()
+async def test_since_resumes_with_every_later_message_in_pages_of_at_most_500(
+    browser: Browser, chat_server: ChatServer
+) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
-    sender = await browser.socket(room_id)
-    await sender.join()
     total = 620
-    for i in range(total):
-        await sender.send_message(f"m{i}")
-    acked = 0
-    while acked < total:
-        if (await sender.recv())["type"] == "ack":
-            acked += 1
-    sender.close()
+    await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(total)))
 
     sock = await browser.socket(room_id, since=100)
     await sock.recv_type("hello")
@@ -142,7 +126,6 @@ async def test_since_resumes_with_every_later_message_in_pages_of_at_most_500(br
     again = await sock.recv_type("history")
     assert [m["seq"] for m in again["messages"]] == [total - 2, total - 1, total]
     assert again["has_more"] is False
-    sock.close()
 
 
 async def test_resending_a_client_id_stores_nothing_new_and_acks_the_original(browser: Browser) -> None:
@@ -162,7 +145,6 @@ async def test_resending_a_client_id_stores_nothing_new_and_acks_the_original(br
     fresh = await browser.socket(room_id, since=0)
     _, history = await fresh.join()
     assert [m["client_id"] for m in history["messages"]] == [client_id]
-    fresh.close()
 
 
 @pytest.mark.parametrize(
@@ -190,7 +172,6 @@ async def test_malformed_frames_get_bad_request_and_the_connection_stays_usable(
     assert error.get("client_id") == client_id
     await sock.send_message("still here")
     assert (await sock.recv_type("ack"))["message"]["body"] == "still here"
-    sock.close()
 
 
 async def test_a_body_over_4000_characters_is_too_large_but_4000_is_fine(browser: Browser) -> None:
@@ -203,7 +184,6 @@ async def test_a_body_over_4000_characters_is_too_large_but_4000_is_fine(browser
     assert (error["code"], error["client_id"]) == ("too_large", client_id)
     await sock.send_message("y" * 4000)
     assert len((await sock.recv_type("ack"))["message"]["body"]) == 4000
-    sock.close()
 
 
 async def test_a_frame_over_64_kib_closes_the_connection_with_1009(browser: Browser) -> None:
@@ -215,9 +195,11 @@ async def test_a_frame_over_64_kib_closes_the_connection_with_1009(browser: Brow
     assert await sock.closed() == 1009
 
 
-async def test_sending_too_fast_is_rate_limited(server_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_sending_too_fast_is_rate_limited(
+    server_factory, open_browser: Callable[[str], Browser]  # type: ignore[no-untyped-def]
+) -> None:
     server = server_factory(CHAT_RATE_LIMIT_BURST="3", CHAT_RATE_LIMIT_PER_SECOND="0.5")
-    browser = Browser(server.base_url)
+    browser = open_browser(server.base_url)
     await browser.register()
     room_id = await browser.create_room()
     sock = await browser.socket(room_id)
@@ -232,7 +214,6 @@ async def test_sending_too_fast_is_rate_limited(server_factory) -> None:  # type
             errors.append(frame)
     assert acks == ids[:3]
     assert [(e["code"], e["client_id"]) for e in errors] == [("rate_limited", ids[3]), ("rate_limited", ids[4])]
-    sock.close()
 
 
 async def test_a_send_after_the_session_ended_is_forbidden_and_closes_the_socket(browser: Browser) -> None:
@@ -266,33 +247,29 @@ async def test_html_in_a_message_is_shown_as_text_on_the_room_page(browser: Brow
     await sock.join()
     await sock.send_message('<script>alert("pwned")</script><b>bold</b>')
     await sock.recv_type("ack")
-    sock.close()
     page = (await browser.get(f"/rooms/{room_id}")).body.decode()
     assert "<script>alert" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in page
 
 
-async def test_the_room_page_renders_the_last_50_messages_without_javascript(browser: Browser) -> None:
-    await browser.register()
+async def test_the_room_page_renders_the_last_50_messages_without_javascript(
+    browser: Browser, chat_server: ChatServer
+) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
-    sock = await browser.socket(room_id)
-    await sock.join()
-    for i in range(52):
-        await sock.send_message(f"line {i}")
-    acked = 0
-    while acked < 52:
-        acked += (await sock.recv())["type"] == "ack"
-    sock.close()
+    await seed_messages(chat_server.database_url, username, room_id, (f"line {i}" for i in range(52)))
     page = (await browser.get(f"/rooms/{room_id}")).body.decode()
     assert page.count('<li class="message"') == 50
     assert "line 1<" not in page and "line 2<" in page and "line 51<" in page
     assert 'data-last-seq="52"' in page
 
 
-async def test_history_users_and_rooms_survive_a_server_restart(server_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_history_users_and_rooms_survive_a_server_restart(
+    server_factory, open_browser: Callable[[str], Browser]  # type: ignore[no-untyped-def]
+) -> None:
     for backend in ("sqlite", "mongodb"):
         server: ChatServer = server_factory(backend)
-        browser = Browser(server.base_url)
+        browser = open_browser(server.base_url)
         username = await browser.register()
         room_id = await browser.create_room()
         sock = await browser.socket(room_id)
@@ -304,13 +281,12 @@ async def test_history_users_and_rooms_survive_a_server_restart(server_factory) 
         server.restart()  # a new process on the same database
 
         assert (await browser.get("/rooms")).code == 200  # the session survived too
-        again = Browser(server.base_url)
+        again = open_browser(server.base_url)
         assert (await again.login(username)).code == 302
         sock = await again.socket(room_id)
         hello, history = await sock.join()
         assert hello["last_seq"] == 1
         assert [m["body"] for m in history["messages"]] == ["before the restart"]
-        sock.close()
 
 
 async def test_concurrent_senders_in_one_room_get_distinct_increasing_seqs(new_browser: Callable[[], Browser]) -> None:
@@ -338,7 +314,6 @@ async def test_concurrent_senders_in_one_room_get_distinct_increasing_seqs(new_b
             else:
                 seqs.append(frame["message"]["seq"])
         received.append(seqs)
-        s.close()
     assert received[0] == list(range(1, 41))
     assert all(r == received[0] for r in received)
 

@@ -16,17 +16,33 @@ from urllib.parse import urlsplit
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 
-from chat.tools.webclient import DEFAULT_PASSWORD, WebClient
+from devtools.webclient import DEFAULT_PASSWORD, WebClient
 
 PASSWORD = DEFAULT_PASSWORD
 
 
 class Browser(WebClient):
-    """The site's web client, whose room sockets are test-friendly :class:`RoomSocket` s."""
+    """The site's web client, whose room sockets are test-friendly :class:`RoomSocket` s.
+
+    It remembers every socket it opened, so the fixture that handed it out can
+    close them all after the test, whether or not the test got that far.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.sockets: list[RoomSocket] = []
 
     async def socket(self, room_id: str, since: int | None = None, origin: str | None = None,
                      cookie: str | None = None) -> "RoomSocket":
-        return RoomSocket(await self.connect_socket(room_id, since=since, origin=origin, cookie=cookie))
+        sock = RoomSocket(await self.connect_socket(room_id, since=since, origin=origin, cookie=cookie))
+        self.sockets.append(sock)
+        return sock
+
+    def close_sockets(self) -> None:
+        """Close every socket this browser opened (closing one twice is harmless)."""
+        for sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
 
 
 async def handshake_status(browser: Browser, room_id: str, **kwargs: Any) -> int:

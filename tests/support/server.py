@@ -3,29 +3,54 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 import urllib.request
+import uuid
 from pathlib import Path
 
-from chat.tools.services import terminate
+import pytest
 
-from .services import PROJECT_ROOT, free_port
+from devtools.services import ServiceProcess
+
+from .services import PROJECT_ROOT
 
 TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 
+# Generous limits on the shared server so tests can post quickly; the
+# rate-limit test starts a server of its own with tight ones.
+SHARED_SERVER_ENV = {
+    "CHAT_RATE_LIMIT_BURST": "10000",
+    "CHAT_RATE_LIMIT_PER_SECOND": "1000",
+    "CHAT_SESSION_RECHECK_SECONDS": "0",
+}
 
-class ChatServer:
+
+def fresh_database_url(backend: str, request: pytest.FixtureRequest, tmp_dir: Path) -> str:
+    """An empty database: a SQLite file in ``tmp_dir``, or a new database on the session's FerretDB.
+
+    FerretDB is asked for only when needed, so SQLite runs never start it.
+    """
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_dir}/chat.sqlite3"
+    ferretdb = request.getfixturevalue("ferretdb")
+    return ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}")
+
+
+class ChatServer(ServiceProcess):
     """One ``python -m chat`` process on a free port; restartable on the same database."""
 
+    name = "chat server"
+    start_timeout = 30.0
+    # SIGTERM first so the server shuts down gracefully; it may take its
+    # shutdown grace to finish sends being stored.
+    stop_timeout = 15.0
+
     def __init__(self, database_url: str, work_dir: Path, **env: str) -> None:
+        super().__init__(sys.executable, work_dir)
         self.database_url = database_url
-        self.work_dir = work_dir
-        self.port = free_port()
         self.env = env
-        self.process: subprocess.Popen | None = None
         self.log_path = work_dir / f"chat-{self.port}.log"
+        self.cwd = work_dir  # a stray relative path must not land in the repo
 
     @property
     def base_url(self) -> str:
@@ -35,49 +60,24 @@ class ChatServer:
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> "ChatServer":
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        env = {
+    def command(self) -> list[str]:
+        return [self.binary, "-m", "chat", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        return {
             **os.environ,
             "CHAT_COOKIE_SECRETS": TEST_SECRET,
             "CHAT_DATABASE_URL": self.database_url,
             "CHAT_BROKER_URL": "memory://",
             "CHAT_INSTANCE_NAME": f"127.0.0.1:{self.port}",
             **self.env,
+            "PYTHONPATH": str(PROJECT_ROOT),
         }
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chat", "--port", str(self.port)],
-            cwd=self.work_dir,  # a stray relative path must not land in the repo
-            env={**env, "PYTHONPATH": str(PROJECT_ROOT)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self._wait_ready()
-        return self
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chat server exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"chat server not healthy after {timeout}s:\n{self.logs()}")
-
-    def stop(self) -> None:
-        terminate(self.process, timeout=15)  # SIGTERM first: the server shuts down gracefully
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def ready(self) -> bool:
+        # Listening is not enough: /healthz answers once the app is built.
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False

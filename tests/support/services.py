@@ -11,7 +11,7 @@ import os
 import pytest
 
 from chat.config import PROJECT_ROOT
-from chat.tools.services import (
+from devtools.services import (
     FERRETDB_INSTALL_HINT, FerretDB, RedisServer, ferretdb_path, free_port, free_port_range, nginx_path,
     redis_server_path, wait_for_port,
 )

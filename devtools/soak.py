@@ -1,8 +1,8 @@
 """Soak test: many clients chatting through nginx while faults are injected, then a report.
 
-    python -m chat.tools.soak [--clients 8] [--rooms 2] [--seconds 60] [--rate 2]
-                              [--faults kill,redis,db,restart] [--fault-every 6] [--seed 1]
-    python -m chat.tools.soak --url http://chat.example.org --seconds 60   # an existing deployment, no faults
+    python -m devtools.soak [--clients 8] [--rooms 2] [--seconds 60] [--rate 2]
+                           [--faults kill,redis,db,restart] [--fault-every 6] [--seed 1]
+    python -m devtools.soak --url http://chat.example.org --seconds 60   # an existing deployment, no faults
 
 Without ``--url`` it starts a whole deployment of its own on free loopback
 ports: Redis, FerretDB (a MongoDB wire-protocol server), a supervisord group
@@ -38,12 +38,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Self
 
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
-from ..config import generate_secret
-from .cluster import Cluster
+from chat.config import generate_secret
+from chat.protocol import Close
+from chat.tools.cluster import Cluster
+
 from .services import (
     FERRETDB_INSTALL_HINT, FerretDB, RedisServer, ferretdb_path, free_port, free_port_range, nginx_path,
     redis_server_path,
@@ -51,7 +53,6 @@ from .services import (
 from .webclient import WebClient
 
 FAULTS = ("kill", "redis", "db", "restart")
-CLOSE_POLICY_VIOLATION = 1008
 
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
@@ -105,7 +106,7 @@ class SoakClient:
             finally:
                 self.conn = None
                 self.connected.clear()
-            if conn.close_code == CLOSE_POLICY_VIOLATION:
+            if conn.close_code == Close.SESSION_ENDED:
                 raise RuntimeError(f"{self.report.name}: session ended ({conn.close_reason})")
             if self.stopping:
                 return
@@ -303,17 +304,30 @@ class Deployment:
     def url(self) -> str:
         return self.cluster.url
 
-    def start(self) -> None:
-        self.redis.start()
-        self.database.start()
-        self.cluster.env["CHAT_DATABASE_URL"] = self.database.url("chat") + "?serverSelectionTimeoutMS=2000"
-        self.cluster.env["CHAT_BROKER_URL"] = self.redis.url()
-        self.cluster.start()
+    def start(self) -> Self:
+        try:
+            self.redis.start()
+            self.database.start()
+            self.cluster.env["CHAT_DATABASE_URL"] = self.database.url("chat") + "?serverSelectionTimeoutMS=2000"
+            self.cluster.env["CHAT_BROKER_URL"] = self.redis.url()
+            self.cluster.start()
+        except BaseException:
+            # Whatever did start must not outlive a failed start.
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
+        """Stop everything; safe on a deployment that started only in part, or not at all."""
         self.cluster.stop()
         self.database.stop()
         self.redis.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def inject(self, fault: str) -> None:
         """Cause one fault and return once the deployment has been told to recover."""
@@ -321,13 +335,11 @@ class Deployment:
             port = random.choice(self.cluster.ports)
             os.kill(self.cluster.process_pid(port), signal.SIGKILL)  # supervisord restarts it
         elif fault == "redis":
-            self.redis.stop()
-            time.sleep(random.uniform(0.5, 2.0))
-            self.redis.start()
+            with self.redis.outage():
+                time.sleep(random.uniform(0.5, 2.0))
         elif fault == "db":
-            self.database.stop()
-            time.sleep(random.uniform(1.0, 3.0))
-            self.database.start()
+            with self.database.outage():
+                time.sleep(random.uniform(1.0, 3.0))
         elif fault == "restart":
             for port in self.cluster.ports:
                 self.cluster.supervisorctl("restart", f"chat:chat-{port}")
@@ -411,7 +423,7 @@ async def run_soak(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chat.tools.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an existing deployment (no faults); default: start one")
     parser.add_argument("--clients", type=int, default=8)

@@ -13,10 +13,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from ..config import PROJECT_ROOT
+from chat.config import PROJECT_ROOT
 
 FERRETDB_INSTALL_HINT = (
     "run `make ferretdb` (builds FerretDB v1.24.2 with Go into .cache/bin/ferretdb) or set CHAT_FERRETDB_BIN"
@@ -71,20 +73,27 @@ def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` right now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if port_open(port):
+            return
+        time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def terminate(process: subprocess.Popen | None, timeout: float = 10) -> None:
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
     """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
     if process is None or process.poll() is not None:
         return
@@ -97,36 +106,88 @@ def terminate(process: subprocess.Popen | None, timeout: float = 10) -> None:
 
 
 class ServiceProcess:
-    """A child process listening on one loopback port, restartable on the same port and files."""
+    """A child process listening on one loopback port, restartable on the same port and files.
+
+    Subclasses say what to run (:meth:`command`) and may change how
+    (:meth:`environment`, :attr:`cwd`) and when it counts as up
+    (:meth:`ready`; by default, once its port accepts connections).
+    """
 
     name = "service"
     log_name = "service.log"
+    start_timeout = 20.0
+    # Seconds between SIGTERM and SIGKILL when stopping.
+    stop_timeout = 10.0
 
     def __init__(self, binary: str, data_dir: Path, port: int | None = None) -> None:
         self.binary = binary
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / self.log_name
+        # None: the child runs where this process does.
+        self.cwd: Path | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self) -> None:
-        """Start (or start again, on the same port and files); return once it listens."""
+    def environment(self) -> dict[str, str] | None:
+        """The child's whole environment; None inherits this process's."""
+        return None
+
+    def ready(self) -> bool:
+        """Whether the running process is ready to serve; polled by :meth:`start`."""
+        return port_open(self.port)
+
+    def start(self) -> Self:
+        """Start (or start again, on the same port and files); return once it is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.environment(),
+                                            stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_port(self.port, process=self.process)
-        except Exception:
+            self._wait_ready()
+        except Exception as exc:
             self.stop()
-            log_text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-            raise RuntimeError(f"{self.name} did not start; log:\n{log_text}") from None
+            raise RuntimeError(f"{self.name} on port {self.port} did not start ({exc}); log:\n{self.logs()}") from None
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"exited with {self.process.returncode}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"not ready after {self.start_timeout}s")
 
     def stop(self) -> None:
-        terminate(self.process)
+        terminate(self.process, timeout=self.stop_timeout)
         self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self) -> str:
+        """Everything the process wrote so far, over all its starts."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """Down for the body of the ``with``, then up again on the same port and files.
+
+        The restart happens even when the body raises: a test that fails
+        mid-outage must not leave a session-wide service down for the tests
+        after it.
+        """
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
     def __enter__(self) -> Self:
         self.start()
