@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from dataclasses import replace
@@ -32,10 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, port=args.port)
     if args.host is not None:
         settings = replace(settings, host=args.host)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -67,10 +68,9 @@ class Services:
         ``unavailable``) and finishes connecting when the database is back.
         """
         connecting = self._run_in_background(_connect_storage(self.storage), "storage-connect")
-        try:
+        # After the wait, serve anyway: the task keeps trying in the background.
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(connecting), storage_wait)
-        except TimeoutError:
-            pass  # serve now; the task keeps trying in the background
         await self.broker.connect()
         await self.fanout.start()
         await self.presence.start()

@@ -139,7 +139,9 @@ class Settings:
     # A ping every ``ws_ping_interval`` seconds; a peer that has not answered
     # within ``ws_ping_timeout`` is dropped (Tornado caps the timeout at the
     # interval).
-    ws_ping_interval: float = field(default=DEFAULT_WS_PING_INTERVAL, metadata=env("CHAT_WS_PING_INTERVAL", number(0.1)))
+    ws_ping_interval: float = field(
+        default=DEFAULT_WS_PING_INTERVAL, metadata=env("CHAT_WS_PING_INTERVAL", number(0.1))
+    )
     ws_ping_timeout: float = field(default=DEFAULT_WS_PING_TIMEOUT, metadata=env("CHAT_WS_PING_TIMEOUT", number(0)))
     # Bytes queued on one socket but not yet written to the network; a client
     # that falls further behind is closed with 1013 and resumes with `since`.

@@ -15,7 +15,7 @@ from typing import Any
 def utcnow() -> datetime.datetime:
     # Millisecond precision: MongoDB stores BSON dates in milliseconds, so
     # anything finer would make the two backends disagree about the same record.
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -26,7 +26,7 @@ def new_id() -> str:
 
 def isoformat(moment: datetime.datetime) -> str:
     """ISO-8601 in UTC with millisecond precision and a ``Z`` suffix."""
-    moment = moment.astimezone(datetime.timezone.utc)
+    moment = moment.astimezone(datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -168,13 +168,15 @@ def _dumps(frame: dict[str, Any]) -> str:
 
 
 def hello_frame(room: Room, user: User, instance: str, last_seq: int) -> str:
-    return _dumps({
-        "type": "hello",
-        "room": {"id": room.id, "name": room.name},
-        "user": user.public(),
-        "instance": instance,
-        "last_seq": last_seq,
-    })
+    return _dumps(
+        {
+            "type": "hello",
+            "room": {"id": room.id, "name": room.name},
+            "user": user.public(),
+            "instance": instance,
+            "last_seq": last_seq,
+        }
+    )
 
 
 def history_frame(messages: Iterable[Message], has_more: bool) -> str:

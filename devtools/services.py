@@ -51,7 +51,8 @@ def nginx_path() -> str | None:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
@@ -143,8 +144,9 @@ class ServiceProcess:
         """Start (or start again, on the same port and files); return once it is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.environment(),
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command(), cwd=self.cwd, env=self.environment(), stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             self._wait_ready()
         except Exception as exc:
@@ -231,9 +233,14 @@ class RedisServer(ServiceProcess):
     def command(self) -> list[str]:
         return [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
         ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,9 +37,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Self
+from typing import Any, Self
 
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
@@ -47,7 +49,13 @@ from chat.protocol import Close
 from chat.tools.cluster import Cluster
 
 from .services import (
-    FERRETDB_INSTALL_HINT, FerretDB, RedisServer, ferretdb_path, free_port, free_port_range, nginx_path,
+    FERRETDB_INSTALL_HINT,
+    FerretDB,
+    RedisServer,
+    ferretdb_path,
+    free_port,
+    free_port_range,
+    nginx_path,
     redis_server_path,
 )
 from .webclient import WebClient
@@ -55,9 +63,19 @@ from .webclient import WebClient
 FAULTS = ("kill", "redis", "db", "restart")
 
 
+async def settle(done: Callable[[], bool], deadline: float) -> None:
+    """Wait until ``done()`` or the monotonic ``deadline``, whichever comes first.
+
+    Polling, because what is awaited is spread over every client's state and
+    changed by their socket reads; no single event could say it.
+    """
+    while not done() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+
+
 def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
     """Exponential backoff with full jitter, as static/chat.js does (with smaller numbers)."""
-    return random.random() * min(cap, base * 2 ** attempt)
+    return random.random() * min(cap, base * 2.0**attempt)
 
 
 @dataclass
@@ -130,10 +148,8 @@ class SoakClient:
         body = self.pending.get(client_id)
         if body is None or self.conn is None or not self.connected.is_set():
             return  # re-sent on the next hello
-        try:
+        with contextlib.suppress(WebSocketClosedError):
             self.conn.write_message(json.dumps({"type": "send", "client_id": client_id, "body": body}))
-        except WebSocketClosedError:
-            pass
 
     def _handle(self, frame: dict[str, Any]) -> bool:
         """Handle one frame; True when it was a hello (a connection fully opened)."""
@@ -153,11 +169,11 @@ class SoakClient:
             self.report.acked[frame["client_id"]] = frame["message"]["seq"]
         elif kind == "error":
             self.report.errors[frame["code"]] = self.report.errors.get(frame["code"], 0) + 1
-            client_id = frame.get("client_id")
+            refused: str | None = frame.get("client_id")
             if frame["code"] in ("unavailable", "rate_limited"):
-                if client_id:
-                    asyncio.get_running_loop().call_later(0.3 + random.random() * 0.5, self._write, client_id)
-            elif client_id and self.pending.pop(client_id, None) is not None:
+                if refused:
+                    asyncio.get_running_loop().call_later(0.3 + random.random() * 0.5, self._write, refused)
+            elif refused and self.pending.pop(refused, None) is not None:
                 self.report.rejected += 1
         return False
 
@@ -222,8 +238,13 @@ class SoakReport:
 
     @property
     def ok(self) -> bool:
-        return (self.lost == 0 and self.acked_not_stored == 0 and self.unacked == 0 and self.duplicated == 0
-                and self.out_of_order == 0)
+        return (
+            self.lost == 0
+            and self.acked_not_stored == 0
+            and self.unacked == 0
+            and self.duplicated == 0
+            and self.out_of_order == 0
+        )
 
     @property
     def duplicated(self) -> int:
@@ -262,13 +283,21 @@ class SoakReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "clients": len(self.clients), "rooms": len(self.stored), "seconds": self.seconds,
-            "faults": self.faults, "sent": sum(c.sent for c in self.clients),
-            "acked": sum(len(c.acked) for c in self.clients), "lost": self.lost,
-            "acked_not_stored": self.acked_not_stored, "unacked": self.unacked, "duplicated": self.duplicated,
-            "out_of_order": self.out_of_order, "reconnects": sum(c.reconnects for c in self.clients),
+            "clients": len(self.clients),
+            "rooms": len(self.stored),
+            "seconds": self.seconds,
+            "faults": self.faults,
+            "sent": sum(c.sent for c in self.clients),
+            "acked": sum(len(c.acked) for c in self.clients),
+            "lost": self.lost,
+            "acked_not_stored": self.acked_not_stored,
+            "unacked": self.unacked,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "reconnects": sum(c.reconnects for c in self.clients),
             "delivered": {c.name: len(c.received) for c in self.clients},
-            "latency_ms": {"p50": self.latency_ms(0.5), "p99": self.latency_ms(0.99)}, "ok": self.ok,
+            "latency_ms": {"p50": self.latency_ms(0.5), "p99": self.latency_ms(0.99)},
+            "ok": self.ok,
         }
 
 
@@ -276,17 +305,23 @@ class Deployment:
     """A whole deployment on this machine: Redis, FerretDB, supervisord + 2 chat processes, nginx."""
 
     def __init__(self, work_dir: Path, processes: int = 2, env: dict[str, str] | None = None) -> None:
-        missing = [hint for path, hint in (
-            (ferretdb_path(), f"ferretdb: {FERRETDB_INSTALL_HINT}"),
-            (redis_server_path(), "redis-server: apt-get install redis-server"),
-            (nginx_path(), "nginx: apt-get install nginx"),
-        ) if path is None]
+        missing = [
+            hint
+            for path, hint in (
+                (ferretdb_path(), f"ferretdb: {FERRETDB_INSTALL_HINT}"),
+                (redis_server_path(), "redis-server: apt-get install redis-server"),
+                (nginx_path(), "nginx: apt-get install nginx"),
+            )
+            if path is None
+        ]
         if missing:
             raise RuntimeError("missing: " + "; ".join(missing))
         self.redis = RedisServer(str(redis_server_path()), work_dir / "redis")
         self.database = FerretDB(str(ferretdb_path()), work_dir / "ferretdb")
         self.cluster = Cluster(
-            run_dir=work_dir / "cluster", processes=processes, base_port=free_port_range(processes),
+            run_dir=work_dir / "cluster",
+            processes=processes,
+            base_port=free_port_range(processes),
             listen_port=free_port(),
             env={
                 "CHAT_DATABASE_URL": "",  # set in start(), once the database has its port
@@ -402,14 +437,12 @@ async def run_soak(
 
     # Every message must end up acked, and every client must catch up.
     deadline = time.monotonic() + drain_timeout
-    while any(c.pending for c in soakers) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+    await settle(lambda: not any(c.pending for c in soakers), deadline)
     stored: dict[str, list[int]] = {}
     stored_ids: dict[str, set[str]] = {}
     for room_id in room_ids:
         stored[room_id], stored_ids[room_id] = await stored_sequence(owner, room_id)
-    while time.monotonic() < deadline and any(set(stored[c.report.room_id]) - c.seen for c in soakers):
-        await asyncio.sleep(0.2)
+    await settle(lambda: not any(set(stored[c.report.room_id]) - c.seen for c in soakers), deadline)
     for client in soakers:
         client.stop()
     await asyncio.gather(*runners, return_exceptions=True)
@@ -417,21 +450,28 @@ async def run_soak(
     lost = sum(len(set(stored[c.report.room_id]) - c.seen) for c in soakers)
     acked_not_stored = sum(len(set(c.report.acked) - stored_ids[c.report.room_id]) for c in soakers)
     return SoakReport(
-        clients=[c.report for c in soakers], stored=stored, lost=lost, acked_not_stored=acked_not_stored,
-        unacked=sum(len(c.pending) for c in soakers), faults=injected, seconds=time.monotonic() - start,
+        clients=[c.report for c in soakers],
+        stored=stored,
+        lost=lost,
+        acked_not_stored=acked_not_stored,
+        unacked=sum(len(c.pending) for c in soakers),
+        faults=injected,
+        seconds=time.monotonic() - start,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devtools.soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="an existing deployment (no faults); default: start one")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rooms", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=2.0, help="messages per second per client (mean)")
-    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {', '.join(FAULTS)}; "
-                        "'none' for none")
+    parser.add_argument(
+        "--faults", default=",".join(FAULTS), help=f"comma-separated, from {', '.join(FAULTS)}; 'none' for none"
+    )
     parser.add_argument("--fault-every", type=float, default=6.0, help="mean seconds between faults")
     parser.add_argument("--seed", type=int, help="random seed (fault choice and timing)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -459,10 +499,19 @@ def main(argv: list[str] | None = None) -> int:
             say(f"starting Redis, FerretDB, 2 chat processes and nginx under {work.name}")
             deployment.start()
             url = deployment.url
-        report = asyncio.run(run_soak(
-            url, clients=args.clients, rooms=args.rooms, seconds=args.seconds, rate=args.rate, faults=faults,
-            fault_every=args.fault_every, inject=deployment.inject if deployment else None, log=say,
-        ))
+        report = asyncio.run(
+            run_soak(
+                url,
+                clients=args.clients,
+                rooms=args.rooms,
+                seconds=args.seconds,
+                rate=args.rate,
+                faults=faults,
+                fault_every=args.fault_every,
+                inject=deployment.inject if deployment else None,
+                log=say,
+            )
+        )
     finally:
         if deployment is not None:
             deployment.stop()

@@ -39,11 +39,18 @@ class WebClient:
                 else:
                     self.cookies[name] = morsel.value
 
-    async def request(self, method: str, path: str, body: str | None = None,
-                      headers: dict[str, str] | None = None) -> HTTPResponse:
+    async def request(
+        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+    ) -> HTTPResponse:
         all_headers = {"Cookie": self.cookie_header(), **(headers or {})}
-        request = HTTPRequest(self.base_url + path, method=method, body=body, headers=all_headers,
-                              follow_redirects=False, request_timeout=30)
+        request = HTTPRequest(
+            self.base_url + path,
+            method=method,
+            body=body,
+            headers=all_headers,
+            follow_redirects=False,
+            request_timeout=30,
+        )
         response = await self.http.fetch(request, raise_error=False)
         self._remember_cookies(response)
         return response
@@ -56,8 +63,9 @@ class WebClient:
             if "_xsrf" not in self.cookies:
                 await self.get("/login")  # any form page sets the XSRF cookie
             data = {**data, "_xsrf": self.cookies["_xsrf"]}
-        return await self.request("POST", path, body=urlencode(data),
-                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+        return await self.request(
+            "POST", path, body=urlencode(data), headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
 
     @staticmethod
     def _expect_redirect(response: HTTPResponse, what: str) -> str:
@@ -89,10 +97,12 @@ class WebClient:
         url = self.base_url.replace("http://", "ws://").replace("https://", "wss://") + f"/rooms/{room_id}/ws"
         return url if since is None else f"{url}?since={since}"
 
-    async def connect_socket(self, room_id: str, since: int | None = None, origin: str | None = None,
-                             cookie: str | None = None) -> WebSocketClientConnection:
+    async def connect_socket(
+        self, room_id: str, since: int | None = None, origin: str | None = None, cookie: str | None = None
+    ) -> WebSocketClientConnection:
         headers = {"Cookie": self.cookie_header() if cookie is None else cookie}
         if origin is not None:
             headers["Origin"] = origin
-        return await websocket_connect(HTTPRequest(self.socket_url(room_id, since), headers=headers,
-                                                   request_timeout=30, connect_timeout=10))
+        return await websocket_connect(
+            HTTPRequest(self.socket_url(room_id, since), headers=headers, request_timeout=30, connect_timeout=10)
+        )

@@ -8,8 +8,8 @@ Fixtures of one tier live in that tier's conftest.py; helpers the tiers share ar
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 

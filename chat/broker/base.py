@@ -56,6 +56,7 @@ class Broker(abc.ABC):
     async def next_published(self) -> Event:
         """Wait for the next event on any subscribed channel, or :data:`RESYNC`."""
 
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Return if the broker answers; raise Unavailable otherwise."""
 

@@ -27,6 +27,9 @@ class MemoryBroker(Broker):
         self._subscribed.clear()
         self._events.put_nowait(_CLOSED)
 
+    async def ping(self) -> None:
+        pass  # in-process: always there
+
     async def subscribe(self, channel: str) -> None:
         self._subscribed.add(channel)
 

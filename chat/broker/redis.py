@@ -14,11 +14,12 @@ here and none can be papered over without a resync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -27,8 +28,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ..errors import Unavailable
-from .base import RESYNC, Broker, BrokerClosed, Event
 from ..models import OnlineUser
+from .base import RESYNC, Broker, BrokerClosed, Event
 from .presence import PresenceStore, unique_users
 
 log = logging.getLogger(__name__)
@@ -57,20 +58,20 @@ class RedisBroker(Broker):
     async def connect(self) -> None:
         if self.client is not None:
             return
-        self.client = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=5,
-                                        health_check_interval=30)
-        self._subscriber = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=5,
-                                             retry=Retry(NoBackoff(), 0))
+        self.client = aioredis.from_url(
+            self.url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+        )
+        self._subscriber = aioredis.from_url(
+            self.url, decode_responses=True, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
         self._pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
 
     async def disconnect(self) -> None:
         self._closed = True
         self._has_channels.set()  # wake a listener waiting for a first channel
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
-            except (RedisError, OSError):
-                pass
         for client in (self._subscriber, self.client):
             if client is not None:
                 await client.aclose()
@@ -149,10 +150,8 @@ class RedisBroker(Broker):
             async with self._lock:
                 old, self._pubsub = self._pubsub, None
                 if old is not None:
-                    try:
+                    with contextlib.suppress(RedisError, OSError):
                         await old.aclose()
-                    except (RedisError, OSError):
-                        pass
                 subscriber = self._subscriber
                 if subscriber is None:
                     return

@@ -25,9 +25,7 @@ USERNAME_MAX_LENGTH = 32
 # bare ``-`` in a class is an error).
 USERNAME_CHARACTERS = r"A-Za-z0-9_.\-"
 USERNAME_PATTERN = re.compile(f"[{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}")
-USERNAME_RULE = (
-    f"{USERNAME_MIN_LENGTH}-{USERNAME_MAX_LENGTH} characters: letters, digits, underscore, dot or hyphen"
-)
+USERNAME_RULE = f"{USERNAME_MIN_LENGTH}-{USERNAME_MAX_LENGTH} characters: letters, digits, underscore, dot or hyphen"
 # 256 bits of randomness; the issue asks for at least 128.
 SESSION_TOKEN_BYTES = 32
 

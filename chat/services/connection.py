@@ -97,9 +97,7 @@ class RoomConnection:
         self.room = room
         self._session_token = session_token
         self._hub = hub
-        self._rate_limit = TokenBucket(
-            hub.policy.rate_limit_burst, hub.policy.rate_limit_per_second, clock=hub.clock
-        )
+        self._rate_limit = TokenBucket(hub.policy.rate_limit_burst, hub.policy.rate_limit_per_second, clock=hub.clock)
         self._session_checked_at = hub.clock()
         # The highest seq this client has been sent; live frames at or below
         # it are duplicates of history it already has.

@@ -63,7 +63,7 @@ class Listener(Protocol):
 class RoomFeed:
     """Ordered delivery for one room in this process."""
 
-    def __init__(self, room_id: str, fanout: "Fanout") -> None:
+    def __init__(self, room_id: str, fanout: Fanout) -> None:
         self.room_id = room_id
         self.listeners: set[Listener] = set()
         self.ready = asyncio.Event()
@@ -102,10 +102,7 @@ class RoomFeed:
             if seq <= self.last_seq:
                 del self._held[seq]
                 continue
-            hole_expired = (
-                self._gap_since is not None
-                and loop.time() - self._gap_since >= self._fanout.hole_timeout
-            )
+            hole_expired = self._gap_since is not None and loop.time() - self._gap_since >= self._fanout.hole_timeout
             if seq != self.last_seq + 1 and not hole_expired:
                 break
             frame = self._held.pop(seq)
@@ -144,9 +141,7 @@ class RoomFeed:
         except Exception:
             # Storage is down too; held frames still get delivered once their
             # hole times out, and the fill is retried until it succeeds.
-            log.warning(
-                "backfill of room %s after seq %d failed; retrying", self.room_id, self.last_seq, exc_info=True
-            )
+            log.warning("backfill of room %s after seq %d failed; retrying", self.room_id, self.last_seq, exc_info=True)
             return []
         self._resync_due = False
         return missed
@@ -250,8 +245,12 @@ class Fanout:
         try:
             await self.broker.publish(channel, frame)
         except Unavailable as exc:
-            log.warning("publishing seq %d of room %s failed (%s); retrying in the background",
-                        message.seq, message.room_id, exc)
+            log.warning(
+                "publishing seq %d of room %s failed (%s); retrying in the background",
+                message.seq,
+                message.room_id,
+                exc,
+            )
             feed = self._feeds.get(message.room_id)
             if feed is not None and feed.ready.is_set():
                 feed.receive(message.seq, frame)

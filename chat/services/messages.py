@@ -30,8 +30,9 @@ class Messages:
         Resending a ``client_id`` already stored returns the original, so a
         client that lost an ack can retry safely.
         """
-        new = NewMessage(room_id=room.id, user_id=user.id, username=user.username,
-                         body=clean_body(body), client_id=client_id)
+        new = NewMessage(
+            room_id=room.id, user_id=user.id, username=user.username, body=clean_body(body), client_id=client_id
+        )
         return await self._storage.messages.add(new)
 
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import bcrypt
 

@@ -15,6 +15,7 @@ list catches up at the next heartbeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 
@@ -63,10 +64,8 @@ class Presence:
         # Say goodbye so others do not wait for our entries to expire.
         for room_id, users in list(self._local.items()):
             for user, _ in users.values():
-                try:
+                with contextlib.suppress(Unavailable):
                     await self._store.remove(room_id, self._instance, user)
-                except Unavailable:
-                    pass
         self._local.clear()
 
     async def online(self, room_id: str) -> list[OnlineUser]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -49,32 +50,52 @@ def _translate_errors() -> Iterator[None]:
 
 
 def _user(doc: Mapping[str, Any]) -> User:
-    return User(id=doc["_id"], username=doc["username"], password_hash=bytes(doc["password_hash"]),
-                created_at=doc["created_at"])
+    return User(
+        id=doc["_id"], username=doc["username"], password_hash=bytes(doc["password_hash"]), created_at=doc["created_at"]
+    )
 
 
 def _room(doc: Mapping[str, Any]) -> Room:
-    return Room(id=doc["_id"], name=doc["name"], creator_id=doc["creator_id"],
-                creator_username=doc["creator_username"], created_at=doc["created_at"],
-                last_seq=doc.get("last_seq", 0))
+    return Room(
+        id=doc["_id"],
+        name=doc["name"],
+        creator_id=doc["creator_id"],
+        creator_username=doc["creator_username"],
+        created_at=doc["created_at"],
+        last_seq=doc.get("last_seq", 0),
+    )
 
 
 def _message(doc: Mapping[str, Any]) -> Message:
-    return Message(id=doc["_id"], room_id=doc["room_id"], seq=doc["seq"], user_id=doc["user_id"],
-                   username=doc["username"], body=doc["body"], created_at=doc["created_at"],
-                   client_id=doc["client_id"])
+    return Message(
+        id=doc["_id"],
+        room_id=doc["room_id"],
+        seq=doc["seq"],
+        user_id=doc["user_id"],
+        username=doc["username"],
+        body=doc["body"],
+        created_at=doc["created_at"],
+        client_id=doc["client_id"],
+    )
 
 
 class MongoUsers(UserRepository):
-    def __init__(self, storage: "MongoStorage") -> None:
+    def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
 
     async def add(self, username: str, password_hash: bytes) -> User:
         user = User(id=new_id(), username=username, password_hash=password_hash, created_at=utcnow())
-        await self._storage.insert("users", {
-            "_id": user.id, "username": username, "username_lower": username.lower(),
-            "password_hash": password_hash, "created_at": user.created_at,
-        }, conflict=f"username {username!r} is taken")
+        await self._storage.insert(
+            "users",
+            {
+                "_id": user.id,
+                "username": username,
+                "username_lower": username.lower(),
+                "password_hash": password_hash,
+                "created_at": user.created_at,
+            },
+            conflict=f"username {username!r} is taken",
+        )
         return user
 
     async def get(self, user_id: str) -> User | None:
@@ -87,22 +108,30 @@ class MongoUsers(UserRepository):
 
 
 class MongoSessions(SessionRepository):
-    def __init__(self, storage: "MongoStorage") -> None:
+    def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
 
     async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
         session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
-        await self._storage.insert("sessions", {
-            "_id": session_id, "user_id": user_id, "created_at": session.created_at, "expires_at": expires_at,
-        }, conflict=f"session {session_id!r} exists already")
+        await self._storage.insert(
+            "sessions",
+            {
+                "_id": session_id,
+                "user_id": user_id,
+                "created_at": session.created_at,
+                "expires_at": expires_at,
+            },
+            conflict=f"session {session_id!r} exists already",
+        )
         return session
 
     async def get(self, session_id: str) -> Session | None:
         doc = await self._storage.find_one("sessions", {"_id": session_id, "expires_at": {"$gt": utcnow()}})
         if doc is None:
             return None
-        return Session(id=doc["_id"], user_id=doc["user_id"], created_at=doc["created_at"],
-                       expires_at=doc["expires_at"])
+        return Session(
+            id=doc["_id"], user_id=doc["user_id"], created_at=doc["created_at"], expires_at=doc["expires_at"]
+        )
 
     async def delete(self, session_id: str) -> None:
         with _translate_errors():
@@ -115,16 +144,26 @@ class MongoSessions(SessionRepository):
 
 
 class MongoRooms(RoomRepository):
-    def __init__(self, storage: "MongoStorage") -> None:
+    def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
 
     async def add(self, name: str, creator: User) -> Room:
-        room = Room(id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username,
-                    created_at=utcnow())
-        await self._storage.insert("rooms", {
-            "_id": room.id, "name": name, "name_lower": name.lower(), "creator_id": creator.id,
-            "creator_username": creator.username, "created_at": room.created_at, "last_seq": 0,
-        }, conflict=f"a room named {name!r} exists already")
+        room = Room(
+            id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username, created_at=utcnow()
+        )
+        await self._storage.insert(
+            "rooms",
+            {
+                "_id": room.id,
+                "name": name,
+                "name_lower": name.lower(),
+                "creator_id": creator.id,
+                "creator_username": creator.username,
+                "created_at": room.created_at,
+                "last_seq": 0,
+            },
+            conflict=f"a room named {name!r} exists already",
+        )
         return room
 
     async def get(self, room_id: str) -> Room | None:
@@ -138,7 +177,7 @@ class MongoRooms(RoomRepository):
 
 
 class MongoMessages(MessageRepository):
-    def __init__(self, storage: "MongoStorage") -> None:
+    def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
 
     async def _find_by_client_id(self, new: NewMessage) -> Message | None:
@@ -156,19 +195,35 @@ class MongoMessages(MessageRepository):
             for _ in range(MAX_SEQ_ATTEMPTS):
                 room = await db.rooms.find_one_and_update(
                     # No projection: FerretDB v1 does not implement one here.
-                    {"_id": new.room_id}, {"$inc": {"last_seq": 1}}, return_document=ReturnDocument.AFTER,
+                    {"_id": new.room_id},
+                    {"$inc": {"last_seq": 1}},
+                    return_document=ReturnDocument.AFTER,
                 )
                 if room is None:
                     raise LookupError(f"no room {new.room_id!r}")
-                message = Message(id=new_id(), room_id=new.room_id, seq=room["last_seq"], user_id=new.user_id,
-                                  username=new.username, body=new.body, created_at=utcnow(),
-                                  client_id=new.client_id)
+                message = Message(
+                    id=new_id(),
+                    room_id=new.room_id,
+                    seq=room["last_seq"],
+                    user_id=new.user_id,
+                    username=new.username,
+                    body=new.body,
+                    created_at=utcnow(),
+                    client_id=new.client_id,
+                )
                 try:
-                    await db.messages.insert_one({
-                        "_id": message.id, "room_id": message.room_id, "seq": message.seq,
-                        "user_id": message.user_id, "username": message.username, "body": message.body,
-                        "created_at": message.created_at, "client_id": message.client_id,
-                    })
+                    await db.messages.insert_one(
+                        {
+                            "_id": message.id,
+                            "room_id": message.room_id,
+                            "seq": message.seq,
+                            "user_id": message.user_id,
+                            "username": message.username,
+                            "body": message.body,
+                            "created_at": message.created_at,
+                            "client_id": message.client_id,
+                        }
+                    )
                     return message, True
                 except DuplicateKeyError:
                     pass
@@ -194,8 +249,11 @@ class MongoMessages(MessageRepository):
 
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():
-            cursor = (self._storage.db.messages.find({"room_id": room_id, "seq": {"$gt": since_seq}})
-                      .sort("seq", ASCENDING).limit(limit + 1))
+            cursor = (
+                self._storage.db.messages.find({"room_id": room_id, "seq": {"$gt": since_seq}})
+                .sort("seq", ASCENDING)
+                .limit(limit + 1)
+            )
             docs = [doc async for doc in cursor]
         return [_message(doc) for doc in docs[:limit]], len(docs) > limit
 
@@ -213,11 +271,12 @@ class MongoStorage(Storage):
         self.messages = MongoMessages(self)
 
     @classmethod
-    def from_url(cls, url: str) -> "MongoStorage":
+    def from_url(cls, url: str) -> MongoStorage:
         parsed = parse_uri(url)
         given = parsed["options"]  # a case-insensitive mapping
-        defaults = {key: value for key, value in {**DEFAULT_TIMEOUTS_MS, **DEFAULT_WRITE_CONCERN}.items()
-                    if key not in given}
+        defaults = {
+            key: value for key, value in {**DEFAULT_TIMEOUTS_MS, **DEFAULT_WRITE_CONCERN}.items() if key not in given
+        }
         return cls(url, parsed.get("database") or "chat", defaults)
 
     @property
@@ -251,10 +310,14 @@ class MongoStorage(Storage):
             await db.users.create_index("username_lower", unique=True, name="username_lower_unique")
             await db.rooms.create_index("name_lower", unique=True, name="name_lower_unique")
             await db.rooms.create_index([("created_at", DESCENDING)], name="created_at")
-            await db.messages.create_index([("room_id", ASCENDING), ("seq", ASCENDING)],
-                                           unique=True, name="room_seq_unique")
-            await db.messages.create_index([("room_id", ASCENDING), ("user_id", ASCENDING), ("client_id", ASCENDING)],
-                                           unique=True, name="room_user_client_unique")
+            await db.messages.create_index(
+                [("room_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="room_seq_unique"
+            )
+            await db.messages.create_index(
+                [("room_id", ASCENDING), ("user_id", ASCENDING), ("client_id", ASCENDING)],
+                unique=True,
+                name="room_user_client_unique",
+            )
             await db.sessions.create_index("expires_at", name="expires_at")
         self._indexed = True
 

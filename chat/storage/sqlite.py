@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import datetime
 import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import aiosqlite
 
@@ -69,7 +69,7 @@ def _to_ms(moment: datetime.datetime) -> int:
 
 
 def _from_ms(ms: int) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
 
 
 @contextlib.contextmanager
@@ -91,20 +91,36 @@ def _translate_errors() -> Iterator[None]:
 
 
 def _user(row: sqlite3.Row) -> User:
-    return User(id=row["id"], username=row["username"], password_hash=bytes(row["password_hash"]),
-                created_at=_from_ms(row["created_at"]))
+    return User(
+        id=row["id"],
+        username=row["username"],
+        password_hash=bytes(row["password_hash"]),
+        created_at=_from_ms(row["created_at"]),
+    )
 
 
 def _room(row: sqlite3.Row) -> Room:
-    return Room(id=row["id"], name=row["name"], creator_id=row["creator_id"],
-                creator_username=row["creator_username"], created_at=_from_ms(row["created_at"]),
-                last_seq=row["last_seq"])
+    return Room(
+        id=row["id"],
+        name=row["name"],
+        creator_id=row["creator_id"],
+        creator_username=row["creator_username"],
+        created_at=_from_ms(row["created_at"]),
+        last_seq=row["last_seq"],
+    )
 
 
 def _message(row: sqlite3.Row) -> Message:
-    return Message(id=row["id"], room_id=row["room_id"], seq=row["seq"], user_id=row["user_id"],
-                   username=row["username"], body=row["body"], created_at=_from_ms(row["created_at"]),
-                   client_id=row["client_id"])
+    return Message(
+        id=row["id"],
+        room_id=row["room_id"],
+        seq=row["seq"],
+        user_id=row["user_id"],
+        username=row["username"],
+        body=row["body"],
+        created_at=_from_ms(row["created_at"]),
+        client_id=row["client_id"],
+    )
 
 
 class _Database:
@@ -219,8 +235,12 @@ class SQLiteSessions(SessionRepository):
         )
         if row is None:
             return None
-        return Session(id=row["id"], user_id=row["user_id"], created_at=_from_ms(row["created_at"]),
-                       expires_at=_from_ms(row["expires_at"]))
+        return Session(
+            id=row["id"],
+            user_id=row["user_id"],
+            created_at=_from_ms(row["created_at"]),
+            expires_at=_from_ms(row["expires_at"]),
+        )
 
     async def delete(self, session_id: str) -> None:
         async with self._db.transaction() as conn:
@@ -237,8 +257,9 @@ class SQLiteRooms(RoomRepository):
         self._db = db
 
     async def add(self, name: str, creator: User) -> Room:
-        room = Room(id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username,
-                    created_at=utcnow())
+        room = Room(
+            id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username, created_at=utcnow()
+        )
         await self._db.insert(
             "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq)"
             " VALUES (?, ?, ?, ?, ?, ?, 0)",
@@ -277,13 +298,29 @@ class SQLiteMessages(MessageRepository):
                 row = await cursor.fetchone()
             if row is None:
                 raise LookupError(f"no room {new.room_id!r}")
-            message = Message(id=new_id(), room_id=new.room_id, seq=row[0], user_id=new.user_id,
-                              username=new.username, body=new.body, created_at=utcnow(), client_id=new.client_id)
+            message = Message(
+                id=new_id(),
+                room_id=new.room_id,
+                seq=row[0],
+                user_id=new.user_id,
+                username=new.username,
+                body=new.body,
+                created_at=utcnow(),
+                client_id=new.client_id,
+            )
             await conn.execute(
                 "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (message.id, message.room_id, message.seq, message.user_id, message.username, message.body,
-                 _to_ms(message.created_at), message.client_id),
+                (
+                    message.id,
+                    message.room_id,
+                    message.seq,
+                    message.user_id,
+                    message.username,
+                    message.body,
+                    _to_ms(message.created_at),
+                    message.client_id,
+                ),
             )
         return message, True
 
@@ -311,12 +348,12 @@ class SQLiteStorage(Storage):
         self.messages = SQLiteMessages(self._db)
 
     @classmethod
-    def from_url(cls, url: str) -> "SQLiteStorage":
+    def from_url(cls, url: str) -> SQLiteStorage:
         # sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory:
         prefix = "sqlite:///"
         if not url.startswith(prefix) or len(url) == len(prefix):
             raise ValueError(f"expected sqlite:///PATH, got {url!r}")
-        return cls(url[len(prefix):])
+        return cls(url[len(prefix) :])
 
     @property
     def path(self) -> str:

@@ -14,6 +14,7 @@ one process. The tests drive the same :class:`Cluster` class.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -39,9 +40,7 @@ class ClusterError(Exception):
 
 def render_site_config(processes: int, base_port: int, listen: str, host: str = "127.0.0.1") -> str:
     """nginx/chat.conf.template with the upstream list and listen address filled in."""
-    servers = "\n".join(
-        f"    server {host}:{base_port + i} max_fails=1 fail_timeout=5s;" for i in range(processes)
-    )
+    servers = "\n".join(f"    server {host}:{base_port + i} max_fails=1 fail_timeout=5s;" for i in range(processes))
     template = string.Template((NGINX_DIR / "chat.conf.template").read_text())
     # safe_substitute: nginx's own $variables must pass through untouched.
     return template.safe_substitute(CHAT_UPSTREAM_SERVERS=servers, CHAT_LISTEN=listen)
@@ -91,13 +90,15 @@ class Cluster:
         # Each process names itself host:port; one shared name would hide
         # which process a client reached.
         env.pop("CHAT_INSTANCE_NAME", None)
-        env.update({
-            "CHAT_PROCESSES": str(self.processes),
-            "CHAT_BASE_PORT": str(self.base_port),
-            "CHAT_RUN_DIR": str(self.run_dir),
-            "CHAT_PYTHON": sys.executable,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")])),
-        })
+        env.update(
+            {
+                "CHAT_PROCESSES": str(self.processes),
+                "CHAT_BASE_PORT": str(self.base_port),
+                "CHAT_RUN_DIR": str(self.run_dir),
+                "CHAT_PYTHON": sys.executable,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")])),
+            }
+        )
         return env
 
     # -- supervisord --------------------------------------------------------
@@ -105,7 +106,10 @@ class Cluster:
     def supervisorctl(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
             [_find("supervisorctl"), "-c", str(SUPERVISORD_CONF), *args],
-            env=self.process_env(), capture_output=True, text=True, timeout=120,
+            env=self.process_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and result.returncode not in (0, 3):  # 3: some process not RUNNING, for `status`
             raise ClusterError(f"supervisorctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
@@ -131,7 +135,8 @@ class Cluster:
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (nginx_dir / sub).mkdir(parents=True, exist_ok=True)
         (nginx_dir / "chat.conf").write_text(
-            render_site_config(self.processes, self.base_port, f"127.0.0.1:{self.listen_port}"))
+            render_site_config(self.processes, self.base_port, f"127.0.0.1:{self.listen_port}")
+        )
         main = string.Template((NGINX_DIR / "nginx.conf.template").read_text()).safe_substitute(
             CHAT_RUN_DIR=str(self.run_dir),
             # As root, nginx would hand its workers to "nobody", who cannot
@@ -144,9 +149,19 @@ class Cluster:
 
     def _nginx(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [_find("nginx", Path("/usr/sbin/nginx")), "-c", str(self.run_dir / "nginx" / "nginx.conf"),
-             "-p", str(self.run_dir), "-e", str(self.run_dir / "log" / "nginx-error.log"), *args],
-            capture_output=True, text=True, timeout=30,
+            [
+                _find("nginx", Path("/usr/sbin/nginx")),
+                "-c",
+                str(self.run_dir / "nginx" / "nginx.conf"),
+                "-p",
+                str(self.run_dir),
+                "-e",
+                str(self.run_dir / "log" / "nginx-error.log"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     # -- lifecycle ----------------------------------------------------------
@@ -159,12 +174,23 @@ class Cluster:
         test = self._nginx("-t")
         if test.returncode != 0:
             raise ClusterError(f"nginx rejected its configuration:\n{test.stderr}")
-        self._state_file.write_text(json.dumps({
-            "processes": self.processes, "base_port": self.base_port, "listen_port": self.listen_port,
-            "env": self.env,
-        }))
-        result = subprocess.run([_find("supervisord"), "-c", str(SUPERVISORD_CONF)], env=self.process_env(),
-                                capture_output=True, text=True, timeout=60)
+        self._state_file.write_text(
+            json.dumps(
+                {
+                    "processes": self.processes,
+                    "base_port": self.base_port,
+                    "listen_port": self.listen_port,
+                    "env": self.env,
+                }
+            )
+        )
+        result = subprocess.run(
+            [_find("supervisord"), "-c", str(SUPERVISORD_CONF)],
+            env=self.process_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if result.returncode != 0:
             raise ClusterError(f"supervisord failed to start: {result.stdout}{result.stderr}")
         try:
@@ -184,10 +210,8 @@ class Cluster:
     def stop(self) -> None:
         pid_file = self.run_dir / "nginx.pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGQUIT)
-            except (ValueError, ProcessLookupError):
-                pass
         if (self.run_dir / "supervisor.sock").exists():
             self.supervisorctl("shutdown", check=False)
             pid_path = self.run_dir / "supervisord.pid"
@@ -196,13 +220,18 @@ class Cluster:
                 time.sleep(0.1)
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path) -> "Cluster":
+    def from_run_dir(cls, run_dir: Path) -> Cluster:
         state_file = run_dir / "cluster.json"
         if not state_file.exists():
             raise ClusterError(f"no cluster state in {run_dir}: was it started with this --run-dir?")
         state = json.loads(state_file.read_text())
-        return cls(run_dir=run_dir, processes=state["processes"], base_port=state["base_port"],
-                   listen_port=state["listen_port"], env=state.get("env", {}))
+        return cls(
+            run_dir=run_dir,
+            processes=state["processes"],
+            base_port=state["base_port"],
+            listen_port=state["listen_port"],
+            env=state.get("env", {}),
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         chunks = []
@@ -224,8 +253,9 @@ def _check_distributed_settings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chat.tools.cluster", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m chat.tools.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("start", "stop", "ctl", "render-nginx"):
         command = sub.add_parser(name)
@@ -247,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             _check_distributed_settings()
             cluster = Cluster(run_dir, args.processes, args.base_port, args.listen)
             cluster.start()
-            print(f"chat cluster: {args.processes} processes on ports {cluster.ports[0]}-{cluster.ports[-1]}, "
-                  f"nginx in front.")
+            print(
+                f"chat cluster: {args.processes} processes on ports {cluster.ports[0]}-{cluster.ports[-1]}, "
+                f"nginx in front."
+            )
             print(f"  browse   {cluster.url}")
             print(f"  logs     {run_dir / 'log'}")
             print("  control  make cluster-ctl ARGS='status'")

@@ -36,7 +36,8 @@ class RegisterHandler(BaseHandler):
         username = self.get_body_argument("username", "")
         try:
             user = await self.accounts.register(
-                username, self.get_body_argument("password", ""), self.get_body_argument("confirm", ""))
+                username, self.get_body_argument("password", ""), self.get_body_argument("confirm", "")
+            )
         except ValidationError as exc:
             self.set_status(400)
             self.render_template("register.html", error=exc.message, field=exc.field, username=username)
@@ -100,8 +101,9 @@ class RoomHandler(BaseHandler):
         messages, has_more = await self.messages.recent(room.id)
         online = await self.presence.online(room.id)
         last_seq = messages[-1].seq if messages else 0
-        self.render_template("room.html", room=room, messages=messages, has_more=has_more,
-                             last_seq=last_seq, online=online)
+        self.render_template(
+            "room.html", room=room, messages=messages, has_more=has_more, last_seq=last_seq, online=online
+        )
 
 
 class HealthHandler(AppHandler):

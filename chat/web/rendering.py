@@ -55,5 +55,3 @@ def make_jinja_env(settings: Settings) -> jinja2.Environment:
     )
     env.globals.update(isoformat=isoformat, limits=FormLimits(), client_config=client_config())
     return env
-
-

@@ -121,7 +121,10 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     async def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
         transport = BoundedSender(
-            self.write_message, self.close, self.config.ws_max_buffer_bytes, f"{self.user.username} in room {self.room.id}"
+            self.write_message,
+            self.close,
+            self.config.ws_max_buffer_bytes,
+            f"{self.user.username} in room {self.room.id}",
         )
         self.connection = self.services.connections.create(transport, self.user, self.room, self.session_token or "")
         try:

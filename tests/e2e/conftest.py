@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -16,7 +16,14 @@ from devtools.services import locate
 from tests.support.logs import add_log_source
 from tests.support.server import TEST_SECRET
 from tests.support.services import (
-    PROJECT_ROOT, FerretDB, RedisServer, find_binary, free_port, free_port_range, nginx_binary, redis_binary,
+    PROJECT_ROOT,
+    FerretDB,
+    RedisServer,
+    find_binary,
+    free_port,
+    free_port_range,
+    nginx_binary,
+    redis_binary,
 )
 
 ARTIFACTS = Path(os.environ.get("CHAT_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
@@ -44,8 +51,11 @@ def artifacts_dir(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[object]:
-    executable = find_binary(locate("chromium", "CHAT_CHROMIUM_BIN", [Path("/usr/bin/chromium")]), "chromium",
-                             "install Debian's browser with `apt-get install chromium`")
+    executable = find_binary(
+        locate("chromium", "CHAT_CHROMIUM_BIN", [Path("/usr/bin/chromium")]),
+        "chromium",
+        "install Debian's browser with `apt-get install chromium`",
+    )
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:

@@ -9,7 +9,9 @@ from tests.support.pages import register, say
 
 
 async def test_two_users_chat_live_in_the_browser_and_html_stays_text(
-    server_factory, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
+    server_factory,
+    chromium,
+    artifacts_dir: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     server = server_factory()
     base = server.base_url

@@ -12,8 +12,8 @@ import json
 import uuid
 from typing import Any
 
-from chat.services.messages import MAX_BODY_LENGTH
 from chat.protocol import Close
+from chat.services.messages import MAX_BODY_LENGTH
 from tests.e2e.test_browser_chat import register, say
 from tests.support.waiting import eventually
 
@@ -34,12 +34,21 @@ window.WebSocket = ScriptedSocket;
 
 
 def stored(seq: int, body: str, user_id: str = "someone-else", client_id: str | None = None) -> dict[str, Any]:
-    return {"id": f"id{seq}", "room_id": "r", "seq": seq, "user_id": user_id, "username": "other",
-            "body": body, "created_at": "2026-11-27T07:41:37.123Z", "client_id": client_id or uuid.uuid4().hex}
+    return {
+        "id": f"id{seq}",
+        "room_id": "r",
+        "seq": seq,
+        "user_id": user_id,
+        "username": "other",
+        "body": body,
+        "created_at": "2026-11-27T07:41:37.123Z",
+        "client_id": client_id or uuid.uuid4().hex,
+    }
 
 
 async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_says(
-    server_factory, chromium  # type: ignore[no-untyped-def]
+    server_factory,
+    chromium,  # type: ignore[no-untyped-def]
 ) -> None:
     server = server_factory()
     context = await chromium.new_context()
@@ -73,8 +82,14 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
 
     # The limits come from the server, and the page resumes after its history.
     config = json.loads(await page.get_attribute("#room", "data-config") or "")
-    assert config == {"maxBodyLength": MAX_BODY_LENGTH, "close": {
-        "sessionEnded": Close.SESSION_ENDED, "goingAway": Close.GOING_AWAY, "tryAgainLater": Close.TRY_AGAIN_LATER}}
+    assert config == {
+        "maxBodyLength": MAX_BODY_LENGTH,
+        "close": {
+            "sessionEnded": Close.SESSION_ENDED,
+            "goingAway": Close.GOING_AWAY,
+            "tryAgainLater": Close.TRY_AGAIN_LATER,
+        },
+    }
     assert await page.get_attribute("#body", "maxlength") == str(MAX_BODY_LENGTH)
     assert await page.evaluate("window.__sockets[0].url.endsWith('/ws?since=2')")
     await deliver({"type": "hello", "instance": "scripted:1", "last_seq": 2, "room": {}, "user": {}})
@@ -103,11 +118,20 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
     # rate_limited waits retry_after (plus jitter under a second), then re-sends the same client_id.
     await say(page, "limited")
     limited = (await sent())[-1]
-    await deliver({"type": "error", "code": "rate_limited", "message": "Slow down", "client_id": limited["client_id"],
-                   "retry_after": 0.1})
+    await deliver(
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "message": "Slow down",
+            "client_id": limited["client_id"],
+            "retry_after": 0.1,
+        }
+    )
     assert await page.text_content("#notice") == "Slow down"
+
     async def resent() -> bool:
         return [f["client_id"] for f in await sent()].count(limited["client_id"]) == 2
+
     await eventually(resent, timeout=1.5, what="the rate-limited message re-sent")
 
     # A refused message is kept in view, marked failed, and not re-sent.
@@ -119,8 +143,10 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
     # Any other close reconnects with backoff, resumes after the last seq and re-sends what is unacked.
     await page.evaluate(f"window.__sockets.at(-1).drop({int(Close.TRY_AGAIN_LATER)})")
     await page.wait_for_selector("#room[data-state=reconnecting]")
+
     async def reconnected() -> bool:
         return await socket_count() == 2
+
     await eventually(reconnected, what="a second socket")
     assert await page.evaluate("window.__sockets[1].url.endsWith('/ws?since=504')")
     await deliver({"type": "hello", "instance": "scripted:2", "last_seq": 504, "room": {}, "user": {}})

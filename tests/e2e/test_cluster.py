@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
@@ -20,8 +20,13 @@ from tests.support.waiting import eventually
 LANDING_TIMEOUT = 15.0
 
 
-async def socket_on(browser: Browser, room_id: str, want: set[str] | None = None,
-                    avoid: set[str] | None = None, since: int | None = None) -> tuple[RoomSocket, str]:
+async def socket_on(
+    browser: Browser,
+    room_id: str,
+    want: set[str] | None = None,
+    avoid: set[str] | None = None,
+    since: int | None = None,
+) -> tuple[RoomSocket, str]:
     """A joined socket on a process in ``want`` / not in ``avoid`` (nginx picks; retry until it fits)."""
     landed: list[tuple[RoomSocket, str]] = []
 
@@ -49,7 +54,8 @@ async def collect_messages(sock: RoomSocket, count: int, timeout: float = 20.0) 
 
 
 async def test_clients_on_different_processes_get_every_message_of_their_room_in_order_exactly_once(
-    cluster: Cluster, open_browser: Callable[[str], Browser],
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
 ) -> None:
     browsers = [open_browser(cluster.url) for _ in range(4)]
     for b in browsers:
@@ -59,7 +65,7 @@ async def test_clients_on_different_processes_get_every_message_of_their_room_in
 
     sockets: list[RoomSocket] = []
     instances: list[str] = []
-    for i, b in enumerate(browsers):
+    for b in browsers:
         # Alternate processes explicitly, so both carry senders and readers.
         avoid = {instances[-1]} if instances else None
         sock, instance = await socket_on(b, room_id, avoid=avoid)
@@ -90,7 +96,8 @@ async def test_clients_on_different_processes_get_every_message_of_their_room_in
 
 
 async def test_after_restarting_every_process_data_survives_and_clients_resume_with_since(
-    cluster: Cluster, open_browser: Callable[[str], Browser],
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
 ) -> None:
     alice, bob = open_browser(cluster.url), open_browser(cluster.url)
     alice_name = await alice.register()
@@ -130,7 +137,8 @@ async def test_after_restarting_every_process_data_survives_and_clients_resume_w
 
 
 async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(
-    cluster: Cluster, open_browser: Callable[[str], Browser],
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
 ) -> None:
     alice, bob = open_browser(cluster.url), open_browser(cluster.url)
     alice_name = await alice.register()
@@ -159,7 +167,9 @@ async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(
 
 
 async def test_two_people_chat_in_browsers_served_by_different_processes(
-    cluster: Cluster, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
+    cluster: Cluster,
+    chromium,
+    artifacts_dir: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     base = cluster.url
     alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()

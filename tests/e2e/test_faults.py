@@ -14,8 +14,8 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -65,8 +65,16 @@ def http_status(url: str, cookie: str = "") -> int:
 
 async def test_killing_a_process_while_clients_send_loses_and_duplicates_nothing(deployment: Deployment) -> None:
     pids = {port: deployment.cluster.process_pid(port) for port in deployment.cluster.ports}
-    report = await run_soak(deployment.url, clients=6, rooms=2, seconds=12, rate=3, faults=("kill",),
-                            fault_every=4, inject=deployment.inject)
+    report = await run_soak(
+        deployment.url,
+        clients=6,
+        rooms=2,
+        seconds=12,
+        rate=3,
+        faults=("kill",),
+        fault_every=4,
+        inject=deployment.inject,
+    )
     assert_nothing_lost(report)
     assert report.faults and sum(c.reconnects for c in report.clients) > 0
     deployment.cluster.wait_healthy()
@@ -74,8 +82,16 @@ async def test_killing_a_process_while_clients_send_loses_and_duplicates_nothing
 
 
 async def test_restarting_redis_mid_stream_loses_nothing(deployment: Deployment) -> None:
-    report = await run_soak(deployment.url, clients=6, rooms=2, seconds=12, rate=3, faults=("redis",),
-                            fault_every=4, inject=deployment.inject)
+    report = await run_soak(
+        deployment.url,
+        clients=6,
+        rooms=2,
+        seconds=12,
+        rate=3,
+        faults=("redis",),
+        fault_every=4,
+        inject=deployment.inject,
+    )
     assert_nothing_lost(report)
     assert "redis" in report.faults
 
@@ -94,12 +110,15 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_503_and_se
             time.sleep(2.5)  # long enough for sends to fail, not only to wait
             seen_during_outage["page"] = http_status(f"{deployment.url}/rooms", cookie)
             seen_during_outage["readyz"] = max(
-                http_status(f"http://127.0.0.1:{port}/readyz") for port in deployment.cluster.ports)
+                http_status(f"http://127.0.0.1:{port}/readyz") for port in deployment.cluster.ports
+            )
             seen_during_outage["healthz"] = max(
-                http_status(f"http://127.0.0.1:{port}/healthz") for port in deployment.cluster.ports)
+                http_status(f"http://127.0.0.1:{port}/healthz") for port in deployment.cluster.ports
+            )
 
-    report = await run_soak(deployment.url, clients=4, rooms=1, seconds=10, rate=4, faults=("db",),
-                            fault_every=3, inject=outage)
+    report = await run_soak(
+        deployment.url, clients=4, rooms=1, seconds=10, rate=4, faults=("db",), fault_every=3, inject=outage
+    )
     assert_nothing_lost(report)
     assert sum(c.errors.get("unavailable", 0) for c in report.clients) > 0  # told, not left hanging
     assert seen_during_outage["page"] == 503  # the friendly page, not a 500 or a sign-in redirect
@@ -110,8 +129,16 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_503_and_se
 
 async def test_a_rolling_restart_under_steady_traffic_loses_nothing(deployment: Deployment) -> None:
     pids = {port: deployment.cluster.process_pid(port) for port in deployment.cluster.ports}
-    report = await run_soak(deployment.url, clients=6, rooms=2, seconds=12, rate=3, faults=("restart",),
-                            fault_every=5, inject=deployment.inject)
+    report = await run_soak(
+        deployment.url,
+        clients=6,
+        rooms=2,
+        seconds=12,
+        rate=3,
+        faults=("restart",),
+        fault_every=5,
+        inject=deployment.inject,
+    )
     assert_nothing_lost(report)
     assert "restart" in report.faults
     new_pids = {port: deployment.cluster.process_pid(port) for port in deployment.cluster.ports}
@@ -121,15 +148,24 @@ async def test_a_rolling_restart_under_steady_traffic_loses_nothing(deployment: 
 async def test_a_short_soak_with_every_fault_reports_zero_lost_duplicated_or_reordered(
     deployment: Deployment,
 ) -> None:
-    report = await run_soak(deployment.url, clients=8, rooms=3, seconds=float(os.environ.get("CHAT_SOAK_SECONDS", 24)),
-                            rate=2, faults=("kill", "redis", "db", "restart"), fault_every=3,
-                            inject=deployment.inject)
+    report = await run_soak(
+        deployment.url,
+        clients=8,
+        rooms=3,
+        seconds=float(os.environ.get("CHAT_SOAK_SECONDS", 24)),
+        rate=2,
+        faults=("kill", "redis", "db", "restart"),
+        fault_every=3,
+        inject=deployment.inject,
+    )
     assert_nothing_lost(report)
     assert len(set(report.faults)) >= 3  # most kinds, whatever order they came in
 
 
 async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_sends_them_once(
-    deployment: Deployment, chromium, artifacts_dir: Path  # type: ignore[no-untyped-def]
+    deployment: Deployment,
+    chromium,
+    artifacts_dir: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     context = await chromium.new_context()
     page = await context.new_page()

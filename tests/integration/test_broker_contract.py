@@ -12,8 +12,9 @@ later tests find it up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -99,14 +100,13 @@ class Collector:
 
     async def stop(self) -> None:
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
 
-async def publish_until_received(publisher: Broker, collector: Collector, on: str, payload: str,
-                                 timeout: float = RECOVERY_TIMEOUT) -> None:
+async def publish_until_received(
+    publisher: Broker, collector: Collector, on: str, payload: str, timeout: float = RECOVERY_TIMEOUT
+) -> None:
     """Publish ``payload`` on ``on`` again and again until ``collector`` has it.
 
     Publishing may fail while the server is still coming back, and a publish
@@ -116,10 +116,8 @@ async def publish_until_received(publisher: Broker, collector: Collector, on: st
     async def arrived_or_published_again() -> bool:
         if payload in collector.payloads(on):
             return True
-        try:
+        with contextlib.suppress(Unavailable):
             await publisher.publish(on, payload)
-        except Unavailable:
-            pass
         return False
 
     await eventually(arrived_or_published_again, timeout, f"{payload!r} arriving on {on}", interval=0.1)

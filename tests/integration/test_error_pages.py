@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import tornado.httpserver
@@ -30,8 +30,9 @@ class OutageHandler(BaseHandler):
 
 @pytest.fixture
 async def base_url(tmp_path: Path) -> AsyncIterator[str]:
-    settings = Settings(cookie_secrets=(TEST_SECRET,), database_url=f"sqlite:///{tmp_path}/chat.sqlite3",
-                        bcrypt_rounds=4)
+    settings = Settings(
+        cookie_secrets=(TEST_SECRET,), database_url=f"sqlite:///{tmp_path}/chat.sqlite3", bcrypt_rounds=4
+    )
     services = build_services(settings)
     await services.start()
     app = make_app(settings, services)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -51,7 +51,7 @@ class Stack:
         self.broker = broker
         self.fanout = Fanout(broker, messages.backfill, messages.stored_seq, gap_retry=0.05, hole_timeout=2.0)
 
-    async def start(self) -> "Stack":
+    async def start(self) -> Stack:
         await self.broker.connect()
         await self.fanout.start()
         return self
@@ -215,7 +215,7 @@ async def presences(stacks: tuple[Stack, Stack]) -> AsyncIterator[tuple[Presence
 async def test_a_user_joining_and_leaving_on_one_process_updates_presence_on_the_other(
     stacks: tuple[Stack, Stack], presences: tuple[Presence, Presence], alice: User, bob: User, room: Room
 ) -> None:
-    a, b = stacks
+    _, b = stacks
     presence_a, presence_b = presences
     await presence_a.start()  # A is alive and heartbeating throughout
     on_b = RecordingListener()

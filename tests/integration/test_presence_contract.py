@@ -13,7 +13,7 @@ longer than any of these tests runs, so only the fake clock decides.
 from __future__ import annotations
 
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.support.client import Browser
 from tests.support.services import FerretDB, ferretdb_binary
@@ -15,7 +16,9 @@ RECOVERY_TIMEOUT = 60.0
 
 
 async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_and_service_resumes(
-    server_factory, open_browser: Callable[[str], Browser], tmp_path: Path  # type: ignore[no-untyped-def]
+    server_factory,
+    open_browser: Callable[[str], Browser],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     with FerretDB(ferretdb_binary(), tmp_path / "ferretdb") as database:
         server = server_factory("mongodb", database_url=database.url("chat") + "?serverSelectionTimeoutMS=1000")
@@ -61,7 +64,8 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_an
 
 
 async def test_a_server_started_while_the_database_is_down_serves_503s_then_recovers_by_itself(
-    server_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+    server_factory,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     database = FerretDB(ferretdb_binary(), tmp_path / "ferretdb")  # not started yet
     try:
@@ -69,8 +73,9 @@ async def test_a_server_started_while_the_database_is_down_serves_503s_then_reco
         browser = Browser(server.base_url)
         assert (await browser.get("/healthz")).code == 200
         assert (await browser.get("/readyz")).code == 503
-        response = await browser.post("/register", {"username": "early_bird", "password": "p" * 10,
-                                                    "confirm": "p" * 10})
+        response = await browser.post(
+            "/register", {"username": "early_bird", "password": "p" * 10, "confirm": "p" * 10}
+        )
         assert response.code == 503 and b"cannot reach its database" in response.body
 
         database.start()

@@ -154,7 +154,7 @@ async def test_signing_in_again_issues_a_new_session_id(browser: Browser) -> Non
 
 
 def _flip_char(value: str, index: int) -> str:
-    return value[:index] + ("B" if value[index] == "A" else "A") + value[index + 1:]
+    return value[:index] + ("B" if value[index] == "A" else "A") + value[index + 1 :]
 
 
 def _resign(cookie: str, secret: str, age_seconds: float = 0) -> str:
@@ -208,7 +208,10 @@ async def test_rooms_are_listed_with_creator_and_time_and_creation_redirects_to_
     name = f"Lobby {uuid.uuid4().hex[:6]}"
     room_id = await browser.create_room(name)
     page = text(await browser.get("/rooms"))
-    row = re.search(rf'<a href="/rooms/{room_id}">{re.escape(name)}</a></td>\s*<td>{username}</td>\s*<td><time datetime="([^"]+)"', page)
+    row = re.search(
+        rf'<a href="/rooms/{room_id}">{re.escape(name)}</a></td>\s*<td>{username}</td>\s*<td><time datetime="([^"]+)"',
+        page,
+    )
     assert row, page
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", row.group(1))
     room_page = await browser.get(f"/rooms/{room_id}")

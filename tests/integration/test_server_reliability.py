@@ -15,8 +15,9 @@ import json
 import math
 import struct
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.support.client import (
     OP_CLOSE,
@@ -47,8 +48,9 @@ def kernel_send_buffer_ceiling() -> int:
         return 4 * 1024 * 1024
 
 
-async def two_users_in_a_room(server: ChatServer,
-                              open_browser: Callable[[str], Browser]) -> tuple[Browser, Browser, str, str]:
+async def two_users_in_a_room(
+    server: ChatServer, open_browser: Callable[[str], Browser]
+) -> tuple[Browser, Browser, str, str]:
     """Alice and Bob, signed in, and a room of Alice's; returns Bob's username last."""
     alice, bob = open_browser(server.base_url), open_browser(server.base_url)
     await alice.register()
@@ -62,8 +64,9 @@ def assert_healthy(server: ChatServer) -> None:
         assert response.status == 200
 
 
-async def drain_once_cut_off(server: ChatServer, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> tuple[list[dict[str, Any]], int | None, str]:
+async def drain_once_cut_off(
+    server: ChatServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[list[dict[str, Any]], int | None, str]:
     """Wait for the slow-consumer warning, then read what the server had queued.
 
     Returns the text frames that made it out before the close frame, and the
@@ -90,8 +93,9 @@ async def drain_once_cut_off(server: ChatServer, reader: asyncio.StreamReader,
 Close = tuple[int | None, str]
 
 
-async def read_until_dropped(reader: asyncio.StreamReader,
-                             timeout: float = 12) -> tuple[int, Close | None, float | None, float]:
+async def read_until_dropped(
+    reader: asyncio.StreamReader, timeout: float = 12
+) -> tuple[int, Close | None, float | None, float]:
     """Read everything and answer nothing (no pong, no close) until the server drops the connection.
 
     Returns the pings seen, the close frame's code and reason, and the seconds
@@ -128,7 +132,8 @@ async def read_messages(sock: RoomSocket, count: int) -> tuple[list[dict[str, An
 
 
 async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_keeps_flowing(
-    server_factory: Callable[..., ChatServer], open_browser: Callable[[str], Browser],
+    server_factory: Callable[..., ChatServer],
+    open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_WS_MAX_BUFFER_BYTES="65536")
     alice, bob, room_id, bob_name = await two_users_in_a_room(server, open_browser)
@@ -166,7 +171,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_ke
     # What did reach the slow client is the start of the same ordered stream.
     assert [f["type"] for f in frames[:2]] == ["hello", "history"]
     got = [f["message"]["body"] for f in frames if f["type"] == "message"]
-    assert 0 < len(got) < len(bodies) and got == bodies[:len(got)]
+    assert 0 < len(got) < len(bodies) and got == bodies[: len(got)]
 
     log = server.logs()
     warnings = [line for line in log.splitlines() if SLOW_WARNING in line]
@@ -182,7 +187,8 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_ke
 
 
 async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one_stays(
-    server_factory: Callable[..., ChatServer], open_browser: Callable[[str], Browser],
+    server_factory: Callable[..., ChatServer],
+    open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_WS_PING_INTERVAL="0.5", CHAT_WS_PING_TIMEOUT="1")
     alice, bob, room_id, _ = await two_users_in_a_room(server, open_browser)
@@ -211,7 +217,8 @@ async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one
 
 
 async def test_sigterm_closes_sockets_with_1001_finishes_and_exits_cleanly(
-    server_factory: Callable[..., ChatServer], open_browser: Callable[[str], Browser],
+    server_factory: Callable[..., ChatServer],
+    open_browser: Callable[[str], Browser],
 ) -> None:
     import signal
 

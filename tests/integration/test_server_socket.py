@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -196,7 +196,8 @@ async def test_a_frame_over_64_kib_closes_the_connection_with_1009(browser: Brow
 
 
 async def test_sending_too_fast_is_rate_limited(
-    server_factory, open_browser: Callable[[str], Browser]  # type: ignore[no-untyped-def]
+    server_factory,
+    open_browser: Callable[[str], Browser],  # type: ignore[no-untyped-def]
 ) -> None:
     server = server_factory(CHAT_RATE_LIMIT_BURST="3", CHAT_RATE_LIMIT_PER_SECOND="0.5")
     browser = open_browser(server.base_url)
@@ -265,7 +266,8 @@ async def test_the_room_page_renders_the_last_50_messages_without_javascript(
 
 
 async def test_history_users_and_rooms_survive_a_server_restart(
-    server_factory, open_browser: Callable[[str], Browser]  # type: ignore[no-untyped-def]
+    server_factory,
+    open_browser: Callable[[str], Browser],  # type: ignore[no-untyped-def]
 ) -> None:
     for backend in ("sqlite", "mongodb"):
         server: ChatServer = server_factory(backend)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -54,7 +54,7 @@ async def post_many(storage: Storage, room: Room, user: User, count: int) -> Non
 
 
 def utc_in(seconds: float) -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
 
 
 # -- users -----------------------------------------------------------------
@@ -245,9 +245,7 @@ async def test_resending_a_client_id_returns_the_original_and_stores_nothing(
     assert has_more is False
 
 
-async def test_the_same_client_id_from_another_user_is_a_new_message(
-    storage: Storage, room: Room, user: User
-) -> None:
+async def test_the_same_client_id_from_another_user_is_a_new_message(storage: Storage, room: Room, user: User) -> None:
     bob = await storage.users.add("bob", b"hash")
 
     mine, _ = await storage.messages.add(new_message(room, user, "same"))
@@ -258,9 +256,7 @@ async def test_the_same_client_id_from_another_user_is_a_new_message(
     assert theirs.seq == 2
 
 
-async def test_the_same_client_id_in_another_room_is_a_new_message(
-    storage: Storage, room: Room, user: User
-) -> None:
+async def test_the_same_client_id_in_another_room_is_a_new_message(storage: Storage, room: Room, user: User) -> None:
     other = await storage.rooms.add("other", user)
 
     here, _ = await storage.messages.add(new_message(room, user, "same"))
@@ -272,12 +268,10 @@ async def test_the_same_client_id_in_another_room_is_a_new_message(
     assert there.seq == 1
 
 
-async def test_concurrent_adds_get_distinct_seqs_and_are_all_stored(
-    storage: Storage, room: Room, user: User
-) -> None:
-    results = await asyncio.gather(*(
-        storage.messages.add(new_message(room, user, f"c{i}", f"body {i}")) for i in range(30)
-    ))
+async def test_concurrent_adds_get_distinct_seqs_and_are_all_stored(storage: Storage, room: Room, user: User) -> None:
+    results = await asyncio.gather(
+        *(storage.messages.add(new_message(room, user, f"c{i}", f"body {i}")) for i in range(30))
+    )
 
     assert all(created for _, created in results)
     seqs = [message.seq for message, _ in results]
@@ -376,9 +370,9 @@ async def test_after_the_last_seq_is_empty(storage: Storage, room: Room, user: U
 async def test_created_at_is_utc_and_round_trips_at_millisecond_precision(
     storage: Storage, room: Room, user: User
 ) -> None:
-    before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(milliseconds=1)
+    before = datetime.datetime.now(datetime.UTC) - datetime.timedelta(milliseconds=1)
     added = [(await storage.messages.add(new_message(room, user, f"c{i}")))[0] for i in range(5)]
-    after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(milliseconds=1)
+    after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(milliseconds=1)
 
     stored, _ = await storage.messages.latest(room.id, 10)
 

@@ -32,8 +32,9 @@ class Browser(WebClient):
         super().__init__(base_url)
         self.sockets: list[RoomSocket] = []
 
-    async def socket(self, room_id: str, since: int | None = None, origin: str | None = None,
-                     cookie: str | None = None) -> "RoomSocket":
+    async def socket(
+        self, room_id: str, since: int | None = None, origin: str | None = None, cookie: str | None = None
+    ) -> RoomSocket:
         sock = RoomSocket(await self.connect_socket(room_id, since=since, origin=origin, cookie=cookie))
         self.sockets.append(sock)
         return sock
@@ -74,7 +75,7 @@ class RoomSocket:
                     return self._buffer.pop(index)
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise asyncio.TimeoutError()
+                raise TimeoutError()
             raw = await asyncio.wait_for(self.conn.read_message(), remaining)
             if raw is None:
                 raise ConnectionError(f"socket closed: {self.conn.close_code} {self.conn.close_reason}")
@@ -98,7 +99,7 @@ class RoomSocket:
     async def expect_silence(self, seconds: float = 0.3) -> None:
         try:
             frame = await self.recv(seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected frame: {frame}")
 
@@ -144,8 +145,9 @@ WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
-async def raw_websocket(base_url: str, room_id: str, cookie: str,
-                        rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def raw_websocket(
+    base_url: str, room_id: str, cookie: str, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a room socket over plain TCP, doing the WebSocket handshake by hand.
 
     ``cookie`` is a ``Cookie`` header value (``Browser.cookie_header()``).
@@ -169,24 +171,27 @@ async def raw_websocket(base_url: str, room_id: str, cookie: str,
         raise
     reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((
-        f"GET /rooms/{room_id}/ws HTTP/1.1\r\n"
-        f"Host: {host}:{port}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        f"Cookie: {cookie}\r\n"
-        "\r\n"
-    ).encode("latin-1"))
+    writer.write(
+        (
+            f"GET /rooms/{room_id}/ws HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            f"Cookie: {cookie}\r\n"
+            "\r\n"
+        ).encode("latin-1")
+    )
     await writer.drain()
     head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
     status_line, *header_lines = head.split("\r\n")
     if status_line.split(" ")[1:2] != ["101"]:
         writer.close()
         raise ConnectionError(f"handshake refused: {head!r}")
-    headers = {name.strip().lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in header_lines if line)}
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines if line)
+    }
     accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
     assert headers.get("sec-websocket-accept") == accept, head
     return reader, writer

@@ -12,13 +12,29 @@ import pytest
 
 from chat.config import PROJECT_ROOT
 from devtools.services import (
-    FERRETDB_INSTALL_HINT, FerretDB, RedisServer, ferretdb_path, free_port, free_port_range, nginx_path,
-    redis_server_path, wait_for_port,
+    FERRETDB_INSTALL_HINT,
+    FerretDB,
+    RedisServer,
+    ferretdb_path,
+    free_port,
+    free_port_range,
+    nginx_path,
+    redis_server_path,
+    wait_for_port,
 )
 
 __all__ = [
-    "PROJECT_ROOT", "FerretDB", "RedisServer", "ferretdb_binary", "find_binary", "free_port", "free_port_range",
-    "missing_service", "nginx_binary", "redis_binary", "wait_for_port",
+    "PROJECT_ROOT",
+    "FerretDB",
+    "RedisServer",
+    "ferretdb_binary",
+    "find_binary",
+    "free_port",
+    "free_port_range",
+    "missing_service",
+    "nginx_binary",
+    "redis_binary",
+    "wait_for_port",
 ]
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from chat.models import NewMessage
 from chat.storage import Storage, open_storage
@@ -34,5 +33,12 @@ async def seed_messages(database_url: str, username: str, room_id: str, bodies: 
         if user is None or room is None:
             raise LookupError(f"no user {username!r} or no room {room_id!r} in {database_url}")
         for body in bodies:
-            await storage.messages.add(NewMessage(room_id=room.id, user_id=user.id, username=user.username,
-                                                  body=body, client_id=f"seed-{uuid.uuid4().hex}"))
+            await storage.messages.add(
+                NewMessage(
+                    room_id=room.id,
+                    user_id=user.id,
+                    username=user.username,
+                    body=body,
+                    client_id=f"seed-{uuid.uuid4().hex}",
+                )
+            )

@@ -32,9 +32,21 @@ def test_usernames_are_trimmed() -> None:
     assert Accounts.validate_username("  alice \t") == "alice"
 
 
-@pytest.mark.parametrize("username", [
-    "", "ab", "a" * 33, "has space", "émile", "semi;colon", "slash/", "at@sign", "tab\tname", "new\nline",
-])
+@pytest.mark.parametrize(
+    "username",
+    [
+        "",
+        "ab",
+        "a" * 33,
+        "has space",
+        "émile",
+        "semi;colon",
+        "slash/",
+        "at@sign",
+        "tab\tname",
+        "new\nline",
+    ],
+)
 def test_invalid_usernames_are_rejected_naming_the_field(username: str) -> None:
     with pytest.raises(ValidationError) as caught:
         Accounts.validate_username(username)
@@ -60,9 +72,16 @@ def test_short_passwords_are_rejected(password: str) -> None:
     assert "8" in caught.value.message
 
 
-@pytest.mark.parametrize("password", ["a" * 73, "é" * 37, "日" * 25, "a" * 71 + "é"], ids=[
-    "73-ascii", "74-bytes-of-2-byte-chars", "75-bytes-of-3-byte-chars", "71-ascii-plus-one-2-byte-char",
-])
+@pytest.mark.parametrize(
+    "password",
+    ["a" * 73, "é" * 37, "日" * 25, "a" * 71 + "é"],
+    ids=[
+        "73-ascii",
+        "74-bytes-of-2-byte-chars",
+        "75-bytes-of-3-byte-chars",
+        "71-ascii-plus-one-2-byte-char",
+    ],
+)
 def test_passwords_over_72_bytes_are_rejected_with_a_clear_message(password: str) -> None:
     with pytest.raises(ValidationError) as caught:
         Accounts.validate_password(password)
@@ -176,7 +195,7 @@ async def test_a_started_session_resolves_to_its_user(accounts: Accounts) -> Non
 
 async def test_a_session_expires_after_the_max_age(accounts: Accounts) -> None:
     user = await register(accounts)
-    before = datetime.datetime.now(datetime.timezone.utc)
+    before = datetime.datetime.now(datetime.UTC)
 
     token = await accounts.start_session(user)
 

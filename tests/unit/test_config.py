@@ -37,7 +37,7 @@ def test_parse_dotenv_accepts_export_prefix() -> None:
 
 
 def test_parse_dotenv_strips_matching_quotes() -> None:
-    text = "A=\"double quoted\"\nB='single quoted'\nC=\"\"\nD=\"mismatched'"
+    text = 'A="double quoted"\nB=\'single quoted\'\nC=""\nD="mismatched\''
 
     assert parse_dotenv(text) == {"A": "double quoted", "B": "single quoted", "C": "", "D": "\"mismatched'"}
 
@@ -51,7 +51,7 @@ def test_parse_dotenv_drops_inline_comments() -> None:
 
 
 def test_parse_dotenv_drops_an_inline_comment_after_a_quoted_value() -> None:
-    assert parse_dotenv('A="quoted value"  # note\nB=\'x\' # note') == {"A": "quoted value", "B": "x"}
+    assert parse_dotenv("A=\"quoted value\"  # note\nB='x' # note") == {"A": "quoted value", "B": "x"}
 
 
 def test_parse_dotenv_trims_whitespace_around_keys_and_values() -> None:
@@ -133,27 +133,33 @@ def test_comma_separated_cookie_secrets_are_all_kept_in_order(dotenv: Path) -> N
 
 
 def test_allowed_origins_are_split_and_trailing_slashes_dropped(dotenv: Path) -> None:
-    settings = load_settings({
-        "CHAT_COOKIE_SECRETS": SECRET_A,
-        "CHAT_ALLOWED_ORIGINS": "https://chat.example.org/, http://localhost:8000 ,,",
-    }, dotenv)
+    settings = load_settings(
+        {
+            "CHAT_COOKIE_SECRETS": SECRET_A,
+            "CHAT_ALLOWED_ORIGINS": "https://chat.example.org/, http://localhost:8000 ,,",
+        },
+        dotenv,
+    )
 
     assert settings.allowed_origins == ("https://chat.example.org", "http://localhost:8000")
 
 
 def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
-    settings = load_settings({
-        "CHAT_COOKIE_SECRETS": SECRET_A,
-        "CHAT_PORT": "0",
-        "CHAT_SESSION_MAX_AGE": "60",
-        "CHAT_SESSION_RECHECK_SECONDS": "0",
-        "CHAT_BCRYPT_ROUNDS": "4",
-        "CHAT_RATE_LIMIT_BURST": "3",
-        "CHAT_RATE_LIMIT_PER_SECOND": "0.5",
-        "CHAT_COOKIE_SECURE": "yes",
-        "CHAT_XHEADERS": "TRUE",
-        "CHAT_DEBUG": "off",
-    }, dotenv)
+    settings = load_settings(
+        {
+            "CHAT_COOKIE_SECRETS": SECRET_A,
+            "CHAT_PORT": "0",
+            "CHAT_SESSION_MAX_AGE": "60",
+            "CHAT_SESSION_RECHECK_SECONDS": "0",
+            "CHAT_BCRYPT_ROUNDS": "4",
+            "CHAT_RATE_LIMIT_BURST": "3",
+            "CHAT_RATE_LIMIT_PER_SECOND": "0.5",
+            "CHAT_COOKIE_SECURE": "yes",
+            "CHAT_XHEADERS": "TRUE",
+            "CHAT_DEBUG": "off",
+        },
+        dotenv,
+    )
 
     assert settings.port == 0
     assert settings.session_max_age == 60
@@ -164,20 +170,23 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
     assert (settings.cookie_secure, settings.xheaders, settings.debug) == (True, True, False)
 
 
-@pytest.mark.parametrize("name, value", [
-    ("CHAT_PORT", "eighty"),
-    ("CHAT_PORT", "80.5"),
-    ("CHAT_SESSION_MAX_AGE", "0"),
-    ("CHAT_BCRYPT_ROUNDS", "3"),
-    ("CHAT_RATE_LIMIT_PER_SECOND", "fast"),
-    ("CHAT_SESSION_RECHECK_SECONDS", "-1"),
-    ("CHAT_WS_PING_INTERVAL", "0"),
-    ("CHAT_WS_PING_INTERVAL", "soon"),
-    ("CHAT_WS_PING_TIMEOUT", "-1"),
-    ("CHAT_WS_PING_TIMEOUT", "inf"),
-    ("CHAT_WS_MAX_BUFFER_BYTES", "4095"),
-    ("CHAT_WS_MAX_BUFFER_BYTES", "1.5"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("CHAT_PORT", "eighty"),
+        ("CHAT_PORT", "80.5"),
+        ("CHAT_SESSION_MAX_AGE", "0"),
+        ("CHAT_BCRYPT_ROUNDS", "3"),
+        ("CHAT_RATE_LIMIT_PER_SECOND", "fast"),
+        ("CHAT_SESSION_RECHECK_SECONDS", "-1"),
+        ("CHAT_WS_PING_INTERVAL", "0"),
+        ("CHAT_WS_PING_INTERVAL", "soon"),
+        ("CHAT_WS_PING_TIMEOUT", "-1"),
+        ("CHAT_WS_PING_TIMEOUT", "inf"),
+        ("CHAT_WS_MAX_BUFFER_BYTES", "4095"),
+        ("CHAT_WS_MAX_BUFFER_BYTES", "1.5"),
+    ],
+)
 def test_a_bad_number_is_rejected_naming_the_variable(dotenv: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, name: value}, dotenv)
@@ -192,12 +201,15 @@ def test_websocket_settings_default_to_a_25_s_ping_a_20_s_timeout_and_a_1_mib_bu
 
 
 def test_websocket_settings_are_parsed(dotenv: Path) -> None:
-    settings = load_settings({
-        "CHAT_COOKIE_SECRETS": SECRET_A,
-        "CHAT_WS_PING_INTERVAL": "0.5",
-        "CHAT_WS_PING_TIMEOUT": "0",
-        "CHAT_WS_MAX_BUFFER_BYTES": "4096",
-    }, dotenv)
+    settings = load_settings(
+        {
+            "CHAT_COOKIE_SECRETS": SECRET_A,
+            "CHAT_WS_PING_INTERVAL": "0.5",
+            "CHAT_WS_PING_TIMEOUT": "0",
+            "CHAT_WS_MAX_BUFFER_BYTES": "4096",
+        },
+        dotenv,
+    )
 
     assert settings.ws_ping_interval == 0.5
     assert settings.ws_ping_timeout == 0
@@ -205,12 +217,15 @@ def test_websocket_settings_are_parsed(dotenv: Path) -> None:
 
 
 def test_empty_websocket_settings_mean_the_defaults(dotenv: Path) -> None:
-    settings = load_settings({
-        "CHAT_COOKIE_SECRETS": SECRET_A,
-        "CHAT_WS_PING_INTERVAL": "",
-        "CHAT_WS_PING_TIMEOUT": " ",
-        "CHAT_WS_MAX_BUFFER_BYTES": "",
-    }, dotenv)
+    settings = load_settings(
+        {
+            "CHAT_COOKIE_SECRETS": SECRET_A,
+            "CHAT_WS_PING_INTERVAL": "",
+            "CHAT_WS_PING_TIMEOUT": " ",
+            "CHAT_WS_MAX_BUFFER_BYTES": "",
+        },
+        dotenv,
+    )
 
     assert (settings.ws_ping_interval, settings.ws_ping_timeout, settings.ws_max_buffer_bytes) == (25, 20, 1048576)
 
@@ -230,11 +245,16 @@ def test_the_ping_settings_reach_tornado_and_the_config_constants_are_the_defaul
     from chat.config import DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT
 
     defaults = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
-    assert (DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT) == (defaults.ws_ping_interval, defaults.ws_ping_timeout)
+    assert (defaults.ws_ping_interval, defaults.ws_ping_timeout) == (DEFAULT_WS_PING_INTERVAL, DEFAULT_WS_PING_TIMEOUT)
 
-    settings = load_settings({
-        "CHAT_COOKIE_SECRETS": SECRET_A, "CHAT_WS_PING_INTERVAL": "7", "CHAT_WS_PING_TIMEOUT": "3",
-    }, dotenv)
+    settings = load_settings(
+        {
+            "CHAT_COOKIE_SECRETS": SECRET_A,
+            "CHAT_WS_PING_INTERVAL": "7",
+            "CHAT_WS_PING_TIMEOUT": "3",
+        },
+        dotenv,
+    )
     app = make_app(settings, mock.Mock())
 
     assert app.settings["websocket_ping_interval"] == 7
@@ -341,13 +361,27 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
     configurable = [f for f in fields(Settings) if "env" in f.metadata]
     # A value each parser accepts that differs from every default.
     raw = {
-        "CHAT_COOKIE_SECRETS": SECRET_B, "CHAT_DATABASE_URL": "sqlite:///elsewhere.db", "CHAT_BROKER_URL": "redis://r",
-        "CHAT_HOST": "0.0.0.0", "CHAT_PORT": "9999", "CHAT_INSTANCE_NAME": "n1", "CHAT_COOKIE_SECURE": "true",
-        "CHAT_SESSION_MAX_AGE": "61", "CHAT_SESSION_RECHECK_SECONDS": "3", "CHAT_BCRYPT_ROUNDS": "5",
-        "CHAT_RATE_LIMIT_BURST": "7", "CHAT_RATE_LIMIT_PER_SECOND": "0.25", "CHAT_PRESENCE_TTL_SECONDS": "9",
-        "CHAT_PRESENCE_HEARTBEAT_SECONDS": "2", "CHAT_CATCHUP_INTERVAL_SECONDS": "4",
-        "CHAT_SHUTDOWN_GRACE_SECONDS": "6", "CHAT_WS_PING_INTERVAL": "11", "CHAT_WS_PING_TIMEOUT": "8",
-        "CHAT_WS_MAX_BUFFER_BYTES": "8192", "CHAT_ALLOWED_ORIGINS": "https://a.example", "CHAT_XHEADERS": "true",
+        "CHAT_COOKIE_SECRETS": SECRET_B,
+        "CHAT_DATABASE_URL": "sqlite:///elsewhere.db",
+        "CHAT_BROKER_URL": "redis://r",
+        "CHAT_HOST": "0.0.0.0",
+        "CHAT_PORT": "9999",
+        "CHAT_INSTANCE_NAME": "n1",
+        "CHAT_COOKIE_SECURE": "true",
+        "CHAT_SESSION_MAX_AGE": "61",
+        "CHAT_SESSION_RECHECK_SECONDS": "3",
+        "CHAT_BCRYPT_ROUNDS": "5",
+        "CHAT_RATE_LIMIT_BURST": "7",
+        "CHAT_RATE_LIMIT_PER_SECOND": "0.25",
+        "CHAT_PRESENCE_TTL_SECONDS": "9",
+        "CHAT_PRESENCE_HEARTBEAT_SECONDS": "2",
+        "CHAT_CATCHUP_INTERVAL_SECONDS": "4",
+        "CHAT_SHUTDOWN_GRACE_SECONDS": "6",
+        "CHAT_WS_PING_INTERVAL": "11",
+        "CHAT_WS_PING_TIMEOUT": "8",
+        "CHAT_WS_MAX_BUFFER_BYTES": "8192",
+        "CHAT_ALLOWED_ORIGINS": "https://a.example",
+        "CHAT_XHEADERS": "true",
         "CHAT_DEBUG": "true",
     }
     assert sorted(raw) == sorted(f.metadata["env"] for f in configurable)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -123,8 +123,9 @@ async def test_open_with_since_sends_only_later_messages(
     assert connection.last_seq == 3
 
 
-async def test_a_send_is_acked_then_delivered_once_via_the_fanout(connect: Connect, messages: Messages,
-                                                                  chat_room: Room) -> None:
+async def test_a_send_is_acked_then_delivered_once_via_the_fanout(
+    connect: Connect, messages: Messages, chat_room: Room
+) -> None:
     connection, transport = await connect()
 
     await connection.receive(send("c-1", "  hi there  "))
@@ -141,7 +142,7 @@ async def test_a_send_is_acked_then_delivered_once_via_the_fanout(connect: Conne
 
 
 async def test_other_sockets_in_the_room_receive_the_message(connect: Connect) -> None:
-    sender, sender_transport = await connect()
+    sender, _ = await connect()
     _, watcher_transport = await connect()
 
     await sender.receive(send("c-1", "for everyone"))
@@ -192,9 +193,7 @@ async def test_an_empty_body_is_a_bad_request_carrying_the_client_id(connect: Co
     ]
 
 
-async def test_a_body_of_4001_characters_is_too_large(
-    connect: Connect, messages: Messages, chat_room: Room
-) -> None:
+async def test_a_body_of_4001_characters_is_too_large(connect: Connect, messages: Messages, chat_room: Room) -> None:
     connection, transport = await connect()
 
     await connection.receive(send("c-big", "x" * 4001))
@@ -313,7 +312,11 @@ async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanou
 
 
 async def test_a_socket_that_closes_while_opening_leaves_no_listener_or_presence_behind(
-    member: tuple[User, str], chat_room: Room, services: Services, fanout: Fanout, presence: Presence,
+    member: tuple[User, str],
+    chat_room: Room,
+    services: Services,
+    fanout: Fanout,
+    presence: Presence,
 ) -> None:
     user, token = member
     connection = services.connections.create(FakeTransport(), user, chat_room, token)

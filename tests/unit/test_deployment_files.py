@@ -35,7 +35,9 @@ def test_the_image_defaults_match_compose_and_expose_every_port() -> None:
     assert dockerfile_env("CHAT_PROCESSES") == compose_value("CHAT_PROCESSES")
     assert dockerfile_env("CHAT_BASE_PORT") == compose_value("CHAT_BASE_PORT")
     exposed = re.search(r"^EXPOSE (.+)$", (ROOT / "Dockerfile").read_text(), re.M)
-    assert exposed and exposed.group(1).split() == re.findall(r"server app:(\d+)", compose_value("CHAT_UPSTREAM_SERVERS"))
+    assert exposed and exposed.group(1).split() == re.findall(
+        r"server app:(\d+)", compose_value("CHAT_UPSTREAM_SERVERS")
+    )
 
 
 def test_the_image_contains_what_a_chat_process_loads() -> None:
@@ -54,8 +56,12 @@ def test_supervisord_conf_defines_one_program_per_port(monkeypatch: pytest.Monke
     from supervisor.options import ServerOptions
 
     (tmp_path / "log").mkdir()
-    for name, value in {"CHAT_PROCESSES": "3", "CHAT_BASE_PORT": "9001", "CHAT_RUN_DIR": str(tmp_path),
-                        "CHAT_PYTHON": "/usr/bin/python3"}.items():
+    for name, value in {
+        "CHAT_PROCESSES": "3",
+        "CHAT_BASE_PORT": "9001",
+        "CHAT_RUN_DIR": str(tmp_path),
+        "CHAT_PYTHON": "/usr/bin/python3",
+    }.items():
         monkeypatch.setenv(name, value)
     options = ServerOptions()
     options.realize(args=["-c", str(ROOT / "supervisord.conf")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,16 +13,24 @@ from chat.broker.memory import MemoryBroker
 from chat.models import Message
 from chat.protocol import message_frame
 from chat.services.fanout import Fanout
-from tests.support.waiting import eventually
 from tests.support.fakes import RecordingListener
+from tests.support.waiting import eventually
 
 ROOM = "room-1"
-MOMENT = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+MOMENT = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 
 
 def msg(seq: int, room_id: str = ROOM) -> Message:
-    return Message(id=f"m{seq}", room_id=room_id, seq=seq, user_id="u1", username="alice",
-                   body=f"message {seq}", created_at=MOMENT, client_id=f"c{seq}")
+    return Message(
+        id=f"m{seq}",
+        room_id=room_id,
+        seq=seq,
+        user_id="u1",
+        username="alice",
+        body=f"message {seq}",
+        created_at=MOMENT,
+        client_id=f"c{seq}",
+    )
 
 
 class BrokenListener:
@@ -92,9 +100,7 @@ async def publish(broker: MemoryBroker, *seqs: int) -> None:
         await broker.publish(room_channel(ROOM), message_frame(msg(seq)))
 
 
-async def test_frames_published_out_of_order_are_delivered_in_order(
-    fanout: Fanout, broker: CountingBroker
-) -> None:
+async def test_frames_published_out_of_order_are_delivered_in_order(fanout: Fanout, broker: CountingBroker) -> None:
     listener = RecordingListener()
     await fanout.join(ROOM, listener)
 
@@ -156,9 +162,7 @@ async def test_a_gap_that_is_never_filled_is_skipped_after_the_hole_timeout(
     assert store.backfill_calls and all(call == (ROOM, 1) for call in store.backfill_calls)
 
 
-async def test_a_gap_is_filled_from_storage_in_order(
-    fanout: Fanout, broker: CountingBroker, store: FakeStore
-) -> None:
+async def test_a_gap_is_filled_from_storage_in_order(fanout: Fanout, broker: CountingBroker, store: FakeStore) -> None:
     listener = RecordingListener()
     await fanout.join(ROOM, listener)
     await publish(broker, 1)
@@ -260,9 +264,7 @@ async def test_a_listener_that_left_gets_nothing_more(fanout: Fanout, broker: Co
     assert leaving.received == []
 
 
-async def test_a_listener_whose_deliver_raises_does_not_stop_the_others(
-    fanout: Fanout, broker: CountingBroker
-) -> None:
+async def test_a_listener_whose_deliver_raises_does_not_stop_the_others(fanout: Fanout, broker: CountingBroker) -> None:
     broken = BrokenListener()
     first, last = RecordingListener(), RecordingListener()
     await fanout.join(ROOM, first)

@@ -9,7 +9,6 @@ from chat.models import Room, User
 from chat.services.messages import MAX_BODY_LENGTH, Messages, clean_body
 from chat.storage import Storage
 
-
 # -- clean_body --------------------------------------------------------------
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from chat import protocol
-from chat.models import Message, Room, User
 from chat.errors import ChatError, Conflict, Forbidden, NotFound, RateLimited, SessionEnded, TooLarge, Unavailable
+from chat.models import Message, Room, User
 from chat.protocol import (
     Close,
     ErrorCode,
@@ -22,14 +22,22 @@ from chat.protocol import (
     refusal_for,
 )
 
-MOMENT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.timezone.utc)
+MOMENT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.UTC)
 USER = User(id="u1", username="alice", password_hash=b"secret-hash", created_at=MOMENT)
 ROOM = Room(id="r1", name="Lobby", creator_id="u1", creator_username="alice", created_at=MOMENT, last_seq=7)
 
 
 def message(seq: int = 3, client_id: str = "c-1") -> Message:
-    return Message(id="m1", room_id="r1", seq=seq, user_id="u1", username="alice", body="héllo <b>",
-                   created_at=MOMENT, client_id=client_id)
+    return Message(
+        id="m1",
+        room_id="r1",
+        seq=seq,
+        user_id="u1",
+        username="alice",
+        body="héllo <b>",
+        created_at=MOMENT,
+        client_id=client_id,
+    )
 
 
 def bad_request(text: str | bytes) -> ProtocolError:
@@ -150,8 +158,14 @@ def test_hello_frame_never_leaks_the_password_hash() -> None:
 
 def test_message_wire_format_has_every_documented_key() -> None:
     assert message().to_wire() == {
-        "id": "m1", "room_id": "r1", "seq": 3, "user_id": "u1", "username": "alice",
-        "body": "héllo <b>", "created_at": "2024-05-06T07:08:09.123Z", "client_id": "c-1",
+        "id": "m1",
+        "room_id": "r1",
+        "seq": 3,
+        "user_id": "u1",
+        "username": "alice",
+        "body": "héllo <b>",
+        "created_at": "2024-05-06T07:08:09.123Z",
+        "client_id": "c-1",
     }
 
 
@@ -180,10 +194,15 @@ def test_ack_frame_carries_client_id_and_message() -> None:
 
 def test_error_frame_with_and_without_client_id() -> None:
     assert json.loads(protocol.error_frame("too_large", "too big", "c-1")) == {
-        "type": "error", "code": "too_large", "message": "too big", "client_id": "c-1",
+        "type": "error",
+        "code": "too_large",
+        "message": "too big",
+        "client_id": "c-1",
     }
     assert json.loads(protocol.error_frame("bad_request", "nope")) == {
-        "type": "error", "code": "bad_request", "message": "nope",
+        "type": "error",
+        "code": "bad_request",
+        "message": "nope",
     }
 
 
@@ -198,12 +217,15 @@ def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
     assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12)
 
 
-@pytest.mark.parametrize("frame", [
-    protocol.ack_frame(message()),
-    protocol.error_frame("bad_request", "x"),
-    protocol.history_frame([message()], False),
-    '{"type":"presence"}',
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        protocol.ack_frame(message()),
+        protocol.error_frame("bad_request", "x"),
+        protocol.history_frame([message()], False),
+        '{"type":"presence"}',
+    ],
+)
 def test_frame_routing_gives_no_seq_for_other_frames(frame: str) -> None:
     kind, seq = frame_routing(frame)
     assert seq is None and kind == json.loads(frame)["type"]
@@ -212,16 +234,19 @@ def test_frame_routing_gives_no_seq_for_other_frames(frame: str) -> None:
 # -- the one exception table ---------------------------------------------------
 
 
-@pytest.mark.parametrize("exc, status, code", [
-    (ProtocolError("bad"), 400, "bad_request"),
-    (TooLarge("big"), 413, "too_large"),
-    (Conflict("taken"), 409, "bad_request"),
-    (NotFound("gone"), 404, "bad_request"),
-    (SessionEnded("signed out"), 403, "forbidden"),
-    (Forbidden("no"), 403, "forbidden"),
-    (RateLimited(1.5), 429, "rate_limited"),
-    (Unavailable("db-7 refused"), 503, "unavailable"),
-])
+@pytest.mark.parametrize(
+    "exc, status, code",
+    [
+        (ProtocolError("bad"), 400, "bad_request"),
+        (TooLarge("big"), 413, "too_large"),
+        (Conflict("taken"), 409, "bad_request"),
+        (NotFound("gone"), 404, "bad_request"),
+        (SessionEnded("signed out"), 403, "forbidden"),
+        (Forbidden("no"), 403, "forbidden"),
+        (RateLimited(1.5), 429, "rate_limited"),
+        (Unavailable("db-7 refused"), 503, "unavailable"),
+    ],
+)
 def test_every_error_we_raise_has_one_status_and_one_code(exc: ChatError, status: int, code: str) -> None:
     refusal = refusal_for(exc)
 

@@ -26,7 +26,7 @@ class RecordingSocket:
         self.closes: list[tuple[int, str]] = []
         self.closed_stream = False
 
-    def _write_message(self, message: bytes, binary: bool = False) -> "asyncio.Future[None]":
+    def _write_message(self, message: bytes, binary: bool = False) -> asyncio.Future[None]:
         assert not binary
         if self.closed_stream:
             raise tornado.websocket.WebSocketClosedError()
