@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser as Chromium
+from playwright.async_api import async_playwright
 
 from chat.tools.cluster import Cluster
 from devtools.services import locate
@@ -50,14 +52,12 @@ def artifacts_dir(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[object]:
+async def chromium() -> AsyncIterator[Chromium]:
     executable = find_binary(
         locate("chromium", "CHAT_CHROMIUM_BIN", [Path("/usr/bin/chromium")]),
         "chromium",
         "install Debian's browser with `apt-get install chromium`",
     )
-    from playwright.async_api import async_playwright
-
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         yield browser

@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from playwright.async_api import Browser as Chromium
+
 from tests.support.pages import register, say
+from tests.support.server import ServerFactory
 
 
 async def test_two_users_chat_live_in_the_browser_and_html_stays_text(
-    server_factory,
-    chromium,
-    artifacts_dir: Path,  # type: ignore[no-untyped-def]
+    server_factory: ServerFactory,
+    chromium: Chromium,
+    artifacts_dir: Path,
 ) -> None:
     server = server_factory()
     base = server.base_url

@@ -12,9 +12,12 @@ import json
 import uuid
 from typing import Any
 
+from playwright.async_api import Browser as Chromium
+
 from chat.protocol import Close
 from chat.services.messages import MAX_BODY_LENGTH
-from tests.e2e.test_browser_chat import register, say
+from tests.support.pages import register, say
+from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 
 # Replaces window.WebSocket before any page script runs. Every socket the page
@@ -47,8 +50,8 @@ def stored(seq: int, body: str, user_id: str = "someone-else", client_id: str | 
 
 
 async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_says(
-    server_factory,
-    chromium,  # type: ignore[no-untyped-def]
+    server_factory: ServerFactory,
+    chromium: Chromium,
 ) -> None:
     server = server_factory()
     context = await chromium.new_context()

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from playwright.async_api import Browser as Chromium
+
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
 from tests.support.pages import register, say
@@ -168,8 +170,8 @@ async def test_a_user_on_one_process_sees_a_user_on_another_arrive_and_leave(
 
 async def test_two_people_chat_in_browsers_served_by_different_processes(
     cluster: Cluster,
-    chromium,
-    artifacts_dir: Path,  # type: ignore[no-untyped-def]
+    chromium: Chromium,
+    artifacts_dir: Path,
 ) -> None:
     base = cluster.url
     alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser as Chromium
 
 from devtools.soak import Deployment, SoakReport, run_soak
 from devtools.webclient import WebClient
@@ -49,7 +50,7 @@ def assert_nothing_lost(report: SoakReport) -> None:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
 
 
@@ -164,8 +165,8 @@ async def test_a_short_soak_with_every_fault_reports_zero_lost_duplicated_or_reo
 
 async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_sends_them_once(
     deployment: Deployment,
-    chromium,
-    artifacts_dir: Path,  # type: ignore[no-untyped-def]
+    chromium: Chromium,
+    artifacts_dir: Path,
 ) -> None:
     context = await chromium.new_context()
     page = await context.new_page()

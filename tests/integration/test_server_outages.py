@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.client import Browser
+from tests.support.server import ServerFactory
 from tests.support.services import FerretDB, ferretdb_binary
 from tests.support.waiting import eventually
 
@@ -16,9 +17,9 @@ RECOVERY_TIMEOUT = 60.0
 
 
 async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_and_service_resumes(
-    server_factory,
+    server_factory: ServerFactory,
     open_browser: Callable[[str], Browser],
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     with FerretDB(ferretdb_binary(), tmp_path / "ferretdb") as database:
         server = server_factory("mongodb", database_url=database.url("chat") + "?serverSelectionTimeoutMS=1000")
@@ -64,8 +65,8 @@ async def test_while_the_database_is_down_sends_get_unavailable_pages_get_503_an
 
 
 async def test_a_server_started_while_the_database_is_down_serves_503s_then_recovers_by_itself(
-    server_factory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    server_factory: ServerFactory,
+    tmp_path: Path,
 ) -> None:
     database = FerretDB(ferretdb_binary(), tmp_path / "ferretdb")  # not started yet
     try:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
+from unittest import mock
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
+from itsdangerous.timed import TimestampSigner
+from tornado.httpclient import HTTPResponse
 
 from chat.web.cookies import COOKIE_NAME
 from tests.support.client import PASSWORD, Browser, handshake_status
@@ -17,11 +21,11 @@ from tests.support.storage import connected_storage
 COOKIE_SALT = "chat.session-cookie"
 
 
-def text(response) -> str:  # type: ignore[no-untyped-def]
+def text(response: HTTPResponse) -> str:
     return response.body.decode()
 
 
-def form_error(response) -> str:  # type: ignore[no-untyped-def]
+def form_error(response: HTTPResponse) -> str:
     match = re.search(r'<p class="form-error" role="alert">(.*?)</p>', text(response), re.S)
     return match.group(1).strip() if match else ""
 
@@ -67,7 +71,7 @@ async def test_register_rerenders_the_form_with_a_clear_message_on_bad_input(
     assert COOKIE_NAME not in browser.cookies
 
 
-async def test_usernames_are_unique_regardless_of_case(browser: Browser, new_browser) -> None:  # type: ignore[no-untyped-def]
+async def test_usernames_are_unique_regardless_of_case(browser: Browser, new_browser: Callable[[], Browser]) -> None:
     username = await browser.register(f"Bob_{uuid.uuid4().hex[:6]}")
     other = new_browser()
     response = await other.post("/register", {"username": username.upper(), "password": PASSWORD, "confirm": PASSWORD})
@@ -85,8 +89,9 @@ async def test_passwords_are_stored_as_bcrypt_cost_12(chat_server: ChatServer, b
 
 
 async def test_login_with_a_wrong_password_or_unknown_user_gives_the_same_form_error(
-    browser: Browser, new_browser
-) -> None:  # type: ignore[no-untyped-def]
+    browser: Browser,
+    new_browser: Callable[[], Browser],
+) -> None:
     username = await browser.register()
     other = new_browser()
     wrong = await other.login(username, "not the password")
@@ -96,7 +101,7 @@ async def test_login_with_a_wrong_password_or_unknown_user_gives_the_same_form_e
     assert COOKIE_NAME not in other.cookies
 
 
-async def test_login_then_logout_round_trip(browser: Browser, new_browser) -> None:  # type: ignore[no-untyped-def]
+async def test_login_then_logout_round_trip(browser: Browser, new_browser: Callable[[], Browser]) -> None:
     username = await browser.register()
     other = new_browser()
     response = await other.login(username)
@@ -109,7 +114,7 @@ async def test_login_then_logout_round_trip(browser: Browser, new_browser) -> No
     assert response.code == 302 and response.headers["Location"].startswith("/login")
 
 
-async def test_login_redirects_to_a_safe_next_page_only(browser: Browser, new_browser) -> None:  # type: ignore[no-untyped-def]
+async def test_login_redirects_to_a_safe_next_page_only(browser: Browser, new_browser: Callable[[], Browser]) -> None:
     username = await browser.register()
     other = new_browser()
     await other.get("/login")
@@ -161,11 +166,9 @@ def _resign(cookie: str, secret: str, age_seconds: float = 0) -> str:
     """Re-sign the session token inside ``cookie`` with ``secret``, backdated by ``age_seconds``."""
     token = URLSafeTimedSerializer(TEST_SECRET, salt=COOKIE_SALT).loads(cookie)
     serializer = URLSafeTimedSerializer(secret, salt=COOKIE_SALT)
-    if age_seconds:
-        signer = serializer.make_signer()
-        signer.get_timestamp = lambda: int(time.time() - age_seconds)  # type: ignore[method-assign]
-        return signer.sign(serializer.dump_payload(token)).decode()
-    return serializer.dumps(token)
+    signed_at = int(time.time() - age_seconds)
+    with mock.patch.object(TimestampSigner, "get_timestamp", lambda self: signed_at):
+        return serializer.dumps(token)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +183,7 @@ def _resign(cookie: str, secret: str, age_seconds: float = 0) -> str:
         pytest.param(lambda c: "garbage", id="garbage"),
     ],
 )
-async def test_bad_session_cookies_mean_signed_out_not_an_error(browser: Browser, forge) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_session_cookies_mean_signed_out_not_an_error(browser: Browser, forge: Callable[[str], str]) -> None:
     await browser.register()
     room_id = await browser.create_room()
     genuine = browser.cookies[COOKIE_NAME]

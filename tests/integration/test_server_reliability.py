@@ -17,7 +17,7 @@ import struct
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tests.support.client import (
     OP_CLOSE,
@@ -74,7 +74,7 @@ async def drain_once_cut_off(
     close handshake, after which it drops the backlog with the connection.
     """
     await eventually(lambda: SLOW_WARNING in server.logs(), 15, f"{SLOW_WARNING!r} in the server log", interval=0.05)
-    writer.transport.resume_reading()  # type: ignore[attr-defined]
+    cast(asyncio.Transport, writer.transport).resume_reading()
     frames: list[dict[str, Any]] = []
     while True:
         opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
@@ -139,7 +139,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_ke
     alice, bob, room_id, bob_name = await two_users_in_a_room(server, open_browser)
     # Bob's tab hangs: a tiny TCP window, and nothing read after the handshake.
     reader, writer = await raw_websocket(server.base_url, room_id, bob.cookie_header(), rcvbuf=4096)
-    writer.transport.pause_reading()  # type: ignore[attr-defined]
+    cast(asyncio.Transport, writer.transport).pause_reading()
     slow = asyncio.ensure_future(drain_once_cut_off(server, reader, writer))
     healthy = await alice.socket(room_id)
     await healthy.join()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.support.client import Browser, RoomSocket, handshake_status
-from tests.support.server import ChatServer
+from tests.support.server import ChatServer, ServerFactory
 from tests.support.storage import seed_messages
 
 
@@ -196,8 +196,8 @@ async def test_a_frame_over_64_kib_closes_the_connection_with_1009(browser: Brow
 
 
 async def test_sending_too_fast_is_rate_limited(
-    server_factory,
-    open_browser: Callable[[str], Browser],  # type: ignore[no-untyped-def]
+    server_factory: ServerFactory,
+    open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_RATE_LIMIT_BURST="3", CHAT_RATE_LIMIT_PER_SECOND="0.5")
     browser = open_browser(server.base_url)
@@ -266,8 +266,8 @@ async def test_the_room_page_renders_the_last_50_messages_without_javascript(
 
 
 async def test_history_users_and_rooms_survive_a_server_restart(
-    server_factory,
-    open_browser: Callable[[str], Browser],  # type: ignore[no-untyped-def]
+    server_factory: ServerFactory,
+    open_browser: Callable[[str], Browser],
 ) -> None:
     for backend in ("sqlite", "mongodb"):
         server: ChatServer = server_factory(backend)

@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -224,3 +225,7 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     mask = os.urandom(4)
     masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+# The ``open_browser`` fixture: a Browser on any server, its sockets closed after the test.
+OpenBrowser = Callable[[str], Browser]

@@ -6,6 +6,7 @@ import os
 import sys
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,7 @@ class ChatServer(ServiceProcess):
                 return response.status == 200
         except OSError:
             return False
+
+
+# The ``server_factory`` fixture: start a server on a backend with extra environment.
+ServerFactory = Callable[..., ChatServer]

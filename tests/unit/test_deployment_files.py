@@ -81,6 +81,8 @@ def test_the_rendered_nginx_site_balances_every_process_and_upgrades_websockets(
     assert "listen 127.0.0.1:9000;" in site
     assert "proxy_set_header Upgrade $http_upgrade;" in site
     assert "proxy_set_header Connection $connection_upgrade;" in site
-    timeout = int(re.search(r"proxy_read_timeout (\d+)s;", site).group(1))  # type: ignore[union-attr]
+    read_timeout = re.search(r"proxy_read_timeout (\d+)s;", site)
+    assert read_timeout is not None
+    timeout = int(read_timeout.group(1))
     assert timeout > WEBSOCKET_PING_INTERVAL  # idle sockets are kept open between pings
     assert "${" not in site
