@@ -48,7 +48,7 @@ class Room:
     creator_id: str
     creator_username: str
     created_at: datetime.datetime
-    # The highest seq handed out in this room (a counter, holes allowed).
+    # The highest seq stored in this room (seqs run 1, 2, 3, ... without holes).
     last_seq: int = 0
 
 

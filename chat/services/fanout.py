@@ -10,9 +10,9 @@ of sockets.
 Message frames carry a ``seq``. A feed delivers them in ``seq`` order and at
 most once, whatever order the broker produced: publishes from concurrent
 senders can overtake each other. When a seq is missing the feed holds later
-frames back briefly and asks storage for what it missed (holes are legal: a
-seq drawn by a failed or duplicate write is never used), then gives up on a
-hole after ``hole_timeout`` so one lost write cannot stall a room.
+frames back briefly and asks storage for what it missed (seqs have no holes,
+and N+1 is only stored after N, so storage has it), and gives up on a gap only
+after ``hole_timeout`` so that a storage outage cannot stall a room.
 
 Pub/sub is at most once, so storage is the fallback everywhere: after the
 broker reconnects (``RESYNC``), when a publish fails (delivered locally at

@@ -1,10 +1,10 @@
 """The distributed backend: MongoDB through PyMongo's async API.
 
 Uses only what both MongoDB and FerretDB v1 support (the tests run against
-FerretDB): no transactions, change streams or TTL indexes. Sequence numbers
-come from a counter on the room document advanced with ``$inc`` in
-``find_one_and_update``, which is atomic on one document; the unique
-``(room_id, seq)`` index is the backstop.
+FerretDB): no transactions, change streams or TTL indexes. A message's seq is
+the room's highest stored seq plus one, written under the unique
+``(room_id, seq)`` index (see :meth:`MongoMessages._insert_next`), so seqs
+have no holes and never appear out of order, on MongoDB and FerretDB alike.
 
 An ack is only sent once the write is acknowledged with the write concern
 ``w=majority, journal=true`` (unless the URL sets its own; see README).
@@ -12,12 +12,13 @@ An ack is only sent once the write is acknowledged with the write concern
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
@@ -33,8 +34,8 @@ DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 500
 # for a majority of the replica set, journaled. A URL's own w= / journal=
 # options win (w=1 trades that promise for latency; see README).
 DEFAULT_WRITE_CONCERN = {"w": "majority", "journal": True}
-# Seq draws per message before giving up; more than one only under contention
-# on a server without an atomic findAndModify.
+# Attempts per message before giving up; more than one only when writers in
+# several processes send to the same room at the same moment.
 MAX_SEQ_ATTEMPTS = 50
 
 
@@ -64,6 +65,19 @@ def _room(doc: Mapping[str, Any]) -> Room:
         created_at=doc["created_at"],
         last_seq=doc.get("last_seq", 0),
     )
+
+
+def _document(message: Message) -> dict[str, Any]:
+    return {
+        "_id": message.id,
+        "room_id": message.room_id,
+        "seq": message.seq,
+        "user_id": message.user_id,
+        "username": message.username,
+        "body": message.body,
+        "created_at": message.created_at,
+        "client_id": message.client_id,
+    }
 
 
 def _message(doc: Mapping[str, Any]) -> Message:
@@ -176,9 +190,37 @@ class MongoRooms(RoomRepository):
             return [_room(doc) async for doc in cursor]
 
 
+class RoomWriters:
+    """One writer per room in this process.
+
+    Senders in the same room wait here for their turn instead of racing each
+    other for the same seq; only writers in other processes can still
+    collide, and the unique ``(room_id, seq)`` index makes the loser read
+    again. A room's lock lives only while someone holds or waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, room_id: str) -> AsyncIterator[None]:
+        lock, waiting = self._locks.get(room_id, (asyncio.Lock(), 0))
+        self._locks[room_id] = (lock, waiting + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, waiting = self._locks[room_id]
+            if waiting == 1:
+                del self._locks[room_id]
+            else:
+                self._locks[room_id] = (lock, waiting - 1)
+
+
 class MongoMessages(MessageRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
+        self._writers = RoomWriters()
 
     async def _find_by_client_id(self, new: NewMessage) -> Message | None:
         doc = await self._storage.db.messages.find_one(
@@ -187,59 +229,59 @@ class MongoMessages(MessageRepository):
         return _message(doc) if doc else None
 
     async def add(self, new: NewMessage) -> tuple[Message, bool]:
-        db = self._storage.db
         with _translate_errors():
             existing = await self._find_by_client_id(new)
             if existing is not None:
                 return existing, False
-            for _ in range(MAX_SEQ_ATTEMPTS):
-                room = await db.rooms.find_one_and_update(
-                    # No projection: FerretDB v1 does not implement one here.
-                    {"_id": new.room_id},
-                    {"$inc": {"last_seq": 1}},
-                    return_document=ReturnDocument.AFTER,
-                )
-                if room is None:
-                    raise LookupError(f"no room {new.room_id!r}")
-                message = Message(
-                    id=new_id(),
-                    room_id=new.room_id,
-                    seq=room["last_seq"],
-                    user_id=new.user_id,
-                    username=new.username,
-                    body=new.body,
-                    created_at=utcnow(),
-                    client_id=new.client_id,
-                )
-                try:
-                    await db.messages.insert_one(
-                        {
-                            "_id": message.id,
-                            "room_id": message.room_id,
-                            "seq": message.seq,
-                            "user_id": message.user_id,
-                            "username": message.username,
-                            "body": message.body,
-                            "created_at": message.created_at,
-                            "client_id": message.client_id,
-                        }
-                    )
-                    return message, True
-                except DuplicateKeyError:
-                    pass
-                # Either a concurrent send of the same client_id won (its
-                # message is the one to acknowledge; the seq we drew becomes a
-                # legal hole), or the seq was taken. MongoDB's $inc is atomic,
-                # so the latter only happens on servers whose findAndModify is
-                # a read followed by a write (FerretDB v1): there, draw again,
-                # first pulling a counter that a racing writer set back.
+            async with self._writers.turn(new.room_id):
+                return await self._insert_next(new)
+
+    async def _insert_next(self, new: NewMessage) -> tuple[Message, bool]:
+        """Store ``new`` under the seq after the highest one stored.
+
+        The seq is read, not drawn from a counter: seq N+1 can only be written
+        once N is stored, so seqs have no holes and no message can appear
+        below one a reader has already seen (a drawn seq whose write was
+        delayed could). Two processes that read the same N race on the unique
+        index; the loser reads again.
+        """
+        db = self._storage.db
+        for _ in range(MAX_SEQ_ATTEMPTS):
+            message = Message(
+                id=new_id(),
+                room_id=new.room_id,
+                seq=await self._next_seq(new.room_id),
+                user_id=new.user_id,
+                username=new.username,
+                body=new.body,
+                created_at=utcnow(),
+                client_id=new.client_id,
+            )
+            try:
+                await db.messages.insert_one(_document(message))
+            except DuplicateKeyError:
+                # The same client_id won in another process (acknowledge that
+                # one), or another process took this seq (read again).
                 existing = await self._find_by_client_id(new)
                 if existing is not None:
                     return existing, False
-                await db.rooms.update_one(
-                    {"_id": new.room_id, "last_seq": {"$lt": message.seq}}, {"$set": {"last_seq": message.seq}}
-                )
-        raise Unavailable(f"could not allocate a seq in room {new.room_id} after {MAX_SEQ_ATTEMPTS} attempts")
+                continue
+            # The room's counter is a summary for readers of the room record;
+            # seqs themselves come from the messages.
+            await db.rooms.update_one(
+                {"_id": new.room_id, "last_seq": {"$lt": message.seq}}, {"$set": {"last_seq": message.seq}}
+            )
+            return message, True
+        raise Unavailable(f"could not store a message in room {new.room_id} after {MAX_SEQ_ATTEMPTS} attempts")
+
+    async def _next_seq(self, room_id: str) -> int:
+        db = self._storage.db
+        latest = await db.messages.find_one({"room_id": room_id}, sort=[("seq", DESCENDING)])
+        if latest is not None:
+            return int(latest["seq"]) + 1
+        if await db.rooms.find_one({"_id": room_id}) is None:
+            raise LookupError(f"no room {room_id!r}")
+        return 1
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():

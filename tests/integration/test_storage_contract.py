@@ -282,6 +282,24 @@ async def test_concurrent_adds_get_distinct_seqs_and_are_all_stored(storage: Sto
     assert [m.seq for m in stored] == sorted(seqs)
 
 
+async def test_writers_in_two_processes_get_contiguous_seqs_with_no_holes(
+    storage_url: str, storage: Storage, room: Room, user: User
+) -> None:
+    # A second storage on the same database is what a second chat process has.
+    async with connected_storage(storage_url) as other:
+        results = await asyncio.gather(
+            *(
+                (storage if i % 2 else other).messages.add(new_message(room, user, f"c{i}", f"body {i}"))
+                for i in range(40)
+            )
+        )
+
+    assert all(created for _, created in results)
+    assert sorted(message.seq for message, _ in results) == list(range(1, 41))
+    stored, _ = await storage.messages.latest(room.id, 100)
+    assert [m.seq for m in stored] == list(range(1, 41))
+
+
 async def test_adding_to_an_unknown_room_raises_lookup_error(storage: Storage, user: User) -> None:
     ghost = NewMessage(room_id="0" * 24, user_id=user.id, username=user.username, body="hi", client_id="c1")
 
