@@ -94,6 +94,16 @@ class AppHandler(tornado.web.RequestHandler):
     def presence(self) -> Presence:
         return self.services.presence
 
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+            "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+        )
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = _exception(kwargs)
         refusal = refusal_for(exc) if exc is not None else None
@@ -150,16 +160,6 @@ class BaseHandler(AppHandler):
         if resolved is not None:
             self.session_token = token
             self.current_user = resolved[1]
-
-    def set_default_headers(self) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "same-origin")
-        self.set_header(
-            "Content-Security-Policy",
-            "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-            "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
-        )
 
     def render_template(self, template_name: str, **context: Any) -> None:
         self.finish(self.render_string_template(template_name, **context))
