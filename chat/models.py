@@ -36,6 +36,8 @@ class User:
     username: str
     password_hash: bytes
     created_at: datetime.datetime
+    # A disabled account cannot sign in, and its sessions are ended.
+    disabled: bool = False
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "username": self.username}
@@ -103,4 +105,7 @@ class Session:
     id: str
     user_id: str
     created_at: datetime.datetime
+    # The absolute end: no activity keeps a session past it.
     expires_at: datetime.datetime
+    # The idle end: pushed forward by activity (see Accounts), never past expires_at.
+    idle_expires_at: datetime.datetime

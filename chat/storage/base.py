@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import datetime
+from collections.abc import Collection
 
 from ..models import Message, NewMessage, Room, Session, User
 
@@ -27,21 +28,52 @@ class UserRepository(abc.ABC):
     async def get_by_username(self, username: str) -> User | None:
         """Find a user by name, ignoring case."""
 
+    @abc.abstractmethod
+    async def set_password(self, user_id: str, password_hash: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def set_disabled(self, user_id: str, disabled: bool) -> None: ...
+
 
 class SessionRepository(abc.ABC):
+    """Server-side sessions, stored under a hash of the token the cookie carries.
+
+    A session is live until ``expires_at`` (absolute) and until
+    ``idle_expires_at`` (pushed forward by :meth:`touch`), whichever comes first.
+    """
+
     @abc.abstractmethod
-    async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session: ...
+    async def add(
+        self,
+        session_id: str,
+        user_id: str,
+        expires_at: datetime.datetime,
+        idle_expires_at: datetime.datetime | None = None,
+    ) -> Session:
+        """Store a session; without ``idle_expires_at`` it idles out only at ``expires_at``."""
 
     @abc.abstractmethod
     async def get(self, session_id: str) -> Session | None:
-        """The live session with this id; None if unknown or expired."""
+        """The live session with this id; None if unknown or expired (either way)."""
+
+    @abc.abstractmethod
+    async def live(self, session_ids: Collection[str]) -> set[str]:
+        """Which of ``session_ids`` are live now, in one query."""
+
+    @abc.abstractmethod
+    async def touch(self, session_id: str, idle_expires_at: datetime.datetime) -> None:
+        """Activity: move the idle end (capped at the absolute end)."""
 
     @abc.abstractmethod
     async def delete(self, session_id: str) -> None: ...
 
     @abc.abstractmethod
+    async def delete_for_user(self, user_id: str, keep: str | None = None) -> list[str]:
+        """End every session of ``user_id`` but ``keep``; return the ids ended."""
+
+    @abc.abstractmethod
     async def purge_expired(self) -> int:
-        """Delete expired sessions (no TTL indexes: FerretDB v1 lacks them)."""
+        """Delete expired sessions, either way (no TTL indexes: FerretDB v1 lacks them)."""
 
 
 class RoomRepository(abc.ABC):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
@@ -52,8 +52,31 @@ def _translate_errors() -> Iterator[None]:
 
 def _user(doc: Mapping[str, Any]) -> User:
     return User(
-        id=doc["_id"], username=doc["username"], password_hash=bytes(doc["password_hash"]), created_at=doc["created_at"]
+        id=doc["_id"],
+        username=doc["username"],
+        password_hash=bytes(doc["password_hash"]),
+        created_at=doc["created_at"],
+        disabled=bool(doc.get("disabled", False)),
     )
+
+
+def _session(doc: Mapping[str, Any]) -> Session:
+    return Session(
+        id=doc["_id"],
+        user_id=doc["user_id"],
+        created_at=doc["created_at"],
+        expires_at=doc["expires_at"],
+        # Sessions stored before idle expiry existed end only at expires_at.
+        idle_expires_at=doc.get("idle_expires_at", doc["expires_at"]),
+    )
+
+
+def _live(now: datetime.datetime) -> dict[str, Any]:
+    """The query part that keeps only sessions whose both ends are ahead."""
+    return {
+        "expires_at": {"$gt": now},
+        "$or": [{"idle_expires_at": {"$gt": now}}, {"idle_expires_at": {"$exists": False}}],
+    }
 
 
 def _room(doc: Mapping[str, Any]) -> Room:
@@ -120,13 +143,33 @@ class MongoUsers(UserRepository):
         doc = await self._storage.find_one("users", {"username_lower": username.lower()})
         return _user(doc) if doc else None
 
+    async def set_password(self, user_id: str, password_hash: bytes) -> None:
+        with _translate_errors():
+            await self._storage.db.users.update_one({"_id": user_id}, {"$set": {"password_hash": password_hash}})
+
+    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+        with _translate_errors():
+            await self._storage.db.users.update_one({"_id": user_id}, {"$set": {"disabled": disabled}})
+
 
 class MongoSessions(SessionRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
 
-    async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
-        session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
+    async def add(
+        self,
+        session_id: str,
+        user_id: str,
+        expires_at: datetime.datetime,
+        idle_expires_at: datetime.datetime | None = None,
+    ) -> Session:
+        session = Session(
+            id=session_id,
+            user_id=user_id,
+            created_at=utcnow(),
+            expires_at=expires_at,
+            idle_expires_at=min(idle_expires_at or expires_at, expires_at),
+        )
         await self._storage.insert(
             "sessions",
             {
@@ -134,26 +177,49 @@ class MongoSessions(SessionRepository):
                 "user_id": user_id,
                 "created_at": session.created_at,
                 "expires_at": expires_at,
+                "idle_expires_at": session.idle_expires_at,
             },
             conflict=f"session {session_id!r} exists already",
         )
         return session
 
     async def get(self, session_id: str) -> Session | None:
-        doc = await self._storage.find_one("sessions", {"_id": session_id, "expires_at": {"$gt": utcnow()}})
-        if doc is None:
-            return None
-        return Session(
-            id=doc["_id"], user_id=doc["user_id"], created_at=doc["created_at"], expires_at=doc["expires_at"]
-        )
+        doc = await self._storage.find_one("sessions", {"_id": session_id, **_live(utcnow())})
+        return _session(doc) if doc else None
+
+    async def live(self, session_ids: Collection[str]) -> set[str]:
+        if not session_ids:
+            return set()
+        with _translate_errors():
+            cursor = self._storage.db.sessions.find({"_id": {"$in": list(session_ids)}, **_live(utcnow())})
+            return {doc["_id"] async for doc in cursor}
+
+    async def touch(self, session_id: str, idle_expires_at: datetime.datetime) -> None:
+        # The caller keeps idle_expires_at within expires_at (FerretDB v1 has
+        # no pipeline updates to take the minimum here).
+        with _translate_errors():
+            await self._storage.db.sessions.update_one(
+                {"_id": session_id}, {"$set": {"idle_expires_at": idle_expires_at}}
+            )
 
     async def delete(self, session_id: str) -> None:
         with _translate_errors():
             await self._storage.db.sessions.delete_one({"_id": session_id})
 
-    async def purge_expired(self) -> int:
+    async def delete_for_user(self, user_id: str, keep: str | None = None) -> list[str]:
         with _translate_errors():
-            result = await self._storage.db.sessions.delete_many({"expires_at": {"$lte": utcnow()}})
+            cursor = self._storage.db.sessions.find({"user_id": user_id, "_id": {"$ne": keep or ""}})
+            ids = [doc["_id"] async for doc in cursor]
+            if ids:
+                await self._storage.db.sessions.delete_many({"_id": {"$in": ids}})
+        return ids
+
+    async def purge_expired(self) -> int:
+        now = utcnow()
+        with _translate_errors():
+            result = await self._storage.db.sessions.delete_many(
+                {"$or": [{"expires_at": {"$lte": now}}, {"idle_expires_at": {"$lte": now}}]}
+            )
         return int(result.deleted_count)
 
 
@@ -361,6 +427,7 @@ class MongoStorage(Storage):
                 name="room_user_client_unique",
             )
             await db.sessions.create_index("expires_at", name="expires_at")
+            await db.sessions.create_index("user_id", name="user_id")
         self._indexed = True
 
     async def close(self) -> None:

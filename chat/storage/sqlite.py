@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 
 import aiosqlite
@@ -31,15 +31,18 @@ CREATE TABLE IF NOT EXISTS users (
     username TEXT NOT NULL,
     username_lower TEXT NOT NULL UNIQUE,
     password_hash BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    idle_expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
 CREATE TABLE IF NOT EXISTS rooms (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -62,6 +65,13 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (room_id, user_id, client_id)
 );
 """
+
+
+# Columns added after the first release, for databases created before them.
+ADDED_COLUMNS = (
+    ("users", "disabled", "INTEGER NOT NULL DEFAULT 0"),
+    ("sessions", "idle_expires_at", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 def _to_ms(moment: datetime.datetime) -> int:
@@ -96,6 +106,7 @@ def _user(row: sqlite3.Row) -> User:
         username=row["username"],
         password_hash=bytes(row["password_hash"]),
         created_at=_from_ms(row["created_at"]),
+        disabled=bool(row["disabled"]),
     )
 
 
@@ -141,9 +152,18 @@ class _Database:
             self._writer = await self._connect()
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._writer.executescript(SCHEMA)
+            await self._add_missing_columns(self._writer)
             # An in-memory database is private to its connection, so there the
             # writer serves reads too.
             self._reader = self._writer if self.path == ":memory:" else await self._connect()
+
+    async def _add_missing_columns(self, conn: aiosqlite.Connection) -> None:
+        """Bring a database made by an earlier version up to SCHEMA (columns added since)."""
+        for table, column, definition in ADDED_COLUMNS:
+            async with conn.execute(f"PRAGMA table_info({table})") as cursor:
+                present = {row["name"] for row in await cursor.fetchall()}
+            if column not in present:
+                await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -180,6 +200,11 @@ class _Database:
         except Conflict:
             raise Conflict(conflict) from None
 
+    async def execute(self, sql: str, params: tuple[object, ...]) -> None:
+        """Run one write statement in its own transaction."""
+        async with self.transaction() as conn:
+            await conn.execute(sql, params)
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
@@ -215,40 +240,99 @@ class SQLiteUsers(UserRepository):
         row = await self._db.fetchone("SELECT * FROM users WHERE username_lower = ?", (username.lower(),))
         return _user(row) if row else None
 
+    async def set_password(self, user_id: str, password_hash: bytes) -> None:
+        await self._db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+        await self._db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+
+
+# A session is live while both its ends are ahead; a database from before idle
+# expiry was added has 0 there, which means "only the absolute end".
+_LIVE = "expires_at > ? AND (idle_expires_at > ? OR idle_expires_at = 0)"
+
+
+def _session(row: sqlite3.Row) -> Session:
+    expires_at = _from_ms(row["expires_at"])
+    return Session(
+        id=row["id"],
+        user_id=row["user_id"],
+        created_at=_from_ms(row["created_at"]),
+        expires_at=expires_at,
+        idle_expires_at=_from_ms(row["idle_expires_at"]) if row["idle_expires_at"] else expires_at,
+    )
+
 
 class SQLiteSessions(SessionRepository):
     def __init__(self, db: _Database) -> None:
         self._db = db
 
-    async def add(self, session_id: str, user_id: str, expires_at: datetime.datetime) -> Session:
-        session = Session(id=session_id, user_id=user_id, created_at=utcnow(), expires_at=expires_at)
+    async def add(
+        self,
+        session_id: str,
+        user_id: str,
+        expires_at: datetime.datetime,
+        idle_expires_at: datetime.datetime | None = None,
+    ) -> Session:
+        session = Session(
+            id=session_id,
+            user_id=user_id,
+            created_at=utcnow(),
+            expires_at=expires_at,
+            idle_expires_at=min(idle_expires_at or expires_at, expires_at),
+        )
         await self._db.insert(
-            "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-            (session.id, user_id, _to_ms(session.created_at), _to_ms(expires_at)),
+            "INSERT INTO sessions (id, user_id, created_at, expires_at, idle_expires_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                session.id,
+                user_id,
+                _to_ms(session.created_at),
+                _to_ms(expires_at),
+                _to_ms(session.idle_expires_at),
+            ),
             conflict=f"session {session_id!r} exists already",
         )
         return session
 
     async def get(self, session_id: str) -> Session | None:
-        row = await self._db.fetchone(
-            "SELECT * FROM sessions WHERE id = ? AND expires_at > ?", (session_id, _to_ms(utcnow()))
-        )
-        if row is None:
-            return None
-        return Session(
-            id=row["id"],
-            user_id=row["user_id"],
-            created_at=_from_ms(row["created_at"]),
-            expires_at=_from_ms(row["expires_at"]),
+        now = _to_ms(utcnow())
+        row = await self._db.fetchone(f"SELECT * FROM sessions WHERE id = ? AND {_LIVE}", (session_id, now, now))
+        return _session(row) if row else None
+
+    async def live(self, session_ids: Collection[str]) -> set[str]:
+        ids = list(session_ids)
+        if not ids:
+            return set()
+        now = _to_ms(utcnow())
+        marks = ",".join("?" * len(ids))
+        rows = await self._db.fetchall(f"SELECT id FROM sessions WHERE id IN ({marks}) AND {_LIVE}", (*ids, now, now))
+        return {row["id"] for row in rows}
+
+    async def touch(self, session_id: str, idle_expires_at: datetime.datetime) -> None:
+        await self._db.execute(
+            "UPDATE sessions SET idle_expires_at = MIN(?, expires_at) WHERE id = ?",
+            (_to_ms(idle_expires_at), session_id),
         )
 
     async def delete(self, session_id: str) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        await self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    async def delete_for_user(self, user_id: str, keep: str | None = None) -> list[str]:
+        async with (
+            self._db.transaction() as conn,
+            conn.execute(
+                "DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id", (user_id, keep or "")
+            ) as cursor,
+        ):
+            return [row[0] for row in await cursor.fetchall()]
 
     async def purge_expired(self) -> int:
+        now = _to_ms(utcnow())
         async with self._db.transaction() as conn:
-            cursor = await conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (_to_ms(utcnow()),))
+            cursor = await conn.execute(
+                "DELETE FROM sessions WHERE expires_at <= ? OR (idle_expires_at <= ? AND idle_expires_at != 0)",
+                (now, now),
+            )
             return cursor.rowcount
 
 

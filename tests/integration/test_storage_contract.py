@@ -149,6 +149,77 @@ async def test_purge_expired_counts_and_removes_only_expired_sessions(storage: S
     assert await storage.sessions.get("live") is not None
 
 
+async def test_a_session_idles_out_at_its_idle_end_even_before_its_absolute_end(storage: Storage, user: User) -> None:
+    await storage.sessions.add("idle", user.id, utc_in(3600), idle_expires_at=utc_in(-1))
+    await storage.sessions.add("active", user.id, utc_in(3600), idle_expires_at=utc_in(600))
+
+    assert await storage.sessions.get("idle") is None
+    found = await storage.sessions.get("active")
+    assert found is not None and found.idle_expires_at <= found.expires_at
+
+
+async def test_a_session_without_an_idle_end_idles_out_at_its_absolute_end(storage: Storage, user: User) -> None:
+    added = await storage.sessions.add("s1", user.id, utc_in(3600))
+
+    assert added.idle_expires_at == added.expires_at
+
+
+async def test_touch_moves_the_idle_end(storage: Storage, user: User) -> None:
+    await storage.sessions.add("s1", user.id, utc_in(3600), idle_expires_at=utc_in(1))
+
+    await storage.sessions.touch("s1", utc_in(1800))
+
+    found = await storage.sessions.get("s1")
+    assert found is not None and found.idle_expires_at > utc_in(1700)
+
+
+async def test_live_answers_for_many_sessions_at_once(storage: Storage, user: User) -> None:
+    await storage.sessions.add("live-1", user.id, utc_in(3600))
+    await storage.sessions.add("live-2", user.id, utc_in(3600), idle_expires_at=utc_in(60))
+    await storage.sessions.add("expired", user.id, utc_in(-1))
+    await storage.sessions.add("idled-out", user.id, utc_in(3600), idle_expires_at=utc_in(-1))
+
+    assert await storage.sessions.live(["live-1", "live-2", "expired", "idled-out", "unknown"]) == {
+        "live-1",
+        "live-2",
+    }
+    assert await storage.sessions.live([]) == set()
+
+
+async def test_delete_for_user_ends_every_session_of_that_user_but_the_one_kept(storage: Storage, user: User) -> None:
+    bob = await storage.users.add("bob", b"hash")
+    for session_id in ("a1", "a2", "a3"):
+        await storage.sessions.add(session_id, user.id, utc_in(3600))
+    await storage.sessions.add("b1", bob.id, utc_in(3600))
+
+    ended = await storage.sessions.delete_for_user(user.id, keep="a2")
+
+    assert sorted(ended) == ["a1", "a3"]
+    assert await storage.sessions.live(["a1", "a2", "a3", "b1"]) == {"a2", "b1"}
+    assert sorted(await storage.sessions.delete_for_user(user.id)) == ["a2"]
+
+
+async def test_purge_removes_idled_out_sessions_too(storage: Storage, user: User) -> None:
+    await storage.sessions.add("idled-out", user.id, utc_in(3600), idle_expires_at=utc_in(-1))
+    await storage.sessions.add("live", user.id, utc_in(3600), idle_expires_at=utc_in(60))
+
+    assert await storage.sessions.purge_expired() == 1
+    assert await storage.sessions.live(["live"]) == {"live"}
+
+
+async def test_a_password_can_be_replaced_and_an_account_disabled(storage: Storage, user: User) -> None:
+    assert user.disabled is False
+
+    await storage.users.set_password(user.id, b"new-hash")
+    await storage.users.set_disabled(user.id, True)
+
+    found = await storage.users.get(user.id)
+    assert found is not None and found.password_hash == b"new-hash" and found.disabled is True
+    await storage.users.set_disabled(user.id, False)
+    found = await storage.users.get_by_username(user.username)
+    assert found is not None and found.disabled is False
+
+
 # -- rooms -----------------------------------------------------------------
 
 
