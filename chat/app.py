@@ -33,6 +33,8 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (r"/register", pages.RegisterHandler),
         (r"/login", pages.LoginHandler),
         (r"/logout", pages.LogoutHandler),
+        (r"/account", pages.AccountHandler),
+        (r"/account/(password|sign-out-others)", pages.AccountHandler),
         (r"/rooms", pages.RoomsHandler),
         (rf"/rooms/{ROOM_ID}", pages.RoomHandler),
         (rf"/rooms/{ROOM_ID}/ws", RoomSocketHandler),

@@ -24,9 +24,11 @@ from .protocol import PRESENCE_CHANGED
 from .services.accounts import Accounts
 from .services.connection import ConnectionPolicy, Connections
 from .services.fanout import Fanout
+from .services.limits import Action, Limiter
 from .services.messages import Messages
 from .services.passwords import PasswordHasher
 from .services.presence import Presence
+from .services.revocation import Revocations
 from .services.rooms import Rooms
 from .storage import Storage, open_storage
 
@@ -54,6 +56,8 @@ class Services:
     rooms: Rooms
     messages: Messages
     connections: Connections
+    revocations: Revocations
+    limiter: Limiter
     executor: concurrent.futures.Executor
     # Set on SIGTERM: /readyz answers 503 so balancers stop sending traffic.
     draining: bool = False
@@ -74,7 +78,9 @@ class Services:
         await self.broker.connect()
         await self.fanout.start()
         await self.presence.start()
+        await self.revocations.start()
         self._run_in_background(self._purge_sessions(), "session-purge")
+        self._run_in_background(self._renew_socket_leases(), "socket-leases")
 
     def _run_in_background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work, name=name)
@@ -93,7 +99,17 @@ class Services:
                 log.warning("could not purge expired sessions: %s", exc)
             await asyncio.sleep(SESSION_PURGE_INTERVAL_SECONDS)
 
+    async def _renew_socket_leases(self) -> None:
+        """Keep this process's sockets counted in the per-user and per-address limits."""
+        while True:
+            await asyncio.sleep(self.connections.policy.lease_seconds / 3)
+            try:
+                await self.connections.renew_leases()
+            except Unavailable as exc:
+                log.warning("could not renew socket leases: %s", exc)
+
     async def close(self) -> None:
+        await self.revocations.stop()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -156,20 +172,33 @@ def build_services(
         heartbeat=settings.presence_heartbeat_seconds,
     )
     fanout.on_control(PRESENCE_CHANGED, presence.changed)
-    accounts = Accounts(storage, PasswordHasher(settings.bcrypt_rounds, executor), settings.session_max_age)
+    limiter = Limiter(backplane.limits_uri, limit_rules(settings), clock=wall_clock)
+    accounts = Accounts(
+        storage,
+        PasswordHasher(settings.bcrypt_rounds, executor, max_in_flight=settings.bcrypt_max_in_flight),
+        settings.session_max_age,
+        settings.session_idle_seconds,
+        limiter=limiter,
+    )
     connections = Connections(
         messages=messages,
         accounts=accounts,
         fanout=fanout,
         presence=presence,
+        limiter=limiter,
+        leases=backplane.leases,
         policy=ConnectionPolicy(
             instance=settings.instance,
-            rate_limit_burst=settings.rate_limit_burst,
-            rate_limit_per_second=settings.rate_limit_per_second,
             session_recheck_seconds=settings.session_recheck_seconds,
+            max_sockets_per_user=settings.max_sockets_per_user,
+            max_sockets_per_ip=settings.max_sockets_per_ip,
+            resume_max_messages=settings.resume_max_messages,
+            history_frame_max_bytes=settings.history_frame_max_bytes,
         ),
         clock=clock,
     )
+    revocations = Revocations(fanout, connections, accounts, settings.session_recheck_seconds)
+    accounts.on_sessions_ended(revocations.announce)
     return Services(
         settings=settings,
         storage=storage,
@@ -177,8 +206,23 @@ def build_services(
         fanout=fanout,
         presence=presence,
         accounts=accounts,
-        rooms=Rooms(storage),
+        rooms=Rooms(storage, limiter),
         messages=messages,
         connections=connections,
+        revocations=revocations,
+        limiter=limiter,
         executor=executor,
     )
+
+
+def limit_rules(settings: Settings) -> dict[Action, str]:
+    return {
+        Action.SEND: settings.limit_sends,
+        Action.SYNC_PER_SOCKET: settings.limit_syncs_per_socket,
+        Action.SYNC_PER_USER: settings.limit_syncs_per_user,
+        Action.HANDSHAKE: settings.limit_handshakes,
+        Action.ROOM_CREATION: settings.limit_room_creation,
+        Action.REGISTRATION: settings.limit_registrations,
+        Action.LOGIN: settings.limit_logins,
+        Action.LOGIN_FAILURE: settings.limit_login_failures,
+    }

@@ -99,6 +99,18 @@ def origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(origin.rstrip("/") for origin in _items(raw))
 
 
+def rate_limits(name: str, raw: str) -> str:
+    """Rules in the `limits` notation, checked now so a typo fails at start-up."""
+    from limits import parse_many
+
+    try:
+        if not parse_many(raw):
+            raise ValueError("empty")
+    except ValueError:
+        raise ConfigError(f'{name} must be rates like "20 per 10 seconds;100 per minute", got {raw!r}') from None
+    return raw
+
+
 def env(variable: str, parse: Parser) -> dict[str, Any]:
     """Field metadata: the field is read from ``variable`` with ``parse``."""
     return {"env": variable, "parse": parse}
@@ -117,14 +129,37 @@ class Settings:
     # which process of a group they reached.
     instance_name: str = field(default="", metadata=env("CHAT_INSTANCE_NAME", text))
     cookie_secure: bool = field(default=False, metadata=env("CHAT_COOKIE_SECURE", boolean))
-    session_max_age: int = field(default=14 * 24 * 3600, metadata=env("CHAT_SESSION_MAX_AGE", integer(1)))
-    # A socket re-checks its session at most this often, so signing out ends
-    # live sockets within this delay without a database read per message.
-    session_recheck_seconds: float = field(default=30.0, metadata=env("CHAT_SESSION_RECHECK_SECONDS", number(0)))
+    # Sessions end at the absolute limit after sign-in, or after this long
+    # without activity, whichever comes first (NIST 800-63B AAL2: 12 h, 30 min).
+    session_max_age: int = field(default=12 * 3600, metadata=env("CHAT_SESSION_MAX_AGE", integer(1)))
+    session_idle_seconds: int = field(default=30 * 60, metadata=env("CHAT_SESSION_IDLE_SECONDS", integer(1)))
+    # Open sockets check their sessions this often (signing out closes them at
+    # once through the broker; this catches expiry and anything missed).
+    session_recheck_seconds: float = field(default=60.0, metadata=env("CHAT_SESSION_RECHECK_SECONDS", number(0)))
     bcrypt_rounds: int = field(default=12, metadata=env("CHAT_BCRYPT_ROUNDS", integer(4)))
-    # Sends allowed per socket: a burst, refilled at ``rate_limit_per_second``.
-    rate_limit_burst: int = field(default=20, metadata=env("CHAT_RATE_LIMIT_BURST", integer(1)))
-    rate_limit_per_second: float = field(default=5.0, metadata=env("CHAT_RATE_LIMIT_PER_SECOND", number(0.01)))
+    # Password hashes running or waiting at once in this process; more are refused (429) at once.
+    bcrypt_max_in_flight: int = field(default=16, metadata=env("CHAT_BCRYPT_MAX_IN_FLIGHT", integer(1)))
+    # Abuse limits, in the `limits` notation; counted across processes in Redis.
+    limit_sends: str = field(default="20 per 10 seconds;100 per minute", metadata=env("CHAT_LIMIT_SENDS", rate_limits))
+    limit_syncs_per_socket: str = field(
+        default="6 per minute", metadata=env("CHAT_LIMIT_SYNCS_PER_SOCKET", rate_limits)
+    )
+    limit_syncs_per_user: str = field(default="20 per minute", metadata=env("CHAT_LIMIT_SYNCS_PER_USER", rate_limits))
+    limit_handshakes: str = field(default="30 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
+    limit_room_creation: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_ROOM_CREATION", rate_limits))
+    limit_registrations: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_REGISTRATIONS", rate_limits))
+    limit_logins: str = field(default="30 per minute;300 per hour", metadata=env("CHAT_LIMIT_LOGINS", rate_limits))
+    limit_login_failures: str = field(
+        default="10 per 15 minutes;100 per day", metadata=env("CHAT_LIMIT_LOGIN_FAILURES", rate_limits)
+    )
+    max_sockets_per_user: int = field(default=10, metadata=env("CHAT_MAX_SOCKETS_PER_USER", integer(1)))
+    max_sockets_per_ip: int = field(default=100, metadata=env("CHAT_MAX_SOCKETS_PER_IP", integer(1)))
+    # A resume or sync sends at most this many messages; further behind, the
+    # client is told to reload. History frames stay under the byte cap.
+    resume_max_messages: int = field(default=300, metadata=env("CHAT_RESUME_MAX_MESSAGES", integer(1)))
+    history_frame_max_bytes: int = field(
+        default=256 * 1024, metadata=env("CHAT_HISTORY_FRAME_MAX_BYTES", integer(16 * 1024))
+    )
     # Presence entries live this long unless refreshed by the heartbeat; a
     # crashed process's users vanish from presence within this delay.
     presence_ttl_seconds: float = field(default=30.0, metadata=env("CHAT_PRESENCE_TTL_SECONDS", number(1)))

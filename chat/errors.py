@@ -6,6 +6,8 @@ codes or protocol ``error`` frames. None of them carries Tornado types.
 
 from __future__ import annotations
 
+import math
+
 
 class ChatError(Exception):
     """Base class for every error this package raises on purpose."""
@@ -44,7 +46,7 @@ class RateLimited(ChatError):
     """The caller is sending faster than allowed."""
 
     def __init__(self, retry_after: float) -> None:
-        super().__init__(f"slow down: retry in {retry_after:.1f}s")
+        super().__init__(f"Too many requests: try again in {math.ceil(retry_after)} s.")
         self.retry_after = retry_after
 
 

@@ -10,7 +10,8 @@ so that the socket, the pages and the tools agree on them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -183,6 +184,33 @@ def history_frame(messages: Iterable[Message], has_more: bool) -> str:
     return _dumps({"type": "history", "messages": [m.to_wire() for m in messages], "has_more": has_more})
 
 
+def history_frames(messages: Sequence[Message], has_more: bool, max_bytes: int) -> list[str]:
+    """``history`` frames for ``messages``, none over ``max_bytes`` (unless one message alone is).
+
+    Every frame but the last says ``has_more: true``; the last says ``has_more``.
+    Each message is serialized once and the frames are joined from the pieces.
+    """
+    pieces = [_dumps(m.to_wire()) for m in messages]
+    frames: list[list[str]] = [[]]
+    size = 0
+    for piece in pieces:
+        if frames[-1] and size + len(piece.encode()) + 64 > max_bytes:
+            frames.append([])
+            size = 0
+        frames[-1].append(piece)
+        size += len(piece.encode()) + 1
+    last = len(frames) - 1
+    return [
+        '{"type":"history","messages":[' + ",".join(group) + '],"has_more":' + json.dumps(i < last or has_more) + "}"
+        for i, group in enumerate(frames)
+    ]
+
+
+def history_reset_frame() -> str:
+    """The answer to a resume from too far back: reload instead (docs/protocol.md)."""
+    return _dumps({"type": "history", "messages": [], "has_more": False, "reset": True})
+
+
 def message_frame(message: Message) -> str:
     return _dumps({"type": "message", "message": message.to_wire()})
 
@@ -196,9 +224,9 @@ def error_frame(code: str, message: str, client_id: str | None = None, retry_aft
     if client_id is not None:
         frame["client_id"] = client_id
     if retry_after is not None:
-        # Seconds, rounded up a little so a client that waits exactly this
-        # long is not refused again for a rounding error.
-        frame["retry_after"] = round(retry_after + 0.005, 2)
+        # Seconds, rounded up so that a client waiting exactly this long is
+        # not refused again for a rounding error.
+        frame["retry_after"] = math.ceil(retry_after * 100) / 100
     return _dumps(frame)
 
 

@@ -331,6 +331,14 @@ class Deployment:
                 # minute exercises it; the guarantees are the same.
                 "CHAT_CATCHUP_INTERVAL_SECONDS": "2",
                 "CHAT_BCRYPT_ROUNDS": "4",
+                # A soak is load, not abuse: every client is a chatty user on
+                # one address, reconnecting through every fault.
+                "CHAT_LIMIT_SENDS": "100000 per minute",
+                "CHAT_LIMIT_HANDSHAKES": "100000 per minute",
+                "CHAT_LIMIT_REGISTRATIONS": "100000 per minute",
+                "CHAT_LIMIT_LOGINS": "100000 per minute",
+                "CHAT_LIMIT_ROOM_CREATION": "100000 per minute",
+                "CHAT_MAX_SOCKETS_PER_IP": "100000",
                 **(env or {}),
             },
         )

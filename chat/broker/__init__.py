@@ -2,10 +2,11 @@
 
 ``memory://`` serves one process (the embedded default and the test double);
 ``redis://`` (also ``rediss://``, ``unix://``) joins a group of processes. A
-backplane is the broker that carries room channels plus the stores that must
-be shared by every process of a group (presence today). Backend modules are
-imported only when their scheme is asked for, so a process without Redis
-never imports the Redis client.
+backplane is the broker that carries room channels plus what must be shared
+by every process of a group: presence, socket leases, and the rate limiter's
+counters (named by a ``limits`` storage URI). Backend modules are imported
+only when their scheme is asked for, so a process without Redis never imports
+the Redis client.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .base import RESYNC, Broker, BrokerClosed, Event, room_channel
+from .leases import LeaseStore
 from .presence import PresenceStore
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Broker",
     "BrokerClosed",
     "Event",
+    "LeaseStore",
     "PresenceStore",
     "open_backplane",
     "room_channel",
@@ -36,19 +39,29 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 class Backplane:
     broker: Broker
     presence: PresenceStore
+    leases: LeaseStore
+    # Where the rate limiter keeps its counts (a ``limits`` storage URI).
+    limits_uri: str
 
 
 def open_backplane(url: str, clock: Callable[[], float] = time.time) -> Backplane:
     """Build (not connect) what ``url`` names; ``clock`` is wall-clock time for presence expiry."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
+        from .leases import MemoryLeases
         from .memory import MemoryBroker
         from .presence import MemoryPresence
 
-        return Backplane(MemoryBroker(), MemoryPresence(clock))
+        return Backplane(MemoryBroker(), MemoryPresence(clock), MemoryLeases(clock), "async+memory://")
     if scheme in REDIS_SCHEMES:
-        from .redis import RedisBroker, RedisPresence
+        from .redis import RedisBroker, RedisLeases, RedisPresence
 
         broker = RedisBroker(url)
-        return Backplane(broker, RedisPresence(broker, clock))
+        return Backplane(broker, RedisPresence(broker, clock), RedisLeases(broker, clock), _limits_uri(url))
     raise ValueError(f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use memory:// or redis://")
+
+
+def _limits_uri(url: str) -> str:
+    """The ``limits`` storage URI for the same Redis as ``url``."""
+    scheme, rest = url.split("://", 1)
+    return f"async+redis+unix://{rest}" if scheme == "unix" else f"async+{scheme}://{rest}"

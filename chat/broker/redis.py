@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -30,6 +30,7 @@ from redis.retry import Retry
 from ..errors import Unavailable
 from ..models import OnlineUser
 from .base import RESYNC, Broker, BrokerClosed, Event
+from .leases import LeaseStore
 from .presence import PresenceStore, unique_users
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,14 @@ class RedisBroker(Broker):
         return self._pubsub
 
 
+@contextlib.contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"Redis: {exc}") from exc
+
+
 def _presence_key(room_id: str) -> str:
     return f"chat:presence:{room_id}"
 
@@ -210,34 +219,77 @@ class RedisPresence(PresenceStore):
         await self.refresh(instance, [(room_id, user)], ttl)
 
     async def remove(self, room_id: str, instance: str, user: OnlineUser) -> None:
-        try:
+        with _unavailable_on_error():
             await self._broker.require_client().zrem(_presence_key(room_id), _member(instance, user))
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
 
     async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
         expiry = self._clock() + ttl
-        try:
+        with _unavailable_on_error():
             async with self._broker.require_client().pipeline(transaction=False) as pipe:
                 for room_id, user in entries:
                     pipe.zadd(_presence_key(room_id), {_member(instance, user): expiry})
                     pipe.expire(_presence_key(room_id), int(ttl) + 1)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
 
     async def online(self, room_id: str) -> list[OnlineUser]:
         key = _presence_key(room_id)
         now = self._clock()
-        try:
+        with _unavailable_on_error():
             async with self._broker.require_client().pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(key, "-inf", now)
                 pipe.zrangebyscore(key, now, "+inf")
                 _, members = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
         users = []
         for member in members:
             data = json.loads(member)
             users.append(OnlineUser(username=data["username"], id=data["id"]))
         return unique_users(users)
+
+
+# Take a place unless the pool is full, atomically: expired places first leave.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+def _lease_key(pool: str) -> str:
+    return f"chat:leases:{pool}"
+
+
+class RedisLeases(LeaseStore):
+    """A sorted set per pool: members are holders, scores their expiry times."""
+
+    def __init__(self, broker: RedisBroker, clock: Callable[[], float] = time.time) -> None:
+        self._broker = broker
+        self._clock = clock
+
+    async def acquire(self, pool: str, holder: str, limit: int, ttl: float) -> bool:
+        now = self._clock()
+        with _unavailable_on_error():
+            taken = await self._broker.require_client().eval(
+                _ACQUIRE, 1, _lease_key(pool), holder, limit, now, now + ttl, int(ttl) + 1
+            )
+        return bool(taken)
+
+    async def release(self, pool: str, holder: str) -> None:
+        with _unavailable_on_error():
+            await self._broker.require_client().zrem(_lease_key(pool), holder)
+
+    async def renew(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
+        expiry = self._clock() + ttl
+        with _unavailable_on_error():
+            async with self._broker.require_client().pipeline(transaction=False) as pipe:
+                for pool, holder in leases:
+                    pipe.zadd(_lease_key(pool), {holder: expiry})
+                    pipe.expire(_lease_key(pool), int(ttl) + 1)
+                await pipe.execute()
+
+    async def count(self, pool: str) -> int:
+        with _unavailable_on_error():
+            return int(await self._broker.require_client().zcount(_lease_key(pool), self._clock(), "+inf"))

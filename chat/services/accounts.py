@@ -12,10 +12,13 @@ import datetime
 import hashlib
 import re
 import secrets
+from collections.abc import Awaitable, Callable, Collection
 
 from ..errors import Conflict, ValidationError
 from ..models import Session, User, utcnow
 from ..storage import Storage
+from . import audit
+from .limits import Action, Limiter
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
 USERNAME_MIN_LENGTH = 3
@@ -35,11 +38,45 @@ def session_key(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
+# Ends sessions everywhere: called with the stored keys of sessions that ended,
+# so that live sockets on every process close (wired in chat.bootstrap).
+SessionsEnded = Callable[[list[str]], Awaitable[None]]
+WRONG_CREDENTIALS = "Wrong username or password."
+
+
 class Accounts:
-    def __init__(self, storage: Storage, hasher: PasswordHasher, session_max_age: int) -> None:
+    """Accounts and their sessions.
+
+    A session ends at its absolute end (``session_max_age`` after sign-in)
+    or after ``idle_timeout`` without activity, whichever comes first.
+    Activity moves the idle end forward, written at most every
+    ``touch_interval`` so a busy user costs a write now and then rather than
+    one per request.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        hasher: PasswordHasher,
+        session_max_age: int,
+        idle_timeout: int | None = None,
+        *,
+        limiter: Limiter | None = None,
+        clock: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
         self._storage = storage
         self._hasher = hasher
+        self._limiter = limiter
+        self._clock = clock
         self.session_max_age = session_max_age
+        self.idle_timeout = idle_timeout if idle_timeout is not None else session_max_age
+        self.touch_interval = datetime.timedelta(seconds=min(60.0, self.idle_timeout / 10))
+        self._sessions_ended: list[SessionsEnded] = []
+
+    def on_sessions_ended(self, listener: SessionsEnded) -> None:
+        self._sessions_ended.append(listener)
+
+    # -- rules --------------------------------------------------------------
 
     @staticmethod
     def validate_username(username: str) -> str:
@@ -49,55 +86,140 @@ class Accounts:
         return username
 
     @staticmethod
-    def validate_password(password: str) -> None:
+    def validate_password(password: str, field: str = "password") -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
-            raise ValidationError(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", field="password")
+            raise ValidationError(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", field=field)
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
             raise ValidationError(
                 f"Passwords can be at most {MAX_PASSWORD_BYTES} bytes (fewer if they use non-ASCII characters).",
-                field="password",
+                field=field,
             )
 
-    async def register(self, username: str, password: str, confirmation: str) -> User:
+    # -- registration and sign-in -----------------------------------------
+
+    async def register(self, username: str, password: str, confirmation: str, client_ip: str = "") -> User:
         username = self.validate_username(username)
         self.validate_password(password)
         if password != confirmation:
             raise ValidationError("The two passwords do not match.", field="confirm")
+        if self._limiter is not None:
+            await self._limiter.take(Action.REGISTRATION, client_ip)
         # Cheap early answer for the common case; the unique index decides races.
         if await self._storage.users.get_by_username(username) is not None:
             raise ValidationError("That username is taken.", field="username")
         password_hash = await self._hasher.hash(password)
         try:
-            return await self._storage.users.add(username, password_hash)
+            user = await self._storage.users.add(username, password_hash)
         except Conflict:
             raise ValidationError("That username is taken.", field="username") from None
-
-    async def authenticate(self, username: str, password: str) -> User:
-        user = await self._storage.users.get_by_username(username.strip()) if username.strip() else None
-        ok = await self._hasher.verify(password, user.password_hash if user else None)
-        if user is None or not ok:
-            raise ValidationError("Wrong username or password.")
+        audit.event("registered", user=user.id, ip=client_ip or None)
         return user
+
+    async def authenticate(self, username: str, password: str, client_ip: str = "") -> User:
+        """The user these credentials name, or ValidationError(WRONG_CREDENTIALS).
+
+        Unknown user, wrong password, disabled account and an account locked
+        after too many failures all get the same answer in the same time (a
+        bcrypt check runs in every case), so none of them can be told apart.
+        Attempts are limited per client address (a refusal there is
+        :class:`RateLimited`, which names no account).
+        """
+        name = username.strip()
+        account = name.lower()
+        if self._limiter is not None:
+            await self._limiter.take(Action.LOGIN, client_ip)
+        locked = self._limiter is not None and not await self._limiter.allows(Action.LOGIN_FAILURE, account)
+        user = await self._storage.users.get_by_username(name) if name else None
+        usable = user is not None and not user.disabled and not locked
+        ok = await self._hasher.verify(password, user.password_hash if user is not None and usable else None)
+        if user is None or not usable or not ok:
+            if self._limiter is not None and not locked:
+                await self._limiter.record(Action.LOGIN_FAILURE, account)
+            # A name that matches no account is not logged: people type
+            # passwords into the username box.
+            reason = "locked" if locked else "disabled" if user is not None and user.disabled else "wrong"
+            audit.event("sign_in_failed", user=user.id if user else None, reason=reason, ip=client_ip)
+            raise ValidationError(WRONG_CREDENTIALS)
+        if self._limiter is not None:
+            await self._limiter.reset(Action.LOGIN_FAILURE, account)
+        return user
+
+    async def change_password(self, user: User, current: str, new: str, confirmation: str, keep_token: str) -> int:
+        """Replace ``user``'s password; end every other session. Returns how many ended."""
+        if not await self._hasher.verify(current, user.password_hash):
+            raise ValidationError("That is not your current password.", field="current")
+        self.validate_password(new)
+        if new != confirmation:
+            raise ValidationError("The two new passwords do not match.", field="confirm")
+        await self._storage.users.set_password(user.id, await self._hasher.hash(new))
+        audit.event("password_changed", user=user.id)
+        return await self.end_other_sessions(user, keep_token)
+
+    async def disable(self, user_id: str) -> None:
+        """Refuse the account's sign-ins and end all its sessions, everywhere."""
+        await self._storage.users.set_disabled(user_id, True)
+        audit.event("account_disabled", user=user_id)
+        await self._announce(await self._storage.sessions.delete_for_user(user_id), user_id, "disabled")
+
+    async def enable(self, user_id: str) -> None:
+        await self._storage.users.set_disabled(user_id, False)
+        audit.event("account_enabled", user=user_id)
+
+    # -- sessions -----------------------------------------------------------
 
     async def start_session(self, user: User) -> str:
         """Create a session for ``user`` and return its (secret) token."""
         token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
-        expires_at = utcnow() + datetime.timedelta(seconds=self.session_max_age)
-        await self._storage.sessions.add(session_key(token), user.id, expires_at)
+        now = self._clock()
+        expires_at = now + datetime.timedelta(seconds=self.session_max_age)
+        idle_expires_at = min(expires_at, now + datetime.timedelta(seconds=self.idle_timeout))
+        await self._storage.sessions.add(session_key(token), user.id, expires_at, idle_expires_at)
         return token
 
     async def resolve(self, token: str) -> tuple[Session, User] | None:
-        """The live session and its user, or None when signed out or expired."""
-        session = await self._storage.sessions.get(session_key(token))
+        """The live session and its user, or None when signed out, expired, idle or disabled.
+
+        Resolving is activity: it moves the session's idle end (now and then).
+        """
+        key = session_key(token)
+        session = await self._storage.sessions.get(key)
         if session is None:
             return None
         user = await self._storage.users.get(session.user_id)
-        if user is None:
+        if user is None or user.disabled:
             return None
+        await self._touch(session)
         return session, user
 
     async def is_live(self, token: str) -> bool:
-        return await self._storage.sessions.get(session_key(token)) is not None
+        return await self.resolve(token) is not None
+
+    async def live_sessions(self, keys: Collection[str]) -> set[str]:
+        """Which of these stored session keys are still live (for sockets' periodic re-check)."""
+        return await self._storage.sessions.live(keys)
 
     async def end_session(self, token: str) -> None:
-        await self._storage.sessions.delete(session_key(token))
+        key = session_key(token)
+        await self._storage.sessions.delete(key)
+        await self._announce([key], None, "signed out")
+
+    async def end_other_sessions(self, user: User, keep_token: str) -> int:
+        """Sign ``user`` out everywhere but the session of ``keep_token``."""
+        ended = await self._storage.sessions.delete_for_user(user.id, keep=session_key(keep_token))
+        await self._announce(ended, user.id, "signed out elsewhere")
+        return len(ended)
+
+    async def _touch(self, session: Session) -> None:
+        now = self._clock()
+        idle = datetime.timedelta(seconds=self.idle_timeout)
+        last_recorded = session.idle_expires_at - idle
+        if now - last_recorded >= self.touch_interval:
+            await self._storage.sessions.touch(session.id, min(session.expires_at, now + idle))
+
+    async def _announce(self, keys: list[str], user_id: str | None, reason: str) -> None:
+        if not keys:
+            return
+        for key in keys:
+            audit.event("session_ended", session=audit.session_ref(key), user=user_id, reason=reason)
+        for listener in self._sessions_ended:
+            await listener(keys)

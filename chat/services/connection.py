@@ -12,19 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import protocol
-from ..errors import ChatError, SessionEnded, Unavailable
+from ..broker import LeaseStore
+from ..errors import ChatError, RateLimited, SessionEnded, Unavailable
 from ..models import Room, User
 from ..protocol import Close
-from .accounts import Accounts
+from . import audit
+from .accounts import Accounts, session_key
 from .fanout import Fanout
+from .limits import Action, Limiter
 from .messages import Messages
 from .presence import Presence
-from .ratelimit import TokenBucket
+
+# How long a client refused for holding too many sockets should wait.
+TOO_MANY_SOCKETS_RETRY_AFTER = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +47,110 @@ class ConnectionPolicy:
     """The per-socket rules, from settings."""
 
     instance: str
-    rate_limit_burst: int
-    rate_limit_per_second: float
-    # A socket re-checks its session at most this often.
+    # A socket re-checks its session before a send at most this often.
     session_recheck_seconds: float
+    max_sockets_per_user: int = 10
+    max_sockets_per_ip: int = 100
+    # A socket's places in those counts expire this long after the last
+    # heartbeat, so a crashed process's sockets stop counting.
+    lease_seconds: float = 60.0
+    # A resume that would send more messages than this tells the client to
+    # reload instead (``reset``), and no history frame exceeds max_frame_bytes.
+    resume_max_messages: int = 300
+    history_frame_max_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The places one socket holds in the per-user and per-address counts."""
+
+    holder: str
+    pools: tuple[str, ...]
 
 
 @dataclass(eq=False)
 class Connections:
-    """The room sockets open in this process, and the factory that makes them."""
+    """The room sockets open in this process, the factory that makes them, and their admission."""
 
     messages: Messages
     accounts: Accounts
     fanout: Fanout
     presence: Presence
+    limiter: Limiter
+    leases: LeaseStore
     policy: ConnectionPolicy
     clock: Callable[[], float] = time.monotonic
     _open: set[RoomConnection] = field(default_factory=set, init=False, repr=False)
+    _admitted: dict[str, Admission] = field(default_factory=dict, init=False, repr=False)
 
-    def create(self, transport: Transport, user: User, room: Room, session_token: str) -> RoomConnection:
+    async def admit(self, user: User, client_ip: str) -> Admission:
+        """Count one more socket of ``user`` from ``client_ip``, or raise RateLimited.
+
+        Called during the handshake, before the upgrade, so a refusal is a
+        plain 429. Also limits how often a user opens sockets at all.
+        """
+        await self.limiter.take(Action.HANDSHAKE, user.id)
+        holder = f"{self.policy.instance}:{uuid.uuid4().hex}"
+        wanted = (
+            (f"user:{user.id}", self.policy.max_sockets_per_user),
+            (f"ip:{client_ip}", self.policy.max_sockets_per_ip),
+        )
+        taken: list[str] = []
+        for pool, limit in wanted:
+            try:
+                granted = await self.leases.acquire(pool, holder, limit, self.policy.lease_seconds)
+            except Unavailable as exc:
+                # Fail open: refusing every socket while Redis restarts would
+                # be worse than a minute without this limit.
+                log.warning("socket limits unavailable (%s); admitting", exc)
+                granted = True
+            if not granted:
+                await self.release(Admission(holder, tuple(taken)))
+                audit.event(
+                    "socket_refused", user=user.id, ip=client_ip, reason=f"too many sockets ({pool.split(':')[0]})"
+                )
+                raise RateLimited(TOO_MANY_SOCKETS_RETRY_AFTER)
+            taken.append(pool)
+        admission = Admission(holder, tuple(taken))
+        self._admitted[holder] = admission
+        return admission
+
+    def create(
+        self, transport: Transport, user: User, room: Room, session_token: str, admission: Admission | None = None
+    ) -> RoomConnection:
         """A connection for a socket that passed the handshake; call ``open()`` on it next."""
-        connection = RoomConnection(transport, user, room, session_token, self)
+        connection = RoomConnection(transport, user, room, session_token, self, admission)
         self._open.add(connection)
         return connection
 
-    def forget(self, connection: RoomConnection) -> None:
+    async def forget(self, connection: RoomConnection) -> None:
         self._open.discard(connection)
+        if connection.admission is not None:
+            await self.release(connection.admission)
+
+    async def release(self, admission: Admission) -> None:
+        self._admitted.pop(admission.holder, None)
+        for pool in admission.pools:
+            try:
+                await self.leases.release(pool, admission.holder)
+            except Unavailable as exc:
+                log.warning("could not release a socket place (%s); it expires by itself", exc)
+
+    async def renew_leases(self) -> None:
+        """Heartbeat for the places this process's sockets hold."""
+        leases = [(pool, a.holder) for a in self._admitted.values() for pool in a.pools]
+        if leases:
+            await self.leases.renew(leases, self.policy.lease_seconds)
+
+    def session_keys(self) -> set[str]:
+        return {connection.session_key for connection in self._open}
+
+    def end_sessions(self, keys: Collection[str]) -> int:
+        """Close, with "session ended", every socket of these sessions. Returns how many."""
+        ending = [c for c in self._open if c.session_key in keys]
+        for connection in ending:
+            connection.end_session()
+        return len(ending)
 
     def __iter__(self) -> Iterator[RoomConnection]:
         return iter(tuple(self._open))
@@ -91,13 +175,24 @@ class Connections:
 
 
 class RoomConnection:
-    def __init__(self, transport: Transport, user: User, room: Room, session_token: str, hub: Connections) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        user: User,
+        room: Room,
+        session_token: str,
+        hub: Connections,
+        admission: Admission | None = None,
+    ) -> None:
         self.transport = transport
         self.user = user
         self.room = room
+        self.admission = admission
         self._session_token = session_token
+        self.session_key = session_key(session_token)
         self._hub = hub
-        self._rate_limit = TokenBucket(hub.policy.rate_limit_burst, hub.policy.rate_limit_per_second, clock=hub.clock)
+        # Names this socket in its own rate limits (syncs per socket).
+        self._id = uuid.uuid4().hex
         self._session_checked_at = hub.clock()
         # The highest seq this client has been sent; live frames at or below
         # it are duplicates of history it already has.
@@ -137,8 +232,9 @@ class RoomConnection:
 
     async def close(self) -> None:
         """Leave the room's feed and presence; safe to call again, and during open()."""
-        self.closed = True
-        self._hub.forget(self)
+        if not self.closed:
+            self.closed = True
+            await self._hub.forget(self)
         if self._joined:
             self._joined = False
             await self._hub.fanout.leave(self.room.id, self)
@@ -172,11 +268,17 @@ class RoomConnection:
         finally:
             self._idle.set()
 
+    def end_session(self) -> None:
+        """The session behind this socket ended (signed out, expired, revoked): say so and close."""
+        self._refuse(SessionEnded("your session has ended; sign in again"), None)
+
     async def _receive(self, text: str | bytes) -> None:
         client_id: str | None = None
         try:
             frame = protocol.parse_client_frame(text)
             if isinstance(frame, protocol.SyncFrame):
+                await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)
+                await self._hub.limiter.take(Action.SYNC_PER_USER, self.user.id)
                 await self._send_history(frame.since)
             else:
                 client_id = frame.client_id
@@ -199,7 +301,7 @@ class RoomConnection:
     async def _send(self, frame: protocol.SendFrame) -> None:
         if not await self._session_still_live():
             raise SessionEnded("your session has ended; sign in again")
-        self._rate_limit.take()
+        await self._hub.limiter.take(Action.SEND, self.user.id)
         message, _ = await self._hub.messages.post(self.user, self.room, frame.client_id, frame.body)
         if not self.closed:
             self.transport.send_text(protocol.ack_frame(message))
@@ -239,10 +341,20 @@ class RoomConnection:
             self.last_seq = max(self.last_seq, messages[-1].seq)
 
     async def _send_after(self, since: int) -> None:
+        hub = self._hub
+        stored = await hub.messages.stored_seq(self.room.id)
+        if stored - since > hub.policy.resume_max_messages:
+            # Too far behind to catch up frame by frame (seqs have no holes,
+            # so this is how many it missed): the client reloads the page,
+            # which renders the latest messages, instead.
+            self.transport.send_text(protocol.history_reset_frame())
+            self.last_seq = max(self.last_seq, stored)
+            return
         cursor = since
         while True:
-            page, has_more = await self._hub.messages.after(self.room.id, cursor, protocol.HISTORY_PAGE_SIZE)
-            self.transport.send_text(protocol.history_frame(page, has_more))
+            page, has_more = await hub.messages.after(self.room.id, cursor, protocol.HISTORY_PAGE_SIZE)
+            for frame in protocol.history_frames(page, has_more, hub.policy.history_frame_max_bytes):
+                self.transport.send_text(frame)
             if page:
                 cursor = page[-1].seq
             if not has_more or self.closed:

@@ -174,6 +174,19 @@ class Fanout:
         self._feeds: dict[str, RoomFeed] = {}
         self._listen_task: asyncio.Task[None] | None = None
         self._control_handlers: dict[str, ControlHandler] = {}
+        # Process-wide channels (not rooms): channel -> (on_event, on_resync).
+        self._watched: dict[str, tuple[Callable[[str], None], Callable[[], None] | None]] = {}
+
+    async def watch(
+        self, channel: str, on_event: Callable[[str], None], on_resync: Callable[[], None] | None = None
+    ) -> None:
+        """Hand every payload published on ``channel`` to ``on_event``, for as long as the process runs.
+
+        ``on_resync`` is called after the broker lost and regained its
+        subscriptions: whatever was published meanwhile is gone.
+        """
+        self._watched[channel] = (on_event, on_resync)
+        await self.broker.subscribe(channel)
 
     def on_control(self, kind: str, handler: ControlHandler) -> None:
         """Hand broker frames of type ``kind`` to ``handler`` instead of to the sockets."""
@@ -322,6 +335,13 @@ class Fanout:
             for each in self._feeds.values():
                 if each.ready.is_set():
                     each.resync()
+            for _, on_resync in self._watched.values():
+                if on_resync is not None:
+                    on_resync()
+            return
+        watcher = self._watched.get(event.channel)
+        if watcher is not None:
+            watcher[0](event.payload)
             return
         prefix = room_channel("")
         feed = self._feeds.get(event.channel[len(prefix) :]) if event.channel.startswith(prefix) else None

@@ -11,6 +11,7 @@ no session.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, cast
 
 import jinja2
@@ -19,6 +20,7 @@ from markupsafe import Markup
 
 from ..bootstrap import Services
 from ..config import Settings
+from ..errors import ChatError, RateLimited
 from ..models import User
 from ..protocol import refusal_for
 from ..services.accounts import Accounts
@@ -93,6 +95,11 @@ class AppHandler(tornado.web.RequestHandler):
     @property
     def presence(self) -> Presence:
         return self.services.presence
+
+    @property
+    def client_ip(self) -> str:
+        """The address of the client (as far as this process can tell)."""
+        return self.request.remote_ip or ""
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -194,6 +201,14 @@ class BaseHandler(AppHandler):
             await self.accounts.end_session(self.session_token)
         token = await self.accounts.start_session(user)
         self.set_cookie(COOKIE_NAME, self.session_cookie.encode(token), **self.session_cookie.attributes())
+
+    def form_refusal(self, exc: ChatError) -> str:
+        """Set the status (and Retry-After) for a refused form; return what to tell the person."""
+        refusal = refusal_for(exc)
+        self.set_status(refusal.status if refusal is not None else 400)
+        if isinstance(exc, RateLimited):
+            self.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
+        return (refusal.public_message if refusal is not None else None) or str(exc)
 
     def clear_session_cookie(self) -> None:
         self.clear_cookie(COOKIE_NAME, path="/")

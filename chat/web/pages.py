@@ -6,7 +6,8 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
-from ..errors import Unavailable, ValidationError
+from ..errors import RateLimited, Unavailable, ValidationError
+from ..services import audit
 from .base import AppHandler, BaseHandler
 
 
@@ -36,11 +37,14 @@ class RegisterHandler(BaseHandler):
         username = self.get_body_argument("username", "")
         try:
             user = await self.accounts.register(
-                username, self.get_body_argument("password", ""), self.get_body_argument("confirm", "")
+                username,
+                self.get_body_argument("password", ""),
+                self.get_body_argument("confirm", ""),
+                self.client_ip,
             )
-        except ValidationError as exc:
-            self.set_status(400)
-            self.render_template("register.html", error=exc.message, field=exc.field, username=username)
+        except (ValidationError, RateLimited) as exc:
+            error = self.form_refusal(exc)
+            self.render_template("register.html", error=error, field=_field(exc), username=username)
             return
         await self.sign_in(user)
         self.redirect("/rooms")
@@ -57,13 +61,57 @@ class LoginHandler(BaseHandler):
         username = self.get_body_argument("username", "")
         next_url = self.get_body_argument("next", "")
         try:
-            user = await self.accounts.authenticate(username, self.get_body_argument("password", ""))
-        except ValidationError as exc:
-            self.set_status(400)
-            self.render_template("login.html", error=exc.message, username=username, next=next_url)
+            user = await self.accounts.authenticate(username, self.get_body_argument("password", ""), self.client_ip)
+        except (ValidationError, RateLimited) as exc:
+            error = self.form_refusal(exc)
+            self.render_template("login.html", error=error, username=username, next=next_url)
             return
+        audit.event("signed_in", user=user.id, ip=self.client_ip)
         await self.sign_in(user)
         self.redirect(safe_next(next_url))
+
+
+def _field(exc: Exception) -> str | None:
+    return exc.field if isinstance(exc, ValidationError) else None
+
+
+class AccountHandler(BaseHandler):
+    """Your account: change the password, sign out everywhere else."""
+
+    @tornado.web.authenticated
+    def get(self) -> None:
+        self.render_template("account.html", error=None, field=None, notice=None)
+
+    @tornado.web.authenticated
+    async def post(self, action: str) -> None:
+        token = self.session_token or ""
+        try:
+            if action == "password":
+                ended = await self.accounts.change_password(
+                    self.user,
+                    self.get_body_argument("current", ""),
+                    self.get_body_argument("password", ""),
+                    self.get_body_argument("confirm", ""),
+                    keep_token=token,
+                )
+                notice = f"Password changed. {_sessions(ended)} signed out."
+            else:
+                notice = f"{_sessions(await self.accounts.end_other_sessions(self.user, token))} signed out."
+        except (ValidationError, RateLimited) as exc:
+            error = self.form_refusal(exc)
+            self.render_template("account.html", error=error, field=_field(exc), notice=None)
+            return
+        self.render_template("account.html", error=None, field=None, notice=notice)
+
+
+def _sessions(count: int) -> str:
+    return (
+        "No other sessions were"
+        if count == 0
+        else "1 other session was"
+        if count == 1
+        else f"{count} other sessions were"
+    )
 
 
 class LogoutHandler(BaseHandler):
@@ -84,9 +132,8 @@ class RoomsHandler(BaseHandler):
         name = self.get_body_argument("name", "")
         try:
             room = await self.rooms.create(name, self.user)
-        except ValidationError as exc:
-            self.set_status(400)
-            await self._render(error=exc.message, name=name)
+        except (ValidationError, RateLimited) as exc:
+            await self._render(error=self.form_refusal(exc), name=name)
             return
         self.redirect(f"/rooms/{room.id}")
 

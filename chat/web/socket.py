@@ -14,7 +14,7 @@ import tornado.websocket
 from ..errors import Unavailable
 from ..models import Room
 from ..protocol import Close
-from ..services.connection import RoomConnection
+from ..services.connection import Admission, RoomConnection
 from .base import BaseHandler
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class BoundedSender:
 class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     connection: RoomConnection | None = None
     room: Room
+    admission: Admission | None = None
     _since: int | None = None
 
     async def prepare(self) -> None:
@@ -104,6 +105,9 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             if not (since.isascii() and since.isdigit()):
                 raise tornado.web.HTTPError(400, "since must be a non-negative integer")
             self._since = int(since)
+        # Last, so that nothing after it can refuse the handshake and leave
+        # the place taken (a taken place expires by itself anyway).
+        self.admission = await self.services.connections.admit(self.user, self.client_ip)
 
     def render_error(self, status_code: int, title: str, message: str) -> None:
         # A refused handshake is read by a program, not a person: plain JSON.
@@ -126,7 +130,9 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             self.config.ws_max_buffer_bytes,
             f"{self.user.username} in room {self.room.id}",
         )
-        self.connection = self.services.connections.create(transport, self.user, self.room, self.session_token or "")
+        self.connection = self.services.connections.create(
+            transport, self.user, self.room, self.session_token or "", self.admission
+        )
         try:
             await self.connection.open(self._since)
         except Unavailable as exc:
@@ -142,5 +148,9 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.connection is not None:
-            task = asyncio.ensure_future(self.connection.close())
-            task.add_done_callback(_log_failure)
+            leaving = self.connection.close()
+        elif self.admission is not None:  # closed before open() ran
+            leaving = self.services.connections.release(self.admission)
+        else:
+            return
+        asyncio.ensure_future(leaving).add_done_callback(_log_failure)

@@ -16,7 +16,7 @@ from playwright.async_api import async_playwright
 from chat.tools.cluster import Cluster
 from devtools.services import locate
 from tests.support.logs import add_log_source
-from tests.support.server import TEST_SECRET
+from tests.support.server import LIFTED_LIMITS, TEST_SECRET
 from tests.support.services import (
     PROJECT_ROOT,
     FerretDB,
@@ -86,8 +86,7 @@ def cluster(
             "CHAT_DATABASE_URL": ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}"),
             "CHAT_BROKER_URL": cluster_redis.url(),
             "CHAT_COOKIE_SECRETS": TEST_SECRET,
-            "CHAT_RATE_LIMIT_BURST": "10000",
-            "CHAT_RATE_LIMIT_PER_SECOND": "1000",
+            **LIFTED_LIMITS,
             "CHAT_PRESENCE_HEARTBEAT_SECONDS": "1",
             "CHAT_PRESENCE_TTL_SECONDS": "5",
         },

@@ -199,7 +199,7 @@ async def test_sending_too_fast_is_rate_limited(
     server_factory: ServerFactory,
     open_browser: Callable[[str], Browser],
 ) -> None:
-    server = server_factory(CHAT_RATE_LIMIT_BURST="3", CHAT_RATE_LIMIT_PER_SECOND="0.5")
+    server = server_factory(CHAT_LIMIT_SENDS="3 per minute")
     browser = open_browser(server.base_url)
     await browser.register()
     room_id = await browser.create_room()

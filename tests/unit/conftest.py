@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +21,18 @@ from tests.support.clock import FakeClock
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def wall_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Wall-clock seconds the test moves, for presence and the rate limiter.
+
+    The ``limits`` library's memory store reads ``time.time()`` itself, so
+    its module's ``time`` is replaced while the test runs.
+    """
+    fake = FakeClock(start=1_800_000_000.0)
+    monkeypatch.setattr("limits.aio.storage.memory.time", SimpleNamespace(time=fake))
+    return fake
 
 
 @pytest.fixture
@@ -65,8 +78,7 @@ def chat_settings(request: pytest.FixtureRequest) -> Settings:
         cookie_secrets=("unit-test-secret-" + "x" * 32,),
         instance_name="test:1",
         bcrypt_rounds=4,
-        rate_limit_burst=100,
-        rate_limit_per_second=1.0,
+        limit_sends="1000 per second",
         presence_heartbeat_seconds=3600,
         fanout_gap_retry_seconds=0.01,
         fanout_hole_timeout_seconds=0.1,
@@ -75,9 +87,11 @@ def chat_settings(request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture
-async def services(chat_settings: Settings, memory_storage: Storage, clock: FakeClock) -> AsyncIterator[Services]:
+async def services(
+    chat_settings: Settings, memory_storage: Storage, clock: FakeClock, wall_clock: FakeClock
+) -> AsyncIterator[Services]:
     """Every service, wired by the composition root over in-memory SQLite and the memory broker."""
-    built = build_services(chat_settings, storage=memory_storage, clock=clock)
+    built = build_services(chat_settings, storage=memory_storage, clock=clock, wall_clock=wall_clock)
     await built.start()
     try:
         yield built

@@ -152,8 +152,8 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
             "CHAT_SESSION_MAX_AGE": "60",
             "CHAT_SESSION_RECHECK_SECONDS": "0",
             "CHAT_BCRYPT_ROUNDS": "4",
-            "CHAT_RATE_LIMIT_BURST": "3",
-            "CHAT_RATE_LIMIT_PER_SECOND": "0.5",
+            "CHAT_LIMIT_SENDS": "3 per minute",
+            "CHAT_MAX_SOCKETS_PER_USER": "2",
             "CHAT_COOKIE_SECURE": "yes",
             "CHAT_XHEADERS": "TRUE",
             "CHAT_DEBUG": "off",
@@ -165,8 +165,8 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
     assert settings.session_max_age == 60
     assert settings.session_recheck_seconds == 0
     assert settings.bcrypt_rounds == 4
-    assert settings.rate_limit_burst == 3
-    assert settings.rate_limit_per_second == 0.5
+    assert settings.limit_sends == "3 per minute"
+    assert settings.max_sockets_per_user == 2
     assert (settings.cookie_secure, settings.xheaders, settings.debug) == (True, True, False)
 
 
@@ -177,7 +177,10 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
         ("CHAT_PORT", "80.5"),
         ("CHAT_SESSION_MAX_AGE", "0"),
         ("CHAT_BCRYPT_ROUNDS", "3"),
-        ("CHAT_RATE_LIMIT_PER_SECOND", "fast"),
+        ("CHAT_LIMIT_SENDS", "fast"),
+        ("CHAT_LIMIT_LOGIN_FAILURES", "10 per fortnight"),
+        ("CHAT_MAX_SOCKETS_PER_IP", "0"),
+        ("CHAT_SESSION_IDLE_SECONDS", "0"),
         ("CHAT_SESSION_RECHECK_SECONDS", "-1"),
         ("CHAT_WS_PING_INTERVAL", "0"),
         ("CHAT_WS_PING_INTERVAL", "soon"),
@@ -371,8 +374,20 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_SESSION_MAX_AGE": "61",
         "CHAT_SESSION_RECHECK_SECONDS": "3",
         "CHAT_BCRYPT_ROUNDS": "5",
-        "CHAT_RATE_LIMIT_BURST": "7",
-        "CHAT_RATE_LIMIT_PER_SECOND": "0.25",
+        "CHAT_SESSION_IDLE_SECONDS": "62",
+        "CHAT_BCRYPT_MAX_IN_FLIGHT": "3",
+        "CHAT_LIMIT_SENDS": "1 per second",
+        "CHAT_LIMIT_SYNCS_PER_SOCKET": "2 per second",
+        "CHAT_LIMIT_SYNCS_PER_USER": "3 per second",
+        "CHAT_LIMIT_HANDSHAKES": "4 per second",
+        "CHAT_LIMIT_ROOM_CREATION": "5 per second",
+        "CHAT_LIMIT_REGISTRATIONS": "6 per second",
+        "CHAT_LIMIT_LOGINS": "7 per second",
+        "CHAT_LIMIT_LOGIN_FAILURES": "8 per second",
+        "CHAT_MAX_SOCKETS_PER_USER": "3",
+        "CHAT_MAX_SOCKETS_PER_IP": "4",
+        "CHAT_RESUME_MAX_MESSAGES": "9",
+        "CHAT_HISTORY_FRAME_MAX_BYTES": "20000",
         "CHAT_PRESENCE_TTL_SECONDS": "9",
         "CHAT_PRESENCE_HEARTBEAT_SECONDS": "2",
         "CHAT_CATCHUP_INTERVAL_SECONDS": "4",

@@ -1,0 +1,109 @@
+"""Abuse limits: how often one user, socket, account or address may do something.
+
+Rates are counted by the ``limits`` library (moving windows), in memory for
+one process and in Redis for a group, so that a limit holds however many
+sockets and processes a user spreads the load over. Each kind of action has
+its rules in settings, in ``limits``' notation ("20 per 10 seconds;100 per
+minute"); an action is refused when any rule is exhausted, and the refusal
+says how long to wait.
+
+The limiter fails open: if its store cannot be reached, actions go through
+(and the outage is logged), because refusing every message while Redis
+restarts would be worse than a minute without limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from ..errors import RateLimited
+from . import audit
+
+log = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    """What is counted, and (in the comment) per what."""
+
+    SEND = "send"  # per user
+    SYNC_PER_SOCKET = "sync-socket"  # per socket
+    SYNC_PER_USER = "sync-user"  # per user
+    HANDSHAKE = "handshake"  # per user
+    ROOM_CREATION = "room"  # per user
+    REGISTRATION = "register"  # per client address
+    LOGIN = "login"  # attempts per client address
+    LOGIN_FAILURE = "login-failure"  # per account name
+
+
+def parse_rules(spec: str) -> list[RateLimitItem]:
+    """``"20 per 10 seconds;100 per minute"`` -> items; ValueError if malformed."""
+    items = parse_many(spec)
+    if not items:
+        raise ValueError(f"no rate in {spec!r}")
+    return items
+
+
+class Limiter:
+    def __init__(
+        self,
+        storage_uri: str,
+        rules: Mapping[Action, str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        options = {"implementation": "redispy"} if "redis" in storage_uri.split("://")[0] else {}
+        self._strategy = MovingWindowRateLimiter(storage_from_string(storage_uri, **options))
+        self._rules = {action: parse_rules(spec) for action, spec in rules.items()}
+        # Wall-clock seconds, as the library's windows use.
+        self._clock = clock
+
+    async def take(self, action: Action, *key: str) -> None:
+        """Count one ``action`` by ``key``; raise :class:`RateLimited` if over a rule."""
+        for item in self._rules[action]:
+            try:
+                allowed = await self._strategy.hit(item, action.value, *key)
+            except Exception as exc:  # the store is down: fail open
+                log.warning("rate limiter unavailable (%s); letting %s through", exc, action.value)
+                return
+            if not allowed:
+                retry_after = await self._retry_after(item, action, key)
+                audit.event("limit_hit", action=action.value, key=":".join(key), retry_after=round(retry_after, 1))
+                raise RateLimited(retry_after)
+
+    async def record(self, action: Action, *key: str) -> None:
+        """Count one ``action`` without refusing it (e.g. a failed sign-in, refused already)."""
+        try:
+            for item in self._rules[action]:
+                await self._strategy.hit(item, action.value, *key)
+        except Exception as exc:
+            log.warning("rate limiter unavailable (%s); %s not counted", exc, action.value)
+
+    async def allows(self, action: Action, *key: str) -> bool:
+        """Whether one more ``action`` would be allowed, without counting it."""
+        try:
+            return all([await self._strategy.test(item, action.value, *key) for item in self._rules[action]])
+        except Exception as exc:
+            log.warning("rate limiter unavailable (%s); allowing %s", exc, action.value)
+            return True
+
+    async def reset(self, action: Action, *key: str) -> None:
+        """Forget the count (e.g. login failures after a success)."""
+        try:
+            for item in self._rules[action]:
+                await self._strategy.clear(item, action.value, *key)
+        except Exception as exc:
+            log.warning("rate limiter unavailable (%s); could not reset %s", exc, action.value)
+
+    async def _retry_after(self, item: RateLimitItem, action: Action, key: tuple[str, ...]) -> float:
+        try:
+            stats = await self._strategy.get_window_stats(item, action.value, *key)
+        except Exception:
+            return float(item.get_expiry())
+        # A moving window still counts a hit exactly `expiry` old: a hair more.
+        return max(0.05, stats.reset_time - self._clock() + 0.01)
