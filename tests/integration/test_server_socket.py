@@ -217,16 +217,25 @@ async def test_sending_too_fast_is_rate_limited(
     assert [(e["code"], e["client_id"]) for e in errors] == [("rate_limited", ids[3]), ("rate_limited", ids[4])]
 
 
-async def test_a_send_after_the_session_ended_is_forbidden_and_closes_the_socket(browser: Browser) -> None:
-    await browser.register()
+async def test_signing_out_ends_the_open_socket_at_once_and_nothing_more_is_stored(
+    browser: Browser, new_browser: Callable[[], Browser]
+) -> None:
+    username = await browser.register()
     room_id = await browser.create_room()
     sock = await browser.socket(room_id)
     await sock.join()
+
     await browser.logout()
-    client_id = await sock.send_message("after logout")
-    error = await sock.recv_type("error")
-    assert (error["code"], error["client_id"]) == ("forbidden", client_id)
-    assert await sock.closed() == 1008
+
+    error = await sock.recv_type("error", timeout=2)
+    assert error["code"] == "forbidden"
+    assert await sock.closed(timeout=2) == 1008
+    # Signed in again elsewhere: the room holds nothing sent after the sign-out.
+    again = new_browser()
+    await again.login(username)
+    fresh = await again.socket(room_id, since=0)
+    _, history = await fresh.join()
+    assert history["messages"] == []
 
 
 async def test_the_handshake_is_refused_without_a_session_for_unknown_rooms_and_foreign_origins(

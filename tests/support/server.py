@@ -35,7 +35,9 @@ LIFTED_LIMITS = {
     "CHAT_MAX_SOCKETS_PER_USER": "10000",
     "CHAT_MAX_SOCKETS_PER_IP": "100000",
 }
-SHARED_SERVER_ENV = {**LIFTED_LIMITS, "CHAT_SESSION_RECHECK_SECONDS": "0"}
+# The shared servers also resume from further back than the default, for the
+# tests that page through long histories (the bound has tests of its own).
+SHARED_SERVER_ENV = {**LIFTED_LIMITS, "CHAT_SESSION_RECHECK_SECONDS": "0", "CHAT_RESUME_MAX_MESSAGES": "5000"}
 
 
 def fresh_database_url(backend: str, request: pytest.FixtureRequest, tmp_dir: Path) -> str:

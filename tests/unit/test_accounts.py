@@ -251,3 +251,137 @@ async def test_the_store_holds_the_sha256_of_the_token_not_the_token(
     stored = await memory_storage.sessions.get(digest)
     assert stored is not None and stored.user_id == user.id
     assert await memory_storage.sessions.get(token) is None
+
+
+# -- idle and absolute timeouts ---------------------------------------------------
+
+
+class Now:
+    """A wall clock for Accounts (datetimes), starting now and moved forward by hand."""
+
+    def __init__(self) -> None:
+        self.at = datetime.datetime.now(datetime.UTC)
+
+    def __call__(self) -> datetime.datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        self.at += datetime.timedelta(**delta)
+
+
+@pytest.fixture
+def now() -> Now:
+    return Now()
+
+
+@pytest.fixture
+def timed(memory_storage: Storage, hasher: PasswordHasher, now: Now) -> Accounts:
+    """Accounts with the default timeouts (12 h absolute, 30 min idle) on the test's clock."""
+    return Accounts(memory_storage, hasher, session_max_age=12 * 3600, idle_timeout=1800, clock=now)
+
+
+async def test_a_session_without_activity_ends_at_the_idle_timeout(timed: Accounts, now: Now) -> None:
+    token = await timed.start_session(await register(timed))
+
+    now.advance(minutes=29)
+    assert await timed.is_live(token)  # that was activity
+    now.advance(minutes=29, seconds=59)
+    assert await timed.is_live(token)
+    now.advance(minutes=30, seconds=1)
+    assert await timed.resolve(token) is None
+
+
+async def test_activity_cannot_keep_a_session_past_its_absolute_end(timed: Accounts, now: Now) -> None:
+    token = await timed.start_session(await register(timed))
+
+    for _ in range(25):  # active every 28 minutes: 11 h 40 min
+        now.advance(minutes=28)
+        assert await timed.resolve(token) is not None
+    now.advance(minutes=21)  # 12 h 1 min after sign-in, active 21 minutes ago
+
+    assert await timed.resolve(token) is None
+
+
+async def test_activity_is_written_now_and_then_not_on_every_request(
+    memory_storage: Storage, hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accounts = Accounts(memory_storage, hasher, session_max_age=3600, idle_timeout=1800)
+    token = await accounts.start_session(await register(accounts))
+    writes: list[str] = []
+    original = memory_storage.sessions.touch
+
+    async def counting(session_id: str, idle_expires_at: datetime.datetime) -> None:
+        writes.append(session_id)
+        await original(session_id, idle_expires_at)
+
+    monkeypatch.setattr(memory_storage.sessions, "touch", counting)
+    for _ in range(20):
+        assert await accounts.resolve(token) is not None
+
+    assert writes == []  # the idle end was written at sign-in, under a minute ago
+
+
+# -- ending sessions ---------------------------------------------------------------
+
+
+async def ended_keys(accounts: Accounts) -> list[list[str]]:
+    announced: list[list[str]] = []
+
+    async def listener(keys: list[str]) -> None:
+        announced.append(sorted(keys))
+
+    accounts.on_sessions_ended(listener)
+    return announced
+
+
+async def test_signing_out_announces_the_ended_session(accounts: Accounts) -> None:
+    announced = await ended_keys(accounts)
+    token = await accounts.start_session(await register(accounts))
+
+    await accounts.end_session(token)
+
+    assert announced == [[session_key(token)]]
+
+
+async def test_signing_out_everywhere_else_keeps_only_this_session(accounts: Accounts) -> None:
+    announced = await ended_keys(accounts)
+    user = await register(accounts)
+    here, elsewhere, third = [await accounts.start_session(user) for _ in range(3)]
+
+    assert await accounts.end_other_sessions(user, here) == 2
+
+    assert await accounts.is_live(here) and not await accounts.is_live(elsewhere) and not await accounts.is_live(third)
+    assert announced == [sorted([session_key(elsewhere), session_key(third)])]
+
+
+async def test_changing_the_password_needs_the_current_one_and_ends_the_other_sessions(accounts: Accounts) -> None:
+    user = await register(accounts)
+    here, elsewhere = await accounts.start_session(user), await accounts.start_session(user)
+
+    with pytest.raises(ValidationError) as wrong:
+        await accounts.change_password(user, "not it", "new password 1", "new password 1", here)
+    assert wrong.value.field == "current"
+    assert await accounts.is_live(elsewhere)
+
+    assert await accounts.change_password(user, PASSWORD, "new password 1", "new password 1", here) == 1
+
+    assert await accounts.is_live(here) and not await accounts.is_live(elsewhere)
+    assert (await accounts.authenticate("alice", "new password 1")).id == user.id
+    with pytest.raises(ValidationError):
+        await accounts.authenticate("alice", PASSWORD)
+
+
+async def test_a_disabled_account_loses_its_sessions_and_cannot_sign_in(accounts: Accounts) -> None:
+    announced = await ended_keys(accounts)
+    user = await register(accounts)
+    token = await accounts.start_session(user)
+
+    await accounts.disable(user.id)
+
+    assert await accounts.resolve(token) is None
+    assert announced == [[session_key(token)]]
+    with pytest.raises(ValidationError) as refused:
+        await accounts.authenticate("alice", PASSWORD)
+    assert refused.value.message == "Wrong username or password."
+    await accounts.enable(user.id)
+    assert (await accounts.authenticate("alice", PASSWORD)).id == user.id

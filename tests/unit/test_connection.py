@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from chat.bootstrap import Services
-from chat.errors import Unavailable
+from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
 from chat.protocol import Close
 from chat.services.accounts import Accounts, session_key
@@ -378,3 +378,73 @@ async def test_the_periodic_recheck_closes_sockets_whose_sessions_expired(
 
     assert await services.revocations.recheck() == 1
     assert transport.closed_with is not None and transport.closed_with[0] == Close.SESSION_ENDED
+
+
+# -- abuse limits and bounded resume -------------------------------------------------
+
+
+@pytest.mark.parametrize("chat_settings", [{"resume_max_messages": 3}], indirect=True)
+async def test_a_resume_from_too_far_back_tells_the_client_to_reload_instead(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    for i in range(5):
+        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+
+    far, far_transport = await connect(since=1)  # 4 missed: more than 3
+    near, near_transport = await connect(since=2)  # 3 missed: sent
+
+    assert far_transport.of_type("history") == [{"type": "history", "messages": [], "has_more": False, "reset": True}]
+    assert far.last_seq == 5
+    assert [m["seq"] for m in near_transport.of_type("history")[0]["messages"]] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("chat_settings", [{"history_frame_max_bytes": 16 * 1024}], indirect=True)
+async def test_history_frames_stay_under_the_byte_cap(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    for i in range(12):
+        await messages.post(member[0], chat_room, f"c{i}", f"{i} " + "x" * 3990)
+
+    _, transport = await connect(since=0)
+
+    frames = transport.of_type("history")
+    assert len(frames) > 1 and all(len(json.dumps(f)) <= 16 * 1024 for f in frames)
+    assert [f["has_more"] for f in frames] == [True] * (len(frames) - 1) + [False]
+    assert [m["seq"] for f in frames for m in f["messages"]] == list(range(1, 13))
+
+
+@pytest.mark.parametrize(
+    "chat_settings", [{"limit_syncs_per_socket": "2 per minute", "limit_syncs_per_user": "3 per minute"}], indirect=True
+)
+async def test_syncs_are_limited_per_socket_and_per_user(connect: Connect) -> None:
+    first, first_transport = await connect()
+    second, second_transport = await connect()
+    sync = json.dumps({"type": "sync", "since": 0})
+
+    for _ in range(3):
+        await first.receive(sync)
+    await second.receive(sync)
+    await second.receive(sync)
+
+    assert [e["code"] for e in first_transport.of_type("error")] == ["rate_limited"]  # its third
+    assert [e["code"] for e in second_transport.of_type("error")] == ["rate_limited"]  # the user's fourth
+    assert all(e["retry_after"] > 0 for e in first_transport.of_type("error") + second_transport.of_type("error"))
+
+
+@pytest.mark.parametrize("chat_settings", [{"max_sockets_per_user": 2, "max_sockets_per_ip": 3}], indirect=True)
+async def test_sockets_are_admitted_up_to_the_limits_per_user_and_per_address(
+    services: Services, member: tuple[User, str], accounts: Accounts
+) -> None:
+    alice = member[0]
+    bob = await accounts.register("bob", "correct horse", "correct horse")
+    first = await services.connections.admit(alice, "192.0.2.1")
+    await services.connections.admit(alice, "192.0.2.1")
+
+    with pytest.raises(RateLimited):
+        await services.connections.admit(alice, "192.0.2.2")  # a third for alice
+    await services.connections.admit(bob, "192.0.2.1")  # the address's third
+    with pytest.raises(RateLimited):
+        await services.connections.admit(bob, "192.0.2.1")  # its fourth
+
+    await services.connections.release(first)
+    await services.connections.admit(alice, "192.0.2.9")

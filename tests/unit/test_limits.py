@@ -1,0 +1,167 @@
+"""Abuse limits: the limiter over the `limits` library, and the places that use it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from chat.errors import RateLimited, ValidationError
+from chat.models import User
+from chat.services.accounts import Accounts
+from chat.services.limits import Action, Limiter
+from chat.services.passwords import PasswordHasher
+from chat.storage import Storage
+from tests.support.clock import FakeClock
+
+PASSWORD = "correct horse"
+
+
+def limiter(wall_clock: FakeClock, **rules: str) -> Limiter:
+    return Limiter("async+memory://", {Action(action): spec for action, spec in rules.items()}, clock=wall_clock)
+
+
+async def test_actions_past_any_rule_are_refused_saying_how_long_to_wait(wall_clock: FakeClock) -> None:
+    limits = limiter(wall_clock, send="3 per second;5 per minute")
+
+    for _ in range(3):
+        await limits.take(Action.SEND, "alice")
+    with pytest.raises(RateLimited) as refused:
+        await limits.take(Action.SEND, "alice")
+    assert 0.9 < refused.value.retry_after <= 1.1
+
+    wall_clock.advance(refused.value.retry_after)
+    await limits.take(Action.SEND, "alice")
+    await limits.take(Action.SEND, "alice")
+    with pytest.raises(RateLimited) as per_minute:  # 5 per minute is spent now
+        await limits.take(Action.SEND, "alice")
+    assert 55 < per_minute.value.retry_after <= 61
+
+
+async def test_each_key_has_its_own_count(wall_clock: FakeClock) -> None:
+    limits = limiter(wall_clock, send="1 per minute")
+
+    await limits.take(Action.SEND, "alice")
+    await limits.take(Action.SEND, "bob")
+    with pytest.raises(RateLimited):
+        await limits.take(Action.SEND, "alice")
+
+
+async def test_allows_and_record_count_without_refusing_and_reset_forgets(wall_clock: FakeClock) -> None:
+    limits = limiter(wall_clock, **{"login-failure": "2 per minute"})
+
+    assert await limits.allows(Action.LOGIN_FAILURE, "alice")
+    await limits.record(Action.LOGIN_FAILURE, "alice")
+    await limits.record(Action.LOGIN_FAILURE, "alice")
+    await limits.record(Action.LOGIN_FAILURE, "alice")  # over: counted, not raised
+    assert not await limits.allows(Action.LOGIN_FAILURE, "alice")
+
+    await limits.reset(Action.LOGIN_FAILURE, "alice")
+    assert await limits.allows(Action.LOGIN_FAILURE, "alice")
+
+
+async def test_the_limiter_fails_open_when_its_store_is_down(wall_clock: FakeClock) -> None:
+    # Nothing listens on port 1: every call to the store fails.
+    limits = Limiter("async+redis://127.0.0.1:1/0", {Action.SEND: "1 per minute"}, clock=wall_clock)
+
+    for _ in range(3):
+        await limits.take(Action.SEND, "alice")
+    assert await limits.allows(Action.SEND, "alice")
+
+
+def test_malformed_rules_are_refused_when_the_limiter_is_built(wall_clock: FakeClock) -> None:
+    with pytest.raises(ValueError):
+        limiter(wall_clock, send="lots")
+
+
+# -- sign-in throttling -----------------------------------------------------------
+
+
+@pytest.fixture
+def guarded(memory_storage: Storage, hasher: PasswordHasher, wall_clock: FakeClock) -> Accounts:
+    rules = {"login": "20 per minute", "login-failure": "3 per 15 minutes", "register": "2 per hour"}
+    return Accounts(memory_storage, hasher, session_max_age=3600, limiter=limiter(wall_clock, **rules))
+
+
+async def fail(accounts: Accounts, times: int, name: str = "alice", ip: str = "192.0.2.1") -> None:
+    for _ in range(times):
+        with pytest.raises(ValidationError):
+            await accounts.authenticate(name, "wrong password", ip)
+
+
+async def test_after_too_many_failures_even_the_right_password_gets_the_same_answer(
+    guarded: Accounts, wall_clock: FakeClock
+) -> None:
+    user = await guarded.register("alice", PASSWORD, PASSWORD, "192.0.2.9")
+    await fail(guarded, 3)
+
+    with pytest.raises(ValidationError) as locked:
+        await guarded.authenticate("alice", PASSWORD, "198.51.100.7")  # another address does not help
+    with pytest.raises(ValidationError) as wrong:
+        await guarded.authenticate("nobody-at-all", PASSWORD, "198.51.100.7")
+    assert locked.value.message == wrong.value.message == "Wrong username or password."
+
+    wall_clock.advance(15 * 60 + 1)  # the lock is temporary
+    assert (await guarded.authenticate("ALICE", PASSWORD, "198.51.100.7")).id == user.id
+
+
+async def test_a_success_resets_the_failure_count(guarded: Accounts) -> None:
+    await guarded.register("alice", PASSWORD, PASSWORD, "192.0.2.9")
+    await fail(guarded, 2)
+    await guarded.authenticate("alice", PASSWORD, "192.0.2.1")
+
+    await fail(guarded, 2)
+    assert (await guarded.authenticate("alice", PASSWORD, "192.0.2.1")).username == "alice"
+
+
+async def test_sign_in_attempts_from_one_address_are_limited_whatever_the_account(guarded: Accounts) -> None:
+    for i in range(20):
+        await fail(guarded, 1, name=f"user{i}")
+
+    with pytest.raises(RateLimited):
+        await guarded.authenticate("someone-else", "whatever", "192.0.2.1")
+    await fail(guarded, 1, name="someone-else", ip="192.0.2.2")  # another address is counted apart
+
+
+async def test_registrations_from_one_address_are_limited(guarded: Accounts) -> None:
+    await guarded.register("alice", PASSWORD, PASSWORD, "192.0.2.1")
+    await guarded.register("bob", PASSWORD, PASSWORD, "192.0.2.1")
+
+    with pytest.raises(RateLimited):
+        await guarded.register("carol", PASSWORD, PASSWORD, "192.0.2.1")
+    assert isinstance(await guarded.register("dave", PASSWORD, PASSWORD, "192.0.2.2"), User)
+
+
+# -- bcrypt admission --------------------------------------------------------------
+
+
+@pytest.fixture
+def blocked_pool() -> Iterator[tuple[concurrent.futures.ThreadPoolExecutor, threading.Event]]:
+    release = threading.Event()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    yield executor, release
+    release.set()
+    executor.shutdown(wait=True)
+
+
+async def test_hashes_past_the_admission_bound_are_refused_at_once_not_queued(
+    blocked_pool: tuple[concurrent.futures.ThreadPoolExecutor, threading.Event],
+) -> None:
+    executor, release = blocked_pool
+    hasher = PasswordHasher(rounds=4, executor=executor, max_in_flight=2)
+    # The pool's one thread is busy until `release`: two hashes wait for it,
+    # holding both admissions.
+    executor.submit(release.wait)
+    running = [asyncio.ensure_future(hasher.verify(PASSWORD, None)) for _ in range(2)]
+    await asyncio.sleep(0)
+
+    with pytest.raises(RateLimited) as refused:
+        await asyncio.wait_for(hasher.verify(PASSWORD, None), 0.5)
+    assert refused.value.retry_after > 0
+
+    release.set()
+    assert await asyncio.gather(*running) == [False, False]
+    assert await hasher.verify(PASSWORD, None) is False  # admissions are given back
