@@ -391,7 +391,7 @@ async def test_a_resume_from_too_far_back_tells_the_client_to_reload_instead(
         await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
 
     far, far_transport = await connect(since=1)  # 4 missed: more than 3
-    near, near_transport = await connect(since=2)  # 3 missed: sent
+    _, near_transport = await connect(since=2)  # 3 missed: sent
 
     assert far_transport.of_type("history") == [{"type": "history", "messages": [], "has_more": False, "reset": True}]
     assert far.last_seq == 5
