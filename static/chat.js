@@ -199,6 +199,11 @@ class Outbox {
     return [...this.#entries.keys()];
   }
 
+  /** [client_id, body] pairs, in the order they were written. */
+  unsent() {
+    return [...this.#entries].map(([clientId, entry]) => [clientId, entry.body]);
+  }
+
   /** Call resend(clientId) after delayMs, replacing any retry already waiting. */
   retryLater(clientId, delayMs, resend) {
     const entry = this.#entries.get(clientId);
@@ -249,6 +254,13 @@ class RoomConnection {
     if (!this.#socket || this.#socket.readyState !== WebSocket.OPEN) return false;
     this.#socket.send(JSON.stringify(frame));
     return true;
+  }
+
+  /** Close for good (the page is going away): no reconnect. */
+  stop() {
+    this.#stopped = true;
+    clearTimeout(this.#reconnectTimer);
+    if (this.#socket) this.#socket.close();
   }
 
   /** The network is back: skip the backoff wait. */
@@ -376,6 +388,34 @@ function main() {
     if (added && stick) scrollToBottom();
   }
 
+  // The server answers a resume from too far back with `reset`: the page
+  // reloads to show the latest messages, and what was not yet sent (the
+  // composer's text too) is carried over in sessionStorage, to be sent again
+  // with the same client_ids, which the server never stores twice.
+  const carryKey = `chat:unsent:${root.dataset.roomId}`;
+
+  function reloadKeepingUnsent() {
+    connection.stop();
+    sessionStorage.setItem(carryKey, JSON.stringify({ unsent: outbox.unsent(), draft: input.value }));
+    location.reload();
+  }
+
+  function restoreUnsent() {
+    const carried = sessionStorage.getItem(carryKey);
+    if (!carried) return;
+    sessionStorage.removeItem(carryKey);
+    let saved;
+    try {
+      saved = JSON.parse(carried);
+    } catch {
+      return;
+    }
+    for (const [clientId, body] of saved.unsent || []) {
+      outbox.add(clientId, body, messages.addPending({ client_id: clientId, username, body }));
+    }
+    if (saved.draft && !input.value) input.value = saved.draft;
+  }
+
   function onError(frame) {
     showNotice(frame.message);
     if (!frame.client_id) return;
@@ -395,6 +435,10 @@ function main() {
         for (const clientId of outbox.clientIds()) sendPending(clientId);
         break;
       case "history":
+        if (frame.reset) {
+          reloadKeepingUnsent();
+          return;
+        }
         addStored(frame.messages);
         break;
       case "message":
@@ -432,6 +476,7 @@ function main() {
   window.addEventListener("online", () => connection.reconnectNow());
 
   messages.localizeTimes();
+  restoreUnsent();
   scrollToBottom();
   connection.start();
 }

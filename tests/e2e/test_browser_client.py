@@ -172,3 +172,45 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
 
     assert errors == []
     await context.close()
+
+
+async def test_a_reset_reloads_the_page_and_keeps_what_was_not_sent_yet(
+    server_factory: ServerFactory,
+    chromium: Chromium,
+) -> None:
+    server = server_factory()
+    context = await chromium.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await register(page, server.base_url, f"dora_{uuid.uuid4().hex[:6]}")
+    await page.fill("input[name=name]", f"Reset {uuid.uuid4().hex[:4]}")
+    await page.click("form.row button[type=submit]")
+    await page.wait_for_selector("#connection-state.state-connected")
+    await context.add_init_script(SCRIPTED_WEBSOCKET)
+    await page.reload()
+
+    async def deliver(frame: dict[str, Any]) -> None:
+        await page.evaluate("f => window.__sockets.at(-1).deliver(f)", frame)
+
+    hello = {"type": "hello", "instance": "scripted:1", "last_seq": 0, "room": {}, "user": {}}
+    await deliver(hello)
+    await page.wait_for_selector("#room[data-state=connected]")
+    await say(page, "not stored yet")
+    (unsent,) = await page.evaluate("window.__sockets.at(-1).sent")
+    await page.fill("#body", "half written")
+
+    # Resuming from too far back: the server says reset, and the page reloads.
+    async with page.expect_navigation():
+        await deliver({"type": "history", "messages": [], "has_more": False, "reset": True})
+
+    await page.wait_for_selector("li.message.pending >> text=not stored yet")
+    assert await page.input_value("#body") == "half written"
+    await deliver(hello)
+    await eventually(
+        lambda: page.evaluate("window.__sockets.at(-1).sent.length === 1"), 5, "the unsent message sent again"
+    )
+    (again,) = await page.evaluate("window.__sockets.at(-1).sent")
+    assert again == unsent  # the same client_id: stored at most once
+    assert errors == []
+    await context.close()
