@@ -1,0 +1,270 @@
+"""Sessions that really end, and abuse limits, against a real server process.
+
+Each test starts a server with the limit or timeout under test set tight
+(everything else lifted, as on the shared servers), and acts as a person or
+an attacker would: through the pages and the room socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+from tornado.httpclient import HTTPResponse
+
+from chat.models import NewMessage
+from tests.support.client import PASSWORD, Browser, handshake_status
+from tests.support.server import ChatServer, ServerFactory
+from tests.support.storage import connected_storage
+from tests.support.waiting import eventually
+
+OpenBrowser = Callable[[str], Browser]
+
+
+async def signed_in(server: ChatServer, open_browser: OpenBrowser) -> tuple[Browser, str, str]:
+    """A registered, signed-in browser with a room of its own: (browser, username, room_id)."""
+    browser = open_browser(server.base_url)
+    username = await browser.register()
+    return browser, username, await browser.create_room()
+
+
+async def second_session(server: ChatServer, open_browser: OpenBrowser, username: str) -> Browser:
+    other = open_browser(server.base_url)
+    response = await other.login(username)
+    assert response.code == 302, response.code
+    return other
+
+
+def audit_lines(server: ChatServer, event: str) -> list[str]:
+    return [line for line in server.logs().splitlines() if "chat.audit" in line and f" {event} " in line]
+
+
+# -- sessions that end -------------------------------------------------------------
+
+
+async def test_signing_out_closes_the_open_sockets_of_that_session_within_a_second(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory()
+    browser, username, room_id = await signed_in(server, open_browser)
+    first, second = await browser.socket(room_id), await browser.socket(room_id)
+    await first.join()
+    await second.join()
+    elsewhere = await second_session(server, open_browser, username)
+    kept = await elsewhere.socket(room_id)
+    await kept.join()
+
+    started = time.monotonic()
+    await browser.logout()
+    closes = await asyncio.gather(first.closed(timeout=5), second.closed(timeout=5))
+    elapsed = time.monotonic() - started
+
+    assert closes == [1008, 1008] and elapsed < 1.0, (closes, elapsed)
+    assert kept.conn.close_code is None  # the other session is untouched
+    await kept.acked(await kept.send_message("still here"))
+    assert len(audit_lines(server, "session_ended")) == 1
+
+
+async def test_signing_out_everywhere_else_ends_the_other_sessions_pages_and_sockets(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory()
+    browser, username, room_id = await signed_in(server, open_browser)
+    elsewhere = await second_session(server, open_browser, username)
+    sock = await elsewhere.socket(room_id)
+    await sock.join()
+
+    response = await browser.post("/account/sign-out-others", {})
+
+    assert response.code == 200 and b"1 other session was signed out" in response.body
+    assert await sock.closed(timeout=2) == 1008
+    assert (await elsewhere.get("/rooms")).code == 302  # to the sign-in page
+    assert (await browser.get("/rooms")).code == 200
+
+
+async def test_changing_the_password_ends_the_other_sessions_and_needs_the_current_one(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory()
+    browser, username, room_id = await signed_in(server, open_browser)
+    elsewhere = await second_session(server, open_browser, username)
+    sock = await elsewhere.socket(room_id)
+    await sock.join()
+    new = "a brand new passphrase"
+
+    wrong = await browser.post("/account/password", {"current": "not it", "password": new, "confirm": new})
+    assert wrong.code == 400 and b"not your current password" in wrong.body
+    assert sock.conn.close_code is None
+
+    changed = await browser.post("/account/password", {"current": PASSWORD, "password": new, "confirm": new})
+    assert changed.code == 200 and b"Password changed" in changed.body
+    assert await sock.closed(timeout=2) == 1008
+    assert (await browser.get("/rooms")).code == 200
+    assert (await open_browser(server.base_url).login(username, new)).code == 302
+    assert (await open_browser(server.base_url).login(username, PASSWORD)).code == 400
+
+
+async def test_an_idle_session_ends_and_so_does_a_socket_that_only_reads(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_SESSION_IDLE_SECONDS="2", CHAT_SESSION_RECHECK_SECONDS="1")
+    browser, _, room_id = await signed_in(server, open_browser)
+    sock = await browser.socket(room_id)
+    await sock.join()
+
+    # Nobody does anything: the periodic re-check finds the session idle.
+    assert await sock.closed(timeout=6) == 1008
+    assert (await browser.get("/rooms")).code == 302
+
+
+async def test_activity_cannot_keep_a_session_past_its_absolute_end(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_SESSION_MAX_AGE="3", CHAT_SESSION_IDLE_SECONDS="600")
+    browser, _, _ = await signed_in(server, open_browser)
+    started = time.monotonic()
+
+    while time.monotonic() - started < 2.5:
+        assert (await browser.get("/rooms")).code == 200
+        await asyncio.sleep(0.25)  # a busy person: a page every quarter second
+    await asyncio.sleep(0.6)
+
+    assert (await browser.get("/rooms")).code == 302
+
+
+# -- abuse limits ------------------------------------------------------------------
+
+
+async def test_the_send_limit_is_per_user_across_every_socket(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_SENDS="5 per minute")
+    browser, _, room_id = await signed_in(server, open_browser)
+    sockets = [await browser.socket(room_id) for _ in range(2)]
+    for sock in sockets:
+        await sock.join()
+
+    sent = {sock: [await sock.send_message(f"m{i}") for i in range(4)] for sock in sockets}
+    acked, refused = 0, []
+    for sock, client_ids in sent.items():
+        for client_id in client_ids:
+            while True:
+                frame = await sock.recv()
+                if frame.get("client_id") != client_id or frame["type"] not in ("ack", "error"):
+                    continue
+                if frame["type"] == "ack":
+                    acked += 1
+                else:
+                    refused.append(frame)
+                break
+
+    assert acked == 5
+    assert [f["code"] for f in refused] == ["rate_limited"] * 3
+    assert all(isinstance(f["retry_after"], float) and f["retry_after"] > 0 for f in refused)
+    assert audit_lines(server, "limit_hit")
+
+
+async def test_a_user_can_hold_only_so_many_sockets(server_factory: ServerFactory, open_browser: OpenBrowser) -> None:
+    server = server_factory(CHAT_MAX_SOCKETS_PER_USER="2")
+    browser, _, room_id = await signed_in(server, open_browser)
+    first = await browser.socket(room_id)
+    await first.join()
+    await (await browser.socket(room_id)).join()
+
+    assert await handshake_status(browser, room_id) == 429
+
+    first.close()
+
+    async def admitted() -> bool:
+        return await handshake_status(browser, room_id) == 101
+
+    await eventually(admitted, 5, "a place freed by the closed socket")
+
+
+async def test_room_creation_is_limited_per_user_with_a_429_and_retry_after(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_ROOM_CREATION="2 per hour")
+    browser, _, _ = await signed_in(server, open_browser)
+    await browser.create_room()
+
+    refused = await browser.post("/rooms", {"name": "one too many"})
+
+    assert refused.code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert b"Too many requests" in refused.body
+
+
+async def test_registrations_from_one_address_are_limited(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_REGISTRATIONS="2 per hour")
+    for _ in range(2):
+        await open_browser(server.base_url).register()
+
+    refused = await open_browser(server.base_url).post(
+        "/register", {"username": "one_more", "password": PASSWORD, "confirm": PASSWORD}
+    )
+
+    assert refused.code == 429 and int(refused.headers["Retry-After"]) > 0
+
+
+def form_error(response: HTTPResponse) -> str:
+    match = re.search(r'<p class="form-error"[^>]*>(.*?)</p>', response.body.decode(), re.S)
+    return match.group(1).strip() if match else ""
+
+
+async def test_a_locked_account_answers_the_right_password_exactly_like_a_wrong_one(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_LOGIN_FAILURES="3 per 15 minutes")
+    _, username, _ = await signed_in(server, open_browser)
+    attacker = open_browser(server.base_url)
+    wrong = [await attacker.login(username, "guess number one") for _ in range(3)]
+
+    locked = await attacker.login(username, PASSWORD)
+    unknown = await attacker.login("nobody_here", PASSWORD)
+
+    answers = [*wrong, locked, unknown]
+    assert {r.code for r in answers} == {400}
+    assert {form_error(r) for r in answers} == {"Wrong username or password."}
+    assert not any("Location" in r.headers or "Retry-After" in r.headers for r in answers)
+    assert any("reason=locked" in line for line in audit_lines(server, "sign_in_failed"))
+    assert PASSWORD not in server.logs()
+
+
+async def test_sign_in_attempts_from_one_address_are_limited(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_LOGINS="3 per minute")
+    client = open_browser(server.base_url)
+    for i in range(3):
+        assert (await client.login(f"nobody{i}", "whatever pw")).code == 400
+
+    refused = await client.login("nobody3", "whatever pw")
+
+    assert refused.code == 429 and int(refused.headers["Retry-After"]) > 0
+
+
+# -- bounded resume ------------------------------------------------------------------
+
+
+async def test_a_resume_from_too_far_back_gets_a_reset_and_a_near_one_its_messages(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_RESUME_MAX_MESSAGES="5")
+    browser, username, room_id = await signed_in(server, open_browser)
+    async with connected_storage(server.database_url) as storage:
+        user = await storage.users.get_by_username(username)
+        assert user is not None
+        for i in range(8):
+            await storage.messages.add(NewMessage(room_id, user.id, user.username, f"m{i}", f"c{i}"))
+
+    far = await browser.socket(room_id, since=0)
+    _, far_history = await far.join()
+    near = await browser.socket(room_id, since=3)
+    _, near_history = await near.join()
+
+    assert far_history == {"type": "history", "messages": [], "has_more": False, "reset": True}
+    assert [m["seq"] for m in near_history["messages"]] == [4, 5, 6, 7, 8]
