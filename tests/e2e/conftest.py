@@ -71,26 +71,44 @@ def cluster_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         yield server
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    tmp_path_factory: pytest.TempPathFactory, ferretdb: FerretDB, cluster_redis: RedisServer
-) -> Iterator[Cluster]:
-    """supervisord running 2 chat processes on MongoDB (FerretDB) and Redis, nginx in front."""
+def process_group(
+    tmp_path_factory: pytest.TempPathFactory, ferretdb: FerretDB, redis: RedisServer, **env: str
+) -> Cluster:
+    """supervisord with 2 chat processes on MongoDB (FerretDB) and Redis, nginx in front (not started)."""
     nginx_binary()  # skip or fail early, naming the install command
-    group = Cluster(
+    return Cluster(
         run_dir=tmp_path_factory.mktemp("cluster"),
         processes=2,
         base_port=free_port_range(2),
         listen_port=free_port(),
         env={
             "CHAT_DATABASE_URL": ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}"),
-            "CHAT_BROKER_URL": cluster_redis.url(),
+            "CHAT_BROKER_URL": redis.url(),
             "CHAT_COOKIE_SECRETS": TEST_SECRET,
-            **LIFTED_LIMITS,
             "CHAT_PRESENCE_HEARTBEAT_SECONDS": "1",
             "CHAT_PRESENCE_TTL_SECONDS": "5",
+            **env,
         },
     )
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, ferretdb: FerretDB, cluster_redis: RedisServer
+) -> Iterator[Cluster]:
+    """The group with abuse limits lifted: tests of delivery and faults, many users from one address."""
+    group = process_group(tmp_path_factory, ferretdb, cluster_redis, **LIFTED_LIMITS)
+    group.start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_cluster(
+    tmp_path_factory: pytest.TempPathFactory, ferretdb: FerretDB, cluster_redis: RedisServer
+) -> Iterator[Cluster]:
+    """The group with a tight per-user send limit (and the other limits at their defaults)."""
+    group = process_group(tmp_path_factory, ferretdb, cluster_redis, CHAT_LIMIT_SENDS="10 per minute")
     group.start()
     yield group
     group.stop()
@@ -99,5 +117,6 @@ def cluster(
 @pytest.fixture(autouse=True)
 def _attach_cluster_logs(request: pytest.FixtureRequest) -> None:
     # Only where a test uses the cluster: asking for it would start one.
-    if "cluster" in request.fixturenames:
-        add_log_source(request, "cluster", request.getfixturevalue("cluster").log_tail)
+    for name in ("cluster", "strict_cluster"):
+        if name in request.fixturenames:
+            add_log_source(request, name, request.getfixturevalue(name).log_tail)
