@@ -343,9 +343,10 @@ class RoomConnection:
     async def _send_after(self, since: int) -> None:
         hub = self._hub
         stored = await hub.messages.stored_seq(self.room.id)
-        if stored - since > hub.policy.resume_max_messages:
+        if stored - since > hub.policy.resume_max_messages or since > stored:
             # Too far behind to catch up frame by frame (seqs have no holes,
-            # so this is how many it missed): the client reloads the page,
+            # so this is how many it missed), or ahead of storage (history was
+            # restored from an older backup): the client reloads the page,
             # which renders the latest messages, instead.
             self.transport.send_text(protocol.history_reset_frame())
             self.last_seq = max(self.last_seq, stored)

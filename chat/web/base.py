@@ -23,6 +23,7 @@ from ..config import Settings
 from ..errors import ChatError, RateLimited
 from ..models import User
 from ..protocol import refusal_for
+from ..services import audit
 from ..services.accounts import Accounts
 from ..services.messages import Messages
 from ..services.presence import Presence
@@ -160,13 +161,19 @@ class BaseHandler(AppHandler):
     async def prepare(self) -> None:
         # get_current_user cannot be a coroutine, so resolve the session here
         # and set current_user directly.
-        token = self.session_cookie.decode(self.get_cookie(COOKIE_NAME))
-        if token is None:
+        cookie = self.get_cookie(COOKIE_NAME)
+        if not cookie:
             return
-        resolved = await self.accounts.resolve(token)
-        if resolved is not None:
-            self.session_token = token
-            self.current_user = resolved[1]
+        token = self.session_cookie.decode(cookie)
+        resolved = await self.accounts.resolve(token) if token is not None else None
+        if resolved is None:
+            # Tampered, foreign, expired or signed out: the visitor is simply
+            # signed out. Worth a line: a stream of these is someone guessing.
+            reason = "bad signature or expired" if token is None else "no live session"
+            audit.event("session_cookie_refused", reason=reason, ip=self.client_ip)
+            return
+        self.session_token = token
+        self.current_user = resolved[1]
 
     def render_template(self, template_name: str, **context: Any) -> None:
         self.finish(self.render_string_template(template_name, **context))

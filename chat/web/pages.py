@@ -94,6 +94,8 @@ class AccountHandler(BaseHandler):
                     self.get_body_argument("confirm", ""),
                     keep_token=token,
                 )
+                # A new session id after the change, too (the old cookie is dead).
+                await self.sign_in(self.user)
                 notice = f"Password changed. {_sessions(ended)} signed out."
             else:
                 notice = f"{_sessions(await self.accounts.end_other_sessions(self.user, token))} signed out."

@@ -14,6 +14,7 @@ import tornado.websocket
 from ..errors import Unavailable
 from ..models import Room
 from ..protocol import Close
+from ..services import audit
 from ..services.connection import Admission, RoomConnection
 from .base import BaseHandler
 
@@ -110,6 +111,13 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         self.admission = await self.services.connections.admit(self.user, self.client_ip)
 
     def render_error(self, status_code: int, title: str, message: str) -> None:
+        audit.event(
+            "handshake_refused",
+            status=status_code,
+            user=self.user.id if self.current_user else None,
+            ip=self.client_ip,
+            origin=self.request.headers.get("Origin"),
+        )
         # A refused handshake is read by a program, not a person: plain JSON.
         self.finish({"error": self._reason})
 
@@ -133,6 +141,13 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         self.connection = self.services.connections.create(
             transport, self.user, self.room, self.session_token or "", self.admission
         )
+        audit.event(
+            "socket_opened",
+            user=self.user.id,
+            room=self.room.id,
+            ip=self.client_ip,
+            origin=self.request.headers.get("Origin"),
+        )
         try:
             await self.connection.open(self._since)
         except Unavailable as exc:
@@ -148,6 +163,7 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.connection is not None:
+            audit.event("socket_closed", user=self.user.id, room=self.room.id, code=self.close_code, ip=self.client_ip)
             leaving = self.connection.close()
         elif self.admission is not None:  # closed before open() ran
             leaving = self.services.connections.release(self.admission)

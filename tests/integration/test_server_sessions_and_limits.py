@@ -268,3 +268,46 @@ async def test_a_resume_from_too_far_back_gets_a_reset_and_a_near_one_its_messag
 
     assert far_history == {"type": "history", "messages": [], "has_more": False, "reset": True}
     assert [m["seq"] for m in near_history["messages"]] == [4, 5, 6, 7, 8]
+
+
+# -- session ids are renewed, bad cookies are logged ---------------------------------
+
+
+async def test_signing_in_again_or_changing_the_password_issues_a_new_session_id(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory()
+    browser, username, _ = await signed_in(server, open_browser)
+    before_login = browser.cookie_header()
+
+    assert (await browser.login(username)).code == 302
+    after_login = browser.cookie_header()
+    new = "another long passphrase"
+    await browser.post("/account/password", {"current": PASSWORD, "password": new, "confirm": new})
+    after_change = browser.cookie_header()
+
+    assert len({before_login, after_login, after_change}) == 3
+    for stale in (before_login, after_login):
+        replay = open_browser(server.base_url)
+        response = await replay.request("GET", "/rooms", headers={"Cookie": stale})
+        assert response.code == 302  # anonymous: sent to sign in
+    assert (await browser.get("/rooms")).code == 200
+    assert audit_lines(server, "session_cookie_refused")
+
+
+async def test_sockets_opened_closed_and_refused_are_in_the_audit_log(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory()
+    browser, _, room_id = await signed_in(server, open_browser)
+    sock = await browser.socket(room_id)
+    await sock.join()
+    sock.close()
+    assert await handshake_status(open_browser(server.base_url), room_id) == 401
+
+    await eventually(lambda: bool(audit_lines(server, "socket_closed")), 5, "the close in the audit log")
+    (opened,) = audit_lines(server, "socket_opened")
+    assert f"room={room_id}" in opened and "ip=127.0.0.1" in opened
+    (refused,) = audit_lines(server, "handshake_refused")
+    assert "status=401" in refused
+    assert browser.cookies["chat_session"] not in server.logs()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Callable
 
 import pytest
 
@@ -385,3 +386,26 @@ async def test_a_disabled_account_loses_its_sessions_and_cannot_sign_in(accounts
     assert refused.value.message == "Wrong username or password."
     await accounts.enable(user.id)
     assert (await accounts.authenticate("alice", PASSWORD)).id == user.id
+
+
+async def test_every_failed_sign_in_costs_one_bcrypt_check_whatever_the_reason(
+    memory_storage: Storage, hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown user, wrong password and disabled account take the same work, so the same time."""
+    accounts = Accounts(memory_storage, hasher, session_max_age=3600)
+    await register(accounts, "alice")
+    disabled = await register(accounts, "mallory")
+    await accounts.disable(disabled.id)
+    checks: list[bytes] = []
+    original = hasher._run
+
+    async def counting(func: Callable[..., object], *args: bytes) -> object:
+        checks.append(args[1][:7])  # the bcrypt version and cost of the hash checked
+        return await original(func, *args)
+
+    monkeypatch.setattr(hasher, "_run", counting)
+    for name, password in (("nobody", PASSWORD), ("alice", "wrong password"), ("mallory", PASSWORD)):
+        with pytest.raises(ValidationError):
+            await accounts.authenticate(name, password)
+
+    assert len(checks) == 3 and len(set(checks)) == 1

@@ -448,3 +448,14 @@ async def test_sockets_are_admitted_up_to_the_limits_per_user_and_per_address(
 
     await services.connections.release(first)
     await services.connections.admit(alice, "192.0.2.9")
+
+
+async def test_a_resume_from_beyond_the_stored_history_tells_the_client_to_reload(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    await messages.post(member[0], chat_room, "c1", "only one")
+
+    # The client holds seq 9: history was restored from an older backup since.
+    _, transport = await connect(since=9)
+
+    assert transport.of_type("history") == [{"type": "history", "messages": [], "has_more": False, "reset": True}]
