@@ -126,7 +126,9 @@ class RedisBroker(Broker):
             if self._resync_due:
                 self._resync_due = False
                 return RESYNC
-            if not self._channels:
+            if not self._has_channels.is_set():
+                # Set once a subscription is complete: reading before that
+                # finds no pub/sub connection at all.
                 await self._has_channels.wait()
                 continue
             if self._subscription_lost:

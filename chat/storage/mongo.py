@@ -263,9 +263,15 @@ class RoomWriters:
     other for the same seq; only writers in other processes can still
     collide, and the unique ``(room_id, seq)`` index makes the loser read
     again. A room's lock lives only while someone holds or waits for it.
+
+    The wait is bounded: while the database is slow or down, each turn can
+    take the full server-selection timeout, and a queue of senders must not
+    add those up (nor hold a graceful shutdown hostage). A sender that waits
+    longer than ``max_wait`` gets Unavailable and retries with its client_id.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_wait: float = 5.0) -> None:
+        self.max_wait = max_wait
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
@@ -273,8 +279,14 @@ class RoomWriters:
         lock, waiting = self._locks.get(room_id, (asyncio.Lock(), 0))
         self._locks[room_id] = (lock, waiting + 1)
         try:
-            async with lock:
+            try:
+                await asyncio.wait_for(lock.acquire(), self.max_wait)
+            except TimeoutError:
+                raise Unavailable(f"messages to room {room_id} are queueing; retry shortly") from None
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, waiting = self._locks[room_id]
             if waiting == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -158,7 +159,13 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             self.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
 
     async def on_message(self, message: str | bytes) -> None:
-        if self.connection is not None:
+        if self.connection is None:
+            return
+        # Closing the socket (the client left, or the process shuts down)
+        # cancels a frame still being handled; that is the end of it, not an
+        # error worth a traceback. A send cancelled before its ack is re-sent
+        # by the client with the same client_id.
+        with contextlib.suppress(asyncio.CancelledError):
             await self.connection.receive(message)
 
     def on_close(self) -> None:
