@@ -100,5 +100,8 @@ async def shutdown(services: Services, server: tornado.httpserver.HTTPServer) ->
         log.warning("shutdown: some sends did not finish within %.0fs", grace)
     await asyncio.sleep(0.1)  # let the close frames go out
     await server.close_all_connections()
+    # While the broker is still there: the clients are reconnecting elsewhere
+    # and must not find their old sockets counted against their limits.
+    await services.connections.release_all()
     await services.close()
     log.info("shut down")

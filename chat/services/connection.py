@@ -52,8 +52,9 @@ class ConnectionPolicy:
     max_sockets_per_user: int = 10
     max_sockets_per_ip: int = 100
     # A socket's places in those counts expire this long after the last
-    # heartbeat, so a crashed process's sockets stop counting.
-    lease_seconds: float = 60.0
+    # heartbeat (every third of it), so a crashed process's sockets stop
+    # counting soon: its users reconnect elsewhere at once.
+    lease_seconds: float = 30.0
     # A resume that would send more messages than this tells the client to
     # reload instead (``reset``), and no history frame exceeds max_frame_bytes.
     resume_max_messages: int = 300
@@ -135,6 +136,11 @@ class Connections:
                 await self.leases.release(pool, admission.holder)
             except Unavailable as exc:
                 log.warning("could not release a socket place (%s); it expires by itself", exc)
+
+    async def release_all(self) -> None:
+        """Give back every place this process holds (shutting down: its sockets are gone)."""
+        for admission in list(self._admitted.values()):
+            await self.release(admission)
 
     async def renew_leases(self) -> None:
         """Heartbeat for the places this process's sockets hold."""
@@ -222,7 +228,7 @@ class RoomConnection:
             return
         last_seq = await hub.messages.stored_seq(self.room.id)
         self.transport.send_text(protocol.hello_frame(self.room, self.user, hub.policy.instance, last_seq))
-        await self._send_history(since)
+        await self._send_history(since, stored=last_seq)
         users = await hub.presence.joined(self.room.id, self.user)
         self._counted_present = True
         if self.closed:
@@ -320,7 +326,8 @@ class RoomConnection:
             self._session_checked_at = now
         return live
 
-    async def _send_history(self, since: int | None) -> None:
+    async def _send_history(self, since: int | None, stored: int | None = None) -> None:
+        """History after ``since`` (the latest page without it); ``stored`` if already read."""
         async with self._sync_lock:
             if self._pending is None:
                 self._pending = []
@@ -328,7 +335,7 @@ class RoomConnection:
                 if since is None:
                     await self._send_recent()
                 else:
-                    await self._send_after(since)
+                    await self._send_after(since, stored)
             finally:
                 pending, self._pending = self._pending, None
                 for seq, frame in pending:
@@ -340,9 +347,10 @@ class RoomConnection:
         if messages:
             self.last_seq = max(self.last_seq, messages[-1].seq)
 
-    async def _send_after(self, since: int) -> None:
+    async def _send_after(self, since: int, stored: int | None) -> None:
         hub = self._hub
-        stored = await hub.messages.stored_seq(self.room.id)
+        if stored is None:
+            stored = await hub.messages.stored_seq(self.room.id)
         if stored - since > hub.policy.resume_max_messages or since > stored:
             # Too far behind to catch up frame by frame (seqs have no holes,
             # so this is how many it missed), or ahead of storage (history was

@@ -1,8 +1,8 @@
 """The distributed backend: MongoDB through PyMongo's async API.
 
 Uses only what both MongoDB and FerretDB v1 support (the tests run against
-FerretDB): no transactions, change streams or TTL indexes. A message's seq is
-the room's highest stored seq plus one, written under the unique
+FerretDB): no transactions, change streams or TTL indexes. A message's seq
+follows the highest one known to be stored and is written under the unique
 ``(room_id, seq)`` index (see :meth:`MongoMessages._insert_next`), so seqs
 have no holes and never appear out of order, on MongoDB and FerretDB alike.
 
@@ -308,27 +308,36 @@ class MongoMessages(MessageRepository):
 
     async def add(self, new: NewMessage) -> tuple[Message, bool]:
         with _translate_errors():
-            existing = await self._find_by_client_id(new)
-            if existing is not None:
-                return existing, False
             async with self._writers.turn(new.room_id):
                 return await self._insert_next(new)
 
     async def _insert_next(self, new: NewMessage) -> tuple[Message, bool]:
         """Store ``new`` under the seq after the highest one stored.
 
-        The seq is read, not drawn from a counter: seq N+1 can only be written
-        once N is stored, so seqs have no holes and no message can appear
-        below one a reader has already seen (a drawn seq whose write was
-        delayed could). Two processes that read the same N race on the unique
-        index; the loser reads again.
+        The room's ``last_seq`` counter is only ever moved to a seq already
+        stored, so when it reads k, message k exists; the insert tries k+1,
+        and if another process stored k+1 first (the unique index says so),
+        k+1 exists and k+2 is next. A seq is thus only written once the one
+        before it is stored: seqs have no holes, and no message can appear
+        below one a reader has already seen (a counter drawn *before* the
+        insert, as ``$inc`` would, allows both). A crash between an insert
+        and the counter's move only leaves the counter behind, and the next
+        writer steps past it.
+
+        No look-up by client_id comes first: the unique index on
+        ``(room_id, user_id, client_id)`` refuses a resend, and only then is
+        the stored original fetched (FerretDB scans for that look-up).
         """
         db = self._storage.db
+        room = await db.rooms.find_one({"_id": new.room_id})
+        if room is None:
+            raise LookupError(f"no room {new.room_id!r}")
+        seq = int(room.get("last_seq", 0)) + 1
         for _ in range(MAX_SEQ_ATTEMPTS):
             message = Message(
                 id=new_id(),
                 room_id=new.room_id,
-                seq=await self._next_seq(new.room_id),
+                seq=seq,
                 user_id=new.user_id,
                 username=new.username,
                 body=new.body,
@@ -338,28 +347,14 @@ class MongoMessages(MessageRepository):
             try:
                 await db.messages.insert_one(_document(message))
             except DuplicateKeyError:
-                # The same client_id won in another process (acknowledge that
-                # one), or another process took this seq (read again).
                 existing = await self._find_by_client_id(new)
                 if existing is not None:
-                    return existing, False
+                    return existing, False  # a resend: acknowledge the original
+                seq += 1  # taken, so stored: the next one may follow it
                 continue
-            # The room's counter is a summary for readers of the room record;
-            # seqs themselves come from the messages.
-            await db.rooms.update_one(
-                {"_id": new.room_id, "last_seq": {"$lt": message.seq}}, {"$set": {"last_seq": message.seq}}
-            )
+            await db.rooms.update_one({"_id": new.room_id, "last_seq": {"$lt": seq}}, {"$set": {"last_seq": seq}})
             return message, True
         raise Unavailable(f"could not store a message in room {new.room_id} after {MAX_SEQ_ATTEMPTS} attempts")
-
-    async def _next_seq(self, room_id: str) -> int:
-        db = self._storage.db
-        latest = await db.messages.find_one({"room_id": room_id}, sort=[("seq", DESCENDING)])
-        if latest is not None:
-            return int(latest["seq"]) + 1
-        if await db.rooms.find_one({"_id": room_id}) is None:
-            raise LookupError(f"no room {room_id!r}")
-        return 1
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():
