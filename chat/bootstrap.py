@@ -161,7 +161,6 @@ def build_services(
         messages.backfill,
         messages.stored_seq,
         gap_retry=settings.fanout_gap_retry_seconds,
-        hole_timeout=settings.fanout_hole_timeout_seconds,
         sweep_interval=settings.catchup_interval_seconds,
     )
     presence = Presence(

@@ -190,9 +190,8 @@ class Settings:
     history_limit: int = 50
     max_frame_bytes: int = 64 * 1024
     # Fan-out: how long a missing seq may hold later ones back before storage
-    # is asked, and before the feed gives up on it (see services/fanout.py).
+    # is asked for it (see services/fanout.py).
     fanout_gap_retry_seconds: float = 0.2
-    fanout_hole_timeout_seconds: float = 2.0
     template_path: Path = PROJECT_ROOT / "templates"
     static_path: Path = PROJECT_ROOT / "static"
 

@@ -10,9 +10,11 @@ of sockets.
 Message frames carry a ``seq``. A feed delivers them in ``seq`` order and at
 most once, whatever order the broker produced: publishes from concurrent
 senders can overtake each other. When a seq is missing the feed holds later
-frames back briefly and asks storage for what it missed (seqs have no holes,
-and N+1 is only stored after N, so storage has it), and gives up on a gap only
-after ``hole_timeout`` so that a storage outage cannot stall a room.
+frames back briefly and asks storage for what it missed. It never skips a
+gap: seqs have no holes and N+1 is only stored after N, so storage has the
+missing message, and delivering past it would hide it from every connected
+client for good. While storage cannot be read, the feed keeps asking, backing
+off, and the room's later messages wait (in order) until it answers.
 
 Pub/sub is at most once, so storage is the fallback everywhere: after the
 broker reconnects (``RESYNC``), when a publish fails (delivered locally at
@@ -51,6 +53,8 @@ ControlHandler = Callable[[str, str], None]
 
 # After a failed catch-up read, how long until the next try.
 RESYNC_RETRY_SECONDS = 1.0
+# The longest wait between two reads of storage for a missing seq.
+MAX_FILL_DELAY_SECONDS = 5.0
 # How long a publish that failed is retried in the background.
 REPUBLISH_FOR_SECONDS = 60.0
 
@@ -70,7 +74,8 @@ class RoomFeed:
         self._fanout = fanout
         self.last_seq = 0
         self._held: dict[int, str] = {}
-        self._gap_since: float | None = None
+        # Consecutive fills that did not close the gap (for backing off).
+        self._fill_failures = 0
         self._resync_due = False
         self._fill_task: asyncio.Task[None] | None = None
 
@@ -96,24 +101,23 @@ class RoomFeed:
                 log.exception("delivery to a listener in room %s failed", self.room_id)
 
     def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._held:
             seq = min(self._held)
             if seq <= self.last_seq:
                 del self._held[seq]
                 continue
-            hole_expired = self._gap_since is not None and loop.time() - self._gap_since >= self._fanout.hole_timeout
-            if seq != self.last_seq + 1 and not hole_expired:
+            if seq != self.last_seq + 1:
                 break
             frame = self._held.pop(seq)
             self.last_seq = seq
-            self._gap_since = None
+            self._fill_failures = 0
             self._broadcast(seq, frame)
         if self._held:
-            if self._gap_since is None:
-                self._gap_since = loop.time()
-            # Wait a moment for the missing seq to arrive, then read storage.
-            self._schedule_fill(self._fanout.gap_retry)
+            # Wait a moment for the missing seq to arrive, then read storage;
+            # if storage does not have the answer either (it is down), wait
+            # longer each time.
+            delay = min(self._fanout.gap_retry * 2**self._fill_failures, MAX_FILL_DELAY_SECONDS)
+            self._schedule_fill(delay)
 
     def resync(self) -> None:
         """Catch up from storage at once: the broker may have dropped events."""
@@ -131,6 +135,8 @@ class RoomFeed:
                 if message.seq > self.last_seq and message.seq not in self._held:
                     self._held[message.seq] = message_frame(message)
         self._fill_task = None
+        if self._held:
+            self._fill_failures += 1  # cleared by _drain once the gap closes
         self._drain()
         if self._resync_due:
             self._schedule_fill(RESYNC_RETRY_SECONDS)
@@ -161,14 +167,12 @@ class Fanout:
         stored_seq: StoredSeq,
         *,
         gap_retry: float = 0.2,
-        hole_timeout: float = 2.0,
         sweep_interval: float = 10.0,
     ) -> None:
         self.broker = broker
         self.backfill = backfill
         self.stored_seq = stored_seq
         self.gap_retry = gap_retry
-        self.hole_timeout = hole_timeout
         self.sweep_interval = sweep_interval
         self._background: set[asyncio.Task[None]] = set()
         self._feeds: dict[str, RoomFeed] = {}

@@ -81,7 +81,6 @@ def chat_settings(request: pytest.FixtureRequest) -> Settings:
         limit_sends="1000 per second",
         presence_heartbeat_seconds=3600,
         fanout_gap_retry_seconds=0.01,
-        fanout_hole_timeout_seconds=0.1,
     )
     return replace(fast, **getattr(request, "param", {}))
 

@@ -87,7 +87,7 @@ def store() -> FakeStore:
 
 @pytest.fixture
 async def fanout(broker: CountingBroker, store: FakeStore) -> AsyncIterator[Fanout]:
-    hub = Fanout(broker, store.backfill, store.stored_seq, gap_retry=0.01, hole_timeout=0.1)
+    hub = Fanout(broker, store.backfill, store.stored_seq, gap_retry=0.01)
     await hub.start()
     try:
         yield hub
@@ -145,21 +145,22 @@ async def test_non_message_frames_are_delivered_immediately(fanout: Fanout, brok
     assert listener.received[0] == (None, '{"type":"presence","count":3}')
 
 
-async def test_a_gap_that_is_never_filled_is_skipped_after_the_hole_timeout(
+async def test_a_gap_is_never_skipped_later_messages_wait_until_storage_has_the_missing_one(
     fanout: Fanout, broker: CountingBroker, store: FakeStore
 ) -> None:
     listener = RecordingListener()
     await fanout.join(ROOM, listener)
     await publish(broker, 1)
     await eventually(lambda: listener.seqs == [1])
-    started = asyncio.get_running_loop().time()
+    store.messages = [msg(1)]
 
-    await publish(broker, 3)  # seq 2 was drawn but never stored
+    await publish(broker, 3)  # 2's publish was lost, and storage has not answered with it yet
+    await eventually(lambda: len(store.backfill_calls) >= 3, what="storage asked again and again")
+    assert listener.seqs == [1]
 
-    await eventually(lambda: listener.seqs == [1, 3])
-    waited = asyncio.get_running_loop().time() - started
-    assert waited >= fanout.hole_timeout * 0.9
-    assert store.backfill_calls and all(call == (ROOM, 1) for call in store.backfill_calls)
+    store.messages = [msg(1), msg(2), msg(3)]
+    await eventually(lambda: listener.seqs == [1, 2, 3], what="the gap closed, in order")
+    assert all(call == (ROOM, 1) for call in store.backfill_calls)
 
 
 async def test_a_gap_is_filled_from_storage_in_order(fanout: Fanout, broker: CountingBroker, store: FakeStore) -> None:
@@ -179,21 +180,29 @@ async def test_a_gap_is_filled_from_storage_in_order(fanout: Fanout, broker: Cou
     assert listener.seqs == [1, 2, 3, 4]  # the live 4 was not delivered a second time
 
 
-async def test_a_failing_backfill_is_retried_and_the_hole_still_times_out(
+async def test_a_failing_backfill_is_retried_with_backoff_and_nothing_passes_the_gap_meanwhile(
     fanout: Fanout, broker: CountingBroker, store: FakeStore
 ) -> None:
-    async def broken_backfill(room_id: str, after_seq: int) -> list[Message]:
-        store.backfill_calls.append((room_id, after_seq))
-        raise ConnectionError("database down")
+    original = store.backfill
+    down = True
 
-    fanout.backfill = broken_backfill
+    async def backfill(room_id: str, after_seq: int) -> list[Message]:
+        if down:
+            store.backfill_calls.append((room_id, after_seq))
+            raise ConnectionError("database down")
+        return await original(room_id, after_seq)
+
+    fanout.backfill = backfill
     listener = RecordingListener()
     await fanout.join(ROOM, listener)
 
     await publish(broker, 2)
+    await eventually(lambda: len(store.backfill_calls) >= 3, what="retries")
+    assert listener.seqs == []
 
-    await eventually(lambda: listener.seqs == [2])
-    assert len(store.backfill_calls) >= 2
+    store.messages = [msg(1), msg(2)]
+    down = False
+    await eventually(lambda: listener.seqs == [1, 2], 5, "delivery once storage answers")
 
 
 async def test_join_subscribes_once_for_many_listeners_and_the_last_leave_unsubscribes(
