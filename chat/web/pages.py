@@ -7,16 +7,33 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from ..errors import Unavailable, ValidationError
+from ..protocol import has_control_characters
 from .base import AppHandler, BaseHandler
+from .forms import MAX_FIELD_LENGTH
+
+DEFAULT_NEXT = "/rooms"
 
 
 def safe_next(target: str | None) -> str:
-    """Only same-site paths: an open redirect would let phishers borrow our name."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/rooms"
+    """Only same-site paths: an open redirect would let phishers borrow our name.
+
+    Control characters are refused too: CR/LF would end the ``Location``
+    header (Tornado raises rather than send it), and browsers drop tabs and
+    newlines from URLs, so ``/<TAB>/evil.example`` would become
+    ``//evil.example``.
+    """
+    if (
+        not target
+        or len(target) > MAX_FIELD_LENGTH
+        or has_control_characters(target)
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
+        return DEFAULT_NEXT
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
-        return "/rooms"
+        return DEFAULT_NEXT
     return target
 
 
@@ -33,11 +50,10 @@ class RegisterHandler(BaseHandler):
         self.render_template("register.html", error=None, field=None, username="")
 
     async def post(self) -> None:
-        username = self.get_body_argument("username", "")
+        form = self.form("username", "password", "confirm")
+        username = form["username"]
         try:
-            user = await self.accounts.register(
-                username, self.get_body_argument("password", ""), self.get_body_argument("confirm", "")
-            )
+            user = await self.accounts.register(username, form["password"], form["confirm"])
         except ValidationError as exc:
             self.set_status(400)
             self.render_template("register.html", error=exc.message, field=exc.field, username=username)
@@ -48,16 +64,19 @@ class RegisterHandler(BaseHandler):
 
 class LoginHandler(BaseHandler):
     def get(self) -> None:
+        # Not stripped: Tornado turns most control characters into spaces but
+        # keeps tab, CR and LF, and safe_next must see those to refuse them.
+        next_url = safe_next(self.get_query_argument("next", None, strip=False))
         if self.current_user:
-            self.redirect(safe_next(self.get_query_argument("next", None)))
+            self.redirect(next_url)
             return
-        self.render_template("login.html", error=None, username="", next=self.get_query_argument("next", ""))
+        self.render_template("login.html", error=None, username="", next=next_url)
 
     async def post(self) -> None:
-        username = self.get_body_argument("username", "")
-        next_url = self.get_body_argument("next", "")
+        form = self.form("username", "password", "next")
+        username, next_url = form["username"], safe_next(form["next"])
         try:
-            user = await self.accounts.authenticate(username, self.get_body_argument("password", ""))
+            user = await self.accounts.authenticate(username, form["password"])
         except ValidationError as exc:
             self.set_status(400)
             self.render_template("login.html", error=exc.message, username=username, next=next_url)
@@ -68,6 +87,7 @@ class LoginHandler(BaseHandler):
 
 class LogoutHandler(BaseHandler):
     async def post(self) -> None:
+        self.form()
         if self.session_token:
             await self.accounts.end_session(self.session_token)
         self.clear_session_cookie()
@@ -81,7 +101,7 @@ class RoomsHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        name = self.get_body_argument("name", "")
+        name = self.form("name")["name"]
         try:
             room = await self.rooms.create(name, self.user)
         except ValidationError as exc:
@@ -107,18 +127,27 @@ class RoomHandler(BaseHandler):
 
 
 class HealthHandler(AppHandler):
-    """``/healthz``: the process answers. No session, no database work, so it stays cheap."""
+    """``/healthz``: the process answers. No session, no database work, so it stays cheap.
+
+    The public learns only that it is up; the process's name is for the
+    deployment's own machines (``CHAT_TRUSTED_PROXIES``: supervisord's
+    neighbours, the cluster tool, a container health check).
+    """
 
     def get(self) -> None:
-        self.set_header("Cache-Control", "no-store")
-        self.finish({"status": "ok", "instance": self.config.instance})
+        if self.from_trusted_network:
+            self.finish({"status": "ok", "instance": self.config.instance})
+        else:
+            self.finish({"status": "ok"})
 
 
 class ReadinessHandler(AppHandler):
-    """``/readyz``: the database and the broker both answer; 503 otherwise."""
+    """``/readyz``: the database and the broker both answer; 503 otherwise.
+
+    What failed, and how, is shown to the deployment's own machines only.
+    """
 
     async def get(self) -> None:
-        self.set_header("Cache-Control", "no-store")
         checks: dict[str, str] = {}
         for name, probe in (("database", self.services.storage.ping), ("broker", self.services.broker.ping)):
             try:
@@ -130,4 +159,8 @@ class ReadinessHandler(AppHandler):
             checks["process"] = "shutting down"
         ready = all(value == "ok" for value in checks.values())
         self.set_status(200 if ready else 503)
-        self.finish({"status": "ok" if ready else "unavailable", "checks": checks, "instance": self.config.instance})
+        status = "ok" if ready else "unavailable"
+        if self.from_trusted_network:
+            self.finish({"status": status, "checks": checks, "instance": self.config.instance})
+        else:
+            self.finish({"status": status})
