@@ -20,6 +20,8 @@ SOCKET_SCHEMES = {"http": "ws", "https": "wss"}
 # can put in an Origin header, so anything else is not an origin we serve.
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
 _IPV6 = re.compile(r"[0-9a-f:.]+")
+# DNS names are at most 253 characters; a longer Host is not echoed anywhere.
+MAX_HOST_LENGTH = 253
 
 
 def normalize_origin(value: str | None) -> str | None:
@@ -39,6 +41,8 @@ def normalize_origin(value: str | None) -> str | None:
     if scheme not in DEFAULT_PORTS or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         return None
     host = (parts.hostname or "").rstrip(".")
+    if len(host) > MAX_HOST_LENGTH:
+        return None
     if ":" in host:
         if not _IPV6.fullmatch(host):
             return None

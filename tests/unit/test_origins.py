@@ -46,6 +46,7 @@ def test_origins_are_normalized(value: str, expected: str) -> None:
         "https://chat.exämple.org",
         "https://-bad-.example",
         "https://[not-ipv6]",
+        "https://" + "a." * 127 + "example",  # longer than any DNS name
     ],
 )
 def test_anything_else_is_not_an_origin(value: str | None) -> None:
