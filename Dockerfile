@@ -21,8 +21,11 @@ RUN useradd --system --uid 10001 --home-dir /app chat \
     && chown -R chat /app/var
 USER chat
 
-# Listen on all interfaces inside the container; nginx reaches the processes
-# by service name. Logs go to files under /app/var/log (mount it to keep them).
+# Listen on all interfaces inside the container: nginx reaches the processes
+# by service name, from another container. Only the compose network can reach
+# these ports (they are not published), and only it is trusted to forward
+# client addresses (CHAT_TRUSTED_PROXIES in docker-compose.yml). Logs go to
+# files under /app/var/log (mount it to keep them).
 ENV CHAT_PROCESSES=2 \
     CHAT_BASE_PORT=8001 \
     CHAT_RUN_DIR=/app/var \

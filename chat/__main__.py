@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from .app import serve
 from .config import ConfigError, load_settings
+from .logs import install_repeat_filter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Whatever a client repeats, the log grows by one line per kind per minute.
+    install_repeat_filter()
     try:
         settings = load_settings()
     except ConfigError as exc:

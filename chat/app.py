@@ -19,8 +19,10 @@ from .protocol import Close
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler
 from .web.cookies import SessionCookie
+from .web.proxies import TrustedProxies
 from .web.rendering import make_jinja_env
 from .web.socket import RoomSocketHandler
+from .web.static import StaticFiles
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,24 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (r"/healthz", pages.HealthHandler),
         (r"/readyz", pages.ReadinessHandler),
     ]
+    session_cookie = SessionCookie(settings.cookie_secrets, settings.session_max_age, settings.cookie_secure)
     return ChatApplication(
         handlers,
         services=services,
         jinja=make_jinja_env(settings),
-        session_cookie=SessionCookie(settings.cookie_secrets, settings.session_max_age, settings.cookie_secure),
+        session_cookie=session_cookie,
+        proxies=TrustedProxies(settings.trusted_proxies),
         default_handler_class=NotFoundHandler,
         static_path=str(settings.static_path),
+        static_handler_class=StaticFiles,
         login_url="/login",
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax", "secure": settings.cookie_secure},
+        xsrf_cookie_name=session_cookie.xsrf_name,
+        xsrf_cookie_kwargs=session_cookie.xsrf_attributes(),
+        # POSTs a browser marks as cross-site must also come from an allowed
+        # origin (Sec-Fetch-Site / Origin), on top of the XSRF token.
+        cross_origin_protection=True,
+        # Explicit, never Tornado's default (10 MiB): a bigger frame closes the socket with 1009.
         websocket_max_message_size=settings.max_frame_bytes,
         # Pings find dead peers; nginx's proxy_read_timeout must exceed the interval.
         websocket_ping_interval=settings.ws_ping_interval,
@@ -64,7 +74,10 @@ async def serve(settings: Settings) -> None:
     """Run one chat process until it is told to stop."""
     services = build_services(settings)
     await services.start()
-    server = tornado.httpserver.HTTPServer(make_app(settings, services), xheaders=settings.xheaders)
+    # The body limit is the app's own, nginx or not: Tornado refuses a longer
+    # body (400) before reading it. No xheaders: Tornado would believe
+    # X-Real-IP from anyone; ChatApplication believes trusted proxies only.
+    server = tornado.httpserver.HTTPServer(make_app(settings, services), max_body_size=settings.max_body_bytes)
     server.listen(settings.port, settings.host)
     log.info(
         "chat %s listening on http://%s:%d (database %s, broker %s)",

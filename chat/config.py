@@ -12,6 +12,7 @@ variable and its parser (with bounds) in the field's metadata, and
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -20,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .origins import normalize_origin
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +99,28 @@ def secret_keys(name: str, raw: str) -> tuple[str, ...]:
 
 
 def origins(name: str, raw: str) -> tuple[str, ...]:
-    return tuple(origin.rstrip("/") for origin in _items(raw))
+    """Origins as ``scheme://host[:port]``, normalized so they can be compared exactly."""
+    parsed = []
+    for item in _items(raw):
+        origin = normalize_origin(item.rstrip("/"))
+        if origin is None:
+            raise ConfigError(f"{name}: {item!r} is not an origin like https://chat.example.org or http://host:8080")
+        parsed.append(origin)
+    return tuple(parsed)
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Addresses and CIDR blocks, comma-separated; ``none`` for an empty list."""
+    if raw.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _items(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{name} must list IP addresses or networks like 10.0.0.0/8, or none: {exc}") from None
 
 
 def rate_limits(name: str, raw: str) -> str:
@@ -181,14 +205,22 @@ class Settings:
     # Bytes queued on one socket but not yet written to the network; a client
     # that falls further behind is closed with 1013 and resumes with `since`.
     ws_max_buffer_bytes: int = field(default=1024 * 1024, metadata=env("CHAT_WS_MAX_BUFFER_BYTES", integer(4096)))
+    # The origins pages are served from (scheme, host and port), besides the
+    # one a request is addressed to: behind a proxy that changes the Host or
+    # the scheme (TLS ended in front of nginx), the public one goes here.
     allowed_origins: tuple[str, ...] = field(default=(), metadata=env("CHAT_ALLOWED_ORIGINS", origins))
-    xheaders: bool = field(default=False, metadata=env("CHAT_XHEADERS", boolean))
+    # Peers whose X-Forwarded-For / X-Real-IP / X-Forwarded-Proto are believed
+    # (nginx); they also see the details of /healthz and /readyz.
+    trusted_proxies: tuple[IPNetwork, ...] = field(default=LOOPBACK, metadata=env("CHAT_TRUSTED_PROXIES", networks))
     debug: bool = field(default=False, metadata=env("CHAT_DEBUG", boolean))
 
     # Not configurable from the environment: tuning and paths that tests and
     # tools set with dataclasses.replace().
     history_limit: int = 50
     max_frame_bytes: int = 64 * 1024
+    # Request bodies (forms) the HTTP server reads at most; anything longer is
+    # refused before it is read, whether or not nginx is in front.
+    max_body_bytes: int = 64 * 1024
     # Fan-out: how long a missing seq may hold later ones back before storage
     # is asked for it (see services/fanout.py).
     fanout_gap_retry_seconds: float = 0.2

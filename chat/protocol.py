@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import (
     ChatError,
@@ -29,6 +30,10 @@ from .errors import (
 from .models import Message, OnlineUser, Room, User
 
 MAX_CLIENT_ID_LENGTH = 64
+# The largest integer a client may send (a seq): 2^53 - 1, the largest every
+# JSON reader (JavaScript's included) holds exactly, and far inside the
+# 64-bit integers SQLite and MongoDB store.
+MAX_SAFE_INTEGER = 2**53 - 1
 # A history frame never carries more than this many messages.
 HISTORY_PAGE_SIZE = 500
 
@@ -96,6 +101,20 @@ class ProtocolError(ValidationError):
         self.client_id = client_id
 
 
+def has_control_characters(value: str, allowed: str = "") -> bool:
+    """Whether ``value`` holds a control character (C0, DEL, C1) or a lone surrogate, other than ``allowed``.
+
+    Lone surrogates come from JSON escapes like ``"\\ud800"``; they are not
+    text and cannot be encoded to store or send.
+    """
+    return any(unicodedata.category(c) in ("Cc", "Cs") and c not in allowed for c in value)
+
+
+def valid_seq(value: object) -> TypeGuard[int]:
+    """A seq a client may send: an integer (not a bool) in 0..2^53-1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SAFE_INTEGER
+
+
 # -- client frames -------------------------------------------------------------
 
 
@@ -118,7 +137,13 @@ def _valid_client_id(value: object) -> bool:
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
-    """Parse and validate one client frame, or raise :class:`ProtocolError`."""
+    """Parse and validate one client frame, or raise :class:`ProtocolError`.
+
+    The schema is strict: every field has one type and every frame type its
+    set of fields, so an object where a string belongs (``{"$ne": ""}``) or
+    an extra key (``"$where"``) is refused here, before anything reaches
+    storage.
+    """
     if isinstance(text, bytes):
         raise ProtocolError("frames must be JSON text, not binary")
     try:
@@ -133,9 +158,15 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if not _valid_client_id(client_id):
         client_id = None
     kind = data.get("type")
-    parse = _PARSERS.get(kind) if isinstance(kind, str) else None
-    if parse is None:
-        raise ProtocolError(f"unknown frame type {kind!r}", client_id)
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        # Named only when it is a string, and cut short: it may be any JSON value, of any size.
+        said = f"unknown frame type {kind[:32]!r}" if isinstance(kind, str) else "frame needs a string type"
+        raise ProtocolError(said, client_id)
+    fields, parse = schema
+    unknown = set(data) - fields
+    if unknown:
+        raise ProtocolError(f"unknown field(s) in {kind}: {', '.join(sorted(map(repr, unknown)))[:200]}", client_id)
     return parse(data, client_id)
 
 
@@ -145,19 +176,24 @@ def _parse_send(data: dict[str, Any], client_id: str | None) -> SendFrame:
     body = data.get("body")
     if not isinstance(body, str):
         raise ProtocolError("send needs a string body", client_id)
+    # Line breaks and tabs are text; other control characters never come from a keyboard.
+    if has_control_characters(body, allowed="\t\n\r"):
+        raise ProtocolError("body contains control characters or invalid unicode", client_id)
     return SendFrame(client_id=client_id, body=body)
 
 
 def _parse_sync(data: dict[str, Any], client_id: str | None) -> SyncFrame:
     since = data.get("since")
-    if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-        raise ProtocolError("sync needs since: a non-negative integer", client_id)
+    if not valid_seq(since):
+        raise ProtocolError(f"sync needs since: an integer from 0 to {MAX_SAFE_INTEGER}", client_id)
     return SyncFrame(since=since)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any], str | None], ClientFrame]] = {
-    "send": _parse_send,
-    "sync": _parse_sync,
+# Each frame type: the fields it may carry, and its parser.
+_SCHEMAS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any], str | None], ClientFrame]]] = {
+    "send": (frozenset({"type", "client_id", "body"}), _parse_send),
+    # client_id is optional on sync: error frames echo it when it is valid.
+    "sync": (frozenset({"type", "since", "client_id"}), _parse_sync),
 }
 
 

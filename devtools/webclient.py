@@ -8,12 +8,15 @@ from __future__ import annotations
 import http.cookies
 import re
 import uuid
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 DEFAULT_PASSWORD = "correct horse battery"
+# Tornado's XSRF cookie, under either name the server may give it (``__Host-``
+# when it runs with CHAT_COOKIE_SECURE).
+XSRF_COOKIES = ("__Host-_xsrf", "_xsrf")
 
 
 class UnexpectedResponse(Exception):
@@ -25,6 +28,15 @@ class WebClient:
         self.base_url = base_url.rstrip("/")
         self.cookies: dict[str, str] = {}
         self.http = AsyncHTTPClient()
+
+    @property
+    def origin(self) -> str:
+        """This site's origin, which a browser sends with every socket its pages open."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def xsrf_token(self) -> str | None:
+        return next((self.cookies[name] for name in XSRF_COOKIES if name in self.cookies), None)
 
     def cookie_header(self) -> str:
         return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
@@ -60,9 +72,9 @@ class WebClient:
 
     async def post(self, path: str, data: dict[str, str], xsrf: bool = True) -> HTTPResponse:
         if xsrf:
-            if "_xsrf" not in self.cookies:
+            if self.xsrf_token() is None:
                 await self.get("/login")  # any form page sets the XSRF cookie
-            data = {**data, "_xsrf": self.cookies["_xsrf"]}
+            data = {**data, "_xsrf": self.xsrf_token() or ""}
         return await self.request(
             "POST", path, body=urlencode(data), headers={"Content-Type": "application/x-www-form-urlencoded"}
         )
@@ -100,8 +112,10 @@ class WebClient:
     async def connect_socket(
         self, room_id: str, since: int | None = None, origin: str | None = None, cookie: str | None = None
     ) -> WebSocketClientConnection:
+        """Open a room socket as our pages do; ``origin`` is this site's unless given ("" sends none)."""
         headers = {"Cookie": self.cookie_header() if cookie is None else cookie}
-        if origin is not None:
+        origin = self.origin if origin is None else origin
+        if origin:
             headers["Origin"] = origin
         return await websocket_connect(
             HTTPRequest(self.socket_url(room_id, since), headers=headers, request_timeout=30, connect_timeout=10)

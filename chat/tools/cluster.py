@@ -96,6 +96,9 @@ class Cluster:
                 "CHAT_BASE_PORT": str(self.base_port),
                 "CHAT_RUN_DIR": str(self.run_dir),
                 "CHAT_PYTHON": sys.executable,
+                # nginx runs beside the processes: they listen on loopback
+                # only, whatever .env says, so nobody gets past nginx.
+                "CHAT_HOST": "127.0.0.1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")])),
             }
         )

@@ -15,6 +15,7 @@ import math
 from typing import Any, cast
 
 import jinja2
+import tornado.httputil
 import tornado.web
 from markupsafe import Markup
 
@@ -22,13 +23,16 @@ from ..bootstrap import Services
 from ..config import Settings
 from ..errors import ChatError, RateLimited
 from ..models import User
+from ..origins import normalize_origin, site_origin, socket_origin
 from ..protocol import refusal_for
 from ..services import audit
 from ..services.accounts import Accounts
 from ..services.messages import Messages
 from ..services.presence import Presence
 from ..services.rooms import Rooms
-from .cookies import COOKIE_NAME, SessionCookie
+from .cookies import SessionCookie
+from .forms import read_form
+from .proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,21 @@ ERROR_TITLES = {
 }
 # Seconds a client should wait before retrying when a backing service is down.
 UNAVAILABLE_RETRY_AFTER = 5
+# A year, and subdomains too: what browsers' HSTS preload lists ask for.
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def content_security_policy(socket_origin_: str | None) -> str:
+    """The CSP of every answer: scripts and styles from our own files only, no plugins, no framing.
+
+    ``connect-src`` names the WebSocket origin explicitly because some
+    browsers do not let ``'self'`` cover ``ws:``/``wss:``.
+    """
+    connect = f"'self' {socket_origin_}" if socket_origin_ else "'self'"
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src {connect}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    )
 
 
 class ChatApplication(tornado.web.Application):
@@ -58,12 +77,23 @@ class ChatApplication(tornado.web.Application):
         services: Services,
         jinja: jinja2.Environment,
         session_cookie: SessionCookie,
+        proxies: TrustedProxies,
         **settings: Any,
     ) -> None:
         super().__init__(handlers, **settings)
         self.services = services
         self.jinja = jinja
         self.session_cookie = session_cookie
+        self.proxies = proxies
+
+    def find_handler(self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> Any:
+        # First thing for every request (pages, sockets, static files), so
+        # that handlers, the access log and every error line see the real
+        # client: what a trusted proxy forwarded, else the peer itself.
+        peer = str(request.remote_ip)
+        request.remote_ip = self.proxies.client_ip(peer, request.headers)
+        request.protocol = self.proxies.scheme(peer, request.headers, request.protocol)
+        return super().find_handler(request, **kwargs)
 
 
 class AppHandler(tornado.web.RequestHandler):
@@ -99,18 +129,48 @@ class AppHandler(tornado.web.RequestHandler):
 
     @property
     def client_ip(self) -> str:
-        """The address of the client (as far as this process can tell)."""
-        return self.request.remote_ip or ""
+        """The client's address: the peer's, or the one a trusted proxy forwarded (``CHAT_TRUSTED_PROXIES``)."""
+        return str(self.request.remote_ip)
+
+    @property
+    def from_trusted_network(self) -> bool:
+        """Whether the client itself is inside a trusted network (the deployment's own machines)."""
+        return self.app.proxies.trusts(self.client_ip)
+
+    @property
+    def site_origin(self) -> str | None:
+        """The origin this request was addressed to: the scheme the client used, and ``Host``."""
+        return site_origin(self.request.protocol, self.request.headers.get("Host"))
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether a page from ``origin`` may talk to us: exactly our own origin, or a listed one.
+
+        Scheme, host and port must all match; ``null``, a missing origin and
+        anything that merely starts or ends like ours are refused.
+        """
+        normalized = normalize_origin(origin)
+        if normalized is None:
+            return False
+        return normalized == self.site_origin or normalized in self.config.allowed_origins
+
+    def check_trusted_origin(self, origin: str) -> bool:
+        # Tornado's cross-origin protection for POSTs (on top of the XSRF token).
+        return self.origin_allowed(origin)
 
     def set_default_headers(self) -> None:
+        # Nothing about what runs here: no version for scanners to match.
+        self.clear_header("Server")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "same-origin")
-        self.set_header(
-            "Content-Security-Policy",
-            "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-            "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
-        )
+        self.set_header("Referrer-Policy", "strict-origin-when-cross-origin")
+        own = self.site_origin
+        self.set_header("Content-Security-Policy", content_security_policy(socket_origin(own) if own else None))
+        # Every answer is personal or live (pages show who is signed in, forms
+        # carry a token, probes report now): never stored, so Back after
+        # signing out asks the server again instead of showing the room.
+        self.set_header("Cache-Control", "no-store")
+        if self.config.cookie_secure or self.request.protocol == "https":
+            self.set_header("Strict-Transport-Security", HSTS)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = _exception(kwargs)
@@ -161,7 +221,8 @@ class BaseHandler(AppHandler):
     async def prepare(self) -> None:
         # get_current_user cannot be a coroutine, so resolve the session here
         # and set current_user directly.
-        cookie = self.get_cookie(COOKIE_NAME)
+        # Only the cookie: a session id in the URL or a form is never looked at.
+        cookie = self.get_cookie(self.session_cookie.name)
         if not cookie:
             return
         token = self.session_cookie.decode(cookie)
@@ -174,6 +235,10 @@ class BaseHandler(AppHandler):
             return
         self.session_token = token
         self.current_user = resolved[1]
+
+    def form(self, *fields: str) -> dict[str, str]:
+        """The submitted form's ``fields``, validated at the edge (see :func:`chat.web.forms.read_form`)."""
+        return read_form(self.request.body_arguments, fields, files=bool(self.request.files))
 
     def render_template(self, template_name: str, **context: Any) -> None:
         self.finish(self.render_string_template(template_name, **context))
@@ -207,7 +272,7 @@ class BaseHandler(AppHandler):
         if self.session_token:
             await self.accounts.end_session(self.session_token)
         token = await self.accounts.start_session(user)
-        self.set_cookie(COOKIE_NAME, self.session_cookie.encode(token), **self.session_cookie.attributes())
+        self.set_cookie(self.session_cookie.name, self.session_cookie.encode(token), **self.session_cookie.attributes())
 
     def form_refusal(self, exc: ChatError) -> str:
         """Set the status (and Retry-After) for a refused form; return what to tell the person."""
@@ -218,7 +283,10 @@ class BaseHandler(AppHandler):
         return (refusal.public_message if refusal is not None else None) or str(exc)
 
     def clear_session_cookie(self) -> None:
-        self.clear_cookie(COOKIE_NAME, path="/")
+        # With the same attributes it was set with: browsers ignore a
+        # __Host- cookie (even an expired one) that is not Secure.
+        attributes = {k: v for k, v in self.session_cookie.attributes().items() if k != "max_age"}
+        self.clear_cookie(self.session_cookie.name, **attributes)
 
 
 class NotFoundHandler(BaseHandler):

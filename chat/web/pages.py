@@ -7,17 +7,34 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from ..errors import RateLimited, Unavailable, ValidationError
+from ..protocol import has_control_characters
 from ..services import audit
 from .base import AppHandler, BaseHandler
+from .forms import MAX_FIELD_LENGTH
+
+DEFAULT_NEXT = "/rooms"
 
 
 def safe_next(target: str | None) -> str:
-    """Only same-site paths: an open redirect would let phishers borrow our name."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/rooms"
+    """Only same-site paths: an open redirect would let phishers borrow our name.
+
+    Control characters are refused too: CR/LF would end the ``Location``
+    header (Tornado raises rather than send it), and browsers drop tabs and
+    newlines from URLs, so ``/<TAB>/evil.example`` would become
+    ``//evil.example``.
+    """
+    if (
+        not target
+        or len(target) > MAX_FIELD_LENGTH
+        or has_control_characters(target)
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
+        return DEFAULT_NEXT
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
-        return "/rooms"
+        return DEFAULT_NEXT
     return target
 
 
@@ -34,14 +51,10 @@ class RegisterHandler(BaseHandler):
         self.render_template("register.html", error=None, field=None, username="")
 
     async def post(self) -> None:
-        username = self.get_body_argument("username", "")
+        form = self.form("username", "password", "confirm")
+        username = form["username"]
         try:
-            user = await self.accounts.register(
-                username,
-                self.get_body_argument("password", ""),
-                self.get_body_argument("confirm", ""),
-                self.client_ip,
-            )
+            user = await self.accounts.register(username, form["password"], form["confirm"], self.client_ip)
         except (ValidationError, RateLimited) as exc:
             error = self.form_refusal(exc)
             self.render_template("register.html", error=error, field=_field(exc), username=username)
@@ -52,16 +65,19 @@ class RegisterHandler(BaseHandler):
 
 class LoginHandler(BaseHandler):
     def get(self) -> None:
+        # Not stripped: Tornado turns most control characters into spaces but
+        # keeps tab, CR and LF, and safe_next must see those to refuse them.
+        next_url = safe_next(self.get_query_argument("next", None, strip=False))
         if self.current_user:
-            self.redirect(safe_next(self.get_query_argument("next", None)))
+            self.redirect(next_url)
             return
-        self.render_template("login.html", error=None, username="", next=self.get_query_argument("next", ""))
+        self.render_template("login.html", error=None, username="", next=next_url)
 
     async def post(self) -> None:
-        username = self.get_body_argument("username", "")
-        next_url = self.get_body_argument("next", "")
+        form = self.form("username", "password", "next")
+        username, next_url = form["username"], safe_next(form["next"])
         try:
-            user = await self.accounts.authenticate(username, self.get_body_argument("password", ""), self.client_ip)
+            user = await self.accounts.authenticate(username, form["password"], self.client_ip)
         except (ValidationError, RateLimited) as exc:
             error = self.form_refusal(exc)
             self.render_template("login.html", error=error, username=username, next=next_url)
@@ -87,12 +103,9 @@ class AccountHandler(BaseHandler):
         token = self.session_token or ""
         try:
             if action == "password":
+                form = self.form("current", "password", "confirm")
                 ended = await self.accounts.change_password(
-                    self.user,
-                    self.get_body_argument("current", ""),
-                    self.get_body_argument("password", ""),
-                    self.get_body_argument("confirm", ""),
-                    keep_token=token,
+                    self.user, form["current"], form["password"], form["confirm"], keep_token=token
                 )
                 # A new session id after the change, too (the old cookie is dead).
                 await self.sign_in(self.user)
@@ -118,6 +131,7 @@ def _sessions(count: int) -> str:
 
 class LogoutHandler(BaseHandler):
     async def post(self) -> None:
+        self.form()
         if self.session_token:
             await self.accounts.end_session(self.session_token)
         self.clear_session_cookie()
@@ -131,7 +145,7 @@ class RoomsHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        name = self.get_body_argument("name", "")
+        name = self.form("name")["name"]
         try:
             room = await self.rooms.create(name, self.user)
         except (ValidationError, RateLimited) as exc:
@@ -156,18 +170,27 @@ class RoomHandler(BaseHandler):
 
 
 class HealthHandler(AppHandler):
-    """``/healthz``: the process answers. No session, no database work, so it stays cheap."""
+    """``/healthz``: the process answers. No session, no database work, so it stays cheap.
+
+    The public learns only that it is up; the process's name is for the
+    deployment's own machines (``CHAT_TRUSTED_PROXIES``: supervisord's
+    neighbours, the cluster tool, a container health check).
+    """
 
     def get(self) -> None:
-        self.set_header("Cache-Control", "no-store")
-        self.finish({"status": "ok", "instance": self.config.instance})
+        if self.from_trusted_network:
+            self.finish({"status": "ok", "instance": self.config.instance})
+        else:
+            self.finish({"status": "ok"})
 
 
 class ReadinessHandler(AppHandler):
-    """``/readyz``: the database and the broker both answer; 503 otherwise."""
+    """``/readyz``: the database and the broker both answer; 503 otherwise.
+
+    What failed, and how, is shown to the deployment's own machines only.
+    """
 
     async def get(self) -> None:
-        self.set_header("Cache-Control", "no-store")
         checks: dict[str, str] = {}
         for name, probe in (("database", self.services.storage.ping), ("broker", self.services.broker.ping)):
             try:
@@ -179,4 +202,8 @@ class ReadinessHandler(AppHandler):
             checks["process"] = "shutting down"
         ready = all(value == "ok" for value in checks.values())
         self.set_status(200 if ready else 503)
-        self.finish({"status": "ok" if ready else "unavailable", "checks": checks, "instance": self.config.instance})
+        status = "ok" if ready else "unavailable"
+        if self.from_trusted_network:
+            self.finish({"status": status, "checks": checks, "instance": self.config.instance})
+        else:
+            self.finish({"status": status})

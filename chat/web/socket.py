@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import tornado.web
 import tornado.websocket
 
 from ..errors import Unavailable
 from ..models import Room
-from ..protocol import Close
+from ..protocol import MAX_SAFE_INTEGER, Close, valid_seq
 from ..services import audit
 from ..services.connection import Admission, RoomConnection
 from .base import BaseHandler
@@ -89,6 +87,18 @@ class BoundedSender:
         self._close(Close.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
 
 
+def _parse_since(text: str) -> int:
+    # Digits only ("+1", "1_000", "²" and "1e3" are not), and range-checked
+    # before storage sees it: 2^63 overflows SQLite, and int() of thousands
+    # of digits is slow (Python refuses past 4300).
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_SAFE_INTEGER)):
+        raise tornado.web.HTTPError(400, f"since must be an integer from 0 to {MAX_SAFE_INTEGER}")
+    since = int(text)
+    if not valid_seq(since):
+        raise tornado.web.HTTPError(400, f"since must be an integer from 0 to {MAX_SAFE_INTEGER}")
+    return since
+
+
 class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     connection: RoomConnection | None = None
     room: Room
@@ -97,16 +107,21 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
 
     async def prepare(self) -> None:
         # Refusals happen here, before the upgrade, so clients get a plain
-        # HTTP status they can act on (401 sign in, 404 gone, 503 retry).
+        # HTTP status they can act on (403 wrong site, 401 sign in, 404 gone,
+        # 400 bad since, 503 retry).
+        # The origin first, before any database work: a browser sends it on
+        # every handshake, and only pages of ours may open our sockets with
+        # the user's cookie (cross-site WebSocket hijacking). Tornado lets a
+        # request without Origin through as "not a browser"; we do not.
+        if not self.origin_allowed(self.request.headers.get("Origin")):
+            raise tornado.web.HTTPError(403, "origin not allowed")
         await super().prepare()
         if self.current_user is None:
             raise tornado.web.HTTPError(401, "sign in first")
         self.room = await self.rooms.get(self.path_args[0])
         since = self.get_query_argument("since", None)
         if since is not None:
-            if not (since.isascii() and since.isdigit()):
-                raise tornado.web.HTTPError(400, "since must be a non-negative integer")
-            self._since = int(since)
+            self._since = _parse_since(since)
         # Last, so that nothing after it can refuse the handshake and leave
         # the place taken (a taken place expires by itself anyway).
         self.admission = await self.services.connections.admit(self.user, self.client_ip)
@@ -123,13 +138,15 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         self.finish({"error": self._reason})
 
     def check_origin(self, origin: str) -> bool:
-        parsed = urlsplit(origin)
-        allowed = {o.lower() for o in self.config.allowed_origins}
-        if f"{parsed.scheme}://{parsed.netloc}".lower() in allowed:
-            return True
-        # Same origin: the page that opened the socket came from this host.
-        host = self.request.headers.get("Host", "")
-        return parsed.netloc.lower() == host.lower()
+        # Tornado asks again after prepare(); the answer is the same.
+        return self.origin_allowed(origin)
+
+    def get_compression_options(self) -> None:
+        # permessage-deflate stays off: compressing secrets next to
+        # attacker-chosen text leaks them by length (CRIME/BREACH), and
+        # inflating frames is a memory bomb. Tornado's default; said here
+        # so it stays that way.
+        return None
 
     async def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
@@ -161,12 +178,20 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self.connection is None:
             return
-        # Closing the socket (the client left, or the process shuts down)
-        # cancels a frame still being handled; that is the end of it, not an
-        # error worth a traceback. A send cancelled before its ack is re-sent
-        # by the client with the same client_id.
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self.connection.receive(message)
+        except asyncio.CancelledError:
+            # Closing the socket (the client left, or the process shuts down)
+            # cancels a frame still being handled; that is the end of it, not
+            # an error worth a traceback. A send cancelled before its ack is
+            # re-sent by the client with the same client_id.
+            pass
+        except Exception:
+            # A bug, not the client's fault: log it (once per interval, see
+            # chat/logs.py) and close with the documented 1011 rather than let
+            # Tornado drop the socket without a close frame.
+            log.exception("closing socket: a frame from %s in room %s failed", self.user.username, self.room.id)
+            self.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
 
     def on_close(self) -> None:
         if self.connection is not None:

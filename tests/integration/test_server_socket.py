@@ -332,7 +332,10 @@ async def test_concurrent_senders_in_one_room_get_distinct_increasing_seqs(new_b
 async def test_a_since_that_is_not_a_plain_number_is_refused_with_400(browser: Browser) -> None:
     await browser.register()
     room_id = await browser.create_room()
-    for since in ("-1", "abc", "²", "1.5"):
-        response = await browser.get(f"/rooms/{room_id}/ws?since={since}")
+    # 2^63 and 20 nines used to reach storage (OverflowError, close 1011).
+    for since in ("-1", "abc", "²", "1.5", "+1", "1e3", str(2**53), str(2**63), "9" * 20, "9" * 5000):
+        origin = {"Origin": browser.origin}
+        response = await browser.request("GET", f"/rooms/{room_id}/ws?since={since}", headers=origin)
         # Not a WebSocket request, but prepare() runs first and refuses it.
         assert response.code == 400, (since, response.code)
+    assert await handshake_status(browser, room_id, since=2**53 - 1) == 101

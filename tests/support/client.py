@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -147,7 +148,7 @@ OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
 async def raw_websocket(
-    base_url: str, room_id: str, cookie: str, rcvbuf: int | None = None
+    base_url: str, room_id: str, cookie: str, rcvbuf: int | None = None, origin: str | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a room socket over plain TCP, doing the WebSocket handshake by hand.
 
@@ -158,6 +159,7 @@ async def raw_websocket(
     the caller does it (see :func:`read_frame` and :func:`client_frame`).
     asyncio reads ahead into the StreamReader (up to 128 KiB) on its own:
     call ``writer.transport.pause_reading()`` for a peer that truly stops.
+    ``origin`` is the site's own unless given, as from one of its pages.
     """
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
@@ -180,6 +182,7 @@ async def raw_websocket(
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
+            f"Origin: {origin or f'{url.scheme}://{url.netloc}'}\r\n"
             f"Cookie: {cookie}\r\n"
             "\r\n"
         ).encode("latin-1")
@@ -196,6 +199,43 @@ async def raw_websocket(
     accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
     assert headers.get("sec-websocket-accept") == accept, head
     return reader, writer
+
+
+async def raw_request(
+    base_url: str, head: str, body: bytes = b"", source: str | None = None, read_for: float = 2.0
+) -> tuple[int, dict[str, str], bytes]:
+    """Send ``head`` (request line and headers, without the blank line) and ``body`` over plain TCP.
+
+    For requests Tornado's client will not make (control characters in the
+    path, a Content-Length the body does not have). Add ``Connection: close``
+    to ``head`` unless the test wants otherwise. ``source`` is the local
+    address to send from: ``127.0.0.2`` is another machine as far as a
+    server trusting only ``127.0.0.1`` can tell.
+
+    Returns the status, the headers (names lower-cased) and whatever body
+    arrived before the server closed or ``read_for`` seconds passed (0: the
+    body is not read). The connection is closed afterwards.
+    """
+    url = urlsplit(base_url)
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(url.hostname, url.port, local_addr=local)
+    try:
+        writer.write(head.rstrip("\r\n").encode("latin-1") + b"\r\n\r\n" + body)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        rest = b""
+        if read_for > 0:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(read_for):
+                    while chunk := await reader.read(1 << 16):
+                        rest += chunk
+    finally:
+        writer.close()
+    status_line, *header_lines = response.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines if line)
+    }
+    return int(status_line.split(" ")[1]), headers, rest
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:

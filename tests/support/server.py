@@ -89,6 +89,14 @@ class ChatServer(ServiceProcess):
             "PYTHONPATH": str(PROJECT_ROOT),
         }
 
+    def uncaught_errors(self) -> list[str]:
+        """Log lines that mean a request or frame reached a bug: tracebacks, uncaught exceptions, 500s."""
+        return [
+            line
+            for line in self.logs().splitlines()
+            if "Traceback" in line or "Uncaught exception" in line or "access: 500 " in line or " ERROR " in line
+        ]
+
     def ready(self) -> bool:
         # Listening is not enough: /healthz answers once the app is built.
         try:

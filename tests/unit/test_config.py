@@ -144,6 +144,40 @@ def test_allowed_origins_are_split_and_trailing_slashes_dropped(dotenv: Path) ->
     assert settings.allowed_origins == ("https://chat.example.org", "http://localhost:8000")
 
 
+def test_allowed_origins_are_normalized_for_exact_comparison(dotenv: Path) -> None:
+    settings = load_settings(
+        {"CHAT_COOKIE_SECRETS": SECRET_A, "CHAT_ALLOWED_ORIGINS": "HTTPS://Chat.Example.ORG:443,http://[::1]:80"},
+        dotenv,
+    )
+
+    assert settings.allowed_origins == ("https://chat.example.org", "http://[::1]")
+
+
+@pytest.mark.parametrize(
+    "origin", ["chat.example.org", "ftp://chat.example.org", "https://chat.example.org/path", "https://a@b.example"]
+)
+def test_something_that_is_not_an_origin_is_rejected_naming_the_variable(dotenv: Path, origin: str) -> None:
+    with pytest.raises(ConfigError, match="CHAT_ALLOWED_ORIGINS"):
+        load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, "CHAT_ALLOWED_ORIGINS": origin}, dotenv)
+
+
+def test_trusted_proxies_default_to_loopback(dotenv: Path) -> None:
+    settings = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A}, dotenv)
+
+    assert [str(n) for n in settings.trusted_proxies] == ["127.0.0.0/8", "::1/128"]
+
+
+def test_trusted_proxies_are_networks_or_none(dotenv: Path) -> None:
+    def proxies(raw: str) -> list[str]:
+        settings = load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, "CHAT_TRUSTED_PROXIES": raw}, dotenv)
+        return [str(n) for n in settings.trusted_proxies]
+
+    assert proxies("172.28.0.0/16, 10.1.2.3") == ["172.28.0.0/16", "10.1.2.3/32"]
+    assert proxies("none") == []
+    with pytest.raises(ConfigError, match="CHAT_TRUSTED_PROXIES"):
+        proxies("nginx.internal")
+
+
 def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
     settings = load_settings(
         {
@@ -155,7 +189,6 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
             "CHAT_LIMIT_SENDS": "3 per minute",
             "CHAT_MAX_SOCKETS_PER_USER": "2",
             "CHAT_COOKIE_SECURE": "yes",
-            "CHAT_XHEADERS": "TRUE",
             "CHAT_DEBUG": "off",
         },
         dotenv,
@@ -167,7 +200,7 @@ def test_numbers_and_booleans_are_parsed(dotenv: Path) -> None:
     assert settings.bcrypt_rounds == 4
     assert settings.limit_sends == "3 per minute"
     assert settings.max_sockets_per_user == 2
-    assert (settings.cookie_secure, settings.xheaders, settings.debug) == (True, True, False)
+    assert (settings.cookie_secure, settings.debug) == (True, False)
 
 
 @pytest.mark.parametrize(
@@ -264,7 +297,7 @@ def test_the_ping_settings_reach_tornado_and_the_config_constants_are_the_defaul
     assert app.settings["websocket_ping_timeout"] == 3
 
 
-@pytest.mark.parametrize("name", ["CHAT_COOKIE_SECURE", "CHAT_XHEADERS", "CHAT_DEBUG"])
+@pytest.mark.parametrize("name", ["CHAT_COOKIE_SECURE", "CHAT_DEBUG"])
 def test_a_bad_boolean_is_rejected_naming_the_variable(dotenv: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"CHAT_COOKIE_SECRETS": SECRET_A, name: "maybe"}, dotenv)
@@ -396,7 +429,7 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_WS_PING_TIMEOUT": "8",
         "CHAT_WS_MAX_BUFFER_BYTES": "8192",
         "CHAT_ALLOWED_ORIGINS": "https://a.example",
-        "CHAT_XHEADERS": "true",
+        "CHAT_TRUSTED_PROXIES": "10.0.0.0/8",
         "CHAT_DEBUG": "true",
     }
     assert sorted(raw) == sorted(f.metadata["env"] for f in configurable)

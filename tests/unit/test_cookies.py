@@ -7,7 +7,7 @@ import time
 import pytest
 from itsdangerous.timed import TimestampSigner
 
-from chat.web.cookies import SessionCookie
+from chat.web.cookies import COOKIE_NAME, SECURE_COOKIE_NAME, SECURE_XSRF_COOKIE_NAME, XSRF_COOKIE_NAME, SessionCookie
 
 OLD_KEY = "old-" + "o" * 40
 NEW_KEY = "new-" + "n" * 40
@@ -109,3 +109,22 @@ def test_cookie_attributes_are_http_only_and_lax() -> None:
     attributes = SessionCookie((OLD_KEY,), max_age=MAX_AGE, secure=True).attributes()
 
     assert attributes == {"httponly": True, "samesite": "Lax", "secure": True, "max_age": MAX_AGE, "path": "/"}
+
+
+def test_over_https_the_cookies_take_the_host_prefix() -> None:
+    secure = SessionCookie((OLD_KEY,), max_age=MAX_AGE, secure=True)
+    plain = SessionCookie((OLD_KEY,), max_age=MAX_AGE, secure=False)
+
+    assert (secure.name, secure.xsrf_name) == ("__Host-chat_session", "__Host-_xsrf")
+    assert (secure.name, secure.xsrf_name) == (SECURE_COOKIE_NAME, SECURE_XSRF_COOKIE_NAME)
+    assert (plain.name, plain.xsrf_name) == (COOKIE_NAME, XSRF_COOKIE_NAME) == ("chat_session", "_xsrf")
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_both_cookies_meet_the_host_prefix_rules_path_root_and_no_domain(secure: bool) -> None:
+    jar = SessionCookie((OLD_KEY,), max_age=MAX_AGE, secure=secure)
+
+    for attributes in (dict(jar.attributes()), dict(jar.xsrf_attributes())):
+        assert attributes["path"] == "/" and "domain" not in attributes
+        assert attributes["secure"] is secure and attributes["httponly"] is True
+        assert attributes["samesite"] == "Lax"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
 import pytest
 
 from chat.config import DEFAULT_WS_PING_INTERVAL as WEBSOCKET_PING_INTERVAL
-from chat.tools.cluster import render_site_config
+from chat.config import networks
+from chat.tools.cluster import Cluster, render_site_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +63,7 @@ def test_supervisord_conf_defines_one_program_per_port(monkeypatch: pytest.Monke
         "CHAT_BASE_PORT": "9001",
         "CHAT_RUN_DIR": str(tmp_path),
         "CHAT_PYTHON": "/usr/bin/python3",
+        "CHAT_HOST": "127.0.0.1",
     }.items():
         monkeypatch.setenv(name, value)
     options = ServerOptions()
@@ -69,8 +72,10 @@ def test_supervisord_conf_defines_one_program_per_port(monkeypatch: pytest.Monke
     assert group.name == "chat"
     assert [p.name for p in group.process_configs] == ["chat-9001", "chat-9002", "chat-9003"]
     assert [p.command for p in group.process_configs] == [
-        f"/usr/bin/python3 -m chat --port {port}" for port in (9001, 9002, 9003)
+        f"/usr/bin/python3 -m chat --port {port} --host 127.0.0.1" for port in (9001, 9002, 9003)
     ]
+    # Served through nginx with TLS in front: __Host- cookies and HSTS (finding 6).
+    assert all(p.environment == {"CHAT_COOKIE_SECURE": "true"} for p in group.process_configs)
     assert all(p.autorestart for p in group.process_configs)
     assert all(p.stdout_logfile == f"{tmp_path}/log/{p.name}.log" for p in group.process_configs)
 
@@ -86,3 +91,46 @@ def test_the_rendered_nginx_site_balances_every_process_and_upgrades_websockets(
     timeout = int(read_timeout.group(1))
     assert timeout > WEBSOCKET_PING_INTERVAL  # idle sockets are kept open between pings
     assert "${" not in site
+
+
+def test_the_cluster_tool_binds_every_process_to_loopback(tmp_path: Path) -> None:
+    # Finding 8: a process port reached directly would skip nginx; under
+    # `make cluster` only this machine can reach one, whatever .env says.
+    env = Cluster(run_dir=tmp_path, env={"CHAT_HOST": "0.0.0.0"}).process_env()
+
+    assert env["CHAT_HOST"] == "127.0.0.1"
+
+
+def test_nginx_hides_its_version_and_overwrites_the_forwarding_headers() -> None:
+    site = render_site_config(processes=2, base_port=9001, listen="127.0.0.1:9000")
+
+    assert "server_tokens off;" in site
+    # Overwritten with the address nginx saw, never appended to what the client sent (checklist 23).
+    assert "proxy_set_header X-Real-IP $remote_addr;" in site
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in site
+    assert "$proxy_add_x_forwarded_for" not in site
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in site
+    # Set at the server level, so every location (health probes included) inherits them.
+    server_level = site.split("\n    location ", 1)[0]
+    assert "proxy_set_header X-Real-IP" in server_level and "client_max_body_size 64k;" in server_level
+
+
+@pytest.mark.parametrize("probe", ["/healthz", "/readyz"])
+def test_nginx_answers_health_probes_from_loopback_only(probe: str) -> None:
+    site = render_site_config(processes=2, base_port=9001, listen="127.0.0.1:9000")
+    location = re.search(rf"location = {probe} \{{(.*?)\n    \}}", site, re.S)
+
+    assert location, probe
+    assert "if ($chat_health_allowed = 0)" in location.group(1) and "return 404;" in location.group(1)
+    allowed = re.search(r"geo \$chat_health_allowed \{(.*?)\}", site, re.S)
+    assert allowed and re.findall(r"^\s*(\S+)\s+1;", allowed.group(1), re.M) == ["127.0.0.1", "::1"]
+
+
+def test_the_container_binds_all_interfaces_and_trusts_only_the_compose_network() -> None:
+    assert dockerfile_env("CHAT_HOST") == "0.0.0.0"
+    subnet = re.search(r"subnet: (\S+)", (ROOT / "docker-compose.yml").read_text())
+    assert subnet
+    trusted = networks("CHAT_TRUSTED_PROXIES", compose_value("CHAT_TRUSTED_PROXIES"))
+    network = ipaddress.ip_network(subnet.group(1))
+    assert any(network.subnet_of(t) for t in trusted if t.version == network.version)
+    assert all(t.is_private or t.is_loopback for t in trusted)

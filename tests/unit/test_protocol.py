@@ -12,6 +12,7 @@ from chat import protocol
 from chat.errors import ChatError, Conflict, Forbidden, NotFound, RateLimited, SessionEnded, TooLarge, Unavailable
 from chat.models import Message, Room, User
 from chat.protocol import (
+    MAX_SAFE_INTEGER,
     Close,
     ErrorCode,
     ProtocolError,
@@ -69,8 +70,73 @@ def test_a_sync_frame_parses() -> None:
     assert parse_client_frame('{"type":"sync","since":0}') == SyncFrame(since=0)
 
 
-def test_unknown_extra_fields_are_ignored() -> None:
-    assert parse_client_frame('{"type":"sync","since":1,"extra":true}') == SyncFrame(since=1)
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "sync", "since": 1, "extra": True},
+        {"type": "send", "client_id": "c-1", "body": "hi", "room_id": "another-room"},
+        {"type": "send", "client_id": "c-1", "body": "hi", "user_id": "someone-else"},
+    ],
+)
+def test_unknown_fields_are_rejected_by_the_schema(frame: dict[str, object]) -> None:
+    # Strict, so a field a later version adds is never silently taken as
+    # something else, and spoofed room or user ids are refused, not ignored.
+    error = bad_request(json.dumps(frame))
+
+    assert "unknown field" in error.message
+
+
+def test_the_largest_safe_integer_is_a_valid_since_and_one_more_is_not() -> None:
+    assert parse_client_frame(json.dumps({"type": "sync", "since": MAX_SAFE_INTEGER})) == SyncFrame(MAX_SAFE_INTEGER)
+    assert MAX_SAFE_INTEGER == 2**53 - 1
+
+
+@pytest.mark.parametrize("since", [2**53, 2**63, 2**64 + 1, 10**30, -(2**63)])
+def test_a_since_out_of_range_is_rejected_before_storage_sees_it(since: int) -> None:
+    # 2^63 used to reach SQLite, which raised OverflowError and dropped the socket.
+    assert "9007199254740991" in bad_request(json.dumps({"type": "sync", "since": since})).message
+
+
+def test_a_number_with_thousands_of_digits_is_bad_json_not_a_crash() -> None:
+    bad_request('{"type":"sync","since":' + "9" * 5000 + "}")
+
+
+@pytest.mark.parametrize(
+    "body", [r"nul\u0000byte", r"escape\u001b[31m", r"del\u007f", r"c1\u0085", r"lone \ud800 half"]
+)
+def test_control_characters_and_lone_surrogates_in_a_body_are_rejected(body: str) -> None:
+    # The body is written into the JSON text as an escape, as a client would.
+    error = bad_request('{"type":"send","client_id":"c-1","body":"' + body + '"}')
+
+    assert error.client_id == "c-1"
+
+
+def test_tabs_and_line_breaks_in_a_body_are_text() -> None:
+    frame = parse_client_frame(json.dumps({"type": "send", "client_id": "c", "body": "a\tb\r\nc\nd"}))
+
+    assert frame == SendFrame(client_id="c", body="a\tb\r\nc\nd")
+
+
+# Checklist item 24: operator objects and operator keys never get past the
+# parser, so no storage query is ever built from them.
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "send", "client_id": "c-1", "body": {"$ne": ""}},
+        {"type": "send", "client_id": "c-1", "body": {"$gt": ""}},
+        {"type": "send", "client_id": "c-1", "body": {"$regex": "^a"}},
+        {"type": "send", "client_id": "c-1", "body": "hi", "$where": "sleep(5000)"},
+        {"type": "send", "client_id": {"$ne": None}, "body": "hi"},
+        {"type": "send", "client_id": "c-1", "body": "hi", "room": {"$ne": None}},
+        {"type": "send", "client_id": "c-1", "body": "hi", "body.x": "hi"},
+        {"type": "sync", "since": {"$gt": 0}},
+        {"type": "sync", "since": {"$where": "sleep(5000)"}},
+        {"type": {"$ne": None}, "since": 0},
+        {"$where": "sleep(5000)"},
+    ],
+)
+def test_operator_objects_and_operator_keys_are_rejected(frame: dict[str, object]) -> None:
+    bad_request(json.dumps(frame))
 
 
 def test_binary_frames_are_rejected() -> None:
@@ -126,7 +192,7 @@ def test_a_send_with_a_non_string_body_is_rejected_carrying_the_client_id(body: 
     assert bad_request(json.dumps(frame)).client_id == "c-1"
 
 
-@pytest.mark.parametrize("since", [-1, True, False, "3", 1.5, None])
+@pytest.mark.parametrize("since", [-1, True, False, "3", 1.5, None, float("nan"), float("inf")])
 def test_a_sync_with_a_bad_since_is_rejected(since: object) -> None:
     error = bad_request(json.dumps({"type": "sync", "since": since, "client_id": "c-9"}))
 
