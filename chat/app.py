@@ -27,6 +27,9 @@ from .web.static import StaticFiles
 log = logging.getLogger(__name__)
 
 ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
+# Longer than nginx's keep-alive to the processes, so nginx closes first.
+IDLE_CONNECTION_SECONDS = 120.0
+BODY_TIMEOUT_SECONDS = 30.0
 
 
 def make_app(settings: Settings, services: Services) -> ChatApplication:
@@ -77,7 +80,15 @@ async def serve(settings: Settings) -> None:
     # The body limit is the app's own, nginx or not: Tornado refuses a longer
     # body (400) before reading it. No xheaders: Tornado would believe
     # X-Real-IP from anyone; ChatApplication believes trusted proxies only.
-    server = tornado.httpserver.HTTPServer(make_app(settings, services), max_body_size=settings.max_body_bytes)
+    server = tornado.httpserver.HTTPServer(
+        make_app(settings, services),
+        max_body_size=settings.max_body_bytes,
+        # A client reached without nginx in front must not hold a connection
+        # open by trickling bytes: idle keep-alive connections and slow
+        # request bodies are cut (WebSockets keep to their own pings).
+        idle_connection_timeout=IDLE_CONNECTION_SECONDS,
+        body_timeout=BODY_TIMEOUT_SECONDS,
+    )
     server.listen(settings.port, settings.host)
     log.info(
         "chat %s listening on http://%s:%d (database %s, broker %s)",
