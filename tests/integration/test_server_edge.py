@@ -1,7 +1,7 @@
 """The edge against a real server process: hostile input, headers, cookies, origins, proxies.
 
 Findings 5-8 of the hostile-user review and checklist items 1, 8-10, 14,
-18, 19, 21-24 (docs/security-edge.md maps each to its test). The servers
+18, 19, 21-24 (docs/security.md maps each to its test). The servers
 here trust only 127.0.0.1 as a proxy, so a client connecting from
 127.0.0.2 is "the public" reaching a process port directly.
 """
