@@ -184,6 +184,44 @@ async def login_under_flood(process_url: str, bogus: int, tries: int) -> dict[st
     return {"bogus_in_flight": bogus, "legit_seconds": timings, "bogus_answers": outcomes}
 
 
+async def sign_in_timing(process_url: str, tries: int) -> dict[str, float]:
+    """Median seconds of a failed sign-in: unknown user, wrong password, locked account."""
+    # Accounts enough that "wrong password" never meets a lock (10 failures lock one).
+    usernames = [await WebClient(process_url).register() for _ in range(tries // 5 + 1)]
+    username = usernames[0]
+
+    async def attempt(name: str, password: str, address: str) -> float:
+        client = WebClient(process_url)
+        await client.get("/login")
+        started = time.monotonic()
+        response = await client.request(
+            "POST",
+            "/login",
+            body=urlencode({"username": name, "password": password, "_xsrf": client.cookies["_xsrf"]}),
+            headers={"Content-Type": "application/x-www-form-urlencoded", "X-Real-IP": address},
+        )
+        elapsed = time.monotonic() - started
+        if response.code != 400:
+            raise RuntimeError(f"expected the wrong-credentials answer, got HTTP {response.code}")
+        return elapsed
+
+    medians: dict[str, float] = {}
+    # Each kind from its own addresses, so the per-address limit refuses none.
+    medians["unknown user"] = statistics.median(
+        [await attempt(f"nobody{i}", "some password", f"198.51.100.{i % 200 + 1}") for i in range(tries)]
+    )
+    medians["wrong password"] = statistics.median(
+        [await attempt(usernames[i // 5], "not the password", f"203.0.113.{i % 200 + 1}") for i in range(tries)]
+    )
+    for i in range(10):  # ten failures in 15 minutes lock the first account
+        await attempt(username, "not the password", f"203.0.113.{i + 100}")
+    # Locked: the right password fails alike.
+    medians["locked account"] = statistics.median(
+        [await attempt(username, DEFAULT_PASSWORD, f"192.0.2.{i % 200 + 1}") for i in range(tries)]
+    )
+    return medians
+
+
 async def sends_per_minute(url: str, sockets: int, seconds: float) -> dict[str, Any]:
     web = WebClient(url)
     await web.register()
@@ -210,6 +248,10 @@ async def sends_per_minute(url: str, sockets: int, seconds: float) -> dict[str, 
     return {"sockets": sockets, "seconds": seconds, "stored": acked, "refused": refused}
 
 
+def spread(medians: dict[str, float]) -> float:
+    return (max(medians.values()) - min(medians.values())) / min(medians.values())
+
+
 def render(report: dict[str, Any]) -> str:
     reach = report["signout_reach"]
     flood0, flood_worst = report["sync_flood_since_0"], report["sync_flood_worst"]
@@ -228,6 +270,10 @@ def render(report: dict[str, Any]) -> str:
             f"| real sign-in under {login['bogus_in_flight']} bogus sign-ins | <= 1 s | "
             f"p50 {statistics.median(login['legit_seconds']):.2f} s, max {max(login['legit_seconds']):.2f} s "
             f"(bogus answers {login['bogus_answers']}) |",
+            "| failed sign-in, median: "
+            + ", ".join(f"{kind} {seconds * 1000:.0f} ms" for kind, seconds in report["sign_in_timing"].items())
+            + " | within 10% of each other | "
+            + f"spread {spread(report['sign_in_timing']):.1%} |",
             f"| messages one user stores per minute, {sends['sockets']} sockets on 2 processes | the limit (100) | "
             f"{sends['stored']} stored, {sends['refused']} refused in {sends['seconds']:.0f} s |",
         ]
@@ -242,6 +288,7 @@ async def measure(deployment: Deployment, database_url: str, seconds: float) -> 
         "sync_flood_since_0": await sync_flood(url, database_url, since=0, frames=100, seconds=seconds),
         "sync_flood_worst": await sync_flood(url, database_url, since=101, frames=100, seconds=seconds),
         "login_under_flood": await login_under_flood(process_url, bogus=50, tries=5),
+        "sign_in_timing": await sign_in_timing(process_url, tries=20),
         "sends_per_minute": await sends_per_minute(url, sockets=10, seconds=seconds),
     }
 
