@@ -172,7 +172,9 @@ class Settings:
     limit_handshakes: str = field(default="30 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
     limit_room_creation: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_ROOM_CREATION", rate_limits))
     limit_registrations: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_REGISTRATIONS", rate_limits))
-    limit_logins: str = field(default="30 per minute;300 per hour", metadata=env("CHAT_LIMIT_LOGINS", rate_limits))
+    limit_logins: str = field(
+        default="5 per 10 seconds;30 per minute;300 per hour", metadata=env("CHAT_LIMIT_LOGINS", rate_limits)
+    )
     limit_login_failures: str = field(
         default="10 per 15 minutes;100 per day", metadata=env("CHAT_LIMIT_LOGIN_FAILURES", rate_limits)
     )
