@@ -31,6 +31,9 @@ from .presence import Presence
 
 # How long a client refused for holding too many sockets should wait.
 TOO_MANY_SOCKETS_RETRY_AFTER = 5.0
+# Frames from one client that may wait for their turn; past it, reading the
+# socket waits too (the rate limits keep honest clients far below it).
+INBOX_FRAMES = 64
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +213,15 @@ class RoomConnection:
         self._joined = False
         self._counted_present = False
         self.closed = False
-        # Clear while a client frame is being handled. Frames are handled one
-        # at a time (Tornado awaits on_message before reading the next).
+        # Frames from the client wait here and are handled one at a time, in
+        # order, by a worker of their own: the socket keeps being read while
+        # a send waits for storage, so a pong is seen at once, not after the
+        # frames queued before it (a slow database used to look like a dead
+        # client: "ping timed out").
+        self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=INBOX_FRAMES)
+        self._worker: asyncio.Task[None] | None = None
+        # Frames queued or being handled; idle (for graceful shutdown) at 0.
+        self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -237,9 +247,15 @@ class RoomConnection:
         self.transport.send_text(protocol.presence_frame(users))
 
     async def close(self) -> None:
-        """Leave the room's feed and presence; safe to call again, and during open()."""
+        """Leave the room's feed and presence; safe to call again, and during open().
+
+        A frame being handled finishes (a send being stored completes and is
+        published); frames still queued are dropped: the client re-sends what
+        was not acknowledged.
+        """
         if not self.closed:
             self.closed = True
+            self._drop_queued()
             await self._hub.forget(self)
         if self._joined:
             self._joined = False
@@ -264,15 +280,54 @@ class RoomConnection:
     # -- client side ------------------------------------------------------
 
     async def wait_idle(self) -> None:
-        """Return once no frame from the client is being handled (for graceful shutdown)."""
+        """Return once no frame from the client is queued or being handled (for graceful shutdown)."""
         await self._idle.wait()
 
+    async def submit(self, text: str | bytes) -> None:
+        """Queue a frame from the client for its turn; waits only while INBOX_FRAMES are queued."""
+        if self.closed:
+            return
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._handle_frames(), name=f"frames-{self._id}")
+        self._started()
+        await self._inbox.put(text)
+
     async def receive(self, text: str | bytes) -> None:
-        self._idle.clear()
+        """Handle one frame now (the worker's job; tests call it directly)."""
+        self._started()
         try:
             await self._receive(text)
         finally:
+            self._finished()
+
+    async def _handle_frames(self) -> None:
+        while not self.closed:
+            text = await self._inbox.get()
+            try:
+                await self._receive(text)
+            except Exception:
+                # A bug, not the client's fault: say so with the documented
+                # 1011 rather than leave the socket with nobody reading it.
+                log.exception("closing socket: a frame from %s in room %s failed", self.user.username, self.room.id)
+                self.transport.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
+            finally:
+                self._finished()
+
+    def _started(self) -> None:
+        self._busy += 1
+        self._idle.clear()
+
+    def _finished(self) -> None:
+        self._busy -= 1
+        if self._busy == 0:
             self._idle.set()
+
+    def _drop_queued(self) -> None:
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+            self._finished()
+        if self._worker is not None and self._busy == 0:
+            self._worker.cancel()  # waiting for a frame that will never come
 
     def end_session(self) -> None:
         """The session behind this socket ended (signed out, expired, revoked): say so and close."""

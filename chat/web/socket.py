@@ -176,22 +176,8 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             self.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
 
     async def on_message(self, message: str | bytes) -> None:
-        if self.connection is None:
-            return
-        try:
-            await self.connection.receive(message)
-        except asyncio.CancelledError:
-            # Closing the socket (the client left, or the process shuts down)
-            # cancels a frame still being handled; that is the end of it, not
-            # an error worth a traceback. A send cancelled before its ack is
-            # re-sent by the client with the same client_id.
-            pass
-        except Exception:
-            # A bug, not the client's fault: log it (once per interval, see
-            # chat/logs.py) and close with the documented 1011 rather than let
-            # Tornado drop the socket without a close frame.
-            log.exception("closing socket: a frame from %s in room %s failed", self.user.username, self.room.id)
-            self.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
+        if self.connection is not None:
+            await self.connection.submit(message)
 
     def on_close(self) -> None:
         if self.connection is not None:

@@ -459,3 +459,55 @@ async def test_a_resume_from_beyond_the_stored_history_tells_the_client_to_reloa
     _, transport = await connect(since=9)
 
     assert transport.of_type("history") == [{"type": "history", "messages": [], "has_more": False, "reset": True}]
+
+
+# -- the inbox: reading the socket never waits for storage ---------------------------
+
+
+async def test_frames_are_queued_at_once_and_handled_in_order_by_their_own_worker(
+    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection, transport = await connect()
+    release = asyncio.Event()
+    original = memory_storage.messages.add
+
+    async def slow_add(new: NewMessage) -> tuple[Message, bool]:
+        await release.wait()  # the database is slow today
+        return await original(new)
+
+    monkeypatch.setattr(memory_storage.messages, "add", slow_add)
+    for i in range(3):
+        # Returns at once: the handler goes back to reading the socket (pongs included).
+        await asyncio.wait_for(connection.submit(send(f"c-{i}", f"m{i}")), 0.1)
+    idle = asyncio.create_task(connection.wait_idle())
+    await asyncio.sleep(0.01)
+    assert transport.of_type("ack") == [] and not idle.done()
+
+    release.set()
+    await asyncio.wait_for(idle, 2)
+    assert [a["client_id"] for a in transport.of_type("ack")] == ["c-0", "c-1", "c-2"]
+    assert [a["message"]["seq"] for a in transport.of_type("ack")] == [1, 2, 3]
+
+
+async def test_closing_drops_the_frames_still_queued_and_lets_the_one_in_hand_finish(
+    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch, messages: Messages, chat_room: Room
+) -> None:
+    connection, _ = await connect()
+    release = asyncio.Event()
+    original = memory_storage.messages.add
+
+    async def slow_add(new: NewMessage) -> tuple[Message, bool]:
+        await release.wait()
+        return await original(new)
+
+    monkeypatch.setattr(memory_storage.messages, "add", slow_add)
+    await connection.submit(send("in-hand"))
+    await connection.submit(send("queued"))
+    await asyncio.sleep(0.01)
+
+    await connection.close()
+    release.set()
+    await asyncio.wait_for(connection.wait_idle(), 2)
+
+    stored, _ = await messages.recent(chat_room.id)
+    assert [m.client_id for m in stored] == ["in-hand"]  # the client re-sends "queued"
