@@ -16,6 +16,7 @@ import tornado.httpserver
 from .bootstrap import Services, build_services
 from .config import Settings
 from .protocol import Close
+from .stalls import StallWatch
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler
 from .web.cookies import SessionCookie
@@ -90,6 +91,9 @@ async def serve(settings: Settings) -> None:
         body_timeout=BODY_TIMEOUT_SECONDS,
     )
     server.listen(settings.port, settings.host)
+    stalls = StallWatch(settings.loop_stall_seconds) if settings.loop_stall_seconds > 0 else None
+    if stalls is not None:
+        stalls.start()
     log.info(
         "chat %s listening on http://%s:%d (database %s, broker %s)",
         settings.instance,
@@ -106,6 +110,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
 
     await shutdown(services, server)
+    if stalls is not None:
+        stalls.stop()
 
 
 async def shutdown(services: Services, server: tornado.httpserver.HTTPServer) -> None:

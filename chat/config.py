@@ -195,6 +195,8 @@ class Settings:
     # Each process checks every room it serves against storage this often,
     # to deliver a message whose publish was lost with a crashed process.
     catchup_interval_seconds: float = field(default=10.0, metadata=env("CHAT_CATCHUP_INTERVAL_SECONDS", number(0.1)))
+    # The event loop silent this long is logged with what it is running (0: off).
+    loop_stall_seconds: float = field(default=0.5, metadata=env("CHAT_LOOP_STALL_SECONDS", number(0)))
     # On SIGTERM, how long to wait for messages being stored to finish.
     shutdown_grace_seconds: float = field(default=10.0, metadata=env("CHAT_SHUTDOWN_GRACE_SECONDS", number(0)))
     # A ping every ``ws_ping_interval`` seconds; a peer that has not answered

@@ -425,6 +425,7 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_PRESENCE_HEARTBEAT_SECONDS": "2",
         "CHAT_CATCHUP_INTERVAL_SECONDS": "4",
         "CHAT_SHUTDOWN_GRACE_SECONDS": "6",
+        "CHAT_LOOP_STALL_SECONDS": "0",
         "CHAT_WS_PING_INTERVAL": "11",
         "CHAT_WS_PING_TIMEOUT": "8",
         "CHAT_WS_MAX_BUFFER_BYTES": "8192",
