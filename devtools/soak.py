@@ -91,6 +91,12 @@ class ClientReport:
     reconnects: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)  # error code -> frames received
+    # seq -> wall time this client first had it (live or from history), and
+    # seq -> wall time its sender queued it (from the body's t=).
+    arrivals: dict[int, float] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    # History answers that said "reload": the client could not catch up frame by frame.
+    resets: int = 0
 
 
 class SoakClient:
@@ -160,6 +166,8 @@ class SoakClient:
                 self._write(client_id)
             return True
         if kind == "history":
+            if frame.get("reset"):
+                self.report.resets += 1
             for message in frame["messages"]:
                 self._message(message, live=False)
         elif kind == "message":
@@ -186,9 +194,12 @@ class SoakClient:
             self.report.out_of_order += 1
         self.seen.add(seq)
         self.report.received.append(seq)
+        self.report.arrivals[seq] = now = time.time()
         self.last_seq = max(self.last_seq, seq)
-        if live and message["body"].startswith("soak ") and " t=" in message["body"]:
-            self.report.latencies.append(time.time() - float(message["body"].rsplit(" t=", 1)[1]))
+        if message["body"].startswith("soak ") and " t=" in message["body"]:
+            self.report.sent_at[seq] = queued = float(message["body"].rsplit(" t=", 1)[1])
+            if live:
+                self.report.latencies.append(now - queued)
 
 
 async def stored_sequence(web: WebClient, room_id: str, attempts: int = 30) -> tuple[list[int], set[str]]:
@@ -235,6 +246,8 @@ class SoakReport:
     unacked: int
     faults: list[str]
     seconds: float
+    # How long clients were sending (the rest of ``seconds`` is the drain).
+    sending_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -244,7 +257,28 @@ class SoakReport:
             and self.unacked == 0
             and self.duplicated == 0
             and self.out_of_order == 0
+            and self.resets == 0
         )
+
+    @property
+    def resets(self) -> int:
+        return sum(c.resets for c in self.clients)
+
+    @property
+    def stored_per_second(self) -> float:
+        return sum(len(s) for s in self.stored.values()) / self.sending_seconds if self.sending_seconds else 0.0
+
+    @property
+    def slowest_to_everyone(self) -> float:
+        """The longest any stored message took from its sender's send to the last client of its room."""
+        slowest = 0.0
+        for room_id in self.stored:
+            room = [c for c in self.clients if c.room_id == room_id]
+            for seq, queued in {s: t for c in room for s, t in c.sent_at.items()}.items():
+                arrivals = [c.arrivals[seq] for c in room if seq in c.arrivals]
+                if len(arrivals) == len(room):
+                    slowest = max(slowest, max(arrivals) - queued)
+        return slowest
 
     @property
     def duplicated(self) -> int:
@@ -268,10 +302,13 @@ class SoakReport:
             f"  sent              {sum(c.sent for c in self.clients)}",
             f"  acked             {sum(len(c.acked) for c in self.clients)}",
             f"  rejected          {sum(c.rejected for c in self.clients)}",
-            f"  stored            {sum(len(s) for s in self.stored.values())}",
+            f"  stored            {sum(len(s) for s in self.stored.values())} "
+            f"({self.stored_per_second:.1f}/s while sending)",
             f"  delivered/client  min {min(delivered)}  mean {statistics.mean(delivered):.1f}  max {max(delivered)}",
             f"  reconnects        {sum(c.reconnects for c in self.clients)}",
             f"  latency p50/p99   {self.latency_ms(0.5):.1f} ms / {self.latency_ms(0.99):.1f} ms",
+            f"  slowest to all    {self.slowest_to_everyone * 1000:.1f} ms (a message, to every client of its room)",
+            f"  resets            {self.resets}",
             f"  lost              {self.lost}",
             f"  acked not stored  {self.acked_not_stored}",
             f"  never acked       {self.unacked}",
@@ -297,6 +334,9 @@ class SoakReport:
             "reconnects": sum(c.reconnects for c in self.clients),
             "delivered": {c.name: len(c.received) for c in self.clients},
             "latency_ms": {"p50": self.latency_ms(0.5), "p99": self.latency_ms(0.99)},
+            "stored_per_second": self.stored_per_second,
+            "slowest_to_everyone_ms": self.slowest_to_everyone * 1000,
+            "resets": self.resets,
             "ok": self.ok,
         }
 
@@ -316,6 +356,8 @@ class Deployment:
         ]
         if missing:
             raise RuntimeError("missing: " + "; ".join(missing))
+        # How long a "db" fault keeps the database down (a random length in this range).
+        self.db_outage_seconds = (1.0, 3.0)
         self.redis = RedisServer(str(redis_server_path()), work_dir / "redis")
         self.database = FerretDB(str(ferretdb_path()), work_dir / "ferretdb")
         self.cluster = Cluster(
@@ -339,6 +381,9 @@ class Deployment:
                 "CHAT_LIMIT_LOGINS": "100000 per minute",
                 "CHAT_LIMIT_ROOM_CREATION": "100000 per minute",
                 "CHAT_MAX_SOCKETS_PER_IP": "100000",
+                # Clients that reconnect after an outage catch up frame by
+                # frame, however far behind: a soak checks they miss nothing.
+                "CHAT_RESUME_MAX_MESSAGES": "1000000",
                 **(env or {}),
             },
         )
@@ -382,7 +427,7 @@ class Deployment:
                 time.sleep(random.uniform(0.5, 2.0))
         elif fault == "db":
             with self.database.outage():
-                time.sleep(random.uniform(1.0, 3.0))
+                time.sleep(random.uniform(*self.db_outage_seconds))
         elif fault == "restart":
             for port in self.cluster.ports:
                 self.cluster.supervisorctl("restart", f"chat:chat-{port}")
@@ -441,7 +486,8 @@ async def run_soak(
             await asyncio.to_thread(inject, fault)
 
     await asyncio.gather(*(talk(c) for c in soakers), *([break_things()] if faults else []))
-    log(f"sending stopped after {time.monotonic() - start:.1f}s; draining")
+    sending_seconds = time.monotonic() - start
+    log(f"sending stopped after {sending_seconds:.1f}s; draining")
 
     # Every message must end up acked, and every client must catch up.
     deadline = time.monotonic() + drain_timeout
@@ -465,6 +511,7 @@ async def run_soak(
         unacked=sum(len(c.pending) for c in soakers),
         faults=injected,
         seconds=time.monotonic() - start,
+        sending_seconds=sending_seconds,
     )
 
 
@@ -475,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an existing deployment (no faults); default: start one")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rooms", type=int, default=2)
+    parser.add_argument("--senders-per-room", type=int, help="clients in each room (sets --clients to rooms x this)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=2.0, help="messages per second per client (mean)")
     parser.add_argument(
@@ -484,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="random seed (fault choice and timing)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    if args.senders_per_room is not None:
+        args.clients = args.rooms * args.senders_per_room
     faults = tuple(f for f in args.faults.split(",") if f and f != "none")
     for fault in faults:
         if fault not in FAULTS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any
 
@@ -88,6 +89,12 @@ def _room(doc: Mapping[str, Any]) -> Room:
         created_at=doc["created_at"],
         last_seq=doc.get("last_seq", 0),
     )
+
+
+def message_id(new: NewMessage) -> str:
+    """The ``_id`` of a message: the same for every send of one client_id by one user in one room."""
+    key = "\0".join((new.room_id, new.user_id, new.client_id))
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def _document(message: Message) -> dict[str, Any]:
@@ -301,9 +308,7 @@ class MongoMessages(MessageRepository):
         self._writers = RoomWriters()
 
     async def _find_by_client_id(self, new: NewMessage) -> Message | None:
-        doc = await self._storage.db.messages.find_one(
-            {"room_id": new.room_id, "user_id": new.user_id, "client_id": new.client_id}
-        )
+        doc = await self._storage.db.messages.find_one({"_id": message_id(new)})
         return _message(doc) if doc else None
 
     async def add(self, new: NewMessage) -> tuple[Message, bool]:
@@ -324,9 +329,11 @@ class MongoMessages(MessageRepository):
         and the counter's move only leaves the counter behind, and the next
         writer steps past it.
 
-        No look-up by client_id comes first: the unique index on
-        ``(room_id, user_id, client_id)`` refuses a resend, and only then is
-        the stored original fetched (FerretDB scans for that look-up).
+        A message's ``_id`` is derived from its room, user and client_id
+        (:func:`message_id`), so a resend collides on ``_id`` and the original
+        is fetched by ``_id``: no look-up comes first, and none scans (FerretDB
+        scans for any query but one on ``_id``, and does not say which unique
+        index refused an insert).
         """
         db = self._storage.db
         room = await db.rooms.find_one({"_id": new.room_id})
@@ -335,7 +342,7 @@ class MongoMessages(MessageRepository):
         seq = int(room.get("last_seq", 0)) + 1
         for _ in range(MAX_SEQ_ATTEMPTS):
             message = Message(
-                id=new_id(),
+                id=message_id(new),
                 room_id=new.room_id,
                 seq=seq,
                 user_id=new.user_id,

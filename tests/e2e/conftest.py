@@ -15,12 +15,14 @@ from playwright.async_api import async_playwright
 
 from chat.tools.cluster import Cluster
 from devtools.services import locate
+from devtools.soak import Deployment
 from tests.support.logs import add_log_source
 from tests.support.server import LIFTED_LIMITS, TEST_SECRET
 from tests.support.services import (
     PROJECT_ROOT,
     FerretDB,
     RedisServer,
+    ferretdb_binary,
     find_binary,
     free_port,
     free_port_range,
@@ -114,9 +116,19 @@ def strict_cluster(
     group.stop()
 
 
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A whole deployment with faults at hand (devtools.soak.Deployment): Redis, FerretDB, 2 processes, nginx."""
+    ferretdb_binary(), redis_binary(), nginx_binary()  # skip or fail early, naming the install command
+    with Deployment(Path(tmp_path_factory.mktemp("deployment"))) as deployed:
+        yield deployed
+
+
 @pytest.fixture(autouse=True)
 def _attach_cluster_logs(request: pytest.FixtureRequest) -> None:
     # Only where a test uses the cluster: asking for it would start one.
     for name in ("cluster", "strict_cluster"):
         if name in request.fixturenames:
             add_log_source(request, name, request.getfixturevalue(name).log_tail)
+    if "deployment" in request.fixturenames:
+        add_log_source(request, "deployment", request.getfixturevalue("deployment").cluster.log_tail)

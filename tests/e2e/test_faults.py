@@ -14,39 +14,14 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from playwright.async_api import Browser as Chromium
 
-from devtools.soak import Deployment, SoakReport, run_soak
+from devtools.soak import Deployment, run_soak
 from devtools.webclient import WebClient
-from tests.support.logs import add_log_source
 from tests.support.pages import register, say
-from tests.support.services import ferretdb_binary, nginx_binary, redis_binary
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    ferretdb_binary(), redis_binary(), nginx_binary()  # skip or fail early, naming the install command
-    with Deployment(Path(tmp_path_factory.mktemp("deployment"))) as deployed:
-        yield deployed
-
-
-@pytest.fixture(autouse=True)
-def _deployment_logs(request: pytest.FixtureRequest, deployment: Deployment) -> None:
-    add_log_source(request, "deployment", deployment.cluster.log_tail)
-
-
-def assert_nothing_lost(report: SoakReport) -> None:
-    print(report.render())
-    assert report.lost == 0
-    assert report.acked_not_stored == 0
-    assert report.unacked == 0
-    assert report.duplicated == 0
-    assert report.out_of_order == 0
-    assert sum(len(c.acked) for c in report.clients) == sum(c.sent for c in report.clients) > 0
+from tests.support.soak import assert_nothing_lost
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
