@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FERRETDB_BIN ?= .cache/bin/ferretdb
 PYTEST_ARGS ?=
+BENCH_ARGS ?= --targets chat,baseline --room-sizes 10,100,1000 --window 8
 
-.PHONY: help run test lint format venv test-venv ferretdb clean
+.PHONY: help run test lint format venv test-venv ferretdb bench clean
 
 help:
 	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
@@ -17,6 +18,7 @@ help:
 	@echo "make cluster   start the process group under supervisord behind nginx (MongoDB + Redis)"
 	@echo "make cluster-stop, make cluster-ctl ARGS=status   stop it, or talk to supervisorctl"
 	@echo "make soak      run the soak test (faults + report); SOAK_ARGS=\"--seconds 300\" to change it"
+	@echo "make bench     fan-out benchmark with a report in .cache/bench; BENCH_ARGS=\"--targets cluster,baseline ...\""
 	@echo "make clean     remove the virtualenv, caches and local data"
 
 $(VENV)/.run-deps: requirements.txt
@@ -26,7 +28,7 @@ $(VENV)/.run-deps: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-$(VENV)/.test-deps: $(VENV)/.run-deps requirements-test.txt
+$(VENV)/.test-deps: $(VENV)/.run-deps requirements-test.txt requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	@touch $@
 
@@ -54,6 +56,9 @@ lint: test-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy chat devtools
+
+bench: test-venv
+	$(PY) -m chat.tools.bench $(BENCH_ARGS)
 
 format: test-venv
 	$(VENV)/bin/ruff check --fix .

@@ -209,6 +209,11 @@ class Settings:
     # Bytes queued on one socket but not yet written to the network; a client
     # that falls further behind is closed with 1013 and resumes with `since`.
     ws_max_buffer_bytes: int = field(default=1024 * 1024, metadata=env("CHAT_WS_MAX_BUFFER_BYTES", integer(4096)))
+    # Fan-out levers (docs/benchmarks.md measures each on and off): a room's
+    # frame built into WebSocket bytes once for all its sockets, and each
+    # socket's frames of one event-loop turn written in one call.
+    ws_prebuilt_frames: bool = field(default=True, metadata=env("CHAT_WS_PREBUILT_FRAMES", boolean))
+    ws_batch_writes: bool = field(default=True, metadata=env("CHAT_WS_BATCH_WRITES", boolean))
     # The origins pages are served from (scheme, host and port), besides the
     # one a request is addressed to: behind a proxy that changes the Host or
     # the scheme (TLS ended in front of nginx), the public one goes here.
@@ -234,6 +239,22 @@ class Settings:
     @property
     def instance(self) -> str:
         return self.instance_name or f"{socket.gethostname()}:{self.port}"
+
+
+# The limits a load test or benchmark lifts: one client address with many
+# users, sockets and messages is its job, not abuse. Failed sign-ins stay
+# limited (a load test has none).
+LIFTED_RATE = "10000000 per minute"
+
+
+def lifted_limits() -> dict[str, str]:
+    """Settings that lift every abuse limit but the failed-sign-in lockout."""
+    lifted = {
+        f.metadata["env"]: LIFTED_RATE
+        for f in fields(Settings)
+        if f.metadata.get("parse") is rate_limits and f.name != "limit_login_failures"
+    }
+    return {**lifted, "CHAT_MAX_SOCKETS_PER_USER": "1000000", "CHAT_MAX_SOCKETS_PER_IP": "1000000"}
 
 
 def load_settings(

@@ -200,6 +200,26 @@ _SCHEMAS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any], str | None],
 # -- server frames -------------------------------------------------------------
 
 
+class Outbound:
+    """One frame for many sockets: its text, and the bytes a transport makes of it once.
+
+    The fan-out hands the same Outbound to every socket of a room in this
+    process; the first transport to write it stores its wire encoding in
+    ``encoded`` (for WebSockets: the whole frame, header included; server
+    frames are unmasked, so the bytes are the same for every socket) and the
+    others write those bytes as they are.
+    """
+
+    __slots__ = ("encoded", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.encoded: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Outbound({self.text[:60]!r})"
+
+
 def _dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 

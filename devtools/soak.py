@@ -44,7 +44,7 @@ from typing import Any, Self
 
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
-from chat.config import generate_secret
+from chat.config import generate_secret, lifted_limits
 from chat.protocol import Close
 from chat.tools.cluster import Cluster
 
@@ -375,12 +375,7 @@ class Deployment:
                 "CHAT_BCRYPT_ROUNDS": "4",
                 # A soak is load, not abuse: every client is a chatty user on
                 # one address, reconnecting through every fault.
-                "CHAT_LIMIT_SENDS": "100000 per minute",
-                "CHAT_LIMIT_HANDSHAKES": "100000 per minute",
-                "CHAT_LIMIT_REGISTRATIONS": "100000 per minute",
-                "CHAT_LIMIT_LOGINS": "100000 per minute",
-                "CHAT_LIMIT_ROOM_CREATION": "100000 per minute",
-                "CHAT_MAX_SOCKETS_PER_IP": "100000",
+                **lifted_limits(),
                 # Clients that reconnect after an outage catch up frame by
                 # frame, however far behind: a soak checks they miss nothing.
                 "CHAT_RESUME_MAX_MESSAGES": "1000000",

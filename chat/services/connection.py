@@ -21,7 +21,7 @@ from .. import protocol
 from ..broker import LeaseStore
 from ..errors import ChatError, RateLimited, SessionEnded, Unavailable
 from ..models import Room, User
-from ..protocol import Close
+from ..protocol import Close, Outbound
 from . import audit
 from .accounts import Accounts, session_key
 from .fanout import Fanout
@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 class Transport(Protocol):
     def send_text(self, text: str) -> None:
-        """Queue one text frame; never blocks."""
+        """Queue one text frame for this socket alone; never blocks."""
+
+    def send_shared(self, frame: Outbound) -> None:
+        """Queue a frame that many sockets are sent (built into bytes once); never blocks."""
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -208,7 +211,7 @@ class RoomConnection:
         self.last_seq = 0
         # While history is being sent, live frames wait here so the client
         # sees one ordered stream.
-        self._pending: list[tuple[int, str]] | None = None
+        self._pending: list[tuple[int, Outbound]] | None = None
         self._sync_lock = asyncio.Lock()
         self._joined = False
         self._counted_present = False
@@ -266,16 +269,16 @@ class RoomConnection:
 
     # -- fan-out side -----------------------------------------------------
 
-    def deliver(self, seq: int | None, frame: str) -> None:
+    def deliver(self, seq: int | None, frame: Outbound) -> None:
         if self.closed:
             return
         if seq is None:
-            self.transport.send_text(frame)
+            self.transport.send_shared(frame)
         elif self._pending is not None:
             self._pending.append((seq, frame))
         elif seq > self.last_seq:
             self.last_seq = seq
-            self.transport.send_text(frame)
+            self.transport.send_shared(frame)
 
     # -- client side ------------------------------------------------------
 

@@ -4,8 +4,9 @@ Every socket in this process that is in a room registers a :class:`Listener`
 with the room's :class:`RoomFeed`. The process subscribes to the room's broker
 channel when the first local listener joins and unsubscribes when the last one
 leaves. Each broker event is parsed once and its ready-made frame text is
-handed to every listener, so serialization cost does not grow with the number
-of sockets.
+handed to every listener as one :class:`~chat.protocol.Outbound`, so neither
+serialization nor framing grows with the number of sockets: each transport
+writes the bytes the first one built.
 
 Message frames carry a ``seq``. A feed delivers them in ``seq`` order and at
 most once, whatever order the broker produced: publishes from concurrent
@@ -38,7 +39,7 @@ from typing import Protocol
 from ..broker import RESYNC, Broker, BrokerClosed, Event, room_channel
 from ..errors import Unavailable
 from ..models import Message
-from ..protocol import frame_routing, message_frame
+from ..protocol import Outbound, frame_routing, message_frame
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ REPUBLISH_FOR_SECONDS = 60.0
 
 
 class Listener(Protocol):
-    def deliver(self, seq: int | None, frame: str) -> None:
+    def deliver(self, seq: int | None, frame: Outbound) -> None:
         """Take one frame; must not block (write to a buffer and return)."""
 
 
@@ -73,7 +74,7 @@ class RoomFeed:
         self.ready = asyncio.Event()
         self._fanout = fanout
         self.last_seq = 0
-        self._held: dict[int, str] = {}
+        self._held: dict[int, Outbound] = {}
         # Consecutive fills that did not close the gap (for backing off).
         self._fill_failures = 0
         self._resync_due = False
@@ -83,16 +84,16 @@ class RoomFeed:
         self.last_seq = seq
         self.ready.set()
 
-    def receive(self, seq: int | None, frame: str) -> None:
+    def receive(self, seq: int | None, text: str) -> None:
         if seq is None:
-            self._broadcast(None, frame)
+            self._broadcast(None, Outbound(text))
             return
         if seq <= self.last_seq or seq in self._held:
             return  # already delivered or already waiting: a duplicate
-        self._held[seq] = frame
+        self._held[seq] = Outbound(text)
         self._drain()
 
-    def _broadcast(self, seq: int | None, frame: str) -> None:
+    def _broadcast(self, seq: int | None, frame: Outbound) -> None:
         for listener in tuple(self.listeners):
             try:
                 listener.deliver(seq, frame)
@@ -133,7 +134,7 @@ class RoomFeed:
         if self._held or self._resync_due:
             for message in await self._read_missed():
                 if message.seq > self.last_seq and message.seq not in self._held:
-                    self._held[message.seq] = message_frame(message)
+                    self._held[message.seq] = Outbound(message_frame(message))
         self._fill_task = None
         if self._held:
             self._fill_failures += 1  # cleared by _drain once the gap closes

@@ -33,6 +33,7 @@ from ..services.rooms import Rooms
 from .cookies import SessionCookie
 from .forms import read_form
 from .proxies import TrustedProxies
+from .transport import WriteBatcher
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class ChatApplication(tornado.web.Application):
         self.jinja = jinja
         self.session_cookie = session_cookie
         self.proxies = proxies
+        # One per process: ends each event-loop turn by writing what every
+        # socket was sent during it (see chat.web.transport).
+        self.write_batcher = WriteBatcher()
 
     def find_handler(self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> Any:
         # First thing for every request (pages, sockets, static files), so

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Callable
+from typing import cast
 
 import tornado.web
 import tornado.websocket
@@ -15,7 +14,8 @@ from ..models import Room
 from ..protocol import MAX_SAFE_INTEGER, Close, valid_seq
 from ..services import audit
 from ..services.connection import Admission, RoomConnection
-from .base import BaseHandler
+from .base import BaseHandler, ChatApplication
+from .transport import SocketTransport, TornadoSink
 
 log = logging.getLogger(__name__)
 
@@ -23,68 +23,6 @@ log = logging.getLogger(__name__)
 def _log_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("leaving a room failed", exc_info=future.exception())
-
-
-class BoundedSender:
-    """The transport of one socket: queues text frames, and cuts off a client that stops reading.
-
-    Bytes handed to ``write`` whose frames are not yet written to the network
-    are counted; more than ``cap`` means the client stopped reading (or reads
-    slower than the room talks), so the socket is closed with 1013 and the
-    client resumes from storage with ``since`` instead of growing our memory.
-    """
-
-    def __init__(
-        self,
-        write: Callable[[bytes], asyncio.Future[None]],
-        close: Callable[[int, str], None],
-        cap: int,
-        who: str,
-    ) -> None:
-        self._write = write
-        self._close = close
-        self.cap = cap
-        self.who = who  # for the log: "alice in room r1"
-        self.unflushed_bytes = 0
-        self.too_slow = False
-
-    def send_text(self, text: str) -> None:
-        if self.too_slow:
-            return
-        if self.unflushed_bytes > self.cap:
-            self._cut_off()
-            return
-        data = text.encode("utf-8")
-        try:
-            future = self._write(data)  # a text frame: bytes are sent as they are
-        except tornado.websocket.WebSocketClosedError:
-            return
-        self.unflushed_bytes += len(data)
-        future.add_done_callback(functools.partial(self._flushed, len(data)))
-
-    def close(self, code: int, reason: str) -> None:
-        self._close(code, reason)
-
-    def _flushed(self, size: int, future: asyncio.Future[None]) -> None:
-        # Written to the socket, or failed because the stream closed: either
-        # way Tornado no longer holds the bytes. A failure needs no handling
-        # here (on_close cleans up), only retrieving so asyncio does not warn.
-        self.unflushed_bytes -= size
-        if not future.cancelled():
-            future.exception()
-
-    def _cut_off(self) -> None:
-        # Everything the client misses is in storage: it reconnects and
-        # resumes with `since`, and the room does not wait for it meanwhile.
-        # The backlog is dropped when Tornado gives up on the close handshake.
-        self.too_slow = True
-        log.warning(
-            "closing the socket of %s: too slow, %d bytes not yet sent (cap %d)",
-            self.who,
-            self.unflushed_bytes,
-            self.cap,
-        )
-        self._close(Close.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
 
 
 def _parse_since(text: str) -> int:
@@ -103,6 +41,7 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     connection: RoomConnection | None = None
     room: Room
     admission: Admission | None = None
+    transport: SocketTransport | None = None
     _since: int | None = None
 
     async def prepare(self) -> None:
@@ -150,11 +89,13 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
 
     async def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
-        transport = BoundedSender(
-            self.write_message,
-            self.close,
-            self.config.ws_max_buffer_bytes,
+        config = self.config
+        self.transport = transport = SocketTransport(
+            TornadoSink(self),
+            config.ws_max_buffer_bytes,
             f"{self.user.username} in room {self.room.id}",
+            prebuilt=config.ws_prebuilt_frames,
+            batcher=cast(ChatApplication, self.application).write_batcher if config.ws_batch_writes else None,
         )
         self.connection = self.services.connections.create(
             transport, self.user, self.room, self.session_token or "", self.admission
@@ -170,10 +111,10 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             await self.connection.open(self._since)
         except Unavailable as exc:
             log.warning("closing socket: cannot load room %s: %s", self.room.id, exc)
-            self.close(Close.TRY_AGAIN_LATER, "storage unavailable; reconnect shortly")
+            transport.close(Close.TRY_AGAIN_LATER, "storage unavailable; reconnect shortly")
         except Exception:
             log.exception("closing socket: opening room %s failed", self.room.id)
-            self.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
+            transport.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
 
     async def on_message(self, message: str | bytes) -> None:
         if self.connection is not None:

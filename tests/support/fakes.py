@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat.protocol import Outbound
+
 
 class RecordingListener:
     """Stands in for a socket in a room's feed: records every frame, in order."""
@@ -13,8 +15,8 @@ class RecordingListener:
     def __init__(self) -> None:
         self.received: list[tuple[int | None, str]] = []
 
-    def deliver(self, seq: int | None, frame: str) -> None:
-        self.received.append((seq, frame))
+    def deliver(self, seq: int | None, frame: Outbound) -> None:
+        self.received.append((seq, frame.text))
 
     @property
     def seqs(self) -> list[int | None]:
@@ -49,6 +51,9 @@ class FakeTransport:
 
     def send_text(self, text: str) -> None:
         self.sent.append(json.loads(text))
+
+    def send_shared(self, frame: Outbound) -> None:
+        self.sent.append(json.loads(frame.text))
 
     def close(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)

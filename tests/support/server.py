@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chat.config import lifted_limits
 from devtools.services import ServiceProcess
 
 from .services import PROJECT_ROOT
@@ -19,22 +20,7 @@ TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 
 # Abuse limits lifted, so tests (all from one address, many users and sockets)
 # can work quickly; the tests of the limits start servers with tight ones.
-LIFTED_LIMITS = {
-    **{
-        f"CHAT_LIMIT_{action}": "100000 per second"
-        for action in (
-            "SENDS",
-            "SYNCS_PER_SOCKET",
-            "SYNCS_PER_USER",
-            "HANDSHAKES",
-            "ROOM_CREATION",
-            "REGISTRATIONS",
-            "LOGINS",
-        )
-    },
-    "CHAT_MAX_SOCKETS_PER_USER": "10000",
-    "CHAT_MAX_SOCKETS_PER_IP": "100000",
-}
+LIFTED_LIMITS = lifted_limits()
 # The shared servers also resume from further back than the default, for the
 # tests that page through long histories (the bound has tests of its own).
 SHARED_SERVER_ENV = {**LIFTED_LIMITS, "CHAT_SESSION_RECHECK_SECONDS": "0", "CHAT_RESUME_MAX_MESSAGES": "5000"}

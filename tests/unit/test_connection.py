@@ -11,7 +11,7 @@ import pytest
 from chat.bootstrap import Services
 from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
-from chat.protocol import Close
+from chat.protocol import Close, Outbound
 from chat.services.accounts import Accounts, session_key
 from chat.services.connection import RoomConnection
 from chat.services.fanout import Fanout
@@ -296,7 +296,7 @@ async def test_frames_already_in_history_are_not_delivered_again(connect: Connec
 
     await connection.receive(json.dumps({"type": "sync", "since": 0}))
     # A late broker copy of seq 1 (e.g. from another process) is a duplicate now.
-    connection.deliver(1, json.dumps(transport.of_type("message")[0]))
+    connection.deliver(1, Outbound(json.dumps(transport.of_type("message")[0])))
 
     assert len(transport.of_type("message")) == 1
 

@@ -11,7 +11,7 @@ import pytest
 from chat.broker import room_channel
 from chat.broker.memory import MemoryBroker
 from chat.models import Message
-from chat.protocol import message_frame
+from chat.protocol import Outbound, message_frame
 from chat.services.fanout import Fanout
 from tests.support.fakes import RecordingListener
 from tests.support.waiting import eventually
@@ -37,7 +37,7 @@ class BrokenListener:
     def __init__(self) -> None:
         self.calls = 0
 
-    def deliver(self, seq: int | None, frame: str) -> None:
+    def deliver(self, seq: int | None, frame: Outbound) -> None:
         self.calls += 1
         raise RuntimeError("socket exploded")
 
