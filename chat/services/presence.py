@@ -8,6 +8,13 @@ delivers a ``presence`` frame to them. A heartbeat keeps this process's
 entries alive and re-reads every local room, which is also how users of a
 process that died without saying goodbye disappear (their entries expire).
 
+Changes are coalesced: a process re-reads a room at most once per
+``coalesce`` seconds (0.2) and sends its sockets one frame for whatever
+changed meanwhile. Without it, a thousand people joining a room at once (a
+restart behind nginx) would send every socket already there a list per
+joiner, O(n^2) frames of O(n) users each. A newcomer is sent the current list
+at once.
+
 Presence is best effort: if the store is unreachable, chat goes on and the
 list catches up at the next heartbeat.
 """
@@ -37,12 +44,14 @@ class Presence:
         *,
         ttl: float = 30.0,
         heartbeat: float = 10.0,
+        coalesce: float = 0.2,
     ) -> None:
         self._store = store
         self._fanout = fanout
         self._instance = instance
         self.ttl = ttl
         self.heartbeat = heartbeat
+        self.coalesce = coalesce
         # room_id -> user_id -> (user, number of this process's sockets)
         self._local: dict[str, dict[str, tuple[OnlineUser, int]]] = {}
         # room_id -> the list this process's sockets were last sent
@@ -94,11 +103,12 @@ class Presence:
             # already here keep their list until then.
             self._shown[room_id] = []
             return []
-        self._shown[room_id] = users
-        if previous is not None and users != previous:
-            # The re-read that our own announcement triggers compares with
-            # _shown, which now matches: tell the sockets already here.
-            self._fanout.deliver_local(room_id, presence_frame(users))
+        if previous is None:
+            self._shown[room_id] = users
+        elif users != previous:
+            # The sockets already here still show `previous`: a coalesced
+            # re-read tells them (and repeats it to the newcomer, harmlessly).
+            self.changed(room_id)
         return users
 
     async def left(self, room_id: str, user: User) -> None:
@@ -138,6 +148,8 @@ class Presence:
     async def _refresh(self, room_id: str) -> None:
         try:
             while True:
+                # Let a burst of changes land, then read once for all of them.
+                await asyncio.sleep(self.coalesce)
                 self._dirty.discard(room_id)
                 users = await self._store.online(room_id)
                 if room_id in self._local and users != self._shown.get(room_id):

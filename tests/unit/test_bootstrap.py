@@ -61,3 +61,28 @@ async def test_presence_hears_other_processes_through_the_fanout(
         assert PRESENCE_CHANGED not in transport.types
     finally:
         await services.close()
+
+
+async def test_a_join_storm_sends_the_sockets_already_there_a_few_lists_not_one_per_joiner(
+    chat_settings: Settings, memory_storage: Storage
+) -> None:
+    services = build_services(chat_settings, storage=memory_storage)
+    await services.start()
+    try:
+        users = [await services.storage.users.add(f"user{i:02}", b"hash") for i in range(40)]
+        room = await services.storage.rooms.add("lobby", users[0])
+        first = FakeTransport()
+        await services.connections.create(first, users[0], room, "token").open(None)
+
+        for user in users[1:]:  # 39 people join at once (a restart behind nginx)
+            await services.connections.create(FakeTransport(), user, room, "token").open(None)
+
+        everyone = [u.username for u in users]
+        await eventually(
+            lambda: [u["username"] for u in first.of_type("presence")[-1]["users"]] == everyone,
+            what="the whole list",
+        )
+        # The list of one, then a few coalesced updates, not 39.
+        assert len(first.of_type("presence")) <= 4
+    finally:
+        await services.close()
