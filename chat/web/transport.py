@@ -31,7 +31,7 @@ import logging
 import struct
 from typing import Protocol
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..protocol import Close, Outbound
@@ -56,8 +56,12 @@ def text_frame(payload: bytes) -> bytes:
 class Sink(Protocol):
     """The socket under a transport (Tornado's, or a test's)."""
 
-    def write_frame(self, frame: bytes) -> asyncio.Future[None]:
-        """Write bytes that are already whole frames; raises WebSocketClosedError once closed."""
+    def write_frame(self, frame: bytes) -> asyncio.Future[None] | None:
+        """Write bytes that are already whole frames; raises WebSocketClosedError once closed.
+
+        Returns None if the bytes are already on the network, else a future
+        that resolves once they are.
+        """
 
     def write_message(self, text: str) -> asyncio.Future[None]:
         """Frame and write one text message (Tornado's own path)."""
@@ -71,7 +75,7 @@ class TornadoSink:
     def __init__(self, handler: WebSocketHandler) -> None:
         self._handler = handler
 
-    def write_frame(self, frame: bytes) -> asyncio.Future[None]:
+    def write_frame(self, frame: bytes) -> asyncio.Future[None] | None:
         connection = self._handler.ws_connection
         if connection is None or connection.is_closing():
             raise WebSocketClosedError()
@@ -81,6 +85,19 @@ class TornadoSink:
         stream = connection.stream
         if stream is None:
             raise WebSocketClosedError()
+        if type(stream) is IOStream and not stream.writing() and not stream.closed():
+            # Nothing of Tornado's is waiting to be written, so the bytes can
+            # go straight to the kernel: one send(), no future, no callbacks.
+            # This is what IOStream.write does first too; what the kernel does
+            # not take (a slow reader), or an error, is left to the stream.
+            # (Plain sockets only: TLS streams must encrypt.)
+            try:
+                sent = stream.socket.send(frame)
+            except OSError:
+                sent = 0  # EAGAIN, or an error the stream's own write will report
+            if sent == len(frame):
+                return None
+            frame = frame[sent:]
         try:
             future: asyncio.Future[None] = stream.write(frame)
         except StreamClosedError as exc:
@@ -195,6 +212,8 @@ class SocketTransport:
         try:
             future = self._sink.write_frame(data)
         except WebSocketClosedError:
+            future = None
+        if future is None:  # on the network already, or never will be
             self.unflushed_bytes -= size
             return
         future.add_done_callback(functools.partial(self._flushed, size))
