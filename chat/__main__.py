@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 from .app import serve
@@ -36,9 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, port=args.port)
     if args.host is not None:
         settings = replace(settings, host=args.host)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner,
+    ):
+        runner.run(serve(settings))
     return 0
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None  # asyncio's default
 
 
 if __name__ == "__main__":

@@ -135,6 +135,16 @@ def rate_limits(name: str, raw: str) -> str:
     return raw
 
 
+def one_of(*choices: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def env(variable: str, parse: Parser) -> dict[str, Any]:
     """Field metadata: the field is read from ``variable`` with ``parse``."""
     return {"env": variable, "parse": parse}
@@ -214,6 +224,8 @@ class Settings:
     # socket's frames of one event-loop turn written in one call.
     ws_prebuilt_frames: bool = field(default=True, metadata=env("CHAT_WS_PREBUILT_FRAMES", boolean))
     ws_batch_writes: bool = field(default=True, metadata=env("CHAT_WS_BATCH_WRITES", boolean))
+    # The event loop: Python's own, or uvloop (libuv), measured in docs/benchmarks.md.
+    event_loop: str = field(default="asyncio", metadata=env("CHAT_EVENT_LOOP", one_of("asyncio", "uvloop")))
     # The origins pages are served from (scheme, host and port), besides the
     # one a request is addressed to: behind a proxy that changes the Host or
     # the scheme (TLS ended in front of nginx), the public one goes here.
