@@ -13,14 +13,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import protocol
 from ..broker import LeaseStore
 from ..errors import ChatError, RateLimited, SessionEnded, Unavailable
-from ..models import Room, User
+from ..models import Message, Room, User
 from ..protocol import Close, Outbound
 from . import audit
 from .accounts import Accounts, session_key
@@ -34,6 +34,9 @@ TOO_MANY_SOCKETS_RETRY_AFTER = 5.0
 # Frames from one client that may wait for their turn; past it, reading the
 # socket waits too (the rate limits keep honest clients far below it).
 INBOX_FRAMES = 64
+# Sends of one socket handed to storage and not yet acked; the next send
+# waits for one of them (it is still read meanwhile: see INBOX_FRAMES).
+SENDS_IN_FLIGHT = 16
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,11 @@ class RoomConnection:
         # client: "ping timed out").
         self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=INBOX_FRAMES)
         self._worker: asyncio.Task[None] | None = None
+        # Sends handed to storage, each finishing (ack, publish) on its own:
+        # a client's next message does not wait for the last one's round
+        # trip, and storage keeps their order (Messages.submit).
+        self._sends_in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT)
+        self._completions: set[asyncio.Task[None]] = set()
         # Frames queued or being handled; idle (for graceful shutdown) at 0.
         self._busy = 0
         self._idle = asyncio.Event()
@@ -296,10 +304,11 @@ class RoomConnection:
         await self._inbox.put(text)
 
     async def receive(self, text: str | bytes) -> None:
-        """Handle one frame now (the worker's job; tests call it directly)."""
+        """Handle one frame now, through to its ack (the worker's job; tests call it directly)."""
         self._started()
         try:
             await self._receive(text)
+            await asyncio.gather(*self._completions)
         finally:
             self._finished()
 
@@ -366,14 +375,42 @@ class RoomConnection:
         if not await self._session_still_live():
             raise SessionEnded("your session has ended; sign in again")
         await self._hub.limiter.take(Action.SEND, self.user.id)
-        message, _ = await self._hub.messages.post(self.user, self.room, frame.client_id, frame.body)
-        if not self.closed:
-            self.transport.send_text(protocol.ack_frame(message))
-        # Publish even if this socket closed meanwhile (the message is stored,
-        # the room must see it), and even for a resend of a stored message:
-        # the process that stored it may have died before publishing, and
-        # receivers drop any seq they already delivered.
-        await self._hub.fanout.publish_message(message)
+        await self._sends_in_flight.acquire()
+        if self.closed:  # closed while waiting for a place: the client re-sends it
+            self._sends_in_flight.release()
+            return
+        try:
+            stored = self._hub.messages.submit(self.user, self.room, frame.client_id, frame.body)
+        except BaseException:
+            self._sends_in_flight.release()
+            raise
+        # Queued for storage now, in this socket's order; the rest finishes
+        # on its own while the next frame is handled.
+        self._started()
+        completion = asyncio.create_task(self._complete(stored, frame.client_id), name=f"send-{frame.client_id}")
+        self._completions.add(completion)
+        completion.add_done_callback(self._completions.discard)
+
+    async def _complete(self, stored: Awaitable[tuple[Message, bool]], client_id: str) -> None:
+        try:
+            try:
+                message, _ = await stored
+            except ChatError as exc:
+                self._refuse(exc, client_id)
+                return
+            if not self.closed:
+                self.transport.send_text(protocol.ack_frame(message))
+            # Publish even if this socket closed meanwhile (the message is
+            # stored, the room must see it), and even for a resend of a
+            # stored message: the process that stored it may have died before
+            # publishing, and receivers drop any seq they already delivered.
+            await self._hub.fanout.publish_message(message)
+        except Exception:
+            log.exception("closing socket: a send from %s in room %s failed", self.user.username, self.room.id)
+            self.transport.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
+        finally:
+            self._sends_in_flight.release()
+            self._finished()
 
     async def _session_still_live(self) -> bool:
         now = self._hub.clock()

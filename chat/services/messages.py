@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from ..errors import TooLarge, ValidationError
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from ..errors import TooLarge, Unavailable, ValidationError
 from ..models import Message, NewMessage, Room, User
 from ..storage import Storage
 
 MAX_BODY_LENGTH = 4000
+# The most messages one write stores together.
+MAX_BATCH = 64
+# How long a sender waits for its message to be stored before it is told to
+# retry (with its client_id, which finds the message if it was stored after all).
+MAX_WAIT_SECONDS = 5.0
+
+Store = Callable[[Sequence[NewMessage]], Awaitable[list[tuple[Message, bool]]]]
 
 
 def clean_body(body: str) -> str:
@@ -19,10 +29,77 @@ def clean_body(body: str) -> str:
     return body
 
 
+def _retrieve(future: asyncio.Future[tuple[Message, bool]]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class GroupCommit:
+    """Messages sent to one room while its last write is under way are stored together, in one write.
+
+    One writer per room in this process: the first sender starts it, and
+    whoever sends while it writes waits for the next write, which takes
+    everything that queued meanwhile (up to MAX_BATCH), in the order sent.
+    An idle room's message is written at once; a busy room pays one round
+    trip (one commit) per batch instead of per message, and its messages
+    then reach each socket together, in one write (chat.web.transport).
+    """
+
+    def __init__(self, store: Store, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT_SECONDS) -> None:
+        self._store = store
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._queues: dict[str, list[tuple[NewMessage, asyncio.Future[tuple[Message, bool]]]]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    def submit(self, new: NewMessage) -> Awaitable[tuple[Message, bool]]:
+        """Queue ``new`` now (so its place in the room's order is taken now); await the result."""
+        future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
+        # A sender that timed out never reads its outcome; nor must asyncio complain about it.
+        future.add_done_callback(_retrieve)
+        self._queues.setdefault(new.room_id, []).append((new, future))
+        if new.room_id not in self._writers:
+            self._writers[new.room_id] = asyncio.create_task(self._write(new.room_id), name=f"writer-{new.room_id}")
+        return self._outcome(new.room_id, future)
+
+    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+        return await self.submit(new)
+
+    async def _outcome(self, room_id: str, future: asyncio.Future[tuple[Message, bool]]) -> tuple[Message, bool]:
+        try:
+            # Shielded: a sender that gives up (or whose socket closes) leaves
+            # the write alone; the others in its batch still need it.
+            return await asyncio.wait_for(asyncio.shield(future), self.max_wait)
+        except TimeoutError:
+            raise Unavailable(f"messages to room {room_id} are queueing; retry shortly") from None
+
+    async def _write(self, room_id: str) -> None:
+        try:
+            while queue := self._queues.get(room_id):
+                batch, self._queues[room_id] = queue[: self.max_batch], queue[self.max_batch :]
+                try:
+                    results = await self._store([new for new, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            del self._writers[room_id]
+            # Empty unless the writer was cancelled (shutdown): nobody may hang.
+            for _, future in self._queues.pop(room_id, []):
+                if not future.done():
+                    future.set_exception(Unavailable("shutting down; retry shortly"))
+
+
 class Messages:
     def __init__(self, storage: Storage, history_limit: int = 50) -> None:
         self._storage = storage
         self.history_limit = history_limit
+        self._commits = GroupCommit(lambda news: self._storage.messages.add_many(news))
 
     async def post(self, user: User, room: Room, client_id: str, body: str) -> tuple[Message, bool]:
         """Store a message durably. Returns it and whether it is new.
@@ -30,10 +107,18 @@ class Messages:
         Resending a ``client_id`` already stored returns the original, so a
         client that lost an ack can retry safely.
         """
+        return await self.submit(user, room, client_id, body)
+
+    def submit(self, user: User, room: Room, client_id: str, body: str) -> Awaitable[tuple[Message, bool]]:
+        """Check the message and queue it for storing now; the awaitable gives what :meth:`post` returns.
+
+        Messages submitted one after the other are stored in that order, so a
+        client's next message need not wait for the last one's ack.
+        """
         new = NewMessage(
             room_id=room.id, user_id=user.id, username=user.username, body=clean_body(body), client_id=client_id
         )
-        return await self._storage.messages.add(new)
+        return self._commits.submit(new)
 
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:
         return await self._storage.messages.latest(room_id, self.history_limit)

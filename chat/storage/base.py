@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from ..models import Message, NewMessage, Room, Session, User
 
@@ -90,7 +90,6 @@ class RoomRepository(abc.ABC):
 
 
 class MessageRepository(abc.ABC):
-    @abc.abstractmethod
     async def add(self, new: NewMessage) -> tuple[Message, bool]:
         """Store a message, assigning the room's next ``seq``.
 
@@ -98,6 +97,17 @@ class MessageRepository(abc.ABC):
         exists already, return it with ``False`` and store nothing. Returns
         only once the write is durable per the backend's settings, because
         the caller acknowledges it to the sender.
+        """
+        [result] = await self.add_many([new])
+        return result
+
+    @abc.abstractmethod
+    async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        """Store messages of one room together, as :meth:`add` stores one, in the order given.
+
+        Their seqs follow each other (unless another process writes in
+        between). What raises may have stored some of them: the senders
+        retry with their client_ids, which finds those.
         """
 
     @abc.abstractmethod

@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from ..errors import Conflict, Unavailable
@@ -38,6 +38,8 @@ DEFAULT_WRITE_CONCERN = {"w": "majority", "journal": True}
 # Attempts per message before giving up; more than one only when writers in
 # several processes send to the same room at the same moment.
 MAX_SEQ_ATTEMPTS = 50
+# MongoDB's (and FerretDB's) error code for a unique index refusing a write.
+DUPLICATE_KEY = 11000
 
 
 @contextlib.contextmanager
@@ -302,6 +304,19 @@ class RoomWriters:
                 self._locks[room_id] = (lock, waiting - 1)
 
 
+def _new_message(new: NewMessage, seq: int, now: datetime.datetime) -> Message:
+    return Message(
+        id=message_id(new),
+        room_id=new.room_id,
+        seq=seq,
+        user_id=new.user_id,
+        username=new.username,
+        body=new.body,
+        created_at=now,
+        client_id=new.client_id,
+    )
+
+
 class MongoMessages(MessageRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
@@ -311,21 +326,24 @@ class MongoMessages(MessageRepository):
         doc = await self._storage.db.messages.find_one({"_id": message_id(new)})
         return _message(doc) if doc else None
 
-    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+    async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        if not news:
+            return []
         with _translate_errors():
-            async with self._writers.turn(new.room_id):
-                return await self._insert_next(new)
+            async with self._writers.turn(news[0].room_id):
+                return await self._insert_next(news)
 
-    async def _insert_next(self, new: NewMessage) -> tuple[Message, bool]:
-        """Store ``new`` under the seq after the highest one stored.
+    async def _insert_next(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        """Store ``news`` (one room's) under the seqs after the highest one stored, in order.
 
         The room's ``last_seq`` counter is only ever moved to a seq already
-        stored, so when it reads k, message k exists; the insert tries k+1,
-        and if another process stored k+1 first (the unique index says so),
-        k+1 exists and k+2 is next. A seq is thus only written once the one
+        stored, so when it reads k, message k exists; the inserts try k+1,
+        k+2, ... in one ordered ``insert_many``, and if another process
+        stored one of those seqs first (the unique index says so), it exists,
+        and the rest follow it. A seq is thus only written once the one
         before it is stored: seqs have no holes, and no message can appear
         below one a reader has already seen (a counter drawn *before* the
-        insert, as ``$inc`` would, allows both). A crash between an insert
+        insert, as ``$inc`` would, allows both). A crash between the inserts
         and the counter's move only leaves the counter behind, and the next
         writer steps past it.
 
@@ -336,32 +354,48 @@ class MongoMessages(MessageRepository):
         index refused an insert).
         """
         db = self._storage.db
-        room = await db.rooms.find_one({"_id": new.room_id})
+        room_id = news[0].room_id
+        room = await db.rooms.find_one({"_id": room_id})
         if room is None:
-            raise LookupError(f"no room {new.room_id!r}")
+            raise LookupError(f"no room {room_id!r}")
         seq = int(room.get("last_seq", 0)) + 1
+        results: list[tuple[Message, bool] | None] = [None] * len(news)
+        waiting = list(range(len(news)))  # indexes into news, in order
         for _ in range(MAX_SEQ_ATTEMPTS):
-            message = Message(
-                id=message_id(new),
-                room_id=new.room_id,
-                seq=seq,
-                user_id=new.user_id,
-                username=new.username,
-                body=new.body,
-                created_at=utcnow(),
-                client_id=new.client_id,
-            )
+            now = utcnow()
+            batch = [_new_message(news[i], seq + offset, now) for offset, i in enumerate(waiting)]
             try:
-                await db.messages.insert_one(_document(message))
-            except DuplicateKeyError:
-                existing = await self._find_by_client_id(new)
-                if existing is not None:
-                    return existing, False  # a resend: acknowledge the original
-                seq += 1  # taken, so stored: the next one may follow it
-                continue
-            await db.rooms.update_one({"_id": new.room_id, "last_seq": {"$lt": seq}}, {"$set": {"last_seq": seq}})
-            return message, True
-        raise Unavailable(f"could not store a message in room {new.room_id} after {MAX_SEQ_ATTEMPTS} attempts")
+                await db.messages.insert_many([_document(m) for m in batch], ordered=True)
+                stored = len(batch)
+            except BulkWriteError as exc:
+                # Ordered: everything before the first error was stored, nothing after it.
+                errors = exc.details.get("writeErrors") or [{}]
+                if errors[0].get("code") != DUPLICATE_KEY:
+                    raise
+                stored = int(errors[0]["index"])
+            for offset in range(stored):
+                results[waiting[offset]] = (batch[offset], True)
+            if stored == len(batch):
+                waiting = []
+                break
+            refused = waiting[stored]
+            existing = await self._find_by_client_id(news[refused])
+            if existing is not None:
+                results[refused] = (existing, False)  # a resend: acknowledge the original
+                seq = batch[stored].seq  # still free, as far as we know
+                waiting = waiting[stored + 1 :]
+            else:
+                seq = batch[stored].seq + 1  # taken, so stored: the next one may follow it
+                waiting = waiting[stored:]
+            if not waiting:
+                break
+        if waiting:
+            raise Unavailable(f"could not store messages in room {room_id} after {MAX_SEQ_ATTEMPTS} attempts")
+        done = [result for result in results if result is not None]
+        highest = max((message.seq for message, new in done if new), default=0)
+        if highest:
+            await db.rooms.update_one({"_id": room_id, "last_seq": {"$lt": highest}}, {"$set": {"last_seq": highest}})
+        return done
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():

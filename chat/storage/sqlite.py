@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -365,47 +365,52 @@ class SQLiteMessages(MessageRepository):
     def __init__(self, db: _Database) -> None:
         self._db = db
 
-    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+    async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        # One write transaction for all of them: one commit (one fsync)
+        # however many senders were waiting.
         async with self._db.transaction() as conn:
-            # Inside the write transaction, so the check and the insert cannot
-            # race with another send of the same client_id.
-            async with conn.execute(
-                "SELECT * FROM messages WHERE room_id = ? AND user_id = ? AND client_id = ?",
-                (new.room_id, new.user_id, new.client_id),
-            ) as cursor:
-                existing = await cursor.fetchone()
-            if existing is not None:
-                return _message(existing), False
-            async with conn.execute(
-                "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (new.room_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise LookupError(f"no room {new.room_id!r}")
-            message = Message(
-                id=new_id(),
-                room_id=new.room_id,
-                seq=row[0],
-                user_id=new.user_id,
-                username=new.username,
-                body=new.body,
-                created_at=utcnow(),
-                client_id=new.client_id,
-            )
-            await conn.execute(
-                "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.id,
-                    message.room_id,
-                    message.seq,
-                    message.user_id,
-                    message.username,
-                    message.body,
-                    _to_ms(message.created_at),
-                    message.client_id,
-                ),
-            )
+            return [await self._add(conn, new) for new in news]
+
+    async def _add(self, conn: aiosqlite.Connection, new: NewMessage) -> tuple[Message, bool]:
+        # Inside the write transaction, so the check and the insert cannot
+        # race with another send of the same client_id.
+        async with conn.execute(
+            "SELECT * FROM messages WHERE room_id = ? AND user_id = ? AND client_id = ?",
+            (new.room_id, new.user_id, new.client_id),
+        ) as cursor:
+            existing = await cursor.fetchone()
+        if existing is not None:
+            return _message(existing), False
+        async with conn.execute(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (new.room_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise LookupError(f"no room {new.room_id!r}")
+        message = Message(
+            id=new_id(),
+            room_id=new.room_id,
+            seq=row[0],
+            user_id=new.user_id,
+            username=new.username,
+            body=new.body,
+            created_at=utcnow(),
+            client_id=new.client_id,
+        )
+        await conn.execute(
+            "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.id,
+                message.room_id,
+                message.seq,
+                message.user_id,
+                message.username,
+                message.body,
+                _to_ms(message.created_at),
+                message.client_id,
+            ),
+        )
         return message, True
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:

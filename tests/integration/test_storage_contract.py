@@ -371,6 +371,61 @@ async def test_writers_in_two_processes_get_contiguous_seqs_with_no_holes(
     assert [m.seq for m in stored] == list(range(1, 41))
 
 
+async def test_add_many_stores_a_batch_in_the_order_given_with_consecutive_seqs(
+    storage: Storage, room: Room, user: User
+) -> None:
+    await storage.messages.add(new_message(room, user, "first"))
+
+    results = await storage.messages.add_many([new_message(room, user, f"b{i}", f"body {i}") for i in range(5)])
+
+    assert [(m.client_id, m.seq, created) for m, created in results] == [(f"b{i}", i + 2, True) for i in range(5)]
+    stored, _ = await storage.messages.latest(room.id, 10)
+    assert [m.client_id for m in stored] == ["first", "b0", "b1", "b2", "b3", "b4"]
+    assert (await storage.messages.add(new_message(room, user, "next")))[0].seq == 7  # the counter moved past all
+
+
+async def test_a_resend_inside_a_batch_returns_the_original_and_the_rest_follow_without_a_hole(
+    storage: Storage, room: Room, user: User
+) -> None:
+    await storage.messages.add(new_message(room, user, "again", "the original"))
+
+    results = await storage.messages.add_many(
+        [new_message(room, user, "x1"), new_message(room, user, "again", "a resend"), new_message(room, user, "x2")]
+    )
+
+    assert [(m.client_id, m.seq, created) for m, created in results] == [
+        ("x1", 2, True),
+        ("again", 1, False),
+        ("x2", 3, True),
+    ]
+    assert results[1][0].body == "the original"
+    stored, _ = await storage.messages.latest(room.id, 10)
+    assert [m.seq for m in stored] == [1, 2, 3]
+
+
+async def test_batches_from_two_processes_interleave_with_no_holes_and_nothing_twice(
+    storage_url: str, storage: Storage, room: Room, user: User
+) -> None:
+    async with connected_storage(storage_url) as other:
+        batches = await asyncio.gather(
+            *(
+                (storage if b % 2 else other).messages.add_many(
+                    [new_message(room, user, f"b{b}-{i}") for i in range(5)]
+                )
+                for b in range(8)
+            )
+        )
+
+    results = [result for batch in batches for result in batch]
+    assert all(created for _, created in results)
+    assert sorted(message.seq for message, _ in results) == list(range(1, 41))
+    for batch in batches:  # each batch kept its order
+        assert [m.seq for m, _ in batch] == sorted(m.seq for m, _ in batch)
+    stored, _ = await storage.messages.latest(room.id, 100)
+    assert [m.seq for m in stored] == list(range(1, 41))
+    assert len({m.client_id for m in stored}) == 40
+
+
 async def test_adding_to_an_unknown_room_raises_lookup_error(storage: Storage, user: User) -> None:
     ghost = NewMessage(room_id="0" * 24, user_id=user.id, username=user.username, body="hi", client_id="c1")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -26,7 +26,7 @@ from tests.support.waiting import eventually
 class UnavailableMessages:
     """A message repository whose database has gone away."""
 
-    async def add(self, new: NewMessage) -> tuple[Message, bool]:
+    async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
         raise Unavailable("database down")
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
@@ -469,13 +469,13 @@ async def test_frames_are_queued_at_once_and_handled_in_order_by_their_own_worke
 ) -> None:
     connection, transport = await connect()
     release = asyncio.Event()
-    original = memory_storage.messages.add
+    original = memory_storage.messages.add_many
 
-    async def slow_add(new: NewMessage) -> tuple[Message, bool]:
+    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
         await release.wait()  # the database is slow today
-        return await original(new)
+        return await original(news)
 
-    monkeypatch.setattr(memory_storage.messages, "add", slow_add)
+    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
     for i in range(3):
         # Returns at once: the handler goes back to reading the socket (pongs included).
         await asyncio.wait_for(connection.submit(send(f"c-{i}", f"m{i}")), 0.1)
@@ -489,20 +489,22 @@ async def test_frames_are_queued_at_once_and_handled_in_order_by_their_own_worke
     assert [a["message"]["seq"] for a in transport.of_type("ack")] == [1, 2, 3]
 
 
-async def test_closing_drops_the_frames_still_queued_and_lets_the_one_in_hand_finish(
+async def test_closing_drops_the_frames_not_yet_handed_to_storage_and_lets_the_others_finish(
     connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch, messages: Messages, chat_room: Room
 ) -> None:
     connection, _ = await connect()
     release = asyncio.Event()
-    original = memory_storage.messages.add
+    original = memory_storage.messages.add_many
 
-    async def slow_add(new: NewMessage) -> tuple[Message, bool]:
+    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
         await release.wait()
-        return await original(new)
+        return await original(news)
 
-    monkeypatch.setattr(memory_storage.messages, "add", slow_add)
-    await connection.submit(send("in-hand"))
-    await connection.submit(send("queued"))
+    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
+    monkeypatch.setattr(connection, "_sends_in_flight", asyncio.Semaphore(1))
+    await connection.submit(send("in-hand"))  # handed to storage
+    await connection.submit(send("waiting"))  # waiting for a place in flight
+    await connection.submit(send("queued"))  # still in the inbox
     await asyncio.sleep(0.01)
 
     await connection.close()
@@ -511,3 +513,31 @@ async def test_closing_drops_the_frames_still_queued_and_lets_the_one_in_hand_fi
 
     stored, _ = await messages.recent(chat_room.id)
     assert [m.client_id for m in stored] == ["in-hand"]  # the client re-sends "queued"
+
+
+async def test_a_clients_sends_do_not_wait_for_each_others_acks_and_keep_their_order(
+    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection, transport = await connect()
+    release = asyncio.Event()
+    writes: list[list[str]] = []
+    original = memory_storage.messages.add_many
+
+    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        writes.append([n.client_id for n in news])
+        await release.wait()
+        return await original(news)
+
+    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
+    for i in range(5):
+        await connection.submit(send(f"c-{i}"))
+    await asyncio.sleep(0.05)
+    # All five reached storage before the first write finished: at most two writes in all.
+    handed_over = sum(len(write) for write in writes)
+
+    release.set()
+    await asyncio.wait_for(connection.wait_idle(), 2)
+    assert [c for write in writes for c in write] == [f"c-{i}" for i in range(5)] and len(writes) <= 2
+    assert handed_over in (1, 5)  # the first alone, the rest queued behind it; or all five at once
+    acks = transport.of_type("ack")
+    assert [(a["client_id"], a["message"]["seq"]) for a in acks] == [(f"c-{i}", i + 1) for i in range(5)]

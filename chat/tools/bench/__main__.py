@@ -159,8 +159,6 @@ def merge(results: Sequence[WorkerResult]) -> WorkerResult:
         total.ack_ms.extend(r.ack_ms)
         for code, count in r.errors.items():
             total.errors[code] = total.errors.get(code, 0) + count
-        for room, count in r.acked_by_room.items():
-            total.acked_by_room[room] = total.acked_by_room.get(room, 0) + count
     return total
 
 
@@ -209,6 +207,7 @@ def run_scenario(
             for n in senders_per_worker
         ]
         cpu_before = sum(cpu_seconds(pid) for pid in target.pids)
+        infra_before = {name: sum(map(cpu_seconds, pids)) for name, pids in target.infrastructure.items()}
         for i, pipe in enumerate(pipes):
             pipe.send(("run", args[i]))
         deadline = start_at + scenario.seconds + drain + 60
@@ -222,6 +221,7 @@ def run_scenario(
             )
             time.sleep(0.25)
         cpu_after = sum(cpu_seconds(pid) for pid in target.pids)
+        infra_after = {name: sum(map(cpu_seconds, pids)) for name, pids in target.infrastructure.items()}
         results = [pipe.recv()[1] for pipe in pipes]
         ask(pipes, "close", {})
     finally:
@@ -256,6 +256,9 @@ def run_scenario(
         server_rss_per_socket_kib=round((rss_after - rss_before) / scenario.sockets / 1024, 1) if target.pids else None,
         server_cpu_percent=round(100 * (cpu_after - cpu_before) / (seconds + drain), 0) if target.pids else None,
         client_cpu_percent=round(100 * total.cpu_seconds / (seconds + drain), 0),
+        infrastructure_cpu_percent={
+            name: round(100 * (infra_after[name] - infra_before[name]) / (seconds + drain)) for name in infra_after
+        },
         delivery_samples=samples,
     )
 

@@ -60,9 +60,6 @@ class WorkerResult:
     delivery_ms: array[float] = field(default_factory=lambda: array("f"))
     ack_ms: array[float] = field(default_factory=lambda: array("f"))
     cpu_seconds: float = 0.0
-    # Messages acked per room (to check every member got every one).
-    acked_by_room: dict[str, int] = field(default_factory=dict)
-    deliveries_by_room: dict[str, int] = field(default_factory=dict)
 
 
 def _between(payload: bytes, marker: bytes, end: bytes) -> bytes | None:
@@ -186,8 +183,6 @@ class BenchSocket(WSListener):
                 return  # somebody else's message, not the bench's
             result.deliveries += 1
             result.delivery_ms.append((time.monotonic_ns() - int(body)) / 1e6)
-            room = self.plan.room_id
-            result.deliveries_by_room[room] = result.deliveries_by_room.get(room, 0) + 1
         elif payload.startswith(ACK_PREFIX):
             client_id = _between(payload, CLIENT_ID_MARKER, b'"')
             sent_at = self.in_flight.pop(client_id, None) if client_id else None
@@ -195,8 +190,6 @@ class BenchSocket(WSListener):
                 return
             result.acked += 1
             result.ack_ms.append((time.monotonic_ns() - sent_at) / 1e6)
-            room = self.plan.room_id
-            result.acked_by_room[room] = result.acked_by_room.get(room, 0) + 1
             if self.window:
                 self.send()
         elif payload.startswith(ERROR_PREFIX):

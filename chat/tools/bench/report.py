@@ -48,6 +48,8 @@ class ScenarioResult:
     server_rss_per_socket_kib: float | None = None
     server_cpu_percent: float | None = None
     client_cpu_percent: float = 0.0
+    # nginx, Redis, the database (a cluster target): CPU % each.
+    infrastructure_cpu_percent: dict[str, float] = field(default_factory=dict)
     baseline_ratio: float | None = None
     # Kept for the CDF plot, not written to JSON.
     delivery_samples: Any = field(default=None, repr=False)
@@ -92,8 +94,9 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 def markdown(results: list[ScenarioResult]) -> str:
     lines = [
         "| target | sockets | rooms | load | deliveries/s | x baseline | delivered | ack p50/p99 ms "
-        "| delivery p50/p95/p99/max ms | errors | drops | handshakes/s | KiB/socket | server CPU % | client CPU % |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| delivery p50/p95/p99/max ms | errors | drops | handshakes/s | KiB/socket | server CPU % | client CPU % "
+        "| other CPU % |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         delivered = f"{r.deliveries / r.expected_deliveries:.1%}" if r.expected_deliveries else "-"
@@ -105,7 +108,8 @@ def markdown(results: list[ScenarioResult]) -> str:
             f"| {_fmt(r.delivery_ms.get('p50'), 1)} / {_fmt(r.delivery_ms.get('p95'), 1)} / "
             f"{_fmt(r.delivery_ms.get('p99'), 1)} / {_fmt(r.delivery_ms.get('max'), 0)} "
             f"| {errors} | {r.disconnects} | {_fmt(r.handshakes_per_second)} "
-            f"| {_fmt(r.server_rss_per_socket_kib, 1)} | {_fmt(r.server_cpu_percent)} | {_fmt(r.client_cpu_percent)} |"
+            f"| {_fmt(r.server_rss_per_socket_kib, 1)} | {_fmt(r.server_cpu_percent)} | {_fmt(r.client_cpu_percent)} "
+            f"| {', '.join(f'{name} {cpu:.0f}' for name, cpu in r.infrastructure_cpu_percent.items()) or '-'} |"
         )
     return "\n".join(lines)
 

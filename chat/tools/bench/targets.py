@@ -61,6 +61,15 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout: fl
     raise RuntimeError(f"{url} did not become healthy in {timeout:.0f} s")
 
 
+def with_children(pid: int) -> list[int]:
+    """A process and its children (nginx's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    if children.exists():
+        found += [int(child) for child in children.read_text().split()]
+    return found
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -85,6 +94,9 @@ class Target:
     url: str = ""
     # Server processes whose memory and CPU the report shows.
     pids: list[int] = field(default_factory=list)
+    # What serves the chat processes (nginx, Redis, the database): their CPU
+    # is reported apart, to show which resource limited a figure.
+    infrastructure: dict[str, list[int]] = field(default_factory=dict)
     # True when there are no accounts (the baseline): sockets need no cookie.
     anonymous: bool = False
     # Extra server environment (the levers measured on and off).
@@ -154,7 +166,14 @@ class ClusterTarget(Target):
         self.deployment = Deployment(work_dir, processes=self.processes, env={**BENCH_ENV, **self.env})
         self.deployment.start()
         self.url = self.deployment.url
-        self.pids = [self.deployment.cluster.process_pid(port) for port in self.deployment.cluster.ports]
+        cluster = self.deployment.cluster
+        self.pids = [cluster.process_pid(port) for port in cluster.ports]
+        nginx = int((cluster.run_dir / "nginx.pid").read_text().strip())
+        self.infrastructure = {
+            "nginx": with_children(nginx),
+            "redis": [self.deployment.redis.process.pid],
+            "ferretdb": [self.deployment.database.process.pid],
+        }
 
     def stop(self) -> None:
         if self.deployment is not None:

@@ -1,0 +1,111 @@
+"""A busy room's messages are stored together: one write per batch, in the order sent."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Sequence
+
+import pytest
+
+from chat.errors import Unavailable
+from chat.models import Message, NewMessage
+from chat.services.messages import GroupCommit
+
+MOMENT = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def new(client_id: str, room: str = "r1") -> NewMessage:
+    return NewMessage(room_id=room, user_id="u1", username="alice", body=client_id, client_id=client_id)
+
+
+class SlowStore:
+    """Records each write; each waits for the test to let it finish."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_next: Exception | None = None
+        self.seq = 0
+
+    async def __call__(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        self.writes.append([n.client_id for n in news])
+        await self.gate.wait()
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        results = []
+        for n in news:
+            self.seq += 1
+            results.append(
+                (Message("id", n.room_id, self.seq, n.user_id, n.username, n.body, MOMENT, n.client_id), True)
+            )
+        return results
+
+
+async def test_a_lone_message_is_written_at_once_on_its_own() -> None:
+    store = SlowStore()
+    message, created = await GroupCommit(store).add(new("a"))
+    assert (message.seq, created) == (1, True)
+    assert store.writes == [["a"]]
+
+
+async def test_messages_sent_during_a_write_go_together_in_the_next_one_in_order() -> None:
+    store = SlowStore()
+    commits = GroupCommit(store)
+    store.gate.clear()
+    first = asyncio.create_task(commits.add(new("a")))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(commits.add(new(c))) for c in "bcde"]
+    await asyncio.sleep(0)
+    store.gate.set()
+
+    results = await asyncio.gather(first, *rest)
+
+    assert store.writes == [["a"], ["b", "c", "d", "e"]]
+    assert [m.seq for m, _ in results] == [1, 2, 3, 4, 5]
+
+
+async def test_a_batch_is_at_most_max_batch_and_rooms_do_not_wait_for_each_other() -> None:
+    store = SlowStore()
+    commits = GroupCommit(store, max_batch=2)
+    store.gate.clear()
+    tasks = [asyncio.create_task(commits.add(new(c))) for c in "abcde"]
+    other = asyncio.create_task(commits.add(new("z", room="r2")))
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(*tasks, other)
+
+    assert [w for w in store.writes if w != ["z"]] == [["a", "b"], ["c", "d"], ["e"]]
+    assert ["z"] in store.writes
+
+
+async def test_a_failed_write_fails_its_own_batch_only() -> None:
+    store = SlowStore()
+    commits = GroupCommit(store)
+    store.gate.clear()
+    store.fail_next = Unavailable("database down")
+    first = asyncio.create_task(commits.add(new("a")))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(commits.add(new("b")))
+    await asyncio.sleep(0)
+    store.gate.set()
+
+    with pytest.raises(Unavailable):
+        await first
+    message, _ = await second
+    assert message.client_id == "b"
+
+
+async def test_a_sender_waits_at_most_max_wait_and_the_write_goes_on_for_the_rest() -> None:
+    store = SlowStore()
+    commits = GroupCommit(store, max_wait=0.05)
+    store.gate.clear()
+    waiting = asyncio.create_task(commits.add(new("a")))
+
+    with pytest.raises(Unavailable, match="queueing"):
+        await waiting
+    store.gate.set()
+    await asyncio.sleep(0.01)
+    assert store.writes == [["a"]]  # stored after all: a resend with its client_id finds it
