@@ -38,14 +38,7 @@ async def test_signing_out_closes_the_sessions_socket_on_another_process_within_
 
 async def answers(sock: RoomSocket, client_ids: list[str]) -> list[str]:
     """The type (ack or the error code) of the answer to each client_id, in order."""
-    results = []
-    for client_id in client_ids:
-        while True:
-            frame = await sock.recv(timeout=15)
-            if frame.get("client_id") == client_id and frame["type"] in ("ack", "error"):
-                results.append("ack" if frame["type"] == "ack" else frame["code"])
-                break
-    return results
+    return ["ack" if frame["type"] == "ack" else frame["code"] for frame in await sock.answers(client_ids)]
 
 
 async def test_the_per_user_send_limit_holds_across_processes(

@@ -147,18 +147,9 @@ async def test_the_send_limit_is_per_user_across_every_socket(
         await sock.join()
 
     sent = {sock: [await sock.send_message(f"m{i}") for i in range(4)] for sock in sockets}
-    acked, refused = 0, []
-    for sock, client_ids in sent.items():
-        for client_id in client_ids:
-            while True:
-                frame = await sock.recv()
-                if frame.get("client_id") != client_id or frame["type"] not in ("ack", "error"):
-                    continue
-                if frame["type"] == "ack":
-                    acked += 1
-                else:
-                    refused.append(frame)
-                break
+    frames = [frame for sock, client_ids in sent.items() for frame in await sock.answers(client_ids)]
+    acked = sum(frame["type"] == "ack" for frame in frames)
+    refused = [frame for frame in frames if frame["type"] == "error"]
 
     assert acked == 5
     assert [f["code"] for f in refused] == ["rate_limited"] * 3

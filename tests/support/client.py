@@ -124,6 +124,20 @@ class RoomSocket:
             if frame["type"] == "ack" and frame["client_id"] == client_id:
                 return frame["message"]
 
+    async def answers(self, client_ids: list[str], timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The answer (ack or error frame) to each client_id, in the order given.
+
+        Frames are read until every one is answered, in whatever order they
+        come: a send refused at once (a rate limit) is answered before the
+        acks of earlier sends still being stored.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        while len(found) < len(set(client_ids)):
+            frame = await self.recv(timeout)
+            if frame["type"] in ("ack", "error") and frame.get("client_id") in client_ids:
+                found.setdefault(frame["client_id"], frame)
+        return [found[client_id] for client_id in client_ids]
+
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the server to close the socket, reading past any frames; return the close code."""
         deadline = asyncio.get_running_loop().time() + timeout
