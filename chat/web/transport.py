@@ -16,11 +16,10 @@ Both are levers the bench measures on and off (``CHAT_WS_PREBUILT_FRAMES``,
 ``CHAT_WS_BATCH_WRITES``); off, a frame is written with ``write_message`` at
 once, as before.
 
-The cap: bytes handed to the stream but not yet written to the network (plus
-those waiting for the end of the turn) are counted; past ``cap`` the client
-stopped reading, or reads slower than the room talks, so the socket is closed
-with 1013 and the client resumes from storage with ``since`` instead of
-growing our memory.
+The cap: bytes handed to the stream but not yet written to the network are
+counted; past ``cap`` the client stopped reading, or reads slower than the
+room talks, so the socket is closed with 1013 and the client resumes from
+storage with ``since`` instead of growing our memory.
 """
 
 from __future__ import annotations
@@ -189,9 +188,8 @@ class SocketTransport:
     def _queue(self, frame: bytes) -> None:
         if not self._admit():
             return
-        self.unflushed_bytes += len(frame)
         if self._batcher is None:
-            self._write(frame, len(frame))
+            self._write(frame)
             return
         if not self._queued:
             self._batcher.add(self)
@@ -202,21 +200,20 @@ class SocketTransport:
         if not self._queued:
             return
         frames, self._queued = self._queued, []
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        if self.closed:
-            self.unflushed_bytes -= len(data)
-            return
-        self._write(data, len(data))
+        if not self.closed:
+            self._write(frames[0] if len(frames) == 1 else b"".join(frames))
 
-    def _write(self, data: bytes, size: int) -> None:
+    def _write(self, data: bytes) -> None:
+        # Only bytes the stream holds count against the cap: what this turn
+        # queued is not yet the client's fault (a burst of acks and messages
+        # after a group commit can be large; the kernel usually takes it all).
         try:
             future = self._sink.write_frame(data)
         except WebSocketClosedError:
-            future = None
-        if future is None:  # on the network already, or never will be
-            self.unflushed_bytes -= size
             return
-        future.add_done_callback(functools.partial(self._flushed, size))
+        if future is not None:  # the kernel did not take it all: the stream holds the rest
+            self.unflushed_bytes += len(data)
+            future.add_done_callback(functools.partial(self._flushed, len(data)))
 
     def _write_message(self, text: str) -> None:
         if not self._admit():
@@ -242,7 +239,7 @@ class SocketTransport:
         # resumes with `since`, and the room does not wait for it meanwhile.
         # The backlog is dropped when Tornado gives up on the close handshake.
         self.too_slow = True
-        self._queued.clear()
+        self._queued.clear()  # nothing more for a client that does not read
         log.warning(
             "closing the socket of %s: too slow, %d bytes not yet sent (cap %d)",
             self.who,
