@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import multiprocessing
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -195,7 +196,7 @@ def run_scenario(
         senders_per_worker = [sum(p.sender for p in share) for share in shares]
         total_senders = max(sum(senders_per_worker), 1)
         start_at = time.monotonic() + 0.5
-        drain = 2.0
+        drain = 15.0  # at most; workers stop waiting once every send is answered
         args = [
             {
                 "start_at": start_at,
@@ -217,9 +218,10 @@ def run_scenario(
             elapsed = time.monotonic() - start_at
             progress.show(
                 f"{label}: {max(elapsed, 0):.0f}/{scenario.seconds:.0f} s",
-                0.1 + 0.9 * min(max(elapsed, 0) / (scenario.seconds + drain), 1),
+                0.1 + 0.9 * min(max(elapsed, 0) / scenario.seconds, 1),
             )
             time.sleep(0.25)
+        measured = time.monotonic() - start_at
         cpu_after = sum(cpu_seconds(pid) for pid in target.pids)
         infra_after = {name: sum(map(cpu_seconds, pids)) for name, pids in target.infrastructure.items()}
         results = [pipe.recv()[1] for pipe in pipes]
@@ -230,7 +232,8 @@ def run_scenario(
             if process.is_alive():
                 process.kill()
     total = merge(results)
-    room_size = scenario.sockets / scenario.rooms
+    # Sockets that failed to connect receive nothing; the rest should get everything.
+    room_size = total.connected / scenario.rooms
     seconds = scenario.seconds
     samples = np.asarray(total.delivery_ms, dtype=np.float32)
     return ScenarioResult(
@@ -254,10 +257,10 @@ def run_scenario(
         disconnects=total.disconnects,
         handshakes_per_second=round(total.connected / total.connect_seconds, 1) if total.connect_seconds else 0.0,
         server_rss_per_socket_kib=round((rss_after - rss_before) / scenario.sockets / 1024, 1) if target.pids else None,
-        server_cpu_percent=round(100 * (cpu_after - cpu_before) / (seconds + drain), 0) if target.pids else None,
-        client_cpu_percent=round(100 * total.cpu_seconds / (seconds + drain), 0),
+        server_cpu_percent=round(100 * (cpu_after - cpu_before) / measured, 0) if target.pids else None,
+        client_cpu_percent=round(100 * total.cpu_seconds / measured, 0),
         infrastructure_cpu_percent={
-            name: round(100 * (infra_after[name] - infra_before[name]) / (seconds + drain)) for name in infra_after
+            name: round(100 * (infra_after[name] - infra_before[name]) / measured) for name in infra_after
         },
         delivery_samples=samples,
     )
@@ -273,23 +276,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sockets", type=int, default=1000, help="sockets in all (with --rooms)")
     parser.add_argument("--rooms", type=int, default=1, help="rooms the sockets are spread over")
     parser.add_argument("--room-sizes", help="instead of --sockets: one scenario per room size, e.g. 10,100,1000")
+    parser.add_argument(
+        "--room-counts", help="instead of --rooms: one scenario per number of rooms of --room-size, e.g. 1,100,1000"
+    )
+    parser.add_argument("--room-size", type=int, default=10, help="members per room with --room-counts")
     parser.add_argument("--window", type=int, default=0, help="saturate: messages each sender keeps in flight")
     parser.add_argument("--rate", type=float, default=0, help="fixed load: messages/s over all rooms")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="client processes")
     parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
+    parser.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="run every scenario on the same servers (default: fresh servers and database for each)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     if bool(args.window) == bool(args.rate):
         parser.error("give exactly one of --window and --rate")
 
-    if args.room_sizes:
+    if args.room_counts:
+        scenarios = [
+            Scenario(int(count) * args.room_size, int(count), args.window, args.rate, args.seconds)
+            for count in args.room_counts.split(",")
+        ]
+    elif args.room_sizes:
         scenarios = [
             Scenario(int(size) * args.rooms, args.rooms, args.window, args.rate, args.seconds)
             for size in args.room_sizes.split(",")
         ]
     else:
         scenarios = [Scenario(args.sockets, args.rooms, args.window, args.rate, args.seconds)]
+    # A SIGTERM must still stop the servers the bench started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     specs = split_targets(args.targets)
     progress = Progress(len(specs) * len(scenarios))
     results: list[ScenarioResult] = []
@@ -298,14 +317,19 @@ def main(argv: list[str] | None = None) -> int:
         target = make_target(name, env, args.processes)
         if env:
             target.name = f"{target.name} [{', '.join(f'{k}={v}' for k, v in env.items())}]"
-        progress.show(f"{target.name}: starting", 0)
-        target.start()
-        try:
-            for scenario in scenarios:
-                results.append(run_scenario(target, scenario, args.workers, args.uvloop, progress))
-                progress.done += 1
-        finally:
-            target.stop()
+        # Fresh servers for each scenario by default: on FerretDB every
+        # history read scans the messages collection, so what earlier
+        # scenarios stored would slow the later ones' handshakes.
+        batches = [scenarios] if args.keep_servers else [[scenario] for scenario in scenarios]
+        for batch in batches:
+            progress.show(f"{target.name}: starting", 0)
+            target.start()
+            try:
+                for scenario in batch:
+                    results.append(run_scenario(target, scenario, args.workers, args.uvloop, progress))
+                    progress.done += 1
+            finally:
+                target.stop()
     progress.finish()
     path = report.write(results, args.out, ["python -m chat.tools.bench", *argv])
     print(report.markdown(results))

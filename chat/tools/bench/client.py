@@ -231,8 +231,13 @@ async def _serve(connection: Any, plans: list[SocketPlan]) -> None:
                 await worker.run_window(args["window"], args["seconds"])
             else:
                 await worker.run_rate(args["rate"], args["seconds"])
-            # Let what is in flight arrive before the counts close.
-            await asyncio.sleep(args["drain_seconds"])
+            # Let what is in flight arrive before the counts close: until
+            # every send is answered (its deliveries were written before its
+            # ack, or close to it), then a moment for the last deliveries.
+            deadline = time.monotonic() + args["drain_seconds"]
+            while any(s.in_flight for s in worker.senders) and time.monotonic() < deadline:  # noqa: ASYNC110 (a count, not an event)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
             worker.measuring = False
             worker.result.cpu_seconds = time.process_time() - cpu_before
             connection.send(("result", worker.result))
