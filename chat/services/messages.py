@@ -37,7 +37,9 @@ def _retrieve(future: asyncio.Future[tuple[Message, bool]]) -> None:
 class GroupCommit:
     """Messages sent to one room while its last write is under way are stored together, in one write.
 
-    One writer per room in this process: the first sender starts it, and
+    One writer per room in this process (one for all rooms where the storage
+    batches across rooms, as SQLite's single write lock makes worthwhile):
+    the first sender starts it, and
     whoever sends while it writes waits for the next write, which takes
     everything that queued meanwhile (up to MAX_BATCH), in the order sent.
     An idle room's message is written at once; a busy room pays one round
@@ -45,10 +47,18 @@ class GroupCommit:
     then reach each socket together, in one write (chat.web.transport).
     """
 
-    def __init__(self, store: Store, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_batch: int = MAX_BATCH,
+        max_wait: float = MAX_WAIT_SECONDS,
+        across_rooms: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._store = store
         self.max_batch = max_batch
         self.max_wait = max_wait
+        # True: one writer for every room (the storage batches across rooms).
+        self._across_rooms = across_rooms
         self._queues: dict[str, list[tuple[NewMessage, asyncio.Future[tuple[Message, bool]]]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
 
@@ -57,9 +67,10 @@ class GroupCommit:
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
         # A sender that timed out never reads its outcome; nor must asyncio complain about it.
         future.add_done_callback(_retrieve)
-        self._queues.setdefault(new.room_id, []).append((new, future))
-        if new.room_id not in self._writers:
-            self._writers[new.room_id] = asyncio.create_task(self._write(new.room_id), name=f"writer-{new.room_id}")
+        lane = "*" if self._across_rooms() else new.room_id
+        self._queues.setdefault(lane, []).append((new, future))
+        if lane not in self._writers:
+            self._writers[lane] = asyncio.create_task(self._write(lane), name=f"writer-{lane}")
         return self._outcome(new.room_id, future)
 
     async def add(self, new: NewMessage) -> tuple[Message, bool]:
@@ -73,10 +84,10 @@ class GroupCommit:
         except TimeoutError:
             raise Unavailable(f"messages to room {room_id} are queueing; retry shortly") from None
 
-    async def _write(self, room_id: str) -> None:
+    async def _write(self, lane: str) -> None:
         try:
-            while queue := self._queues.get(room_id):
-                batch, self._queues[room_id] = queue[: self.max_batch], queue[self.max_batch :]
+            while queue := self._queues.get(lane):
+                batch, self._queues[lane] = queue[: self.max_batch], queue[self.max_batch :]
                 try:
                     results = await self._store([new for new, _ in batch])
                 except Exception as exc:
@@ -88,9 +99,9 @@ class GroupCommit:
                     if not future.done():
                         future.set_result(result)
         finally:
-            del self._writers[room_id]
+            del self._writers[lane]
             # Empty unless the writer was cancelled (shutdown): nobody may hang.
-            for _, future in self._queues.pop(room_id, []):
+            for _, future in self._queues.pop(lane, []):
                 if not future.done():
                     future.set_exception(Unavailable("shutting down; retry shortly"))
 
@@ -99,7 +110,10 @@ class Messages:
     def __init__(self, storage: Storage, history_limit: int = 50) -> None:
         self._storage = storage
         self.history_limit = history_limit
-        self._commits = GroupCommit(lambda news: self._storage.messages.add_many(news))
+        self._commits = GroupCommit(
+            lambda news: self._storage.messages.add_many(news),
+            across_rooms=lambda: self._storage.messages.batches_across_rooms,
+        )
 
     async def post(self, user: User, room: Room, client_id: str, body: str) -> tuple[Message, bool]:
         """Store a message durably. Returns it and whether it is new.

@@ -101,13 +101,18 @@ class MessageRepository(abc.ABC):
         [result] = await self.add_many([new])
         return result
 
+    # Whether one add_many may mix rooms: true where all writes share one
+    # lock anyway (SQLite), so a busy process commits once for every room.
+    batches_across_rooms = False
+
     @abc.abstractmethod
     async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
-        """Store messages of one room together, as :meth:`add` stores one, in the order given.
+        """Store messages together, as :meth:`add` stores one, each room's in the order given.
 
-        Their seqs follow each other (unless another process writes in
-        between). What raises may have stored some of them: the senders
-        retry with their client_ids, which finds those.
+        All of one room unless ``batches_across_rooms``. A room's seqs follow
+        each other (unless another process writes in between). What raises
+        may have stored some of them: the senders retry with their
+        client_ids, which finds those.
         """
 
     @abc.abstractmethod

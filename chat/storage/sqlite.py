@@ -362,6 +362,10 @@ class SQLiteRooms(RoomRepository):
 
 
 class SQLiteMessages(MessageRepository):
+    # One write lock for the whole file: one transaction for every room's
+    # waiting messages costs one commit instead of one per room.
+    batches_across_rooms = True
+
     def __init__(self, db: _Database) -> None:
         self._db = db
 

@@ -109,3 +109,17 @@ async def test_a_sender_waits_at_most_max_wait_and_the_write_goes_on_for_the_res
     store.gate.set()
     await asyncio.sleep(0.01)
     assert store.writes == [["a"]]  # stored after all: a resend with its client_id finds it
+
+
+async def test_where_storage_batches_across_rooms_one_writer_serves_every_room() -> None:
+    store = SlowStore()
+    commits = GroupCommit(store, across_rooms=lambda: True)
+    store.gate.clear()
+    first = asyncio.create_task(commits.add(new("a", room="r1")))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(commits.add(new(c, room=room))) for c, room in (("b", "r2"), ("c", "r1"), ("d", "r3"))]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *rest)
+
+    assert store.writes == [["a"], ["b", "c", "d"]]
