@@ -37,14 +37,14 @@ def _retrieve(future: asyncio.Future[tuple[Message, bool]]) -> None:
 class GroupCommit:
     """Messages sent to one room while its last write is under way are stored together, in one write.
 
-    One writer per room in this process (one for all rooms where the storage
-    batches across rooms, as SQLite's single write lock makes worthwhile):
-    the first sender starts it, and
-    whoever sends while it writes waits for the next write, which takes
-    everything that queued meanwhile (up to MAX_BATCH), in the order sent.
-    An idle room's message is written at once; a busy room pays one round
-    trip (one commit) per batch instead of per message, and its messages
-    then reach each socket together, in one write (chat.web.transport).
+    One writer per room in this process, or one for every room where the
+    storage batches across rooms (SQLite: one write lock for the file). The
+    first sender starts it; whoever sends while it writes waits for the next
+    write, which takes everything that queued meanwhile (up to MAX_BATCH), in
+    the order sent. An idle room's message is written at once; a busy room
+    pays one round trip (one commit) per batch instead of per message, and
+    its messages then reach each socket together, in one write
+    (chat.web.transport).
     """
 
     def __init__(
