@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -132,6 +133,11 @@ def _message(row: sqlite3.Row) -> Message:
         created_at=_from_ms(row["created_at"]),
         client_id=row["client_id"],
     )
+
+
+def _client_key(message: NewMessage | Message) -> tuple[str, str, str]:
+    """What makes a send unique: the same client_id from the same user in the same room is a resend."""
+    return (message.room_id, message.user_id, message.client_id)
 
 
 class _Database:
@@ -370,52 +376,70 @@ class SQLiteMessages(MessageRepository):
         self._db = db
 
     async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
-        # One write transaction for all of them: one commit (one fsync)
-        # however many senders were waiting.
-        async with self._db.transaction() as conn:
-            return [await self._add(conn, new) for new in news]
+        """One write transaction for all of them, and a handful of statements, not three per message.
 
-    async def _add(self, conn: aiosqlite.Connection, new: NewMessage) -> tuple[Message, bool]:
-        # Inside the write transaction, so the check and the insert cannot
-        # race with another send of the same client_id.
-        async with conn.execute(
-            "SELECT * FROM messages WHERE room_id = ? AND user_id = ? AND client_id = ?",
-            (new.room_id, new.user_id, new.client_id),
-        ) as cursor:
-            existing = await cursor.fetchone()
-        if existing is not None:
-            return _message(existing), False
-        async with conn.execute(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (new.room_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            raise LookupError(f"no room {new.room_id!r}")
-        message = Message(
-            id=new_id(),
-            room_id=new.room_id,
-            seq=row[0],
-            user_id=new.user_id,
-            username=new.username,
-            body=new.body,
-            created_at=utcnow(),
-            client_id=new.client_id,
-        )
-        await conn.execute(
-            "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.id,
-                message.room_id,
-                message.seq,
-                message.user_id,
-                message.username,
-                message.body,
-                _to_ms(message.created_at),
-                message.client_id,
-            ),
-        )
-        return message, True
+        Each statement is a hop to aiosqlite's thread and back, so a batch
+        costs the same few hops however many senders were waiting: one look-up
+        of the client_ids already stored, one counter move per room, one insert
+        of every new row. Inside the write transaction, so the check and the
+        insert cannot race with another send of the same client_id.
+        """
+        if not news:
+            return []
+        keys = list(dict.fromkeys(_client_key(new) for new in news))
+        async with self._db.transaction() as conn:
+            where = " OR ".join(["(room_id = ? AND user_id = ? AND client_id = ?)"] * len(keys))
+            async with conn.execute(
+                f"SELECT * FROM messages WHERE {where}", [v for key in keys for v in key]
+            ) as cursor:
+                stored = {_client_key(message): message for message in map(_message, await cursor.fetchall())}
+            # A resend of a message in this very batch is stored once, as first sent.
+            first_sent: dict[tuple[str, str, str], NewMessage] = {}
+            for new in news:
+                if _client_key(new) not in stored:
+                    first_sent.setdefault(_client_key(new), new)
+            fresh = list(first_sent.values())
+            next_seq: dict[str, int] = {}
+            for room_id, count in Counter(new.room_id for new in fresh).items():
+                async with conn.execute(
+                    "UPDATE rooms SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq", (count, room_id)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    raise LookupError(f"no room {room_id!r}")
+                next_seq[room_id] = row[0] - count + 1
+            now = utcnow()
+            created: dict[tuple[str, str, str], Message] = {}
+            for new in fresh:
+                seq, next_seq[new.room_id] = next_seq[new.room_id], next_seq[new.room_id] + 1
+                created[_client_key(new)] = Message(
+                    id=new_id(),
+                    room_id=new.room_id,
+                    seq=seq,
+                    user_id=new.user_id,
+                    username=new.username,
+                    body=new.body,
+                    created_at=now,
+                    client_id=new.client_id,
+                )
+            if created:
+                await conn.executemany(
+                    "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (m.id, m.room_id, m.seq, m.user_id, m.username, m.body, _to_ms(m.created_at), m.client_id)
+                        for m in created.values()
+                    ],
+                )
+        results: list[tuple[Message, bool]] = []
+        for new in news:
+            key = _client_key(new)
+            if key in stored:
+                results.append((stored[key], False))
+            else:
+                results.append((created[key], True))
+                stored[key] = created[key]  # a second copy in this batch is a resend
+        return results
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
         rows = await self._db.fetchall(

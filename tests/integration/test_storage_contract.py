@@ -403,6 +403,21 @@ async def test_a_resend_inside_a_batch_returns_the_original_and_the_rest_follow_
     assert [m.seq for m in stored] == [1, 2, 3]
 
 
+async def test_the_same_client_id_twice_in_one_batch_is_stored_once(storage: Storage, room: Room, user: User) -> None:
+    results = await storage.messages.add_many(
+        [new_message(room, user, "dup", "first"), new_message(room, user, "x"), new_message(room, user, "dup", "again")]
+    )
+
+    assert [(m.client_id, m.seq, created) for m, created in results] == [
+        ("dup", 1, True),
+        ("x", 2, True),
+        ("dup", 1, False),
+    ]
+    assert results[2][0].body == "first"
+    stored, _ = await storage.messages.latest(room.id, 10)
+    assert [m.client_id for m in stored] == ["dup", "x"]
+
+
 async def test_batches_from_two_processes_interleave_with_no_holes_and_nothing_twice(
     storage_url: str, storage: Storage, room: Room, user: User
 ) -> None:
