@@ -399,15 +399,23 @@ class SQLiteMessages(MessageRepository):
                 if _client_key(new) not in stored:
                     first_sent.setdefault(_client_key(new), new)
             fresh = list(first_sent.values())
+            counts = Counter(new.room_id for new in fresh)
             next_seq: dict[str, int] = {}
-            for room_id, count in Counter(new.room_id for new in fresh).items():
+            if counts:
+                # Every room's counter in one statement: under load each hop
+                # to the SQLite thread waits for a turn of a busy event loop.
+                cases = " ".join(["WHEN ? THEN ?"] * len(counts))
+                marks = ", ".join(["?"] * len(counts))
                 async with conn.execute(
-                    "UPDATE rooms SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq", (count, room_id)
+                    f"UPDATE rooms SET last_seq = last_seq + CASE id {cases} END WHERE id IN ({marks})"
+                    " RETURNING id, last_seq",
+                    [*(v for pair in counts.items() for v in pair), *counts],
                 ) as cursor:
-                    row = await cursor.fetchone()
-                if row is None:
-                    raise LookupError(f"no room {room_id!r}")
-                next_seq[room_id] = row[0] - count + 1
+                    for row in await cursor.fetchall():
+                        next_seq[row[0]] = row[1] - counts[row[0]] + 1
+                missing = set(counts) - set(next_seq)
+                if missing:
+                    raise LookupError(f"no room {sorted(missing)[0]!r}")
             now = utcnow()
             created: dict[tuple[str, str, str], Message] = {}
             for new in fresh:

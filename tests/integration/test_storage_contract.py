@@ -646,3 +646,29 @@ async def test_sqlite_reads_and_writes_after_close_raise_unavailable(sqlite_url:
         await store.users.get(user.id)
     with pytest.raises(Unavailable):
         await store.users.add("bob", b"hash")
+
+
+async def test_sqlite_stores_a_batch_of_several_rooms_with_each_rooms_seqs_in_order(sqlite_url: str) -> None:
+    async with connected_storage(sqlite_url) as storage:
+        assert storage.messages.batches_across_rooms
+        user = await storage.users.add("alice", b"hash")
+        a, b = await storage.rooms.add("a", user), await storage.rooms.add("b", user)
+        await storage.messages.add(new_message(b, user, "b-first"))
+
+        results = await storage.messages.add_many(
+            [new_message(a, user, "a1"), new_message(b, user, "b1"), new_message(a, user, "a2")]
+        )
+
+        assert [(m.room_id, m.client_id, m.seq) for m, _ in results] == [
+            (a.id, "a1", 1),
+            (b.id, "b1", 2),
+            (a.id, "a2", 2),
+        ]
+        assert (await storage.messages.add(new_message(a, user, "a3")))[0].seq == 3
+        assert (await storage.messages.add(new_message(b, user, "b2")))[0].seq == 3
+        ghost = Room(
+            id="0" * 24, name="ghost", creator_id=user.id, creator_username="alice", created_at=user.created_at
+        )
+        with pytest.raises(LookupError):
+            await storage.messages.add_many([new_message(a, user, "a4"), new_message(ghost, user, "g1")])
+        assert (await storage.messages.add(new_message(a, user, "a4")))[0].seq == 4  # nothing of that batch stayed
