@@ -138,7 +138,6 @@ def plan_sockets(target: Target, scenario: Scenario, cookies: list[str], room_id
             url=socket_url(target.url, room_ids[i % scenario.rooms]),
             cookie=cookies[i % len(cookies)],
             origin=origin,
-            room_id=room_ids[i % scenario.rooms],
             sender=i < scenario.rooms,  # the first socket of each room sends
         )
         for i in range(scenario.sockets)

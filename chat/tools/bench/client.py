@@ -40,7 +40,6 @@ class SocketPlan:
     url: str
     cookie: str
     origin: str
-    room_id: str
     sender: bool
 
 
@@ -94,7 +93,7 @@ class Worker:
             async with gate:
                 try:
                     _, listener = await ws_connect(
-                        lambda: BenchSocket(self, plan),
+                        lambda: BenchSocket(self),
                         plan.url,
                         extra_headers={"Cookie": plan.cookie, "Origin": plan.origin},
                         websocket_handshake_timeout=60,
@@ -146,10 +145,9 @@ class Worker:
 class BenchSocket(WSListener):
     """One socket: counts deliveries; a sender also sends and times acks."""
 
-    def __init__(self, worker: Worker, plan: SocketPlan) -> None:
+    def __init__(self, worker: Worker) -> None:
         super().__init__()
         self.worker = worker
-        self.plan = plan
         self.transport: WSTransport | None = None
         self.in_flight: dict[bytes, int] = {}
         self.window = 0

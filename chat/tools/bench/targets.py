@@ -7,8 +7,9 @@
 - ``baseline``: the minimal Tornado broadcast of :mod:`.baseline`;
 - a URL: servers somebody else started (their limits must allow the load).
 
-Starting the cluster uses the repository's ``devtools`` (FerretDB and Redis
-on free ports), so the bench runs from a checkout, as ``make bench`` does.
+The bench leans on the repository's ``devtools`` (free ports, FerretDB and
+Redis for a cluster, signing users in), so it runs from a checkout, as
+``make bench`` does.
 """
 
 from __future__ import annotations
@@ -35,15 +36,6 @@ BENCH_ENV = {
     # would only slow the run.
     "CHAT_LOOP_STALL_SECONDS": "0",
 }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout: float = 60.0) -> None:
@@ -108,9 +100,6 @@ class Target:
     def stop(self) -> None:
         """Nothing to stop either."""
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "processes": len(self.pids), "env": dict(self.env)}
-
 
 @dataclass
 class ProcessTarget(Target):
@@ -121,7 +110,9 @@ class ProcessTarget(Target):
     work_dir: Path | None = None
 
     def start(self) -> None:
-        port = _free_port()
+        from devtools.services import free_port  # a checkout's tool, as the sign-in is
+
+        port = free_port()
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         env = {
             **os.environ,
