@@ -160,6 +160,8 @@ def build_services(
         backplane.broker,
         messages.backfill,
         messages.stored_seq,
+        latest=messages.latest,
+        remember=settings.history_limit,
         gap_retry=settings.fanout_gap_retry_seconds,
         sweep_interval=settings.catchup_interval_seconds,
     )

@@ -236,30 +236,52 @@ def hello_frame(room: Room, user: User, instance: str, last_seq: int) -> str:
     )
 
 
+def message_wire(message: Message) -> str:
+    """A message as it appears inside frames (the ``MSG`` of docs/protocol.md), as JSON text."""
+    return _dumps(message.to_wire())
+
+
+_MESSAGE_FRAME_PREFIX = '{"type":"message","message":'
+
+
+def wire_of_message_frame(frame: str) -> str:
+    """The ``MSG`` inside a ``message`` frame's text, without re-serializing when it can be cut out."""
+    if frame.startswith(_MESSAGE_FRAME_PREFIX) and frame.endswith("}"):
+        return frame[len(_MESSAGE_FRAME_PREFIX) : -1]
+    # Written by another version of this code (a rolling upgrade): parse it.
+    return _dumps(json.loads(frame)["message"])
+
+
 def history_frame(messages: Iterable[Message], has_more: bool) -> str:
-    return _dumps({"type": "history", "messages": [m.to_wire() for m in messages], "has_more": has_more})
+    return history_frame_of([message_wire(m) for m in messages], has_more)
+
+
+def history_frame_of(wires: Sequence[str], has_more: bool) -> str:
+    """One ``history`` frame of messages already in wire form (see :func:`message_wire`)."""
+    return '{"type":"history","messages":[' + ",".join(wires) + '],"has_more":' + json.dumps(has_more) + "}"
 
 
 def history_frames(messages: Sequence[Message], has_more: bool, max_bytes: int) -> list[str]:
     """``history`` frames for ``messages``, none over ``max_bytes`` (unless one message alone is).
 
     Every frame but the last says ``has_more: true``; the last says ``has_more``.
-    Each message is serialized once and the frames are joined from the pieces.
     """
-    pieces = [_dumps(m.to_wire()) for m in messages]
+    return history_frames_of([message_wire(m) for m in messages], has_more, max_bytes)
+
+
+def history_frames_of(wires: Sequence[str], has_more: bool, max_bytes: int) -> list[str]:
+    """:func:`history_frames` for messages already in wire form: each is serialized once, frames join pieces."""
     frames: list[list[str]] = [[]]
     size = 0
-    for piece in pieces:
-        if frames[-1] and size + len(piece.encode()) + 64 > max_bytes:
+    for piece in wires:
+        length = len(piece.encode())
+        if frames[-1] and size + length + 64 > max_bytes:
             frames.append([])
             size = 0
         frames[-1].append(piece)
-        size += len(piece.encode()) + 1
+        size += length + 1
     last = len(frames) - 1
-    return [
-        '{"type":"history","messages":[' + ",".join(group) + '],"has_more":' + json.dumps(i < last or has_more) + "}"
-        for i, group in enumerate(frames)
-    ]
+    return [history_frame_of(group, i < last or has_more) for i, group in enumerate(frames)]
 
 
 def history_reset_frame() -> str:
@@ -268,7 +290,7 @@ def history_reset_frame() -> str:
 
 
 def message_frame(message: Message) -> str:
-    return _dumps({"type": "message", "message": message.to_wire()})
+    return _MESSAGE_FRAME_PREFIX + message_wire(message) + "}"
 
 
 def ack_frame(message: Message) -> str:

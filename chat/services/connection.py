@@ -24,7 +24,7 @@ from ..models import Message, Room, User
 from ..protocol import Close, Outbound
 from . import audit
 from .accounts import Accounts, session_key
-from .fanout import Fanout
+from .fanout import Fanout, Recent
 from .limits import Action, Limiter
 from .messages import Messages
 from .presence import Presence
@@ -214,7 +214,7 @@ class RoomConnection:
         self.last_seq = 0
         # While history is being sent, live frames wait here so the client
         # sees one ordered stream.
-        self._pending: list[tuple[int, Outbound]] | None = None
+        self._pending: list[tuple[int | None, Outbound]] | None = None
         self._sync_lock = asyncio.Lock()
         self._joined = False
         self._counted_present = False
@@ -247,9 +247,12 @@ class RoomConnection:
         if self.closed:  # the client left while we were joining: undo it
             await self.close()
             return
-        last_seq = await hub.messages.stored_seq(self.room.id)
+        # What the feed has delivered: everything after it reaches this
+        # socket live, so history need only go up to here.
+        recent = hub.fanout.recent(self.room.id)
+        last_seq = recent.last_seq if recent is not None else await hub.messages.stored_seq(self.room.id)
         self.transport.send_text(protocol.hello_frame(self.room, self.user, hub.policy.instance, last_seq))
-        await self._send_history(since, stored=last_seq)
+        await self._send_history(since)
         users = await hub.presence.joined(self.room.id, self.user)
         self._counted_present = True
         if self.closed:
@@ -280,10 +283,11 @@ class RoomConnection:
     def deliver(self, seq: int | None, frame: Outbound) -> None:
         if self.closed:
             return
-        if seq is None:
-            self.transport.send_shared(frame)
-        elif self._pending is not None:
+        if self._pending is not None:
+            # Even frames without a seq (presence) wait: hello and history come first.
             self._pending.append((seq, frame))
+        elif seq is None:
+            self.transport.send_shared(frame)
         elif seq > self.last_seq:
             self.last_seq = seq
             self.transport.send_shared(frame)
@@ -421,46 +425,75 @@ class RoomConnection:
             self._session_checked_at = now
         return live
 
-    async def _send_history(self, since: int | None, stored: int | None = None) -> None:
-        """History after ``since`` (the latest page without it); ``stored`` if already read."""
+    async def _send_history(self, since: int | None) -> None:
+        """History after ``since`` (the latest page without it).
+
+        From what the room's feed remembers when it can (no database read),
+        else from storage. Either way up to at least the feed's last seq, and
+        live frames that arrive meanwhile wait, so the client sees one
+        ordered stream.
+        """
         async with self._sync_lock:
             if self._pending is None:
                 self._pending = []
             try:
+                recent = self._hub.fanout.recent(self.room.id)
                 if since is None:
-                    await self._send_recent()
+                    await self._send_recent(recent)
                 else:
-                    await self._send_after(since, stored)
+                    await self._send_after(since, recent)
             finally:
                 pending, self._pending = self._pending, None
                 for seq, frame in pending:
                     self.deliver(seq, frame)
 
-    async def _send_recent(self) -> None:
-        messages, has_more = await self._hub.messages.recent(self.room.id)
+    async def _send_recent(self, recent: Recent | None) -> None:
+        hub = self._hub
+        latest = recent.latest(hub.messages.history_limit) if recent is not None else None
+        if latest is not None:
+            wires, has_more = latest
+            self.transport.send_text(protocol.history_frame_of(wires, has_more))
+            self.last_seq = max(self.last_seq, recent.last_seq if recent is not None else 0)
+            return
+        messages, has_more = await hub.messages.recent(self.room.id)
+        hub.fanout.remember_read(self.room.id, messages)
         self.transport.send_text(protocol.history_frame(messages, has_more))
         if messages:
             self.last_seq = max(self.last_seq, messages[-1].seq)
 
-    async def _send_after(self, since: int, stored: int | None) -> None:
+    async def _send_after(self, since: int, recent: Recent | None) -> None:
         hub = self._hub
-        if stored is None:
-            stored = await hub.messages.stored_seq(self.room.id)
-        if stored - since > hub.policy.resume_max_messages or since > stored:
+        policy = hub.policy
+        if recent is not None and since <= recent.last_seq:
+            if recent.last_seq - since > policy.resume_max_messages:
+                self._send_reset(recent.last_seq)
+                return
+            wires = recent.after(since)
+            if wires is not None:
+                for frame in protocol.history_frames_of(wires, False, policy.history_frame_max_bytes):
+                    self.transport.send_text(frame)
+                self.last_seq = max(self.last_seq, recent.last_seq)
+                return
+        stored = await hub.messages.stored_seq(self.room.id)
+        if stored - since > policy.resume_max_messages or since > stored:
             # Too far behind to catch up frame by frame (seqs have no holes,
             # so this is how many it missed), or ahead of storage (history was
             # restored from an older backup): the client reloads the page,
             # which renders the latest messages, instead.
-            self.transport.send_text(protocol.history_reset_frame())
-            self.last_seq = max(self.last_seq, stored)
+            self._send_reset(stored)
             return
         cursor = since
         while True:
             page, has_more = await hub.messages.after(self.room.id, cursor, protocol.HISTORY_PAGE_SIZE)
-            for frame in protocol.history_frames(page, has_more, hub.policy.history_frame_max_bytes):
+            for frame in protocol.history_frames(page, has_more, policy.history_frame_max_bytes):
                 self.transport.send_text(frame)
             if page:
                 cursor = page[-1].seq
             if not has_more or self.closed:
+                hub.fanout.remember_read(self.room.id, page)
                 break
         self.last_seq = max(self.last_seq, cursor)
+
+    def _send_reset(self, stored: int) -> None:
+        self.transport.send_text(protocol.history_reset_frame())
+        self.last_seq = max(self.last_seq, stored)

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..broker import RESYNC, Broker, BrokerClosed, Event, room_channel
 from ..errors import Unavailable
 from ..models import Message
-from ..protocol import Outbound, frame_routing, message_frame
+from ..protocol import Outbound, frame_routing, message_frame, wire_of_message_frame
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 Backfill = Callable[[str, int], Awaitable[list[Message]]]
 # The highest seq stored in a room so far.
 StoredSeq = Callable[[str], Awaitable[int]]
+# A room's latest stored messages (the page a newcomer is shown), in order.
+Latest = Callable[[str], Awaitable[list[Message]]]
 # Called with the room id and the event's text for a control event in a room
 # this process serves; must not block.
 ControlHandler = Callable[[str, str], None]
@@ -65,24 +69,83 @@ class Listener(Protocol):
         """Take one frame; must not block (write to a buffer and return)."""
 
 
-class RoomFeed:
-    """Ordered delivery for one room in this process."""
+@dataclass(frozen=True)
+class Recent:
+    """A room's latest messages as this process delivered them, for history without a database read.
 
-    def __init__(self, room_id: str, fanout: Fanout) -> None:
+    ``frames`` are (seq, message frame text), consecutive and ending at
+    ``last_seq``, the last seq the feed delivered; it may be empty (nothing
+    known) and never holds more than the feed remembers. Anything after
+    ``last_seq`` reaches a socket that joined the feed as a live frame.
+    """
+
+    last_seq: int
+    frames: Sequence[tuple[int, str]]
+
+    def latest(self, limit: int) -> tuple[list[str], bool] | None:
+        """The last ``limit`` messages in wire form and whether older ones exist; None if not all known."""
+        if 0 < limit <= len(self.frames):
+            chosen = self.frames[len(self.frames) - limit :]
+            return [wire_of_message_frame(text) for _, text in chosen], chosen[0][0] > 1
+        if self.last_seq == 0 or (self.frames and self.frames[0][0] == 1):
+            return [wire_of_message_frame(text) for _, text in self.frames], False
+        return None
+
+    def after(self, since: int) -> list[str] | None:
+        """The messages after ``since`` up to ``last_seq`` in wire form; None if not all known."""
+        if since >= self.last_seq:
+            return []
+        if not self.frames or self.frames[0][0] > since + 1:
+            return None
+        return [wire_of_message_frame(text) for seq, text in self.frames if seq > since]
+
+
+class RoomFeed:
+    """Ordered delivery for one room in this process, and the room's latest messages.
+
+    The latest ``remember`` messages are kept (as the frame text that was
+    delivered anyway) so that a socket joining a room this process already
+    serves is sent its history without a database read: a process restart
+    behind nginx sends thousands of sockets to the others at once.
+    """
+
+    def __init__(self, room_id: str, fanout: Fanout, remember: int = 0) -> None:
         self.room_id = room_id
         self.listeners: set[Listener] = set()
         self.ready = asyncio.Event()
         self._fanout = fanout
         self.last_seq = 0
+        self._recent: deque[tuple[int, str]] = deque(maxlen=remember)
         self._held: dict[int, Outbound] = {}
         # Consecutive fills that did not close the gap (for backing off).
         self._fill_failures = 0
         self._resync_due = False
         self._fill_task: asyncio.Task[None] | None = None
 
-    def start_at(self, seq: int) -> None:
+    def start_at(self, seq: int, latest: Sequence[Message] = ()) -> None:
+        """Deliver from ``seq`` + 1 on; ``latest`` are stored messages up to ``seq``, to remember."""
         self.last_seq = seq
+        self.remember(latest)
         self.ready.set()
+
+    def recent(self) -> Recent:
+        return Recent(self.last_seq, tuple(self._recent))
+
+    def remember(self, messages: Sequence[Message]) -> None:
+        """Learn older messages read from storage, where they join up with what is remembered."""
+        if not messages or self._recent.maxlen == 0:
+            return
+        known = dict(self._recent)
+        for message in messages:
+            if message.seq <= self.last_seq and message.seq not in known:
+                known[message.seq] = message_frame(message)
+        run: list[tuple[int, str]] = []
+        seq = self.last_seq
+        while seq in known and len(run) < (self._recent.maxlen or 0):
+            run.append((seq, known[seq]))
+            seq -= 1
+        if len(run) > len(self._recent):
+            self._recent = deque(reversed(run), maxlen=self._recent.maxlen)
 
     def receive(self, seq: int | None, text: str) -> None:
         if seq is None:
@@ -112,6 +175,7 @@ class RoomFeed:
             frame = self._held.pop(seq)
             self.last_seq = seq
             self._fill_failures = 0
+            self._recent.append((seq, frame.text))
             self._broadcast(seq, frame)
         if self._held:
             # Wait a moment for the missing seq to arrive, then read storage;
@@ -167,12 +231,19 @@ class Fanout:
         backfill: Backfill,
         stored_seq: StoredSeq,
         *,
+        latest: Latest | None = None,
+        remember: int = 0,
         gap_retry: float = 0.2,
         sweep_interval: float = 10.0,
     ) -> None:
         self.broker = broker
         self.backfill = backfill
         self.stored_seq = stored_seq
+        # With ``latest``, a room's feed starts with the room's latest
+        # ``remember`` messages (one read for both its start and the history
+        # of whoever joins), and keeps that many.
+        self._latest = latest
+        self.remember = remember
         self.gap_retry = gap_retry
         self.sweep_interval = sweep_interval
         self._background: set[asyncio.Task[None]] = set()
@@ -227,10 +298,14 @@ class Fanout:
         """
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(room_id, self)
+            feed = self._feeds[room_id] = RoomFeed(room_id, self, self.remember)
             try:
                 await self.broker.subscribe(room_channel(room_id))
-                feed.start_at(await self.stored_seq(room_id))
+                if self._latest is not None:
+                    latest = await self._latest(room_id)
+                    feed.start_at(latest[-1].seq if latest else 0, latest)
+                else:
+                    feed.start_at(await self.stored_seq(room_id))
             except BaseException:
                 del self._feeds[room_id]
                 feed.ready.set()  # wake joiners waiting on this attempt; they retry
@@ -240,6 +315,23 @@ class Fanout:
             await self.join(room_id, listener)
             return
         feed.listeners.add(listener)
+
+    def recent(self, room_id: str) -> Recent | None:
+        """What this process remembers of the room's latest messages (see :class:`Recent`).
+
+        None when the room has no feed here: only a listener that joined it
+        may rely on live frames for what comes after ``last_seq``.
+        """
+        feed = self._feeds.get(room_id)
+        if feed is None or not feed.ready.is_set():
+            return None
+        return feed.recent()
+
+    def remember_read(self, room_id: str, messages: Sequence[Message]) -> None:
+        """Messages a listener read from storage, so the next joiner need not."""
+        feed = self._feeds.get(room_id)
+        if feed is not None and feed.ready.is_set():
+            feed.remember(messages)
 
     async def leave(self, room_id: str, listener: Listener) -> None:
         feed = self._feeds.get(room_id)

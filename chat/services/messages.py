@@ -137,6 +137,11 @@ class Messages:
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:
         return await self._storage.messages.latest(room_id, self.history_limit)
 
+    async def latest(self, room_id: str) -> list[Message]:
+        """The page :meth:`recent` returns, without whether older messages exist."""
+        messages, _ = await self.recent(room_id)
+        return messages
+
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         return await self._storage.messages.after(room_id, since_seq, limit)
 

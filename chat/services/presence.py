@@ -12,8 +12,8 @@ Changes are coalesced: a process re-reads a room at most once per
 ``coalesce`` seconds (0.2) and sends its sockets one frame for whatever
 changed meanwhile. Without it, a thousand people joining a room at once (a
 restart behind nginx) would send every socket already there a list per
-joiner, O(n^2) frames of O(n) users each. A newcomer is sent the current list
-at once.
+joiner, O(n^2) frames of O(n) users each. A newcomer is sent the list this
+process read last (with itself in it) at once, without a read of its own.
 
 Presence is best effort: if the store is unreachable, chat goes on and the
 list catches up at the next heartbeat.
@@ -57,6 +57,7 @@ class Presence:
         # room_id -> the list this process's sockets were last sent
         self._shown: dict[str, list[OnlineUser]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._reading: dict[str, asyncio.Future[list[OnlineUser]]] = {}
         self._dirty: set[str] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -86,29 +87,45 @@ class Presence:
             return []
 
     async def joined(self, room_id: str, user: User) -> list[OnlineUser]:
-        """Count one more local socket of ``user`` in the room; return who is online."""
+        """Count one more local socket of ``user`` in the room; return who is online.
+
+        Only the room's first local socket reads the store. Later ones are
+        answered with the list this process read last (and themselves): the
+        change they announce makes every process re-read once per
+        ``coalesce`` seconds, which sends the newcomer the fresh list too. A
+        thousand sockets joining at once cost a few reads, not a thousand
+        reads of a thousand users.
+        """
         online = OnlineUser(username=user.username, id=user.id)
         room = self._local.setdefault(room_id, {})
         _, count = room.get(user.id, (online, 0))
         room[user.id] = (online, count + 1)
         if count == 0:
             await self._announce(room_id, self._store.add(room_id, self._instance, online, self.ttl))
-        previous = self._shown.get(room_id)
+        shown = self._shown.get(room_id)
+        if shown is None:
+            shown = await self._first_read(room_id)
+        if online in shown:
+            return shown
+        return sorted([*shown, online])
+
+    async def _first_read(self, room_id: str) -> list[OnlineUser]:
+        reading = self._reading.get(room_id)
+        if reading is None:
+            reading = self._reading[room_id] = asyncio.ensure_future(self._read_for_newcomers(room_id))
+            reading.add_done_callback(lambda _: self._reading.pop(room_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read_for_newcomers(self, room_id: str) -> list[OnlineUser]:
         try:
             users = await self._store.online(room_id)
         except Unavailable as exc:
             log.warning("presence of room %s unavailable: %s", room_id, exc)
-            # The newcomer is shown an empty list; the next heartbeat finds the
-            # real one different and sends it to every local socket. Sockets
-            # already here keep their list until then.
-            self._shown[room_id] = []
-            return []
-        if previous is None:
+            # The newcomer is shown itself alone; the next heartbeat finds the
+            # real list different and sends it to every local socket.
+            users = []
+        if room_id in self._local:
             self._shown[room_id] = users
-        elif users != previous:
-            # The sockets already here still show `previous`: a coalesced
-            # re-read tells them (and repeats it to the newcomer, harmlessly).
-            self.changed(room_id)
         return users
 
     async def left(self, room_id: str, user: User) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 
 from chat.bootstrap import build_services
@@ -71,18 +72,37 @@ async def test_a_join_storm_sends_the_sockets_already_there_a_few_lists_not_one_
     try:
         users = [await services.storage.users.add(f"user{i:02}", b"hash") for i in range(40)]
         room = await services.storage.rooms.add("lobby", users[0])
+        store = services.presence._store
+        reads = 0
+        read_online = store.online
+
+        async def counting_online(room_id: str) -> list[OnlineUser]:
+            nonlocal reads
+            reads += 1
+            return await read_online(room_id)
+
+        store.online = counting_online  # type: ignore[method-assign]
         first = FakeTransport()
         await services.connections.create(first, users[0], room, "token").open(None)
 
-        for user in users[1:]:  # 39 people join at once (a restart behind nginx)
-            await services.connections.create(FakeTransport(), user, room, "token").open(None)
+        joiners = [FakeTransport() for _ in users[1:]]
+        await asyncio.gather(  # 39 people join at once (a restart behind nginx)
+            *(
+                services.connections.create(transport, user, room, "token").open(None)
+                for transport, user in zip(joiners, users[1:], strict=True)
+            )
+        )
 
         everyone = [u.username for u in users]
-        await eventually(
-            lambda: [u["username"] for u in first.of_type("presence")[-1]["users"]] == everyone,
-            what="the whole list",
-        )
+        for transport in (first, joiners[0], joiners[-1]):
+            await eventually(
+                lambda t=transport: [u["username"] for u in t.of_type("presence")[-1]["users"]] == everyone,
+                what="the whole list",
+            )
         # The list of one, then a few coalesced updates, not 39.
         assert len(first.of_type("presence")) <= 4
+        # Each joiner is shown what was last read, with itself in it: the
+        # store is read a few times, not once per joiner.
+        assert reads <= 4
     finally:
         await services.close()

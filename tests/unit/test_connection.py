@@ -125,6 +125,48 @@ async def test_open_with_since_sends_only_later_messages(
     assert connection.last_seq == 3
 
 
+async def test_sockets_joining_a_room_this_process_serves_get_history_without_reading_storage(
+    connect: Connect,
+    member: tuple[User, str],
+    chat_room: Room,
+    messages: Messages,
+    memory_storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A restart behind nginx sends thousands of sockets to the other
+    # processes at once: each must not cost a history query.
+    for i in range(60):
+        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+    first, from_storage = await connect()
+    await first.receive(send("live"))
+    monkeypatch.setattr(memory_storage, "messages", UnavailableMessages())
+
+    _, fresh = await connect()
+    _, resumed = await connect(since=55)
+    _, current = await connect(since=61)
+
+    assert fresh.of_type("hello")[0]["last_seq"] == 61
+    fresh_history = fresh.of_type("history")[0]
+    assert [m["seq"] for m in fresh_history["messages"]] == list(range(12, 62))
+    assert fresh_history["has_more"] is True
+    assert fresh_history["messages"][:-1] == from_storage.of_type("history")[0]["messages"][1:]
+    assert [m["seq"] for m in resumed.of_type("history")[0]["messages"]] == [56, 57, 58, 59, 60, 61]
+    assert current.of_type("history")[0]["messages"] == []
+    assert not fresh.of_type("error") and not resumed.of_type("error") and not current.of_type("error")
+
+
+async def test_a_resume_older_than_what_the_process_remembers_reads_storage(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    for i in range(80):
+        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+    await connect()
+
+    _, transport = await connect(since=10)
+
+    assert [m["seq"] for frame in transport.of_type("history") for m in frame["messages"]] == list(range(11, 81))
+
+
 async def test_a_send_is_acked_then_delivered_once_via_the_fanout(
     connect: Connect, messages: Messages, chat_room: Room
 ) -> None:
@@ -268,7 +310,9 @@ async def test_an_unavailable_store_gives_an_unavailable_error(
     monkeypatch.setattr(memory_storage, "messages", UnavailableMessages())
 
     await connection.receive(send("c-1"))
-    await connection.receive(json.dumps({"type": "sync", "since": 0}))
+    # Ahead of what the feed delivered: only storage can say (a sync it can
+    # answer from memory needs no storage at all).
+    await connection.receive(json.dumps({"type": "sync", "since": 5}))
 
     errors = transport.of_type("error")
     assert [e["code"] for e in errors] == ["unavailable", "unavailable"]

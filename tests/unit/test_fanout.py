@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from chat.broker import room_channel
 from chat.broker.memory import MemoryBroker
 from chat.models import Message
-from chat.protocol import Outbound, message_frame
+from chat.protocol import Outbound, message_frame, message_wire
 from chat.services.fanout import Fanout
 from tests.support.fakes import RecordingListener
 from tests.support.waiting import eventually
@@ -303,3 +304,102 @@ async def test_stop_ends_the_listener_and_forgets_every_room(fanout: Fanout, bro
     await fanout.stop()
 
     assert fanout.local_listeners(ROOM) == 0
+
+
+# -- what a feed remembers, so that joiners need no database read ---------------
+
+
+class LatestStore(FakeStore):
+    """Also answers the newcomer's page, and counts how often it is asked."""
+
+    def __init__(self, stored: int, page: int) -> None:
+        super().__init__(stored)
+        self.messages = [msg(seq) for seq in range(1, stored + 1)]
+        self.page = page
+        self.latest_calls = 0
+
+    async def latest(self, room_id: str) -> list[Message]:
+        self.latest_calls += 1
+        return [m for m in self.messages if m.room_id == room_id][-self.page :]
+
+
+@pytest.fixture
+async def remembering(broker: CountingBroker) -> AsyncIterator[tuple[Fanout, LatestStore]]:
+    store = LatestStore(stored=8, page=5)
+    hub = Fanout(broker, store.backfill, store.stored_seq, latest=store.latest, remember=5, gap_retry=0.01)
+    await hub.start()
+    try:
+        yield hub, store
+    finally:
+        await hub.stop()
+
+
+def seqs_of(wires: list[str]) -> list[int]:
+    return [json.loads(wire)["seq"] for wire in wires]
+
+
+async def test_a_feed_starts_at_the_latest_stored_message_and_remembers_the_page_it_read(
+    remembering: tuple[Fanout, LatestStore],
+) -> None:
+    fanout, store = remembering
+    await asyncio.gather(*(fanout.join(ROOM, RecordingListener()) for _ in range(10)))
+
+    recent = fanout.recent(ROOM)
+    assert recent is not None and recent.last_seq == 8
+    assert store.latest_calls == 1 and store.stored_seq_calls == []
+    assert recent.latest(5) == ([message_wire(msg(seq)) for seq in range(4, 9)], True)
+    assert recent.latest(6) is None  # older than what is remembered: storage answers
+    assert recent.after(5) == [message_wire(msg(seq)) for seq in (6, 7, 8)]
+    assert recent.after(3) == [message_wire(msg(seq)) for seq in range(4, 9)]
+    assert recent.after(2) is None
+    assert recent.after(8) == [] and recent.after(12) == []
+
+
+async def test_delivered_messages_are_remembered_in_order_up_to_the_limit(
+    remembering: tuple[Fanout, LatestStore], broker: CountingBroker
+) -> None:
+    fanout, _ = remembering
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await publish(broker, 10, 9, 11)
+    await eventually(lambda: listener.seqs == [9, 10, 11])
+
+    recent = fanout.recent(ROOM)
+    assert recent is not None and recent.last_seq == 11
+    assert [seq for seq, _ in recent.frames] == [7, 8, 9, 10, 11]
+    assert seqs_of(recent.after(6) or []) == [7, 8, 9, 10, 11]
+
+
+async def test_a_young_room_is_known_whole_and_an_empty_one_has_no_history(broker: CountingBroker) -> None:
+    store = LatestStore(stored=3, page=50)
+    fanout = Fanout(broker, store.backfill, store.stored_seq, latest=store.latest, remember=50)
+    await fanout.join(ROOM, RecordingListener())
+    await fanout.join("empty", RecordingListener())
+
+    young, empty = fanout.recent(ROOM), fanout.recent("empty")
+    assert young is not None and young.latest(50) == ([message_wire(msg(seq)) for seq in (1, 2, 3)], False)
+    assert empty is not None and empty.latest(50) == ([], False)
+    assert fanout.recent("never-joined") is None
+    await fanout.stop()
+
+
+async def test_messages_read_from_storage_are_remembered_only_where_they_join_up(
+    broker: CountingBroker,
+) -> None:
+    store = LatestStore(stored=20, page=2)
+    fanout = Fanout(broker, store.backfill, store.stored_seq, latest=store.latest, remember=10)
+    await fanout.join(ROOM, RecordingListener())
+
+    fanout.remember_read(ROOM, [msg(seq) for seq in range(5, 12)])  # does not reach seq 19
+    recent = fanout.recent(ROOM)
+    assert recent is not None and [seq for seq, _ in recent.frames] == [19, 20]
+
+    fanout.remember_read(ROOM, [msg(seq) for seq in range(5, 20)])  # joins up; only 10 kept
+    recent = fanout.recent(ROOM)
+    assert recent is not None and [seq for seq, _ in recent.frames] == list(range(11, 21))
+
+    fanout.remember_read(ROOM, [msg(seq) for seq in range(15, 25)])  # past what was delivered: ignored
+    recent = fanout.recent(ROOM)
+    assert recent is not None and recent.last_seq == 20 and [seq for seq, _ in recent.frames] == list(range(11, 21))
+    await fanout.stop()
