@@ -13,6 +13,9 @@ import hashlib
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection
+from time import monotonic
+
+from cachetools import TTLCache
 
 from ..errors import Conflict, ValidationError
 from ..models import Session, User, utcnow
@@ -31,6 +34,9 @@ USERNAME_PATTERN = re.compile(f"[{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{
 USERNAME_RULE = f"{USERNAME_MIN_LENGTH}-{USERNAME_MAX_LENGTH} characters: letters, digits, underscore, dot or hyphen"
 # 256 bits of randomness; the issue asks for at least 128.
 SESSION_TOKEN_BYTES = 32
+# How long, and how many, users behind live sessions are remembered (see Accounts.resolve).
+USER_CACHE_SECONDS = 30.0
+USER_CACHE_SIZE = 100_000
 
 
 def session_key(token: str) -> str:
@@ -72,6 +78,11 @@ class Accounts:
         self.idle_timeout = idle_timeout if idle_timeout is not None else session_max_age
         self.touch_interval = datetime.timedelta(seconds=min(60.0, self.idle_timeout / 10))
         self._sessions_ended: list[SessionsEnded] = []
+        # Users behind live sessions, so that a storm of handshakes reads each
+        # user once, not once per socket. Safe because the session itself is
+        # always read from storage: disabling an account, changing a password
+        # and signing out all end sessions, which no cached user outlives.
+        self._users: TTLCache[str, User] = TTLCache(USER_CACHE_SIZE, USER_CACHE_SECONDS, timer=monotonic)
 
     def on_sessions_ended(self, listener: SessionsEnded) -> None:
         self._sessions_ended.append(listener)
@@ -146,18 +157,23 @@ class Accounts:
 
     async def change_password(self, user: User, current: str, new: str, confirmation: str, keep_token: str) -> int:
         """Replace ``user``'s password; end every other session. Returns how many ended."""
-        if not await self._hasher.verify(current, user.password_hash):
+        # The stored hash, not the one in ``user``: that may be a cached copy
+        # from before a change made through another process.
+        stored = await self._storage.users.get(user.id)
+        if stored is None or not await self._hasher.verify(current, stored.password_hash):
             raise ValidationError("That is not your current password.", field="current")
         self.validate_password(new)
         if new != confirmation:
             raise ValidationError("The two new passwords do not match.", field="confirm")
         await self._storage.users.set_password(user.id, await self._hasher.hash(new))
+        self._users.pop(user.id, None)
         audit.event("password_changed", user=user.id)
         return await self.end_other_sessions(user, keep_token)
 
     async def disable(self, user_id: str) -> None:
         """Refuse the account's sign-ins and end all its sessions, everywhere."""
         await self._storage.users.set_disabled(user_id, True)
+        self._users.pop(user_id, None)
         audit.event("account_disabled", user=user_id)
         await self._announce(await self._storage.sessions.delete_for_user(user_id), user_id, "disabled")
 
@@ -188,9 +204,12 @@ class Accounts:
         # the timeouts testable with a clock the test moves.
         if session is None or min(session.expires_at, session.idle_expires_at) <= now:
             return None
-        user = await self._storage.users.get(session.user_id)
-        if user is None or user.disabled:
-            return None
+        user = self._users.get(session.user_id)
+        if user is None:
+            user = await self._storage.users.get(session.user_id)
+            if user is None or user.disabled:
+                return None
+            self._users[user.id] = user
         await self._touch(session)
         return session, user
 

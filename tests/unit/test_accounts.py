@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from chat.errors import ValidationError
-from chat.models import User
+from chat.models import Session, User
 from chat.services.accounts import Accounts, session_key
 from chat.services.passwords import PasswordHasher
 from chat.storage import Storage
@@ -370,6 +370,48 @@ async def test_changing_the_password_needs_the_current_one_and_ends_the_other_se
     assert (await accounts.authenticate("alice", "new password 1")).id == user.id
     with pytest.raises(ValidationError):
         await accounts.authenticate("alice", PASSWORD)
+
+
+async def test_sessions_are_read_every_time_but_their_user_once(
+    accounts: Accounts, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await register(accounts)
+    tokens = [await accounts.start_session(user) for _ in range(3)]
+    reads = {"sessions": 0, "users": 0}
+    read_session, read_user = memory_storage.sessions.get, memory_storage.users.get
+
+    async def counting_session(key: str) -> Session | None:
+        reads["sessions"] += 1
+        return await read_session(key)
+
+    async def counting_user(user_id: str) -> User | None:
+        reads["users"] += 1
+        return await read_user(user_id)
+
+    monkeypatch.setattr(memory_storage.sessions, "get", counting_session)
+    monkeypatch.setattr(memory_storage.users, "get", counting_user)
+
+    for token in tokens * 5:  # a handshake storm: many sockets of one user
+        assert await accounts.resolve(token) is not None
+    await accounts.end_session(tokens[0])
+
+    # The session is what signing out ends, so it is never remembered.
+    assert await accounts.resolve(tokens[0]) is None
+    assert reads == {"sessions": 16, "users": 1}
+
+
+async def test_a_password_change_checks_the_stored_hash_not_a_remembered_one(
+    accounts: Accounts, memory_storage: Storage
+) -> None:
+    user = await register(accounts)
+    token = await accounts.start_session(user)
+    await accounts.resolve(token)  # remembers the user
+    # Changed meanwhile through another process (whose cache this one does not share).
+    await memory_storage.users.set_password(user.id, (await register(accounts, "bob", "other password")).password_hash)
+
+    with pytest.raises(ValidationError):
+        await accounts.change_password(user, PASSWORD, "new password 1", "new password 1", token)
+    assert await accounts.change_password(user, "other password", "new password 1", "new password 1", token) == 0
 
 
 async def test_a_disabled_account_loses_its_sessions_and_cannot_sign_in(accounts: Accounts) -> None:

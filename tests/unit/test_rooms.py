@@ -1,0 +1,55 @@
+"""Finding rooms: each read once per storm of handshakes, never a miss remembered."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat.errors import NotFound
+from chat.models import Room
+from chat.services.rooms import ROOM_CACHE_SECONDS, Rooms
+from chat.storage import Storage
+from tests.support.clock import FakeClock
+
+
+async def test_a_room_is_read_once_for_many_look_ups_and_again_after_a_while(
+    memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(1000.0)
+    rooms = Rooms(memory_storage, clock=clock)
+    creator = await memory_storage.users.add("alice", b"hash")
+    lobby = await rooms.create("lobby", creator)
+    reads: list[str] = []
+    read = memory_storage.rooms.get
+
+    async def counting(room_id: str) -> Room | None:
+        reads.append(room_id)
+        return await read(room_id)
+
+    monkeypatch.setattr(memory_storage.rooms, "get", counting)
+
+    for _ in range(50):
+        assert await rooms.get(lobby.id) == lobby
+    assert reads == [lobby.id]
+
+    clock.advance(ROOM_CACHE_SECONDS + 1)
+    await rooms.get(lobby.id)
+    assert reads == [lobby.id, lobby.id]
+
+
+async def test_a_room_not_found_is_asked_for_again_each_time(
+    memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It may be created a moment later, by any process.
+    rooms = Rooms(memory_storage)
+    reads: list[str] = []
+    read = memory_storage.rooms.get
+
+    async def counting(room_id: str) -> Room | None:
+        reads.append(room_id)
+        return await read(room_id)
+
+    monkeypatch.setattr(memory_storage.rooms, "get", counting)
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            await rooms.get("not-yet")
+    assert reads == ["not-yet", "not-yet"]
