@@ -224,7 +224,9 @@ class RoomConnection:
         # a send waits for storage, so a pong is seen at once, not after the
         # frames queued before it (a slow database used to look like a dead
         # client: "ping timed out").
-        self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=INBOX_FRAMES)
+        # Both made on the first frame: most sockets in a big room only read,
+        # and a queue costs three deques (about 2 KiB) per socket.
+        self._inbox: asyncio.Queue[str | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
         # Sends handed to storage, each finishing (ack, publish) on its own:
         # a client's next message does not wait for the last one's round
@@ -233,8 +235,7 @@ class RoomConnection:
         self._completions: set[asyncio.Task[None]] = set()
         # Frames queued or being handled; idle (for graceful shutdown) at 0.
         self._busy = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # made by wait_idle() only
 
     # -- lifecycle --------------------------------------------------------
 
@@ -296,14 +297,18 @@ class RoomConnection:
 
     async def wait_idle(self) -> None:
         """Return once no frame from the client is queued or being handled (for graceful shutdown)."""
-        await self._idle.wait()
+        while self._busy:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
 
     async def submit(self, text: str | bytes) -> None:
         """Queue a frame from the client for its turn; waits only while INBOX_FRAMES are queued."""
         if self.closed:
             return
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._handle_frames(), name=f"frames-{self._id}")
+        if self._inbox is None:
+            self._inbox = asyncio.Queue(maxsize=INBOX_FRAMES)
+            self._worker = asyncio.create_task(self._handle_frames(self._inbox), name=f"frames-{self._id}")
         self._started()
         await self._inbox.put(text)
 
@@ -316,9 +321,9 @@ class RoomConnection:
         finally:
             self._finished()
 
-    async def _handle_frames(self) -> None:
+    async def _handle_frames(self, inbox: asyncio.Queue[str | bytes]) -> None:
         while not self.closed:
-            text = await self._inbox.get()
+            text = await inbox.get()
             try:
                 await self._receive(text)
             except Exception:
@@ -331,15 +336,16 @@ class RoomConnection:
 
     def _started(self) -> None:
         self._busy += 1
-        self._idle.clear()
 
     def _finished(self) -> None:
         self._busy -= 1
-        if self._busy == 0:
-            self._idle.set()
+        if self._busy == 0 and self._idle is not None:
+            if not self._idle.done():
+                self._idle.set_result(None)
+            self._idle = None
 
     def _drop_queued(self) -> None:
-        while not self._inbox.empty():
+        while self._inbox is not None and not self._inbox.empty():
             self._inbox.get_nowait()
             self._finished()
         if self._worker is not None and self._busy == 0:
