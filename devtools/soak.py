@@ -490,7 +490,16 @@ async def run_soak(
     stored: dict[str, list[int]] = {}
     stored_ids: dict[str, set[str]] = {}
     for room_id in room_ids:
-        stored[room_id], stored_ids[room_id] = await stored_sequence(owner, room_id)
+        # History runs up to what the answering process has delivered; a
+        # message whose publish died with its process (killed between ack
+        # and publish) gets there at the next catch-up sweep, so read again
+        # until every ack is in, or time is up (then it counts as lost).
+        acked = {client_id for c in soakers if c.report.room_id == room_id for client_id in c.report.acked}
+        while True:
+            stored[room_id], stored_ids[room_id] = await stored_sequence(owner, room_id)
+            if acked <= stored_ids[room_id] or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
     await settle(lambda: not any(set(stored[c.report.room_id]) - c.seen for c in soakers), deadline)
     for client in soakers:
         client.stop()

@@ -60,6 +60,11 @@ class Broker(abc.ABC):
     async def ping(self) -> None:
         """Return if the broker answers; raise Unavailable otherwise."""
 
+    @property
+    def receiving(self) -> bool:
+        """False while the subscription is known to be broken (events published meanwhile are lost)."""
+        return True
+
 
 class BrokerClosed(Exception):
     """The broker was disconnected while a caller waited for an event."""

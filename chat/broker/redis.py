@@ -119,6 +119,12 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis: {exc}") from exc
 
+    @property
+    def receiving(self) -> bool:
+        # Until the fan-out has taken the RESYNC of a reconnect, what was
+        # published while the connection was down is still unaccounted for.
+        return not self._closed and self._pubsub is not None and not self._subscription_lost and not self._resync_due
+
     async def next_published(self) -> Event:
         while True:
             if self._closed:

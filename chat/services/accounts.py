@@ -21,6 +21,7 @@ from ..errors import Conflict, ValidationError
 from ..models import Session, User, utcnow
 from ..storage import Storage
 from . import audit
+from .batching import BatchedLookup
 from .limits import Action, Limiter
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
@@ -83,6 +84,9 @@ class Accounts:
         # always read from storage: disabling an account, changing a password
         # and signing out all end sessions, which no cached user outlives.
         self._users: TTLCache[str, User] = TTLCache(USER_CACHE_SIZE, USER_CACHE_SECONDS, timer=monotonic)
+        # Sessions are read every time (that is what makes signing out
+        # immediate), but reads that arrive together go together.
+        self._sessions = BatchedLookup(lambda keys: self._storage.sessions.get_many(keys))
 
     def on_sessions_ended(self, listener: SessionsEnded) -> None:
         self._sessions_ended.append(listener)
@@ -198,7 +202,7 @@ class Accounts:
         Resolving is activity: it moves the session's idle end (now and then).
         """
         key = session_key(token)
-        session = await self._storage.sessions.get(key)
+        session = await self._sessions.get(key)
         now = self._clock()
         # Storage judges by its own clock; this check by ours as well makes
         # the timeouts testable with a clock the test moves.

@@ -131,6 +131,11 @@ class RoomFeed:
     def recent(self) -> Recent:
         return Recent(self.last_seq, tuple(self._recent))
 
+    @property
+    def current(self) -> bool:
+        """Nothing is known to be missing: no seq held back for a gap, no catch-up due."""
+        return not self._held and not self._resync_due
+
     def remember(self, messages: Sequence[Message]) -> None:
         """Learn older messages read from storage, where they join up with what is remembered."""
         if not messages or self._recent.maxlen == 0:
@@ -319,11 +324,14 @@ class Fanout:
     def recent(self, room_id: str) -> Recent | None:
         """What this process remembers of the room's latest messages (see :class:`Recent`).
 
-        None when the room has no feed here: only a listener that joined it
-        may rely on live frames for what comes after ``last_seq``.
+        None when the room has no feed here (only a listener that joined it
+        may rely on live frames for what comes after ``last_seq``), or when
+        the feed may be behind for longer than a moment: it is waiting for a
+        missing seq, or the broker's subscription is down or was just
+        restored. Then storage answers, as complete as it was before.
         """
         feed = self._feeds.get(room_id)
-        if feed is None or not feed.ready.is_set():
+        if feed is None or not feed.ready.is_set() or not feed.current or not self.broker.receiving:
             return None
         return feed.recent()
 

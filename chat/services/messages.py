@@ -61,12 +61,25 @@ class GroupCommit:
         self._across_rooms = across_rooms
         self._queues: dict[str, list[tuple[NewMessage, asyncio.Future[tuple[Message, bool]]]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
+        # Messages queued or being written, by (room, user, client_id): a
+        # resend of one of them waits for that write instead of queueing
+        # again. Clients resend what was not acked; while storage is slow,
+        # resends would otherwise pile up faster than it can write them
+        # (each costs a write that finds the original), and the room would
+        # never catch up.
+        self._unfinished: dict[tuple[str, str, str], asyncio.Future[tuple[Message, bool]]] = {}
 
     def submit(self, new: NewMessage) -> Awaitable[tuple[Message, bool]]:
         """Queue ``new`` now (so its place in the room's order is taken now); await the result."""
+        key = (new.room_id, new.user_id, new.client_id)
+        unfinished = self._unfinished.get(key)
+        if unfinished is not None:
+            return self._outcome(new.room_id, unfinished)
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
         # A sender that timed out never reads its outcome; nor must asyncio complain about it.
         future.add_done_callback(_retrieve)
+        self._unfinished[key] = future
+        future.add_done_callback(lambda _: self._unfinished.pop(key, None))
         lane = "*" if self._across_rooms() else new.room_id
         self._queues.setdefault(lane, []).append((new, future))
         if lane not in self._writers:

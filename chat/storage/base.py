@@ -57,6 +57,10 @@ class SessionRepository(abc.ABC):
         """The live session with this id; None if unknown or expired (either way)."""
 
     @abc.abstractmethod
+    async def get_many(self, session_ids: Collection[str]) -> dict[str, Session]:
+        """The live sessions among ``session_ids``, by id, in one query."""
+
+    @abc.abstractmethod
     async def live(self, session_ids: Collection[str]) -> set[str]:
         """Which of ``session_ids`` are live now, in one query."""
 

@@ -305,6 +305,15 @@ class SQLiteSessions(SessionRepository):
         row = await self._db.fetchone(f"SELECT * FROM sessions WHERE id = ? AND {_LIVE}", (session_id, now, now))
         return _session(row) if row else None
 
+    async def get_many(self, session_ids: Collection[str]) -> dict[str, Session]:
+        ids = list(session_ids)
+        if not ids:
+            return {}
+        now = _to_ms(utcnow())
+        marks = ",".join("?" * len(ids))
+        rows = await self._db.fetchall(f"SELECT * FROM sessions WHERE id IN ({marks}) AND {_LIVE}", (*ids, now, now))
+        return {row["id"]: _session(row) for row in rows}
+
     async def live(self, session_ids: Collection[str]) -> set[str]:
         ids = list(session_ids)
         if not ids:

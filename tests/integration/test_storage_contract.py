@@ -186,6 +186,22 @@ async def test_live_answers_for_many_sessions_at_once(storage: Storage, user: Us
     assert await storage.sessions.live([]) == set()
 
 
+async def test_get_many_reads_the_live_sessions_among_many_in_one_query(storage: Storage, user: User) -> None:
+    await storage.sessions.add("live-1", user.id, utc_in(3600))
+    await storage.sessions.add("live-2", user.id, utc_in(3600), idle_expires_at=utc_in(60))
+    await storage.sessions.add("expired", user.id, utc_in(-1))
+    await storage.sessions.add("idled-out", user.id, utc_in(3600), idle_expires_at=utc_in(-1))
+
+    found = await storage.sessions.get_many(["live-1", "live-2", "expired", "idled-out", "unknown"])
+
+    live_1 = await storage.sessions.get("live-1")
+    assert sorted(found) == ["live-1", "live-2"]
+    assert live_1 is not None and found["live-1"] == live_1
+    assert await storage.sessions.get_many(["live-1"]) == {"live-1": live_1}
+    assert await storage.sessions.get_many(["expired"]) == {}
+    assert await storage.sessions.get_many([]) == {}
+
+
 async def test_delete_for_user_ends_every_session_of_that_user_but_the_one_kept(storage: Storage, user: User) -> None:
     bob = await storage.users.add("bob", b"hash")
     for session_id in ("a1", "a2", "a3"):

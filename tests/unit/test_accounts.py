@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import pytest
 
@@ -377,27 +378,49 @@ async def test_sessions_are_read_every_time_but_their_user_once(
 ) -> None:
     user = await register(accounts)
     tokens = [await accounts.start_session(user) for _ in range(3)]
-    reads = {"sessions": 0, "users": 0}
-    read_session, read_user = memory_storage.sessions.get, memory_storage.users.get
+    reads: dict[str, list[int]] = {"sessions": [], "users": []}
+    read_sessions, read_user = memory_storage.sessions.get_many, memory_storage.users.get
 
-    async def counting_session(key: str) -> Session | None:
-        reads["sessions"] += 1
-        return await read_session(key)
+    async def counting_sessions(keys: Collection[str]) -> dict[str, Session]:
+        reads["sessions"].append(len(keys))
+        return await read_sessions(keys)
 
     async def counting_user(user_id: str) -> User | None:
-        reads["users"] += 1
+        reads["users"].append(1)
         return await read_user(user_id)
 
-    monkeypatch.setattr(memory_storage.sessions, "get", counting_session)
+    monkeypatch.setattr(memory_storage.sessions, "get_many", counting_sessions)
     monkeypatch.setattr(memory_storage.users, "get", counting_user)
 
-    for token in tokens * 5:  # a handshake storm: many sockets of one user
+    for token in tokens * 5:  # one after the other: each read alone
         assert await accounts.resolve(token) is not None
     await accounts.end_session(tokens[0])
 
     # The session is what signing out ends, so it is never remembered.
     assert await accounts.resolve(tokens[0]) is None
-    assert reads == {"sessions": 16, "users": 1}
+    assert reads == {"sessions": [1] * 16, "users": [1]}
+
+
+async def test_sessions_asked_for_together_are_read_together(
+    accounts: Accounts, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A storm of handshakes after a restart: a few reads of many, not many of one.
+    user = await register(accounts)
+    tokens = [await accounts.start_session(user) for _ in range(40)]
+    await accounts.end_session(tokens[-1])
+    batches: list[int] = []
+    read_sessions = memory_storage.sessions.get_many
+
+    async def counting_sessions(keys: Collection[str]) -> dict[str, Session]:
+        batches.append(len(keys))
+        return await read_sessions(keys)
+
+    monkeypatch.setattr(memory_storage.sessions, "get_many", counting_sessions)
+
+    resolved = await asyncio.gather(*(accounts.resolve(token) for token in tokens))
+
+    assert [r is not None for r in resolved] == [True] * 39 + [False]
+    assert batches == [40]  # all asked before the first read began: one read
 
 
 async def test_a_password_change_checks_the_stored_hash_not_a_remembered_one(

@@ -403,3 +403,18 @@ async def test_messages_read_from_storage_are_remembered_only_where_they_join_up
     recent = fanout.recent(ROOM)
     assert recent is not None and recent.last_seq == 20 and [seq for seq, _ in recent.frames] == list(range(11, 21))
     await fanout.stop()
+
+
+async def test_a_feed_waiting_for_a_missing_seq_or_a_broker_that_is_down_is_not_trusted_for_history(
+    remembering: tuple[Fanout, LatestStore], broker: CountingBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fanout, _ = remembering
+    await fanout.join(ROOM, RecordingListener())
+    assert fanout.recent(ROOM) is not None
+
+    await publish(broker, 10)  # 9 is missing (storage has only 1-8): the feed holds 10 back
+    await eventually(lambda: fanout.recent(ROOM) is None, what="a gap makes storage answer")
+
+    monkeypatch.setattr(CountingBroker, "receiving", property(lambda self: False))
+    await fanout.join("other", RecordingListener())
+    assert fanout.recent("other") is None

@@ -123,3 +123,29 @@ async def test_where_storage_batches_across_rooms_one_writer_serves_every_room()
     await asyncio.gather(first, *rest)
 
     assert store.writes == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_resend_of_a_message_still_queued_or_being_written_waits_for_that_write() -> None:
+    # While storage is slow, clients resend what was not acked; queueing each
+    # resend again would give storage more to do the slower it is.
+    store = SlowStore()
+    commits = GroupCommit(store, max_wait=0.05)
+    store.gate.clear()
+    first = asyncio.ensure_future(commits.add(new("a")))
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable):  # the senders give up waiting ...
+        await commits.add(new("a"))
+    with pytest.raises(Unavailable):
+        await first
+    resends = [asyncio.ensure_future(commits.add(new(c))) for c in "aabab"]
+    await asyncio.sleep(0)
+    store.gate.set()
+
+    results = [message for message, _ in await asyncio.gather(*resends)]
+    assert [m.client_id for m in results] == list("aabab")
+    assert {m.seq for m in results if m.client_id == "a"} == {1}
+    # ... and each message was written once: "a" alone, then "b".
+    assert store.writes == [["a"], ["b"]]
+    # Finished: a later resend is a new write (storage finds the original).
+    await commits.add(new("a"))
+    assert store.writes[-1] == ["a"]
