@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequen
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, InvalidOperation, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from ..errors import Conflict, Unavailable
@@ -50,6 +50,9 @@ def _translate_errors() -> Iterator[None]:
         raise Conflict(str(exc)) from exc
     except ConnectionFailure as exc:
         # Covers AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError.
+        raise Unavailable(f"MongoDB: {exc}") from exc
+    except InvalidOperation as exc:
+        # The client was closed under a write still in flight (shutting down).
         raise Unavailable(f"MongoDB: {exc}") from exc
 
 

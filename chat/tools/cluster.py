@@ -40,7 +40,13 @@ class ClusterError(Exception):
 
 def render_site_config(processes: int, base_port: int, listen: str, host: str = "127.0.0.1") -> str:
     """nginx/chat.conf.template with the upstream list and listen address filled in."""
-    servers = "\n".join(f"    server {host}:{base_port + i} max_fails=1 fail_timeout=5s;" for i in range(processes))
+    # max_fails=0: nginx counts a failed server as recovered only when a
+    # request to it *finishes*, and a WebSocket finishes when it closes. With
+    # max_fails=1, a restart marked both processes failed and nginx let one
+    # socket through per process every fail_timeout for minutes ("no live
+    # upstreams" to everyone else). A process that is down refuses at once
+    # and proxy_next_upstream tries the next one, so nothing is lost by it.
+    servers = "\n".join(f"    server {host}:{base_port + i} max_fails=0;" for i in range(processes))
     template = string.Template((NGINX_DIR / "chat.conf.template").read_text())
     # safe_substitute: nginx's own $variables must pass through untouched.
     return template.safe_substitute(CHAT_UPSTREAM_SERVERS=servers, CHAT_LISTEN=listen)

@@ -53,6 +53,8 @@ class Scenario:
     window: int
     rate: float
     seconds: float
+    # Restart every chat process this many seconds into the run (None: no restart).
+    restart_at: float | None = None
 
     @property
     def mode(self) -> str:
@@ -139,6 +141,7 @@ def plan_sockets(target: Target, scenario: Scenario, cookies: list[str], room_id
             cookie=cookies[i % len(cookies)],
             origin=origin,
             sender=i < scenario.rooms,  # the first socket of each room sends
+            room_id=room_ids[i % scenario.rooms],
         )
         for i in range(scenario.sockets)
     ]
@@ -157,6 +160,19 @@ def merge(results: Sequence[WorkerResult]) -> WorkerResult:
         total.cpu_seconds += r.cpu_seconds
         total.delivery_ms.extend(r.delivery_ms)
         total.ack_ms.extend(r.ack_ms)
+        total.resumed += r.resumed
+        total.resume_ms.extend(r.resume_ms)
+        if r.first_drop is not None:
+            total.first_drop = min(total.first_drop or r.first_drop, r.first_drop)
+        if r.last_resume is not None:
+            total.last_resume = max(total.last_resume or r.last_resume, r.last_resume)
+        total.gaps += r.gaps
+        total.duplicates += r.duplicates
+        total.resets += r.resets
+        total.unacked += r.unacked
+        total.still_down += r.still_down
+        for room, seqs in r.last_seqs.items():
+            total.last_seqs.setdefault(room, []).extend(seqs)
         for code, count in r.errors.items():
             total.errors[code] = total.errors.get(code, 0) + count
     return total
@@ -195,7 +211,9 @@ def run_scenario(
         senders_per_worker = [sum(p.sender for p in share) for share in shares]
         total_senders = max(sum(senders_per_worker), 1)
         start_at = time.monotonic() + 0.5
-        drain = 15.0  # at most; workers stop waiting once every send is answered
+        # At most; workers stop waiting once every send is answered (and,
+        # after a restart, every socket is back).
+        drain = 15.0 if scenario.restart_at is None else 120.0
         args = [
             {
                 "start_at": start_at,
@@ -203,6 +221,7 @@ def run_scenario(
                 "window": scenario.window,
                 "rate": scenario.rate * n / total_senders,
                 "drain_seconds": drain,
+                "reconnect": scenario.restart_at is not None,
             }
             for n in senders_per_worker
         ]
@@ -211,7 +230,12 @@ def run_scenario(
         for i, pipe in enumerate(pipes):
             pipe.send(("run", args[i]))
         deadline = start_at + scenario.seconds + drain + 60
+        restart_due = None if scenario.restart_at is None else start_at + scenario.restart_at
         while not all(pipe.poll() for pipe in pipes):
+            if restart_due is not None and time.monotonic() >= restart_due:
+                progress.show(f"{label}: restarting every chat process", 0.1)
+                target.restart()
+                restart_due = None
             if time.monotonic() > deadline or not all(p.is_alive() for p in processes):
                 raise RuntimeError(f"{label}: a client worker died or hung; see its traceback above")
             elapsed = time.monotonic() - start_at
@@ -231,6 +255,10 @@ def run_scenario(
             if process.is_alive():
                 process.kill()
     total = merge(results)
+    restarted = scenario.restart_at is not None
+    # Each room's last seq held by any socket: a socket holding less is behind.
+    room_last = {room: max(seqs) for room, seqs in total.last_seqs.items()}
+    behind = sum(seq < room_last[room] for room, seqs in total.last_seqs.items() for seq in seqs)
     # Sockets that failed to connect receive nothing; the rest should get everything.
     room_size = total.connected / scenario.rooms
     seconds = scenario.seconds
@@ -256,12 +284,31 @@ def run_scenario(
         disconnects=total.disconnects,
         handshakes_per_second=round(total.connected / total.connect_seconds, 1) if total.connect_seconds else 0.0,
         server_rss_per_socket_kib=round((rss_after - rss_before) / scenario.sockets / 1024, 1) if target.pids else None,
-        server_cpu_percent=round(100 * (cpu_after - cpu_before) / measured, 0) if target.pids else None,
+        # The processes a restart replaced took their CPU counts with them.
+        server_cpu_percent=round(100 * (cpu_after - cpu_before) / measured, 0)
+        if target.pids and not restarted
+        else None,
         client_cpu_percent=round(100 * total.cpu_seconds / measured, 0),
         infrastructure_cpu_percent={
             name: round(100 * (infra_after[name] - infra_before[name]) / measured) for name in infra_after
         },
         delivery_samples=samples,
+        restart=report.RestartResult(
+            dropped=total.disconnects,
+            resumed=total.resumed,
+            all_back_seconds=round(total.last_resume - total.first_drop, 1)
+            if total.first_drop is not None and total.last_resume is not None
+            else None,
+            resume_ms=report.percentiles(total.resume_ms),
+            still_down=total.still_down,
+            gaps=total.gaps,
+            duplicates=total.duplicates,
+            resets=total.resets,
+            unacked=total.unacked,
+            behind=behind,
+        )
+        if restarted
+        else None,
     )
 
 
@@ -283,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0, help="fixed load: messages/s over all rooms")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="client processes")
+    parser.add_argument(
+        "--restart-at",
+        type=float,
+        help="cluster: restart every chat process this many seconds into the run; sockets come back as "
+        "the browser's do, and the report says how fast and whether anything was lost",
+    )
     parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
     parser.add_argument(
         "--keep-servers",
@@ -296,16 +349,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.room_counts:
         scenarios = [
-            Scenario(int(count) * args.room_size, int(count), args.window, args.rate, args.seconds)
+            Scenario(int(count) * args.room_size, int(count), args.window, args.rate, args.seconds, args.restart_at)
             for count in args.room_counts.split(",")
         ]
     elif args.room_sizes:
         scenarios = [
-            Scenario(int(size) * args.rooms, args.rooms, args.window, args.rate, args.seconds)
+            Scenario(int(size) * args.rooms, args.rooms, args.window, args.rate, args.seconds, args.restart_at)
             for size in args.room_sizes.split(",")
         ]
     else:
-        scenarios = [Scenario(args.sockets, args.rooms, args.window, args.rate, args.seconds)]
+        scenarios = [Scenario(args.sockets, args.rooms, args.window, args.rate, args.seconds, args.restart_at)]
     # A SIGTERM must still stop the servers the bench started (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     specs = split_targets(args.targets)

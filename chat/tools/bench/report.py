@@ -26,6 +26,29 @@ def percentiles(samples: Any) -> dict[str, float]:
 
 
 @dataclass
+class RestartResult:
+    """Every chat process restarted mid-run: how the dropped sockets came back, and what they hold."""
+
+    dropped: int
+    resumed: int
+    # From the first socket dropped to the last one back (hello and history).
+    all_back_seconds: float | None
+    resume_ms: dict[str, float]
+    # Nothing lost means all of these are 0.
+    still_down: int
+    gaps: int
+    duplicates: int
+    resets: int
+    unacked: int
+    # Sockets holding less than the last seq another socket of their room holds.
+    behind: int
+
+    @property
+    def nothing_lost(self) -> bool:
+        return not (self.still_down or self.gaps or self.duplicates or self.resets or self.unacked or self.behind)
+
+
+@dataclass
 class ScenarioResult:
     target: str
     sockets: int
@@ -51,6 +74,7 @@ class ScenarioResult:
     # nginx, Redis, the database (a cluster target): CPU % each.
     infrastructure_cpu_percent: dict[str, float] = field(default_factory=dict)
     baseline_ratio: float | None = None
+    restart: RestartResult | None = None
     # Kept for the CDF plot, not written to JSON.
     delivery_samples: Any = field(default=None, repr=False)
 
@@ -111,6 +135,25 @@ def markdown(results: list[ScenarioResult]) -> str:
             f"| {_fmt(r.server_rss_per_socket_kib, 1)} | {_fmt(r.server_cpu_percent)} | {_fmt(r.client_cpu_percent)} "
             f"| {', '.join(f'{name} {cpu:.0f}' for name, cpu in r.infrastructure_cpu_percent.items()) or '-'} |"
         )
+    restarts = [r for r in results if r.restart is not None]
+    if restarts:
+        lines += [
+            "",
+            "Every chat process restarted during the run:",
+            "",
+            "| target | sockets | dropped | back | all back in | back p50 / p99 / max | still down | gaps "
+            "| duplicates | resets | unacked | behind | nothing lost |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in restarts:
+            b = r.restart
+            assert b is not None
+            lines.append(
+                f"| {r.target} | {r.sockets:,} | {b.dropped:,} | {b.resumed:,} | {_fmt(b.all_back_seconds, 1)} s "
+                f"| {_fmt(b.resume_ms.get('p50'), 0)} / {_fmt(b.resume_ms.get('p99'), 0)} / "
+                f"{_fmt(b.resume_ms.get('max'), 0)} ms | {b.still_down} | {b.gaps} | {b.duplicates} | {b.resets} "
+                f"| {b.unacked} | {b.behind} | {'yes' if b.nothing_lost else 'NO'} |"
+            )
     return "\n".join(lines)
 
 

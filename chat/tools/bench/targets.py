@@ -100,6 +100,9 @@ class Target:
     def stop(self) -> None:
         """Nothing to stop either."""
 
+    def restart(self) -> None:
+        raise NotImplementedError(f"{self.name}: only a cluster target can be restarted by the bench")
+
 
 @dataclass
 class ProcessTarget(Target):
@@ -165,6 +168,12 @@ class ClusterTarget(Target):
             "redis": [self.deployment.redis.process.pid],
             "ferretdb": [self.deployment.database.process.pid],
         }
+
+    def restart(self) -> None:
+        """Restart every chat process at once (as a deployment does); return once they are back."""
+        cluster = self.deployment.cluster
+        cluster.supervisorctl("restart", "chat:*")
+        self.pids = [cluster.process_pid(port) for port in cluster.ports]
 
     def stop(self) -> None:
         if self.deployment is not None:
