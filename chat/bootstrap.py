@@ -160,7 +160,7 @@ def build_services(
         backplane.broker,
         messages.backfill,
         messages.stored_seq,
-        latest=messages.latest,
+        stored_seqs=messages.stored_seqs,
         remember=settings.history_limit,
         gap_retry=settings.fanout_gap_retry_seconds,
         sweep_interval=settings.catchup_interval_seconds,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 Backfill = Callable[[str, int], Awaitable[list[Message]]]
 # The highest seq stored in a room so far.
 StoredSeq = Callable[[str], Awaitable[int]]
-# A room's latest stored messages (the page a newcomer is shown), in order.
-Latest = Callable[[str], Awaitable[list[Message]]]
+# The same for many rooms at once (one query), by room id.
+StoredSeqs = Callable[[Collection[str]], Awaitable[dict[str, int]]]
 # Called with the room id and the event's text for a control event in a room
 # this process serves; must not block.
 ControlHandler = Callable[[str, str], None]
@@ -122,10 +122,9 @@ class RoomFeed:
         self._resync_due = False
         self._fill_task: asyncio.Task[None] | None = None
 
-    def start_at(self, seq: int, latest: Sequence[Message] = ()) -> None:
-        """Deliver from ``seq`` + 1 on; ``latest`` are stored messages up to ``seq``, to remember."""
+    def start_at(self, seq: int) -> None:
+        """Deliver from ``seq`` + 1 on."""
         self.last_seq = seq
-        self.remember(latest)
         self.ready.set()
 
     def recent(self) -> Recent:
@@ -236,7 +235,7 @@ class Fanout:
         backfill: Backfill,
         stored_seq: StoredSeq,
         *,
-        latest: Latest | None = None,
+        stored_seqs: StoredSeqs | None = None,
         remember: int = 0,
         gap_retry: float = 0.2,
         sweep_interval: float = 10.0,
@@ -244,10 +243,9 @@ class Fanout:
         self.broker = broker
         self.backfill = backfill
         self.stored_seq = stored_seq
-        # With ``latest``, a room's feed starts with the room's latest
-        # ``remember`` messages (one read for both its start and the history
-        # of whoever joins), and keeps that many.
-        self._latest = latest
+        self.stored_seqs = stored_seqs
+        # A room's latest messages kept in memory, learned from what the
+        # first joiner read and from what is delivered afterwards.
         self.remember = remember
         self.gap_retry = gap_retry
         self.sweep_interval = sweep_interval
@@ -306,11 +304,7 @@ class Fanout:
             feed = self._feeds[room_id] = RoomFeed(room_id, self, self.remember)
             try:
                 await self.broker.subscribe(room_channel(room_id))
-                if self._latest is not None:
-                    latest = await self._latest(room_id)
-                    feed.start_at(latest[-1].seq if latest else 0, latest)
-                else:
-                    feed.start_at(await self.stored_seq(room_id))
+                feed.start_at(await self.stored_seq(room_id))
             except BaseException:
                 del self._feeds[room_id]
                 feed.ready.set()  # wake joiners waiting on this attempt; they retry
@@ -393,19 +387,25 @@ class Fanout:
 
         Catches the one loss nothing else sees: a process killed after storing
         (and acking) a message but before publishing it, in a room where
-        nobody writes again for a while.
+        nobody writes again for a while. One query for every room this
+        process serves, not one per room: with thousands of rooms, per-room
+        reads every few seconds were most of what the database did.
         """
         while True:
             await asyncio.sleep(self.sweep_interval)
-            for feed in list(self._feeds.values()):
-                if not feed.ready.is_set() or not feed.listeners:
-                    continue
-                try:
-                    stored = await self.stored_seq(feed.room_id)
-                except Exception as exc:
-                    log.warning("sweep of room %s failed: %s", feed.room_id, exc)
-                    continue
-                if stored > feed.last_seq:
+            feeds = [feed for feed in self._feeds.values() if feed.ready.is_set() and feed.listeners]
+            if not feeds:
+                continue
+            try:
+                if self.stored_seqs is not None:
+                    stored = await self.stored_seqs([feed.room_id for feed in feeds])
+                else:
+                    stored = {feed.room_id: await self.stored_seq(feed.room_id) for feed in feeds}
+            except Exception as exc:
+                log.warning("sweep of %d rooms failed: %s", len(feeds), exc)
+                continue
+            for feed in feeds:
+                if stored.get(feed.room_id, 0) > feed.last_seq:
                     feed.resync()
 
     async def publish_control(self, room_id: str, event: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from ..errors import TooLarge, Unavailable, ValidationError
 from ..models import Message, NewMessage, Room, User
@@ -150,17 +150,16 @@ class Messages:
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:
         return await self._storage.messages.latest(room_id, self.history_limit)
 
-    async def latest(self, room_id: str) -> list[Message]:
-        """The page :meth:`recent` returns, without whether older messages exist."""
-        messages, _ = await self.recent(room_id)
-        return messages
-
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         return await self._storage.messages.after(room_id, since_seq, limit)
 
     async def stored_seq(self, room_id: str) -> int:
-        latest, _ = await self._storage.messages.latest(room_id, 1)
-        return latest[-1].seq if latest else 0
+        """The room's counter: every message acknowledged (and so every one published) is at or below it."""
+        return (await self.stored_seqs([room_id])).get(room_id, 0)
+
+    async def stored_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+        """:meth:`stored_seq` of many rooms in one query."""
+        return await self._storage.messages.acknowledged_seqs(room_ids)
 
     async def backfill(self, room_id: str, since_seq: int) -> list[Message]:
         messages, _ = await self._storage.messages.after(room_id, since_seq, 1000)

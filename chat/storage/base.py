@@ -127,6 +127,17 @@ class MessageRepository(abc.ABC):
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         """Messages with ``seq > since_seq`` ascending, at most ``limit``, and whether more follow."""
 
+    @abc.abstractmethod
+    async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+        """Each room's counter, in one query: every seq ``add_many`` has returned is at or below it.
+
+        What a reader compares with what it was delivered: a message is only
+        acknowledged and published after ``add_many`` returns. One query for
+        many rooms, by the rooms' ids: with thousands of rooms, a query per
+        room (or one that scans messages) every few seconds is what a
+        database notices. A room that does not exist is left out.
+        """
+
 
 class Storage(abc.ABC):
     """One backend's repositories plus its connection lifecycle."""

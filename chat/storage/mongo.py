@@ -406,7 +406,10 @@ class MongoMessages(MessageRepository):
         if waiting:
             raise Unavailable(f"could not store messages in room {room_id} after {MAX_SEQ_ATTEMPTS} attempts")
         done = [result for result in results if result is not None]
-        highest = max((message.seq for message, new in done if new), default=0)
+        # Resends' originals too: they are acknowledged and published once
+        # this returns, and the counter must cover every seq that is (their
+        # first writer may have died before moving it).
+        highest = max((message.seq for message, _ in done), default=0)
         if highest:
             await db.rooms.update_one({"_id": room_id, "last_seq": {"$lt": highest}}, {"$set": {"last_seq": highest}})
         return done
@@ -416,6 +419,17 @@ class MongoMessages(MessageRepository):
             cursor = self._storage.db.messages.find({"room_id": room_id}).sort("seq", DESCENDING).limit(limit + 1)
             docs = [doc async for doc in cursor]
         return [_message(doc) for doc in reversed(docs[:limit])], len(docs) > limit
+
+    async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        with _translate_errors():
+            if len(ids) == 1:  # by equality: FerretDB answers that far faster than an $in of one
+                doc = await self._storage.db.rooms.find_one({"_id": ids[0]}, {"last_seq": 1})
+                return {doc["_id"]: int(doc.get("last_seq", 0))} if doc else {}
+            cursor = self._storage.db.rooms.find({"_id": {"$in": ids}}, {"last_seq": 1})
+            return {doc["_id"]: int(doc.get("last_seq", 0)) async for doc in cursor}
 
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():

@@ -472,6 +472,15 @@ class SQLiteMessages(MessageRepository):
         )
         return [_message(row) for row in rows[:limit]], len(rows) > limit
 
+    async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        # The counter moves in the transaction that stores: it is exact here.
+        marks = ",".join("?" * len(ids))
+        rows = await self._db.fetchall(f"SELECT id, last_seq FROM rooms WHERE id IN ({marks})", ids)
+        return {row["id"]: row["last_seq"] for row in rows}
+
 
 class SQLiteStorage(Storage):
     def __init__(self, path: str) -> None:

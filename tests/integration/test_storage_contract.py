@@ -305,6 +305,23 @@ async def test_each_room_has_its_own_seq_counter(storage: Storage, room: Room, u
     assert (b1.seq, b2.seq) == (1, 2)
 
 
+async def test_acknowledged_seqs_cover_every_stored_message_of_many_rooms_in_one_query(
+    storage: Storage, room: Room, user: User
+) -> None:
+    other = await storage.rooms.add("other", user)
+    quiet = await storage.rooms.add("quiet", user)
+    for i in range(3):
+        await storage.messages.add(new_message(room, user, f"r{i}"))
+    await storage.messages.add(new_message(other, user, "o1"))
+    await storage.messages.add(new_message(room, user, "r0"))  # a resend stores nothing
+
+    counted = await storage.messages.acknowledged_seqs([room.id, other.id, quiet.id, "0" * 24])
+
+    assert counted == {room.id: 3, other.id: 1, quiet.id: 0}
+    assert await storage.messages.acknowledged_seqs([other.id]) == {other.id: 1}
+    assert await storage.messages.acknowledged_seqs([]) == {}
+
+
 async def test_added_message_carries_what_was_sent(storage: Storage, room: Room, user: User) -> None:
     message, _ = await storage.messages.add(new_message(room, user, "c1", "hello, world"))
 

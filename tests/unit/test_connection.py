@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 
 import pytest
 
@@ -35,6 +35,9 @@ class UnavailableMessages:
         raise Unavailable("database down")
 
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
+        raise Unavailable("database down")
+
+    async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
         raise Unavailable("database down")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import pytest
 
@@ -309,24 +309,23 @@ async def test_stop_ends_the_listener_and_forgets_every_room(fanout: Fanout, bro
 # -- what a feed remembers, so that joiners need no database read ---------------
 
 
-class LatestStore(FakeStore):
-    """Also answers the newcomer's page, and counts how often it is asked."""
+class SweptStore(FakeStore):
+    """Answers every room's stored seq in one call, and counts the calls."""
 
-    def __init__(self, stored: int, page: int) -> None:
+    def __init__(self, stored: int) -> None:
         super().__init__(stored)
         self.messages = [msg(seq) for seq in range(1, stored + 1)]
-        self.page = page
-        self.latest_calls = 0
+        self.batch_calls: list[list[str]] = []
 
-    async def latest(self, room_id: str) -> list[Message]:
-        self.latest_calls += 1
-        return [m for m in self.messages if m.room_id == room_id][-self.page :]
+    async def stored_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+        self.batch_calls.append(sorted(room_ids))
+        return {room_id: self.seq for room_id in room_ids}
 
 
 @pytest.fixture
-async def remembering(broker: CountingBroker) -> AsyncIterator[tuple[Fanout, LatestStore]]:
-    store = LatestStore(stored=8, page=5)
-    hub = Fanout(broker, store.backfill, store.stored_seq, latest=store.latest, remember=5, gap_retry=0.01)
+async def remembering(broker: CountingBroker) -> AsyncIterator[tuple[Fanout, SweptStore]]:
+    store = SweptStore(stored=8)
+    hub = Fanout(broker, store.backfill, store.stored_seq, stored_seqs=store.stored_seqs, remember=5, gap_retry=0.01)
     await hub.start()
     try:
         yield hub, store
@@ -338,33 +337,28 @@ def seqs_of(wires: list[str]) -> list[int]:
     return [json.loads(wire)["seq"] for wire in wires]
 
 
-async def test_a_feed_starts_at_the_latest_stored_message_and_remembers_the_page_it_read(
-    remembering: tuple[Fanout, LatestStore],
+async def test_a_feed_remembers_what_its_first_joiner_read_and_what_it_delivers_after(
+    remembering: tuple[Fanout, SweptStore], broker: CountingBroker
 ) -> None:
     fanout, store = remembering
-    await asyncio.gather(*(fanout.join(ROOM, RecordingListener()) for _ in range(10)))
+    listener = RecordingListener()
+    await asyncio.gather(*(fanout.join(ROOM, listener) for _ in range(10)))
+    assert store.stored_seq_calls == [ROOM]  # one read starts the feed, whoever joins
 
     recent = fanout.recent(ROOM)
-    assert recent is not None and recent.last_seq == 8
-    assert store.latest_calls == 1 and store.stored_seq_calls == []
+    assert recent is not None and recent.last_seq == 8 and recent.latest(5) is None  # nothing known yet
+    assert recent.after(8) == [] and recent.after(12) == []
+
+    fanout.remember_read(ROOM, store.messages[-6:])  # the first joiner's page, read from storage
+    recent = fanout.recent(ROOM)
+    assert recent is not None
     assert recent.latest(5) == ([message_wire(msg(seq)) for seq in range(4, 9)], True)
     assert recent.latest(6) is None  # older than what is remembered: storage answers
     assert recent.after(5) == [message_wire(msg(seq)) for seq in (6, 7, 8)]
-    assert recent.after(3) == [message_wire(msg(seq)) for seq in range(4, 9)]
     assert recent.after(2) is None
-    assert recent.after(8) == [] and recent.after(12) == []
-
-
-async def test_delivered_messages_are_remembered_in_order_up_to_the_limit(
-    remembering: tuple[Fanout, LatestStore], broker: CountingBroker
-) -> None:
-    fanout, _ = remembering
-    listener = RecordingListener()
-    await fanout.join(ROOM, listener)
 
     await publish(broker, 10, 9, 11)
     await eventually(lambda: listener.seqs == [9, 10, 11])
-
     recent = fanout.recent(ROOM)
     assert recent is not None and recent.last_seq == 11
     assert [seq for seq, _ in recent.frames] == [7, 8, 9, 10, 11]
@@ -372,9 +366,11 @@ async def test_delivered_messages_are_remembered_in_order_up_to_the_limit(
 
 
 async def test_a_young_room_is_known_whole_and_an_empty_one_has_no_history(broker: CountingBroker) -> None:
-    store = LatestStore(stored=3, page=50)
-    fanout = Fanout(broker, store.backfill, store.stored_seq, latest=store.latest, remember=50)
+    store = SweptStore(stored=3)
+    fanout = Fanout(broker, store.backfill, store.stored_seq, remember=50)
     await fanout.join(ROOM, RecordingListener())
+    fanout.remember_read(ROOM, store.messages)
+    store.seq = 0
     await fanout.join("empty", RecordingListener())
 
     young, empty = fanout.recent(ROOM), fanout.recent("empty")
@@ -387,9 +383,10 @@ async def test_a_young_room_is_known_whole_and_an_empty_one_has_no_history(broke
 async def test_messages_read_from_storage_are_remembered_only_where_they_join_up(
     broker: CountingBroker,
 ) -> None:
-    store = LatestStore(stored=20, page=2)
-    fanout = Fanout(broker, store.backfill, store.stored_seq, latest=store.latest, remember=10)
+    store = SweptStore(stored=20)
+    fanout = Fanout(broker, store.backfill, store.stored_seq, remember=10)
     await fanout.join(ROOM, RecordingListener())
+    fanout.remember_read(ROOM, [msg(19), msg(20)])
 
     fanout.remember_read(ROOM, [msg(seq) for seq in range(5, 12)])  # does not reach seq 19
     recent = fanout.recent(ROOM)
@@ -406,7 +403,7 @@ async def test_messages_read_from_storage_are_remembered_only_where_they_join_up
 
 
 async def test_a_feed_waiting_for_a_missing_seq_or_a_broker_that_is_down_is_not_trusted_for_history(
-    remembering: tuple[Fanout, LatestStore], broker: CountingBroker, monkeypatch: pytest.MonkeyPatch
+    remembering: tuple[Fanout, SweptStore], broker: CountingBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fanout, _ = remembering
     await fanout.join(ROOM, RecordingListener())
@@ -418,3 +415,19 @@ async def test_a_feed_waiting_for_a_missing_seq_or_a_broker_that_is_down_is_not_
     monkeypatch.setattr(CountingBroker, "receiving", property(lambda self: False))
     await fanout.join("other", RecordingListener())
     assert fanout.recent("other") is None
+
+
+async def test_the_sweep_asks_for_every_room_in_one_read_and_catches_up_a_room_behind(broker: CountingBroker) -> None:
+    store = SweptStore(stored=2)
+    fanout = Fanout(broker, store.backfill, store.stored_seq, stored_seqs=store.stored_seqs, sweep_interval=0.02)
+    await fanout.start()
+    listener = RecordingListener()
+    for room in ("a", "b", ROOM):
+        await fanout.join(room, listener)
+    # Stored and acked, but its publish died with its process.
+    store.messages.append(msg(3))
+    store.seq = 3
+
+    await eventually(lambda: 3 in listener.seqs, what="the sweep's catch-up")
+    assert store.batch_calls[0] == ["a", "b", ROOM]
+    await fanout.stop()
