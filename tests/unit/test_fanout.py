@@ -319,7 +319,7 @@ class SweptStore(FakeStore):
 
     async def stored_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
         self.batch_calls.append(sorted(room_ids))
-        return {room_id: self.seq for room_id in room_ids}
+        return dict.fromkeys(room_ids, self.seq)
 
 
 @pytest.fixture
