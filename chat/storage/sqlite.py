@@ -478,7 +478,7 @@ class SQLiteMessages(MessageRepository):
             return {}
         # The counter moves in the transaction that stores: it is exact here.
         marks = ",".join("?" * len(ids))
-        rows = await self._db.fetchall(f"SELECT id, last_seq FROM rooms WHERE id IN ({marks})", ids)
+        rows = await self._db.fetchall(f"SELECT id, last_seq FROM rooms WHERE id IN ({marks})", tuple(ids))
         return {row["id"]: row["last_seq"] for row in rows}
 
 
