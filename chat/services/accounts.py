@@ -8,8 +8,12 @@ tokens.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime
 import hashlib
+import itertools
+import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection
@@ -17,7 +21,7 @@ from time import monotonic
 
 from cachetools import TTLCache
 
-from ..errors import Conflict, ValidationError
+from ..errors import Conflict, Unavailable, ValidationError
 from ..models import Session, User, utcnow
 from ..storage import Storage
 from . import audit
@@ -38,6 +42,10 @@ SESSION_TOKEN_BYTES = 32
 # How long, and how many, users behind live sessions are remembered (see Accounts.resolve).
 USER_CACHE_SECONDS = 30.0
 USER_CACHE_SIZE = 100_000
+# Idle ends written in one storage call at most.
+TOUCH_BATCH = 500
+
+log = logging.getLogger(__name__)
 
 
 def session_key(token: str) -> str:
@@ -87,6 +95,9 @@ class Accounts:
         # Sessions are read every time (that is what makes signing out
         # immediate), but reads that arrive together go together.
         self._sessions = BatchedLookup(lambda keys: self._storage.sessions.get_many(keys))
+        # Idle ends to write (session key -> new idle end), and their writer.
+        self._touches: dict[str, datetime.datetime] = {}
+        self._touch_writer: asyncio.Task[None] | None = None
 
     def on_sessions_ended(self, listener: SessionsEnded) -> None:
         self._sessions_ended.append(listener)
@@ -202,10 +213,17 @@ class Accounts:
         Resolving is activity: it moves the session's idle end (now and then).
         """
         key = session_key(token)
+        # Taken before the read: a write finishing during it may have been
+        # read too early and be gone from here by the time it returns.
+        unwritten = self._touches.get(key)
         session = await self._sessions.get(key)
         now = self._clock()
         # Storage judges by its own clock; this check by ours as well makes
         # the timeouts testable with a clock the test moves.
+        unwritten = self._touches.get(key, unwritten)
+        if session is not None and unwritten is not None:
+            # Activity recorded here but not written yet counts already.
+            session = dataclasses.replace(session, idle_expires_at=max(session.idle_expires_at, unwritten))
         if session is None or min(session.expires_at, session.idle_expires_at) <= now:
             return None
         user = self._users.get(session.user_id)
@@ -214,7 +232,7 @@ class Accounts:
             if user is None or user.disabled:
                 return None
             self._users[user.id] = user
-        await self._touch(session)
+        self._touch(session)
         return session, user
 
     async def is_live(self, token: str) -> bool:
@@ -235,12 +253,32 @@ class Accounts:
         await self._announce(ended, user.id, "signed out elsewhere")
         return len(ended)
 
-    async def _touch(self, session: Session) -> None:
+    def _touch(self, session: Session) -> None:
+        """Record activity: move the idle end, written behind the request (now and then, many at once)."""
         now = self._clock()
         idle = datetime.timedelta(seconds=self.idle_timeout)
         last_recorded = session.idle_expires_at - idle
-        if now - last_recorded >= self.touch_interval:
-            await self._storage.sessions.touch(session.id, min(session.expires_at, now + idle))
+        if now - last_recorded < self.touch_interval:
+            return
+        self._touches[session.id] = min(session.expires_at, now + idle)
+        if self._touch_writer is None:
+            self._touch_writer = asyncio.create_task(self._write_touches(), name="session-touches")
+
+    async def _write_touches(self) -> None:
+        # Not on the request's path: after a restart, thousands of sockets
+        # come back at once, and each would otherwise wait for a write.
+        try:
+            while self._touches:
+                batch = dict(itertools.islice(self._touches.items(), TOUCH_BATCH))
+                try:
+                    await self._storage.sessions.touch_many(batch)
+                except Unavailable as exc:
+                    log.warning("could not record activity of %d sessions: %s", len(batch), exc)
+                for key, written in batch.items():
+                    if self._touches.get(key) == written:
+                        del self._touches[key]
+        finally:
+            self._touch_writer = None
 
     async def _announce(self, keys: list[str], user_id: str | None, reason: str) -> None:
         if not keys:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from ..models import Message, NewMessage, Room, Session, User
 
@@ -67,6 +67,11 @@ class SessionRepository(abc.ABC):
     @abc.abstractmethod
     async def touch(self, session_id: str, idle_expires_at: datetime.datetime) -> None:
         """Activity: move the idle end (capped at the absolute end)."""
+
+    async def touch_many(self, idle_ends: Mapping[str, datetime.datetime]) -> None:
+        """Activity of many sessions: move each one's idle end (capped at its absolute end)."""
+        for session_id, idle_expires_at in idle_ends.items():
+            await self.touch(session_id, idle_expires_at)
 
     @abc.abstractmethod
     async def delete(self, session_id: str) -> None: ...

@@ -225,6 +225,17 @@ class MongoSessions(SessionRepository):
                 {"_id": session_id}, {"$set": {"idle_expires_at": idle_expires_at}}
             )
 
+    async def touch_many(self, idle_ends: Mapping[str, datetime.datetime]) -> None:
+        # Whole seconds (never later than asked), so a storm's idle ends share
+        # a few values: one update_many per value, each one pass over the
+        # sessions, instead of one update per session. $max: never backwards.
+        by_end: dict[datetime.datetime, list[str]] = {}
+        for session_id, idle in idle_ends.items():
+            by_end.setdefault(idle.replace(microsecond=0), []).append(session_id)
+        with _translate_errors():
+            for idle, ids in by_end.items():
+                await self._storage.db.sessions.update_many({"_id": {"$in": ids}}, {"$max": {"idle_expires_at": idle}})
+
     async def delete(self, session_id: str) -> None:
         with _translate_errors():
             await self._storage.db.sessions.delete_one({"_id": session_id})

@@ -17,7 +17,7 @@ import contextlib
 import datetime
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -328,6 +328,15 @@ class SQLiteSessions(SessionRepository):
             "UPDATE sessions SET idle_expires_at = MIN(?, expires_at) WHERE id = ?",
             (_to_ms(idle_expires_at), session_id),
         )
+
+    async def touch_many(self, idle_ends: Mapping[str, datetime.datetime]) -> None:
+        if not idle_ends:
+            return
+        async with self._db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE sessions SET idle_expires_at = MAX(idle_expires_at, MIN(?, expires_at)) WHERE id = ?",
+                [(_to_ms(idle), session_id) for session_id, idle in idle_ends.items()],
+            )
 
     async def delete(self, session_id: str) -> None:
         await self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))

@@ -173,6 +173,22 @@ async def test_touch_moves_the_idle_end(storage: Storage, user: User) -> None:
     assert found is not None and found.idle_expires_at > utc_in(1700)
 
 
+async def test_touch_many_moves_idle_ends_forward_only_and_never_past_the_absolute_end(
+    storage: Storage, user: User
+) -> None:
+    await storage.sessions.add("a", user.id, utc_in(3600), idle_expires_at=utc_in(60))
+    await storage.sessions.add("b", user.id, utc_in(3600), idle_expires_at=utc_in(600))
+    await storage.sessions.add("c", user.id, utc_in(120), idle_expires_at=utc_in(60))
+
+    await storage.sessions.touch_many({"a": utc_in(1800), "b": utc_in(300), "c": utc_in(120), "unknown": utc_in(9)})
+
+    a, b, c = [await storage.sessions.get(key) for key in "abc"]
+    assert a is not None and utc_in(1790) < a.idle_expires_at <= utc_in(1800)
+    assert b is not None and b.idle_expires_at > utc_in(590)  # not moved back
+    assert c is not None and c.idle_expires_at <= c.expires_at
+    await storage.sessions.touch_many({})
+
+
 async def test_live_answers_for_many_sessions_at_once(storage: Storage, user: User) -> None:
     await storage.sessions.add("live-1", user.id, utc_in(3600))
     await storage.sessions.add("live-2", user.id, utc_in(3600), idle_expires_at=utc_in(60))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 import pytest
 
@@ -14,6 +14,7 @@ from chat.models import Session, User
 from chat.services.accounts import Accounts, session_key
 from chat.services.passwords import PasswordHasher
 from chat.storage import Storage
+from tests.support.waiting import eventually
 
 PASSWORD = "correct horse"
 
@@ -304,23 +305,31 @@ async def test_activity_cannot_keep_a_session_past_its_absolute_end(timed: Accou
     assert await timed.resolve(token) is None
 
 
-async def test_activity_is_written_now_and_then_not_on_every_request(
-    memory_storage: Storage, hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch
+async def test_activity_is_written_now_and_then_not_on_every_request_and_behind_it(
+    memory_storage: Storage, hasher: PasswordHasher, now: Now, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    accounts = Accounts(memory_storage, hasher, session_max_age=3600, idle_timeout=1800)
-    token = await accounts.start_session(await register(accounts))
-    writes: list[str] = []
-    original = memory_storage.sessions.touch
+    accounts = Accounts(memory_storage, hasher, session_max_age=3600, idle_timeout=1800, clock=now)
+    user = await register(accounts)
+    tokens = [await accounts.start_session(user) for _ in range(3)]
+    writes: list[list[str]] = []
+    original = memory_storage.sessions.touch_many
 
-    async def counting(session_id: str, idle_expires_at: datetime.datetime) -> None:
-        writes.append(session_id)
-        await original(session_id, idle_expires_at)
+    async def counting(idle_ends: Mapping[str, datetime.datetime]) -> None:
+        await original(idle_ends)
+        writes.append(sorted(idle_ends))
 
-    monkeypatch.setattr(memory_storage.sessions, "touch", counting)
+    monkeypatch.setattr(memory_storage.sessions, "touch_many", counting)
     for _ in range(20):
-        assert await accounts.resolve(token) is not None
-
+        assert await accounts.resolve(tokens[0]) is not None
     assert writes == []  # the idle end was written at sign-in, under a minute ago
+
+    now.advance(minutes=5)
+    await asyncio.gather(*(accounts.resolve(token) for token in tokens * 5))
+    await eventually(lambda: bool(writes), what="the idle ends written")
+    # Once per session, together, after the requests were answered.
+    assert writes == [sorted(session_key(token) for token in tokens)]
+    stored = await memory_storage.sessions.get(session_key(tokens[1]))
+    assert stored is not None and stored.idle_expires_at > now() + datetime.timedelta(minutes=29)
 
 
 # -- ending sessions ---------------------------------------------------------------
