@@ -36,6 +36,9 @@ MAX_CLIENT_ID_LENGTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1
 # A history frame never carries more than this many messages.
 HISTORY_PAGE_SIZE = 500
+# Scroll-back: messages per fetch when the client does not say, and at most.
+FETCH_DEFAULT_LIMIT = 50
+FETCH_MAX_LIMIT = 100
 
 
 class Close(IntEnum):
@@ -129,7 +132,15 @@ class SyncFrame:
     since: int
 
 
-ClientFrame = SendFrame | SyncFrame
+@dataclass(frozen=True)
+class FetchFrame:
+    """Scroll-back: up to ``limit`` messages just before ``before``."""
+
+    before: int
+    limit: int
+
+
+ClientFrame = SendFrame | SyncFrame | FetchFrame
 
 
 def _valid_client_id(value: object) -> bool:
@@ -189,11 +200,22 @@ def _parse_sync(data: dict[str, Any], client_id: str | None) -> SyncFrame:
     return SyncFrame(since=since)
 
 
+def _parse_fetch(data: dict[str, Any], client_id: str | None) -> FetchFrame:
+    before = data.get("before")
+    if not valid_seq(before) or before < 1:
+        raise ProtocolError(f"fetch needs before: an integer from 1 to {MAX_SAFE_INTEGER}", client_id)
+    limit = data.get("limit", FETCH_DEFAULT_LIMIT)
+    if not (isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= FETCH_MAX_LIMIT):
+        raise ProtocolError(f"fetch limit must be an integer from 1 to {FETCH_MAX_LIMIT}", client_id)
+    return FetchFrame(before=before, limit=limit)
+
+
 # Each frame type: the fields it may carry, and its parser.
 _SCHEMAS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any], str | None], ClientFrame]]] = {
     "send": (frozenset({"type", "client_id", "body"}), _parse_send),
     # client_id is optional on sync: error frames echo it when it is valid.
     "sync": (frozenset({"type", "since", "client_id"}), _parse_sync),
+    "fetch": (frozenset({"type", "before", "limit", "client_id"}), _parse_fetch),
 }
 
 
@@ -282,6 +304,20 @@ def history_frames_of(wires: Sequence[str], has_more: bool, max_bytes: int) -> l
         size += length + 1
     last = len(frames) - 1
     return [history_frame_of(group, i < last or has_more) for i, group in enumerate(frames)]
+
+
+def older_history_frame(messages: Sequence[Message], has_more: bool, before: int) -> str:
+    """The answer to ``fetch``: the messages just before ``before``, ascending, and whether older ones exist."""
+    wires = ",".join(message_wire(m) for m in messages)
+    return (
+        '{"type":"history","messages":['
+        + wires
+        + '],"has_more":'
+        + json.dumps(has_more)
+        + ',"before":'
+        + str(before)
+        + "}"
+    )
 
 
 def history_reset_frame() -> str:

@@ -100,6 +100,11 @@ class MessageList {
     return this.#lastSeq;
   }
 
+  /** The lowest seq shown: where scrolling back continues (undefined when empty). */
+  get firstSeq() {
+    return this.#seqs[0];
+  }
+
   has(seq) {
     return this.#bySeq.has(seq);
   }
@@ -329,7 +334,8 @@ function renderPresence(list, users) {
 
 function main() {
   const root = document.getElementById("room");
-  if (!root) return;
+  // An older page (?before=SEQ) is for reading: plain links, no live socket.
+  if (!root || root.dataset.archive) return;
 
   const config = JSON.parse(root.dataset.config);
   const { userId, username } = root.dataset;
@@ -373,6 +379,40 @@ function main() {
     const entry = outbox.get(clientId);
     if (entry) connection.send({ type: "send", client_id: clientId, body: entry.body });
   }
+
+  // Scroll-back: "Older messages" at the top loads the page before the
+  // oldest one shown, over the socket, when it comes into view or is
+  // clicked; without JavaScript (or while disconnected) it is a plain link
+  // to /rooms/{id}?before=SEQ.
+  const olderLink = document.getElementById("older");
+  let fetchingOlder = false;
+
+  function fetchOlder() {
+    if (fetchingOlder || olderLink.hidden || messages.firstSeq === undefined) return false;
+    fetchingOlder = connection.send({ type: "fetch", before: messages.firstSeq, limit: config.fetchLimit });
+    return fetchingOlder;
+  }
+
+  function addOlder(frame) {
+    fetchingOlder = false;
+    // Keep what the reader is looking at in place while the page grows above it.
+    const fromBottom = document.documentElement.scrollHeight - window.scrollY;
+    for (const message of frame.messages) messages.add(message);
+    window.scrollTo(0, document.documentElement.scrollHeight - fromBottom);
+    if (frame.has_more && messages.firstSeq !== undefined) {
+      olderLink.href = `/rooms/${encodeURIComponent(root.dataset.roomId)}?before=${messages.firstSeq}`;
+    } else {
+      olderLink.hidden = true;
+      olderLink.removeAttribute("href");
+    }
+  }
+
+  olderLink.addEventListener("click", (event) => {
+    if (fetchOlder()) event.preventDefault();
+  });
+  new IntersectionObserver((entries) => {
+    if (entries.some((entry) => entry.isIntersecting)) fetchOlder();
+  }).observe(olderLink);
 
   function addStored(list) {
     const stick = nearBottom();
@@ -439,7 +479,8 @@ function main() {
           reloadKeepingUnsent();
           return;
         }
-        addStored(frame.messages);
+        if (frame.before !== undefined) addOlder(frame); // the answer to a fetch
+        else addStored(frame.messages);
         break;
       case "message":
       case "ack":

@@ -360,14 +360,27 @@ class RoomConnection:
         try:
             frame = protocol.parse_client_frame(text)
             if isinstance(frame, protocol.SyncFrame):
-                await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)
-                await self._hub.limiter.take(Action.SYNC_PER_USER, self.user.id)
+                await self._take_history_read()
                 await self._send_history(frame.since)
+            elif isinstance(frame, protocol.FetchFrame):
+                await self._take_history_read()
+                await self._send_older(frame)
             else:
                 client_id = frame.client_id
                 await self._send(frame)
         except ChatError as exc:
             self._refuse(exc, client_id)
+
+    async def _take_history_read(self) -> None:
+        # sync and fetch both read history on demand: one budget for both.
+        await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)
+        await self._hub.limiter.take(Action.SYNC_PER_USER, self.user.id)
+
+    async def _send_older(self, frame: protocol.FetchFrame) -> None:
+        """Scroll-back: the messages just before ``frame.before``, never past what this socket was sent."""
+        before = min(frame.before, self.last_seq + 1)
+        messages, has_more = await self._hub.messages.before(self.room.id, before, frame.limit)
+        self.transport.send_text(protocol.older_history_frame(messages, has_more, before))
 
     def _refuse(self, exc: ChatError, client_id: str | None) -> None:
         refusal = protocol.refusal_for(exc)

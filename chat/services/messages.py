@@ -150,6 +150,20 @@ class Messages:
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:
         return await self._storage.messages.latest(room_id, self.history_limit)
 
+    async def before(self, room_id: str, before_seq: int, limit: int) -> tuple[list[Message], bool]:
+        """Up to ``limit`` messages just before ``before_seq``, ascending, and whether older ones exist.
+
+        Seqs have no holes, so the page is the seqs ``before_seq - limit`` up
+        to ``before_seq - 1``: read with the same query (and index) as a
+        resume, whatever the backend.
+        """
+        first = max(1, before_seq - limit)
+        count = before_seq - first
+        if count <= 0:
+            return [], False
+        page, _ = await self._storage.messages.after(room_id, first - 1, count)
+        return [m for m in page if m.seq < before_seq], first > 1
+
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         return await self._storage.messages.after(room_id, since_seq, limit)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from ..errors import ValidationError
-from ..protocol import has_control_characters
+from ..protocol import MAX_SAFE_INTEGER, has_control_characters, valid_seq
 
 # Far more than any field we read needs (usernames 32, room names 64,
 # passwords 72 bytes, next a path); the server's body limit bounds the rest.
@@ -52,3 +52,19 @@ def read_form(arguments: Mapping[str, list[bytes]], fields: Collection[str], fil
         # Stripped, as Tornado's get_body_argument did before (passwords included).
         form[name] = value.strip()
     return form
+
+
+def read_seq(name: str, text: str, minimum: int = 0) -> int:
+    """A seq from a query string (``since``, ``before``), or a ValidationError (a 400) naming it.
+
+    Digits only ("+1", "1_000", "²" and "1e3" are not), and range-checked
+    before storage sees it: 2^63 overflows SQLite, and int() of thousands of
+    digits is slow (Python refuses past 4300).
+    """
+    problem = f"{name} must be an integer from {minimum} to {MAX_SAFE_INTEGER}"
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_SAFE_INTEGER)):
+        raise ValidationError(problem)
+    seq = int(text)
+    if not valid_seq(seq) or seq < minimum:
+        raise ValidationError(problem)
+    return seq

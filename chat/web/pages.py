@@ -10,7 +10,7 @@ from ..errors import RateLimited, Unavailable, ValidationError
 from ..protocol import has_control_characters
 from ..services import audit
 from .base import AppHandler, BaseHandler
-from .forms import MAX_FIELD_LENGTH
+from .forms import MAX_FIELD_LENGTH, read_seq
 
 DEFAULT_NEXT = "/rooms"
 
@@ -161,11 +161,24 @@ class RoomHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self, room_id: str) -> None:
         room = await self.rooms.get(room_id)
-        messages, has_more = await self.messages.recent(room.id)
+        before_argument = self.get_query_argument("before", None)
+        if before_argument is None:
+            messages, has_more = await self.messages.recent(room.id)
+        else:
+            # An older page: read without JavaScript by following "Older messages".
+            before = read_seq("before", before_argument, minimum=1)
+            messages, has_more = await self.messages.before(room.id, before, self.messages.history_limit)
         online = await self.presence.online(room.id)
         last_seq = messages[-1].seq if messages else 0
         self.render_template(
-            "room.html", room=room, messages=messages, has_more=has_more, last_seq=last_seq, online=online
+            "room.html",
+            room=room,
+            messages=messages,
+            has_more=has_more,
+            last_seq=last_seq,
+            online=online,
+            archive=before_argument is not None,
+            older_before=messages[0].seq if has_more and messages else None,
         )
 
 

@@ -14,7 +14,7 @@ import jinja2
 
 from ..config import Settings
 from ..models import isoformat
-from ..protocol import Close
+from ..protocol import FETCH_DEFAULT_LIMIT, Close
 from ..services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
 from ..services.messages import MAX_BODY_LENGTH
 from ..services.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
@@ -38,6 +38,7 @@ def client_config() -> dict[str, Any]:
     """What ``static/chat.js`` needs to know, rendered into the room page as ``data-config``."""
     return {
         "maxBodyLength": MAX_BODY_LENGTH,
+        "fetchLimit": FETCH_DEFAULT_LIMIT,
         "close": {
             "sessionEnded": int(Close.SESSION_ENDED),
             "goingAway": int(Close.GOING_AWAY),

@@ -11,10 +11,11 @@ import tornado.websocket
 
 from ..errors import Unavailable
 from ..models import Room
-from ..protocol import MAX_SAFE_INTEGER, Close, valid_seq
+from ..protocol import Close
 from ..services import audit
 from ..services.connection import Admission, RoomConnection
 from .base import BaseHandler, ChatApplication
+from .forms import read_seq
 from .transport import SocketTransport, TornadoSink
 
 log = logging.getLogger(__name__)
@@ -23,18 +24,6 @@ log = logging.getLogger(__name__)
 def _log_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("leaving a room failed", exc_info=future.exception())
-
-
-def _parse_since(text: str) -> int:
-    # Digits only ("+1", "1_000", "²" and "1e3" are not), and range-checked
-    # before storage sees it: 2^63 overflows SQLite, and int() of thousands
-    # of digits is slow (Python refuses past 4300).
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_SAFE_INTEGER)):
-        raise tornado.web.HTTPError(400, f"since must be an integer from 0 to {MAX_SAFE_INTEGER}")
-    since = int(text)
-    if not valid_seq(since):
-        raise tornado.web.HTTPError(400, f"since must be an integer from 0 to {MAX_SAFE_INTEGER}")
-    return since
 
 
 class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
@@ -60,7 +49,7 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         self.room = await self.rooms.get(self.path_args[0])
         since = self.get_query_argument("since", None)
         if since is not None:
-            self._since = _parse_since(since)
+            self._since = read_seq("since", since)
         # Last, so that nothing after it can refuse the handshake and leave
         # the place taken (a taken place expires by itself anyway).
         self.admission = await self.services.connections.admit(self.user, self.client_ip)

@@ -115,3 +115,18 @@ async def test_after_and_backfill_read_later_messages_in_order(messages: Message
 
     assert [m.seq for m in page] == [2, 3] and has_more is True
     assert [m.seq for m in missed] == [4, 5]
+
+
+async def test_the_page_before_a_seq_is_the_seqs_just_below_it(messages: Messages, user: User, room: Room) -> None:
+    for i in range(1, 8):
+        await messages.post(user, room, f"c{i}", f"m{i}")
+
+    async def page(before: int, limit: int) -> tuple[list[int], bool]:
+        found, more = await messages.before(room.id, before, limit)
+        return [m.seq for m in found], more
+
+    assert await page(7, 3) == ([4, 5, 6], True)
+    assert await page(4, 3) == ([1, 2, 3], False)
+    assert await page(3, 10) == ([1, 2], False)
+    assert await page(1, 10) == ([], False)
+    assert await page(100, 2) == ([], True)  # past the newest: nothing stored there

@@ -12,13 +12,16 @@ from chat import protocol
 from chat.errors import ChatError, Conflict, Forbidden, NotFound, RateLimited, SessionEnded, TooLarge, Unavailable
 from chat.models import Message, Room, User
 from chat.protocol import (
+    FETCH_DEFAULT_LIMIT,
     MAX_SAFE_INTEGER,
     Close,
     ErrorCode,
+    FetchFrame,
     ProtocolError,
     SendFrame,
     SyncFrame,
     frame_routing,
+    older_history_frame,
     parse_client_frame,
     refusal_for,
 )
@@ -353,3 +356,13 @@ def test_every_close_code_and_error_code_is_documented() -> None:
         assert f"| {close.value}" in doc or f"/ {close.value} |" in doc, close
     for code in ErrorCode:
         assert f"| `{code.value}` |" in doc, code
+
+
+def test_a_fetch_frame_parses_with_a_default_limit() -> None:
+    assert parse_client_frame('{"type":"fetch","before":42}') == FetchFrame(before=42, limit=FETCH_DEFAULT_LIMIT)
+    assert parse_client_frame('{"type":"fetch","before":1,"limit":100,"client_id":"c"}') == FetchFrame(1, 100)
+
+
+def test_the_answer_to_a_fetch_names_the_seq_it_answers() -> None:
+    frame = json.loads(older_history_frame([], False, 7))
+    assert frame == {"type": "history", "messages": [], "has_more": False, "before": 7}
