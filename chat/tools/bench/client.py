@@ -148,10 +148,18 @@ class Worker:
             sender.window = 0
 
     def settled(self) -> bool:
-        """Every send answered, and (reconnecting) every socket back."""
+        """Every send answered, and (reconnecting) every socket back and as far as its room has got."""
         if any(sender.in_flight for sender in self.senders):
             return False
-        return not self.reconnect or all(member.socket is not None for member in self.members)
+        if not self.reconnect:
+            return True
+        if any(member.socket is None for member in self.members):
+            return False
+        furthest: dict[str, int] = {}
+        for member in self.members:
+            room = member.plan.room_id
+            furthest[room] = max(furthest.get(room, 0), member.last_seq, member.acked_seq)
+        return all(member.last_seq >= furthest[member.plan.room_id] for member in self.members)
 
     def account(self) -> None:
         """Fill in what the sockets hold at the end (the restart scenario's checks)."""
@@ -182,6 +190,8 @@ class Member:
         self.in_flight: dict[bytes, int] = {}
         self.window = 0
         self.last_seq = 0
+        # The highest seq acknowledged to this socket (a sender's): the room has at least that many.
+        self.acked_seq = 0
         self.gaps = 0
         self.duplicates = 0
         self.resets = 0
@@ -328,6 +338,7 @@ class BenchSocket(WSListener):
         sent_at = member.in_flight.pop(client_id, None) if client_id else None
         if sent_at is None:
             return
+        member.acked_seq = max([member.acked_seq, *_seqs(payload)])
         result = member.worker.result
         result.acked += 1
         result.ack_ms.append((time.monotonic_ns() - sent_at) / 1e6)
