@@ -410,8 +410,12 @@ function main() {
   olderLink.addEventListener("click", (event) => {
     if (fetchOlder()) event.preventDefault();
   });
+  // In view at load (a short page), the link may be seen before the socket
+  // is up: hello tries again.
+  let olderInView = false;
   new IntersectionObserver((entries) => {
-    if (entries.some((entry) => entry.isIntersecting)) fetchOlder();
+    olderInView = entries.some((entry) => entry.isIntersecting);
+    if (olderInView) fetchOlder();
   }).observe(olderLink);
 
   function addStored(list) {
@@ -473,6 +477,8 @@ function main() {
         root.dataset.instance = frame.instance; // which process serves us (handy when debugging)
         showNotice("");
         for (const clientId of outbox.clientIds()) sendPending(clientId);
+        fetchingOlder = false; // an answer lost with the last socket is not waited for
+        if (olderInView) fetchOlder();
         break;
       case "history":
         if (frame.reset) {
