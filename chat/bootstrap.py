@@ -221,6 +221,8 @@ def limit_rules(settings: Settings) -> dict[Action, str]:
         Action.SEND: settings.limit_sends,
         Action.SYNC_PER_SOCKET: settings.limit_syncs_per_socket,
         Action.SYNC_PER_USER: settings.limit_syncs_per_user,
+        Action.FETCH: settings.limit_fetches,
+        Action.TYPING: settings.limit_typing,
         Action.HANDSHAKE: settings.limit_handshakes,
         Action.ROOM_CREATION: settings.limit_room_creation,
         Action.REGISTRATION: settings.limit_registrations,

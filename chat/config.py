@@ -179,6 +179,10 @@ class Settings:
         default="6 per minute", metadata=env("CHAT_LIMIT_SYNCS_PER_SOCKET", rate_limits)
     )
     limit_syncs_per_user: str = field(default="20 per minute", metadata=env("CHAT_LIMIT_SYNCS_PER_USER", rate_limits))
+    limit_fetches: str = field(
+        default="20 per 10 seconds;200 per minute", metadata=env("CHAT_LIMIT_FETCHES", rate_limits)
+    )
+    limit_typing: str = field(default="10 per 30 seconds", metadata=env("CHAT_LIMIT_TYPING", rate_limits))
     limit_handshakes: str = field(default="30 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
     limit_room_creation: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_ROOM_CREATION", rate_limits))
     limit_registrations: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_REGISTRATIONS", rate_limits))

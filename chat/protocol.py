@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 from .errors import (
     ChatError,
@@ -138,9 +138,17 @@ class FetchFrame:
 
     before: int
     limit: int
+    client_id: str | None = None
 
 
-ClientFrame = SendFrame | SyncFrame | FetchFrame
+@dataclass(frozen=True)
+class TypingFrame:
+    """The sender is typing: the others in the room are told, nothing is stored."""
+
+    client_id: str | None = None
+
+
+ClientFrame = SendFrame | SyncFrame | FetchFrame | TypingFrame
 
 
 def _valid_client_id(value: object) -> bool:
@@ -207,7 +215,11 @@ def _parse_fetch(data: dict[str, Any], client_id: str | None) -> FetchFrame:
     limit = data.get("limit", FETCH_DEFAULT_LIMIT)
     if not (isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= FETCH_MAX_LIMIT):
         raise ProtocolError(f"fetch limit must be an integer from 1 to {FETCH_MAX_LIMIT}", client_id)
-    return FetchFrame(before=before, limit=limit)
+    return FetchFrame(before=before, limit=limit, client_id=client_id)
+
+
+def _parse_typing(data: dict[str, Any], client_id: str | None) -> TypingFrame:
+    return TypingFrame(client_id=client_id)
 
 
 # Each frame type: the fields it may carry, and its parser.
@@ -216,6 +228,7 @@ _SCHEMAS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any], str | None],
     # client_id is optional on sync: error frames echo it when it is valid.
     "sync": (frozenset({"type", "since", "client_id"}), _parse_sync),
     "fetch": (frozenset({"type", "before", "limit", "client_id"}), _parse_fetch),
+    "typing": (frozenset({"type", "client_id"}), _parse_typing),
 }
 
 
@@ -232,11 +245,13 @@ class Outbound:
     others write those bytes as they are.
     """
 
-    __slots__ = ("encoded", "text")
+    __slots__ = ("author", "encoded", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, author: str | None = None) -> None:
         self.text = text
         self.encoded: bytes | None = None
+        # The user a notice is about (typing), who is not sent it.
+        self.author = author
 
     def __repr__(self) -> str:
         return f"Outbound({self.text[:60]!r})"
@@ -350,6 +365,11 @@ def error_frame_for(exc: ChatError, refusal: Refusal, client_id: str | None) -> 
     return error_frame(refusal.code, refusal.public_message or str(exc), client_id, retry_after)
 
 
+def typing_frame(user: User) -> str:
+    """Tells the others in a room that ``user`` is typing (never stored, never to the user)."""
+    return _dumps({"type": "typing", "user": user.public()})
+
+
 def presence_frame(users: Iterable[OnlineUser]) -> str:
     return _dumps({"type": "presence", "users": [user.to_wire() for user in users]})
 
@@ -364,8 +384,15 @@ def control_event(kind: str) -> str:
     return _dumps({"type": kind})
 
 
-def frame_routing(frame: str) -> tuple[str, int | None]:
-    """The ``type`` of a frame from the broker and its ``seq`` (None if it has none).
+class Routing(NamedTuple):
+    kind: str
+    seq: int | None = None
+    # The user a notice is about (typing): that user's sockets skip it.
+    author: str | None = None
+
+
+def frame_routing(frame: str) -> Routing:
+    """The ``type`` of a frame from the broker, its ``seq`` and its author, where they apply.
 
     The broker carries finished frames; each process parses each one once (not
     once per socket) to keep delivery ordered and duplicate-free.
@@ -373,5 +400,7 @@ def frame_routing(frame: str) -> tuple[str, int | None]:
     data = json.loads(frame)
     kind = data["type"]
     if kind == "message":
-        return kind, int(data["message"]["seq"])
-    return kind, None
+        return Routing(kind, int(data["message"]["seq"]))
+    if kind == "typing":
+        return Routing(kind, author=str(data["user"]["id"]))
+    return Routing(kind)

@@ -20,6 +20,13 @@ const RETRY_FALLBACK_MS = 2000;
 const RETRY_JITTER_MS = 1000;
 const RETRYABLE_ERRORS = new Set(["rate_limited", "unavailable"]);
 const NEAR_BOTTOM_PX = 80;
+// Typing: tell the room at most this often while typing; show someone as
+// typing this long after their last notice.
+const TYPING_SEND_EVERY_MS = 3000;
+const TYPING_SHOWN_FOR_MS = 6000;
+// client_ids of frames that are not messages (fetch, typing): errors about
+// them are not about the outbox.
+const OLDER_ID_PREFIX = "older-";
 
 function newClientId() {
   // randomUUID only exists in secure contexts; a page served over plain http
@@ -389,7 +396,12 @@ function main() {
 
   function fetchOlder() {
     if (fetchingOlder || olderLink.hidden || messages.firstSeq === undefined) return false;
-    fetchingOlder = connection.send({ type: "fetch", before: messages.firstSeq, limit: config.fetchLimit });
+    fetchingOlder = connection.send({
+      type: "fetch",
+      before: messages.firstSeq,
+      limit: config.fetchLimit,
+      client_id: `${OLDER_ID_PREFIX}${messages.firstSeq}`,
+    });
     return fetchingOlder;
   }
 
@@ -418,12 +430,52 @@ function main() {
     if (olderInView) fetchOlder();
   }).observe(olderLink);
 
+  // Who else is typing: user id -> {username, timer}. A notice shows them
+  // for a few seconds; their message, or silence, takes them away.
+  const typingLine = document.getElementById("typing");
+  const typists = new Map();
+
+  function renderTyping() {
+    const names = [...typists.values()].map((typist) => typist.username);
+    typingLine.textContent =
+      names.length === 0 ? ""
+        : names.length === 1 ? `${names[0]} is typing…`
+          : names.length === 2 ? `${names[0]} and ${names[1]} are typing…`
+            : "Several people are typing…";
+  }
+
+  function stoppedTyping(id) {
+    const typist = typists.get(id);
+    if (!typist) return;
+    clearTimeout(typist.timer);
+    typists.delete(id);
+    renderTyping();
+  }
+
+  function startedTyping(user) {
+    if (user.id === userId) return; // the server never sends these; belt and braces
+    clearTimeout(typists.get(user.id)?.timer);
+    typists.set(user.id, {
+      username: user.username,
+      timer: setTimeout(() => stoppedTyping(user.id), TYPING_SHOWN_FOR_MS),
+    });
+    renderTyping();
+  }
+
+  let typingSentAt = 0;
+  input.addEventListener("input", () => {
+    const now = Date.now();
+    if (!input.value.trim() || now - typingSentAt < TYPING_SEND_EVERY_MS) return;
+    if (connection.send({ type: "typing" })) typingSentAt = now;
+  });
+
   function addStored(list) {
     const stick = nearBottom();
     let added = false;
     for (const message of list) {
       if (messages.has(message.seq)) continue;
       // Our own message, stored: its pending copy gives way to it.
+      stoppedTyping(message.user_id);
       const mine = message.user_id === userId ? outbox.take(message.client_id) : undefined;
       if (mine) messages.removePending(mine.element);
       added = messages.add(message) || added;
@@ -461,6 +513,12 @@ function main() {
   }
 
   function onError(frame) {
+    if (frame.client_id?.startsWith(OLDER_ID_PREFIX)) {
+      // Scroll-back refused (too fast, or storage busy): try again in a while.
+      fetchingOlder = false;
+      if (RETRYABLE_ERRORS.has(frame.code)) setTimeout(fetchOlder, retryDelayMs(frame));
+      return;
+    }
     showNotice(frame.message);
     if (!frame.client_id) return;
     if (RETRYABLE_ERRORS.has(frame.code)) {
@@ -495,6 +553,9 @@ function main() {
       case "presence":
         renderPresence(presence, frame.users);
         break;
+      case "typing":
+        startedTyping(frame.user);
+        break;
       case "error":
         onError(frame);
         break;
@@ -509,6 +570,7 @@ function main() {
     const element = messages.addPending({ client_id: clientId, username, body });
     outbox.add(clientId, body, element);
     input.value = "";
+    typingSentAt = 0; // the next keystroke starts a new message: say so at once
     sendPending(clientId);
     scrollToBottom();
   });

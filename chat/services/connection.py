@@ -284,6 +284,8 @@ class RoomConnection:
     def deliver(self, seq: int | None, frame: Outbound) -> None:
         if self.closed:
             return
+        if frame.author is not None and frame.author == self.user.id:
+            return  # a notice about this socket's own user (typing): not for them
         if self._pending is not None:
             # Even frames without a seq (presence) wait: hello and history come first.
             self._pending.append((seq, frame))
@@ -363,8 +365,13 @@ class RoomConnection:
                 await self._take_history_read()
                 await self._send_history(frame.since)
             elif isinstance(frame, protocol.FetchFrame):
-                await self._take_history_read()
+                client_id = frame.client_id
+                await self._hub.limiter.take(Action.FETCH, self.user.id)
                 await self._send_older(frame)
+            elif isinstance(frame, protocol.TypingFrame):
+                client_id = frame.client_id
+                await self._hub.limiter.take(Action.TYPING, self.user.id)
+                await self._hub.fanout.publish_ephemeral(self.room.id, protocol.typing_frame(self.user))
             else:
                 client_id = frame.client_id
                 await self._send(frame)
@@ -372,7 +379,6 @@ class RoomConnection:
             self._refuse(exc, client_id)
 
     async def _take_history_read(self) -> None:
-        # sync and fetch both read history on demand: one budget for both.
         await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)
         await self._hub.limiter.take(Action.SYNC_PER_USER, self.user.id)
 

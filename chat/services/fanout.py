@@ -151,9 +151,9 @@ class RoomFeed:
         if len(run) > len(self._recent):
             self._recent = deque(reversed(run), maxlen=self._recent.maxlen)
 
-    def receive(self, seq: int | None, text: str) -> None:
+    def receive(self, seq: int | None, text: str, author: str | None = None) -> None:
         if seq is None:
-            self._broadcast(None, Outbound(text))
+            self._broadcast(None, Outbound(text, author))
             return
         if seq <= self.last_seq or seq in self._held:
             return  # already delivered or already waiting: a duplicate
@@ -412,6 +412,16 @@ class Fanout:
         """Send a control event to every process serving the room (this one included)."""
         await self.broker.publish(room_channel(room_id), event)
 
+    async def publish_ephemeral(self, room_id: str, frame: str) -> None:
+        """Send a frame without seq (a typing notice) to every socket of the room, on every process.
+
+        Best effort, like the notice itself: a broker outage loses it and says nothing.
+        """
+        try:
+            await self.broker.publish(room_channel(room_id), frame)
+        except Unavailable as exc:
+            log.info("a notice for room %s was lost: %s", room_id, exc)
+
     def deliver_local(self, room_id: str, frame: str) -> None:
         """Hand a frame without seq to this process's sockets in the room only."""
         feed = self._feeds.get(room_id)
@@ -453,12 +463,12 @@ class Fanout:
         if feed is None or not feed.ready.is_set():
             return
         try:
-            kind, seq = frame_routing(event.payload)
+            routing = frame_routing(event.payload)
         except (ValueError, KeyError, TypeError):
             log.warning("dropping malformed frame on %s", event.channel)
             return
-        handler = self._control_handlers.get(kind)
+        handler = self._control_handlers.get(routing.kind)
         if handler is not None:
             handler(feed.room_id, event.payload)
         else:
-            feed.receive(seq, event.payload)
+            feed.receive(routing.seq, event.payload, routing.author)

@@ -35,6 +35,8 @@ class Action(StrEnum):
     SEND = "send"  # per user
     SYNC_PER_SOCKET = "sync-socket"  # per socket
     SYNC_PER_USER = "sync-user"  # per user
+    FETCH = "fetch"  # scroll-back pages, per user
+    TYPING = "typing"  # typing notices, per user
     HANDSHAKE = "handshake"  # per user
     ROOM_CREATION = "room"  # per user
     REGISTRATION = "register"  # per client address

@@ -191,3 +191,27 @@ async def test_two_people_chat_in_browsers_served_by_different_processes(
     await alice.screenshot(path=str(artifacts_dir / f"alice-{alice_instance.replace(':', '_')}.png"), full_page=True)
     await bob.screenshot(path=str(artifacts_dir / f"bob-{bob_instance.replace(':', '_')}.png"), full_page=True)
     assert errors == []
+
+
+async def test_typing_is_seen_by_the_others_on_another_process_and_never_by_the_typist(
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
+    await alice.register()
+    bob_name = await bob.register()
+    room_id = await alice.create_room()
+    typist, typist_on = await socket_on(bob, room_id)
+    typist_tab, _ = await socket_on(bob, room_id, want={typist_on})
+    reader, reader_on = await socket_on(alice, room_id, avoid={typist_on})
+    assert reader_on != typist_on
+
+    await typist.send_json({"type": "typing"})
+
+    notice = await reader.recv_type("typing", timeout=LANDING_TIMEOUT)
+    assert notice["user"]["username"] == bob_name
+    # Never stored and never echoed: the typist's sockets, here and in another tab, see nothing of it.
+    for own in (typist, typist_tab):
+        await own.expect_silence(0.5)
+    await reader.send_json({"type": "sync", "since": 0})
+    assert (await reader.recv_type("history"))["messages"] == []

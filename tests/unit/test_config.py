@@ -412,6 +412,8 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_LIMIT_SENDS": "1 per second",
         "CHAT_LIMIT_SYNCS_PER_SOCKET": "2 per second",
         "CHAT_LIMIT_SYNCS_PER_USER": "3 per second",
+        "CHAT_LIMIT_FETCHES": "9 per second",
+        "CHAT_LIMIT_TYPING": "10 per second",
         "CHAT_LIMIT_HANDSHAKES": "4 per second",
         "CHAT_LIMIT_ROOM_CREATION": "5 per second",
         "CHAT_LIMIT_REGISTRATIONS": "6 per second",

@@ -590,3 +590,36 @@ async def test_a_clients_sends_do_not_wait_for_each_others_acks_and_keep_their_o
     assert handed_over in (1, 5)  # the first alone, the rest queued behind it; or all five at once
     acks = transport.of_type("ack")
     assert [(a["client_id"], a["message"]["seq"]) for a in acks] == [(f"c-{i}", i + 1) for i in range(5)]
+
+
+async def test_typing_reaches_the_others_in_the_room_and_never_the_typists_own_sockets(
+    connect: Connect, accounts: Accounts, chat_room: Room, services: Services
+) -> None:
+    alice_here, alice_own = await connect()
+    _, alice_other_tab = await connect()
+    bob = await accounts.register("bob", "correct horse", "correct horse")
+    bob_transport = FakeTransport()
+    bob_connection = services.connections.create(bob_transport, bob, chat_room, await accounts.start_session(bob))
+    await bob_connection.open(None)
+
+    await alice_here.receive(json.dumps({"type": "typing"}))
+
+    await eventually(lambda: bool(bob_transport.of_type("typing")), what="bob told alice is typing")
+    assert bob_transport.of_type("typing") == [{"type": "typing", "user": alice_here.user.public()}]
+    await asyncio.sleep(0.05)
+    assert alice_own.of_type("typing") == alice_other_tab.of_type("typing") == []
+    await bob_connection.close()
+
+
+async def test_typing_notices_are_rate_limited_and_stored_nowhere(
+    connect: Connect, messages: Messages, chat_room: Room
+) -> None:
+    connection, transport = await connect()
+    for i in range(12):
+        await connection.receive(json.dumps({"type": "typing", "client_id": f"t{i}"}))
+
+    refused = transport.of_type("error")
+    assert [e["code"] for e in refused] == ["rate_limited", "rate_limited"]  # 10 per 30 s by default
+    assert refused[0]["client_id"] == "t10" and refused[0]["retry_after"] > 0
+    stored, _ = await messages.recent(chat_room.id)
+    assert stored == []

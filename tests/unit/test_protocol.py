@@ -20,6 +20,7 @@ from chat.protocol import (
     ProtocolError,
     SendFrame,
     SyncFrame,
+    TypingFrame,
     frame_routing,
     older_history_frame,
     parse_client_frame,
@@ -283,7 +284,7 @@ def test_frames_are_compact_utf8_json() -> None:
 
 
 def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
-    assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12)
+    assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12, None)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +297,7 @@ def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
     ],
 )
 def test_frame_routing_gives_no_seq_for_other_frames(frame: str) -> None:
-    kind, seq = frame_routing(frame)
+    kind, seq, _ = frame_routing(frame)
     assert seq is None and kind == json.loads(frame)["type"]
 
 
@@ -360,9 +361,19 @@ def test_every_close_code_and_error_code_is_documented() -> None:
 
 def test_a_fetch_frame_parses_with_a_default_limit() -> None:
     assert parse_client_frame('{"type":"fetch","before":42}') == FetchFrame(before=42, limit=FETCH_DEFAULT_LIMIT)
-    assert parse_client_frame('{"type":"fetch","before":1,"limit":100,"client_id":"c"}') == FetchFrame(1, 100)
+    assert parse_client_frame('{"type":"fetch","before":1,"limit":100,"client_id":"c"}') == FetchFrame(1, 100, "c")
 
 
 def test_the_answer_to_a_fetch_names_the_seq_it_answers() -> None:
     frame = json.loads(older_history_frame([], False, 7))
     assert frame == {"type": "history", "messages": [], "has_more": False, "before": 7}
+
+
+def test_a_typing_notice_parses_and_is_routed_with_its_author() -> None:
+    assert parse_client_frame('{"type":"typing"}') == TypingFrame()
+    assert parse_client_frame('{"type":"typing","client_id":"t1"}') == TypingFrame("t1")
+    notice = protocol.typing_frame(USER)
+    assert json.loads(notice) == {"type": "typing", "user": {"id": "u1", "username": "alice"}}
+    assert frame_routing(notice) == ("typing", None, "u1")
+    with pytest.raises(ProtocolError):
+        parse_client_frame('{"type":"typing","body":"secret draft"}')

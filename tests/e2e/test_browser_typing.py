@@ -1,0 +1,49 @@
+"""Someone typing is shown to the others in the room, and goes away by itself."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from playwright.async_api import Browser as Chromium
+
+from tests.support.pages import register, say
+from tests.support.server import ServerFactory
+from tests.support.waiting import eventually
+
+
+async def test_the_others_see_who_is_typing_until_the_message_arrives_or_it_expires(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    server = server_factory()
+    base = server.base_url
+    alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
+    alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
+    alice_name = f"alice_{uuid.uuid4().hex[:6]}"
+    await register(alice, base, alice_name)
+    await register(bob, base, f"bob_{uuid.uuid4().hex[:6]}")
+    await alice.fill("input[name=name]", "Typing room")
+    await alice.click("form.row button[type=submit]")
+    await alice.wait_for_url(f"{base}/rooms/*")
+    await bob.goto(alice.url)
+    for page in (alice, bob):
+        await page.wait_for_selector("#connection-state.state-connected")
+
+    await alice.locator("#body").press_sequentially("hello the")
+    await bob.wait_for_selector(f"#typing >> text={alice_name} is typing…")
+    assert await alice.locator("#typing").text_content() == ""  # not to the typist
+
+    await say(alice, "hello there")
+    await bob.wait_for_selector("li.message >> text=hello there")
+    assert await bob.locator("#typing").text_content() == ""  # the message took it away
+
+    await alice.locator("#body").press_sequentially("one more")
+    await bob.wait_for_selector(f"#typing >> text={alice_name} is typing…")
+    started = time.monotonic()
+
+    # Polled from here: the page's CSP forbids the evaluated strings wait_for_function uses.
+    async def gone() -> bool:
+        return await bob.locator("#typing").text_content() == ""
+
+    await eventually(gone, 15, "the notice gone by itself", interval=0.2)
+    assert time.monotonic() - started > 3  # it lasts a few seconds, then goes by itself
