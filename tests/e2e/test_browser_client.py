@@ -14,7 +14,7 @@ from typing import Any
 
 from playwright.async_api import Browser as Chromium
 
-from chat.protocol import Close
+from chat.protocol import FETCH_DEFAULT_LIMIT, Close
 from chat.services.messages import MAX_BODY_LENGTH
 from tests.support.pages import register, say
 from tests.support.server import ServerFactory
@@ -27,7 +27,8 @@ window.__sockets = [];
 class ScriptedSocket {
   static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
   constructor(url) { this.url = url; this.readyState = 0; this.sent = []; window.__sockets.push(this); }
-  send(data) { this.sent.push(JSON.parse(data)); }
+  // Typing notices are not what these tests follow (test_browser_typing.py does).
+  send(data) { const frame = JSON.parse(data); if (frame.type !== "typing") this.sent.push(frame); }
   close() {}
   deliver(frame) { this.readyState = 1; this.onmessage({ data: JSON.stringify(frame) }); }
   drop(code) { this.readyState = 3; this.onclose({ code }); }
@@ -87,6 +88,7 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
     config = json.loads(await page.get_attribute("#room", "data-config") or "")
     assert config == {
         "maxBodyLength": MAX_BODY_LENGTH,
+        "fetchLimit": FETCH_DEFAULT_LIMIT,
         "close": {
             "sessionEnded": Close.SESSION_ENDED,
             "goingAway": Close.GOING_AWAY,
