@@ -24,8 +24,7 @@ const NEAR_BOTTOM_PX = 80;
 // typing this long after their last notice.
 const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_SHOWN_FOR_MS = 6000;
-// client_ids of frames that are not messages (fetch, typing): errors about
-// them are not about the outbox.
+// The client_id of a scroll-back fetch: an error about it is not about the outbox.
 const OLDER_ID_PREFIX = "older-";
 
 function newClientId() {
