@@ -88,6 +88,19 @@ class NewMessage:
     body: str
     client_id: str
 
+    def stored_as(self, id: str, seq: int, created_at: datetime.datetime) -> Message:
+        """The message this becomes once storage has given it an id, a seq and a time."""
+        return Message(
+            id=id,
+            room_id=self.room_id,
+            seq=seq,
+            user_id=self.user_id,
+            username=self.username,
+            body=self.body,
+            created_at=created_at,
+            client_id=self.client_id,
+        )
+
 
 @dataclass(frozen=True, order=True)
 class OnlineUser:

@@ -330,16 +330,7 @@ class RoomWriters:
 
 
 def _new_message(new: NewMessage, seq: int, now: datetime.datetime) -> Message:
-    return Message(
-        id=message_id(new),
-        room_id=new.room_id,
-        seq=seq,
-        user_id=new.user_id,
-        username=new.username,
-        body=new.body,
-        created_at=now,
-        client_id=new.client_id,
-    )
+    return new.stored_as(message_id(new), seq, now)
 
 
 class MongoMessages(MessageRepository):

@@ -438,16 +438,7 @@ class SQLiteMessages(MessageRepository):
             created: dict[tuple[str, str, str], Message] = {}
             for new in fresh:
                 seq, next_seq[new.room_id] = next_seq[new.room_id], next_seq[new.room_id] + 1
-                created[_client_key(new)] = Message(
-                    id=new_id(),
-                    room_id=new.room_id,
-                    seq=seq,
-                    user_id=new.user_id,
-                    username=new.username,
-                    body=new.body,
-                    created_at=now,
-                    client_id=new.client_id,
-                )
+                created[_client_key(new)] = new.stored_as(new_id(), seq, now)
             if created:
                 await conn.executemany(
                     "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"

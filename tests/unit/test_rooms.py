@@ -11,21 +11,27 @@ from chat.storage import Storage
 from tests.support.clock import FakeClock
 
 
+@pytest.fixture
+def reads(memory_storage: Storage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The room ids storage is asked for, in order."""
+    asked: list[str] = []
+    read = memory_storage.rooms.get
+
+    async def counting(room_id: str) -> Room | None:
+        asked.append(room_id)
+        return await read(room_id)
+
+    monkeypatch.setattr(memory_storage.rooms, "get", counting)
+    return asked
+
+
 async def test_a_room_is_read_once_for_many_look_ups_and_again_after_a_while(
-    memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+    memory_storage: Storage, reads: list[str]
 ) -> None:
     clock = FakeClock(1000.0)
     rooms = Rooms(memory_storage, clock=clock)
     creator = await memory_storage.users.add("alice", b"hash")
     lobby = await rooms.create("lobby", creator)
-    reads: list[str] = []
-    read = memory_storage.rooms.get
-
-    async def counting(room_id: str) -> Room | None:
-        reads.append(room_id)
-        return await read(room_id)
-
-    monkeypatch.setattr(memory_storage.rooms, "get", counting)
 
     for _ in range(50):
         assert await rooms.get(lobby.id) == lobby
@@ -36,19 +42,9 @@ async def test_a_room_is_read_once_for_many_look_ups_and_again_after_a_while(
     assert reads == [lobby.id, lobby.id]
 
 
-async def test_a_room_not_found_is_asked_for_again_each_time(
-    memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_room_not_found_is_asked_for_again_each_time(memory_storage: Storage, reads: list[str]) -> None:
     # It may be created a moment later, by any process.
     rooms = Rooms(memory_storage)
-    reads: list[str] = []
-    read = memory_storage.rooms.get
-
-    async def counting(room_id: str) -> Room | None:
-        reads.append(room_id)
-        return await read(room_id)
-
-    monkeypatch.setattr(memory_storage.rooms, "get", counting)
     for _ in range(2):
         with pytest.raises(NotFound):
             await rooms.get("not-yet")
