@@ -185,29 +185,38 @@ class MessageList {
   }
 }
 
-/** Own messages sent but not yet acked, by client_id, with their elements. */
+/**
+ * Own messages not yet stored, in the order they were written: the room's outbox.
+ *
+ * Each goes out once per connection, in order. A refusal that means "later"
+ * (rate_limited, unavailable) pauses the whole queue for the time the server
+ * gives and puts that message and every one after it back to unsent: the
+ * server refuses the sends that came after a refused one until it is sent
+ * again (docs/protocol.md), so resending from it stores them in the order
+ * typed. Acks take messages out; nothing is dropped on the way.
+ */
 class Outbox {
-  #entries = new Map(); // client_id -> {body, element, retryTimer}
+  #entries = new Map(); // client_id -> {body, element, sent}; insertion order is typing order
+  #send;
+  #pausedUntil = 0;
+  #resumeTimer = null;
 
+  /** @param {(clientId: string, body: string) => boolean} send false when not connected */
+  constructor(send) {
+    this.#send = send;
+  }
+
+  /** Queue a message at the end and send what may go now. */
   add(clientId, body, element) {
-    this.#entries.set(clientId, { body, element, retryTimer: null });
+    this.#entries.set(clientId, { body, element, sent: false });
+    this.pump();
   }
 
-  get(clientId) {
-    return this.#entries.get(clientId);
-  }
-
-  /** Remove and return the entry (undefined if none): it was stored or refused. */
+  /** Remove and return the entry (undefined if none): it was stored or refused for good. */
   take(clientId) {
     const entry = this.#entries.get(clientId);
-    if (!entry) return undefined;
-    clearTimeout(entry.retryTimer);
     this.#entries.delete(clientId);
     return entry;
-  }
-
-  clientIds() {
-    return [...this.#entries.keys()];
   }
 
   /** [client_id, body] pairs, in the order they were written. */
@@ -215,14 +224,37 @@ class Outbox {
     return [...this.#entries].map(([clientId, entry]) => [clientId, entry.body]);
   }
 
-  /** Call resend(clientId) after delayMs, replacing any retry already waiting. */
-  retryLater(clientId, delayMs, resend) {
-    const entry = this.#entries.get(clientId);
-    if (!entry) return;
-    clearTimeout(entry.retryTimer);
-    entry.retryTimer = setTimeout(() => {
-      entry.retryTimer = null;
-      resend(clientId);
+  /** A new connection: whatever the last one sent may not have arrived; send it all again. */
+  restart() {
+    for (const entry of this.#entries.values()) entry.sent = false;
+    this.pump();
+  }
+
+  /** Send every unsent message, in order, unless paused or disconnected. */
+  pump() {
+    if (this.#resumeTimer !== null) return;
+    for (const [clientId, entry] of this.#entries) {
+      if (entry.sent) continue;
+      if (!this.#send(clientId, entry.body)) return; // offline: the next hello restarts
+      entry.sent = true;
+    }
+  }
+
+  /** ``clientId`` was refused for now: pause, then send it and everything after it again. */
+  retryFrom(clientId, delayMs) {
+    if (!this.#entries.has(clientId)) return;
+    let from = false;
+    for (const [id, entry] of this.#entries) {
+      from ||= id === clientId;
+      if (from) entry.sent = false;
+    }
+    const until = Date.now() + delayMs;
+    if (until <= this.#pausedUntil) return;
+    this.#pausedUntil = until;
+    clearTimeout(this.#resumeTimer);
+    this.#resumeTimer = setTimeout(() => {
+      this.#resumeTimer = null;
+      this.pump();
     }, delayMs);
   }
 }
@@ -357,7 +389,7 @@ function main() {
     document.getElementById("message-template"),
     parseInt(root.dataset.lastSeq, 10) || 0,
   );
-  const outbox = new Outbox();
+  const outbox = new Outbox((clientId, body) => connection.send({ type: "send", client_id: clientId, body }));
 
   function showState(state) {
     stateBadge.textContent = state;
@@ -380,11 +412,6 @@ function main() {
     onState: showState,
     onSessionEnded: () => showNotice("Your session has ended. Sign in again to keep chatting."),
   });
-
-  function sendPending(clientId) {
-    const entry = outbox.get(clientId);
-    if (entry) connection.send({ type: "send", client_id: clientId, body: entry.body });
-  }
 
   // Scroll-back: "Older messages" at the top loads the page before the
   // oldest one shown, over the socket, when it comes into view or is
@@ -521,7 +548,7 @@ function main() {
     showNotice(frame.message);
     if (!frame.client_id) return;
     if (RETRYABLE_ERRORS.has(frame.code)) {
-      outbox.retryLater(frame.client_id, retryDelayMs(frame), sendPending);
+      outbox.retryFrom(frame.client_id, retryDelayMs(frame));
       return;
     }
     const refused = outbox.take(frame.client_id);
@@ -533,7 +560,7 @@ function main() {
       case "hello":
         root.dataset.instance = frame.instance; // which process serves us (handy when debugging)
         showNotice("");
-        for (const clientId of outbox.clientIds()) sendPending(clientId);
+        outbox.restart();
         fetchingOlder = false; // an answer lost with the last socket is not waited for
         if (olderInView) fetchOlder();
         break;
@@ -567,10 +594,9 @@ function main() {
     if (!body) return;
     const clientId = newClientId();
     const element = messages.addPending({ client_id: clientId, username, body });
-    outbox.add(clientId, body, element);
     input.value = "";
     typingSentAt = 0; // the next keystroke starts a new message: say so at once
-    sendPending(clientId);
+    outbox.add(clientId, body, element);
     scrollToBottom();
   });
 

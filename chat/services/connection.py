@@ -37,6 +37,10 @@ INBOX_FRAMES = 64
 # Sends of one socket handed to storage and not yet acked; the next send
 # waits for one of them (it is still read meanwhile: see INBOX_FRAMES).
 SENDS_IN_FLIGHT = 16
+# A send refused for a while (rate limited, storage busy) holds back the ones
+# sent after it on the same socket until it is sent again, or until this long
+# after the client was told it may retry (a client that gave up on it).
+SEND_HOLD_GRACE_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,26 @@ class ConnectionPolicy:
     # reload instead (``reset``), and no history frame exceeds max_frame_bytes.
     resume_max_messages: int = 300
     history_frame_max_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SendHold:
+    """The first send of a socket refused for now; the sends after it wait for it.
+
+    Sends are pipelined, so when one is refused the next ones are already on
+    their way, and a rate limit that refills between two of them would store
+    a later message before the refused one. Holding them back makes "stored
+    in the order sent" a rule of the socket, not a matter of timing.
+    """
+
+    client_id: str
+    error: ChatError
+    retry_at: float
+
+    def refusal(self, now: float) -> ChatError:
+        if isinstance(self.error, RateLimited):
+            return RateLimited(max(0.0, self.retry_at - now))
+        return self.error
 
 
 @dataclass(frozen=True)
@@ -233,6 +257,7 @@ class RoomConnection:
         # trip, and storage keeps their order (Messages.submit).
         self._sends_in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT)
         self._completions: set[asyncio.Task[None]] = set()
+        self._hold: SendHold | None = None
         # Frames queued or being handled; idle (for graceful shutdown) at 0.
         self._busy = 0
         self._idle: asyncio.Future[None] | None = None  # made by wait_idle() only
@@ -403,7 +428,12 @@ class RoomConnection:
     async def _send(self, frame: protocol.SendFrame) -> None:
         if not await self._session_still_live():
             raise SessionEnded("your session has ended; sign in again")
-        await self._hub.limiter.take(Action.SEND, self.user.id)
+        self._check_hold(frame.client_id)
+        try:
+            await self._hub.limiter.take(Action.SEND, self.user.id)
+        except RateLimited as exc:
+            self._hold_after(frame.client_id, exc, exc.retry_after)
+            raise
         await self._sends_in_flight.acquire()
         if self.closed:  # closed while waiting for a place: the client re-sends it
             self._sends_in_flight.release()
@@ -425,6 +455,8 @@ class RoomConnection:
             try:
                 message, _ = await stored
             except ChatError as exc:
+                if isinstance(exc, Unavailable):
+                    self._hold_after(client_id, exc, 0.0)
                 self._refuse(exc, client_id)
                 return
             if not self.closed:
@@ -440,6 +472,21 @@ class RoomConnection:
         finally:
             self._sends_in_flight.release()
             self._finished()
+
+    def _check_hold(self, client_id: str) -> None:
+        """Refuse a send that would overtake one refused earlier (see :class:`SendHold`)."""
+        hold = self._hold
+        if hold is None:
+            return
+        now = self._hub.clock()
+        if client_id == hold.client_id or now > hold.retry_at + SEND_HOLD_GRACE_SECONDS:
+            self._hold = None
+            return
+        raise hold.refusal(now)
+
+    def _hold_after(self, client_id: str, error: ChatError, retry_after: float) -> None:
+        if self._hold is None:
+            self._hold = SendHold(client_id, error, self._hub.clock() + retry_after)
 
     async def _session_still_live(self) -> bool:
         now = self._hub.clock()

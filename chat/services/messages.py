@@ -104,6 +104,11 @@ class GroupCommit:
                 try:
                     results = await self._store([new for new, _ in batch])
                 except Exception as exc:
+                    if isinstance(exc, Unavailable):
+                        # What queued behind a failed write fails with it: a
+                        # sender's later message must not be stored before the
+                        # one it resends (chat.services.connection.SendHold).
+                        batch += self._queues.pop(lane, [])
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)

@@ -13,7 +13,7 @@ from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
 from chat.protocol import Close, Outbound
 from chat.services.accounts import Accounts, session_key
-from chat.services.connection import RoomConnection
+from chat.services.connection import SEND_HOLD_GRACE_SECONDS, RoomConnection
 from chat.services.fanout import Fanout
 from chat.services.messages import Messages
 from chat.services.presence import Presence
@@ -264,8 +264,47 @@ async def test_exceeding_the_burst_is_rate_limited(connect: Connect, wall_clock:
     assert error["client_id"] == "c-2"
 
     wall_clock.advance(1.01)
+    await connection.receive(send("c-2"))
     await connection.receive(send("c-3"))
-    assert len(transport.of_type("ack")) == 3
+    assert [ack["client_id"] for ack in transport.of_type("ack")] == ["c-0", "c-1", "c-2", "c-3"]
+
+
+@pytest.mark.parametrize("chat_settings", [{"limit_sends": "2 per second"}], indirect=True)
+async def test_sends_after_a_rate_limited_one_wait_for_it_so_order_is_kept(
+    connect: Connect, wall_clock: FakeClock, messages: Messages, chat_room: Room
+) -> None:
+    connection, transport = await connect()
+    for i in range(3):
+        await connection.receive(send(f"c-{i}", f"m{i}"))
+
+    # The limit has room again, but c-3 was sent after the refused c-2: it
+    # would overtake it, so it is refused too, with the time left to wait.
+    wall_clock.advance(1.01)
+    await connection.receive(send("c-3", "m3"))
+    held = transport.of_type("error")[-1]
+    assert (held["code"], held["client_id"]) == ("rate_limited", "c-3")
+    assert held["retry_after"] >= 0
+
+    for i in (2, 3):
+        await connection.receive(send(f"c-{i}", f"m{i}"))
+    stored, _ = await messages.recent(chat_room.id)
+    assert [m.body for m in stored] == ["m0", "m1", "m2", "m3"]
+
+
+@pytest.mark.parametrize("chat_settings", [{"limit_sends": "1 per second"}], indirect=True)
+async def test_a_refused_send_never_resent_stops_holding_the_others_back(
+    connect: Connect, wall_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection, transport = await connect()
+    now = [1000.0]
+    monkeypatch.setattr(connection._hub, "clock", lambda: now[0])
+    await connection.receive(send("c-1"))
+    await connection.receive(send("c-2"))  # refused; this client never sends it again
+
+    now[0] += 1 + SEND_HOLD_GRACE_SECONDS + 0.1
+    wall_clock.advance(1 + SEND_HOLD_GRACE_SECONDS + 0.1)
+    await connection.receive(send("c-3"))
+    assert [ack["client_id"] for ack in transport.of_type("ack")] == ["c-1", "c-3"]
 
 
 @pytest.mark.parametrize("chat_settings", [{"limit_sends": "1 per second"}], indirect=True)

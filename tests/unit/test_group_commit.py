@@ -81,18 +81,41 @@ async def test_a_batch_is_at_most_max_batch_and_rooms_do_not_wait_for_each_other
     assert ["z"] in store.writes
 
 
-async def test_a_failed_write_fails_its_own_batch_only() -> None:
-    store = SlowStore()
+async def two_sends_whose_first_write_fails(
+    store: SlowStore, error: Exception
+) -> tuple[GroupCommit, asyncio.Task[tuple[Message, bool]], asyncio.Task[tuple[Message, bool]]]:
+    """Send "a", then "b" while "a" is being written; the write of "a" raises ``error``."""
     commits = GroupCommit(store)
     store.gate.clear()
-    store.fail_next = Unavailable("database down")
+    store.fail_next = error
     first = asyncio.create_task(commits.add(new("a")))
     await asyncio.sleep(0)
     second = asyncio.create_task(commits.add(new("b")))
     await asyncio.sleep(0)
     store.gate.set()
+    return commits, first, second
 
-    with pytest.raises(Unavailable):
+
+async def test_an_unreachable_database_fails_the_queue_behind_the_write_too() -> None:
+    # A sender's later message must not be stored before its resend of an
+    # earlier one that failed: what queued behind the write fails with it.
+    store = SlowStore()
+    commits, first, second = await two_sends_whose_first_write_fails(store, Unavailable("database down"))
+
+    for task in (first, second):
+        with pytest.raises(Unavailable):
+            await task
+    assert store.writes == [["a"]]
+
+    message, _ = await commits.add(new("a"))  # the resends, in order
+    assert (message.client_id, message.seq) == ("a", 1)
+
+
+async def test_any_other_failed_write_fails_its_own_batch_only() -> None:
+    store = SlowStore()
+    _, first, second = await two_sends_whose_first_write_fails(store, RuntimeError("a bug in one batch"))
+
+    with pytest.raises(RuntimeError):
         await first
     message, _ = await second
     assert message.client_id == "b"
