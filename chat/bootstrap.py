@@ -161,6 +161,8 @@ def build_services(
         messages.backfill,
         messages.stored_seq,
         stored_seqs=messages.stored_seqs,
+        counters=messages.counters,
+        revised_after=messages.revised_after,
         remember=settings.history_limit,
         gap_retry=settings.fanout_gap_retry_seconds,
         sweep_interval=settings.catchup_interval_seconds,

@@ -64,6 +64,14 @@ class Message:
     body: str
     created_at: datetime.datetime
     client_id: str
+    # Set by the author's last edit; a deleted message keeps its place, with
+    # its body gone (empty) and deleted_at set.
+    edited_at: datetime.datetime | None = None
+    deleted_at: datetime.datetime | None = None
+    # The room's revision counter when this message was last edited or
+    # deleted (0: never). Readers keep the copy with the highest rev, and a
+    # client resuming after rev R is sent the messages revised after it.
+    rev: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -75,7 +83,32 @@ class Message:
             "body": self.body,
             "created_at": isoformat(self.created_at),
             "client_id": self.client_id,
+            "rev": self.rev,
+            "edited_at": isoformat(self.edited_at) if self.edited_at else None,
+            "deleted_at": isoformat(self.deleted_at) if self.deleted_at else None,
         }
+
+
+@dataclass(frozen=True)
+class Revision:
+    """An author's change to a stored message: a new body, or (``body`` None) its deletion."""
+
+    room_id: str
+    message_id: str
+    body: str | None
+    at: datetime.datetime
+
+    @property
+    def deletes(self) -> bool:
+        return self.body is None
+
+
+@dataclass(frozen=True)
+class RoomCounters:
+    """A room's counters: the highest seq stored and the highest rev handed out."""
+
+    seq: int = 0
+    rev: int = 0
 
 
 @dataclass(frozen=True)

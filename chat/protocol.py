@@ -30,6 +30,10 @@ from .errors import (
 from .models import Message, OnlineUser, Room, User
 
 MAX_CLIENT_ID_LENGTH = 64
+# Message ids are 24 hex characters; anything longer is not one.
+MAX_ID_LENGTH = 64
+# A resume is sent at most this many revised messages; past it, the client reloads.
+UPDATES_MAX = 500
 # The largest integer a client may send (a seq): 2^53 - 1, the largest every
 # JSON reader (JavaScript's included) holds exactly, and far inside the
 # 64-bit integers SQLite and MongoDB store.
@@ -130,6 +134,8 @@ class SendFrame:
 @dataclass(frozen=True)
 class SyncFrame:
     since: int
+    # Also send the messages revised after this rev (an ``updates`` frame).
+    rev: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,24 @@ class TypingFrame:
     client_id: str | None = None
 
 
-ClientFrame = SendFrame | SyncFrame | FetchFrame | TypingFrame
+@dataclass(frozen=True)
+class EditFrame:
+    """The author replaces the body of their message ``id``."""
+
+    id: str
+    body: str
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteFrame:
+    """The author deletes their message ``id``."""
+
+    id: str
+    client_id: str | None = None
+
+
+ClientFrame = SendFrame | SyncFrame | FetchFrame | TypingFrame | EditFrame | DeleteFrame
 
 
 def _valid_client_id(value: object) -> bool:
@@ -189,23 +212,54 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     return parse(data, client_id)
 
 
-def _parse_send(data: dict[str, Any], client_id: str | None) -> SendFrame:
-    if client_id is None:
-        raise ProtocolError(f"send needs a client_id of 1-{MAX_CLIENT_ID_LENGTH} printable characters")
+def _read_body(kind: str, data: dict[str, Any], client_id: str | None) -> str:
     body = data.get("body")
     if not isinstance(body, str):
-        raise ProtocolError("send needs a string body", client_id)
+        raise ProtocolError(f"{kind} needs a string body", client_id)
     # Line breaks and tabs are text; other control characters never come from a keyboard.
     if has_control_characters(body, allowed="\t\n\r"):
         raise ProtocolError("body contains control characters or invalid unicode", client_id)
-    return SendFrame(client_id=client_id, body=body)
+    return body
+
+
+def _read_message_id(kind: str, data: dict[str, Any], client_id: str | None) -> str:
+    message_id = data.get("id")
+    if not (
+        isinstance(message_id, str)
+        and 0 < len(message_id) <= MAX_ID_LENGTH
+        and message_id.isascii()
+        and message_id.isalnum()
+    ):
+        raise ProtocolError(
+            f"{kind} needs the id of a message (letters and digits, at most {MAX_ID_LENGTH})", client_id
+        )
+    return message_id
+
+
+def _parse_send(data: dict[str, Any], client_id: str | None) -> SendFrame:
+    if client_id is None:
+        raise ProtocolError(f"send needs a client_id of 1-{MAX_CLIENT_ID_LENGTH} printable characters")
+    return SendFrame(client_id=client_id, body=_read_body("send", data, client_id))
+
+
+def _parse_edit(data: dict[str, Any], client_id: str | None) -> EditFrame:
+    return EditFrame(
+        id=_read_message_id("edit", data, client_id), body=_read_body("edit", data, client_id), client_id=client_id
+    )
+
+
+def _parse_delete(data: dict[str, Any], client_id: str | None) -> DeleteFrame:
+    return DeleteFrame(id=_read_message_id("delete", data, client_id), client_id=client_id)
 
 
 def _parse_sync(data: dict[str, Any], client_id: str | None) -> SyncFrame:
     since = data.get("since")
     if not valid_seq(since):
         raise ProtocolError(f"sync needs since: an integer from 0 to {MAX_SAFE_INTEGER}", client_id)
-    return SyncFrame(since=since)
+    rev = data.get("rev")
+    if rev is not None and not valid_seq(rev):
+        raise ProtocolError(f"sync rev must be an integer from 0 to {MAX_SAFE_INTEGER}", client_id)
+    return SyncFrame(since=since, rev=rev)
 
 
 def _parse_fetch(data: dict[str, Any], client_id: str | None) -> FetchFrame:
@@ -226,9 +280,11 @@ def _parse_typing(data: dict[str, Any], client_id: str | None) -> TypingFrame:
 _SCHEMAS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any], str | None], ClientFrame]]] = {
     "send": (frozenset({"type", "client_id", "body"}), _parse_send),
     # client_id is optional on sync: error frames echo it when it is valid.
-    "sync": (frozenset({"type", "since", "client_id"}), _parse_sync),
+    "sync": (frozenset({"type", "since", "rev", "client_id"}), _parse_sync),
     "fetch": (frozenset({"type", "before", "limit", "client_id"}), _parse_fetch),
     "typing": (frozenset({"type", "client_id"}), _parse_typing),
+    "edit": (frozenset({"type", "id", "body", "client_id"}), _parse_edit),
+    "delete": (frozenset({"type", "id", "client_id"}), _parse_delete),
 }
 
 
@@ -344,6 +400,26 @@ def message_frame(message: Message) -> str:
     return _MESSAGE_FRAME_PREFIX + message_wire(message) + "}"
 
 
+_UPDATED_FRAME_PREFIX = '{"type":"message_updated","message":'
+
+
+def message_updated_frame(message: Message) -> str:
+    """Tells a room that a message was edited or deleted: MSG as it is now (its ``rev`` says how new)."""
+    return _UPDATED_FRAME_PREFIX + message_wire(message) + "}"
+
+
+def message_frame_of_update(frame: str) -> str:
+    """The ``message`` frame of the MSG a ``message_updated`` frame carries (what a feed remembers)."""
+    if frame.startswith(_UPDATED_FRAME_PREFIX) and frame.endswith("}"):
+        return _MESSAGE_FRAME_PREFIX + frame[len(_UPDATED_FRAME_PREFIX) :]
+    return _MESSAGE_FRAME_PREFIX + _dumps(json.loads(frame)["message"]) + "}"
+
+
+def updates_frame(messages: Iterable[Message], last_rev: int) -> str:
+    """The answer to a resume with ``rev``: the messages revised since, and the rev to resume from next."""
+    return _dumps({"type": "updates", "messages": [m.to_wire() for m in messages], "last_rev": last_rev})
+
+
 def ack_frame(message: Message) -> str:
     return _dumps({"type": "ack", "client_id": message.client_id, "message": message.to_wire()})
 
@@ -389,6 +465,8 @@ class Routing(NamedTuple):
     seq: int | None = None
     # The user a notice is about (typing): that user's sockets skip it.
     author: str | None = None
+    # A revised message's rev (message_updated; its seq is in ``seq``).
+    rev: int | None = None
 
 
 def frame_routing(frame: str) -> Routing:
@@ -403,4 +481,6 @@ def frame_routing(frame: str) -> Routing:
         return Routing(kind, int(data["message"]["seq"]))
     if kind == "typing":
         return Routing(kind, author=str(data["user"]["id"]))
+    if kind == "message_updated":
+        return Routing(kind, int(data["message"]["seq"]), rev=int(data["message"]["rev"]))
     return Routing(kind)

@@ -258,14 +258,16 @@ class RoomConnection:
         self._sends_in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT)
         self._completions: set[asyncio.Task[None]] = set()
         self._hold: SendHold | None = None
+        # A reset was sent: the client reloads, so nothing more about history is.
+        self._reset_sent = False
         # Frames queued or being handled; idle (for graceful shutdown) at 0.
         self._busy = 0
         self._idle: asyncio.Future[None] | None = None  # made by wait_idle() only
 
     # -- lifecycle --------------------------------------------------------
 
-    async def open(self, since: int | None) -> None:
-        """Greet the client, join the room's feed and send history."""
+    async def open(self, since: int | None, rev: int | None = None) -> None:
+        """Greet the client, join the room's feed and send history (and the revisions after ``rev``)."""
         hub = self._hub
         self._pending = []
         await hub.fanout.join(self.room.id, self)
@@ -278,7 +280,7 @@ class RoomConnection:
         recent = hub.fanout.recent(self.room.id)
         last_seq = recent.last_seq if recent is not None else await hub.messages.stored_seq(self.room.id)
         self.transport.send_text(protocol.hello_frame(self.room, self.user, hub.policy.instance, last_seq))
-        await self._send_history(since)
+        await self._send_history(since, rev)
         users = await hub.presence.joined(self.room.id, self.user)
         self._counted_present = True
         if self.closed:
@@ -388,11 +390,14 @@ class RoomConnection:
             frame = protocol.parse_client_frame(text)
             if isinstance(frame, protocol.SyncFrame):
                 await self._take_history_read()
-                await self._send_history(frame.since)
+                await self._send_history(frame.since, frame.rev)
             elif isinstance(frame, protocol.FetchFrame):
                 client_id = frame.client_id
                 await self._hub.limiter.take(Action.FETCH, self.user.id)
                 await self._send_older(frame)
+            elif isinstance(frame, protocol.EditFrame | protocol.DeleteFrame):
+                client_id = frame.client_id
+                await self._revise(frame)
             elif isinstance(frame, protocol.TypingFrame):
                 client_id = frame.client_id
                 await self._hub.limiter.take(Action.TYPING, self.user.id)
@@ -402,6 +407,20 @@ class RoomConnection:
                 await self._send(frame)
         except ChatError as exc:
             self._refuse(exc, client_id)
+
+    async def _revise(self, frame: protocol.EditFrame | protocol.DeleteFrame) -> None:
+        """Edit or delete an own message; the room (this socket too) is told with ``message_updated``."""
+        if not await self._session_still_live():
+            raise SessionEnded("your session has ended; sign in again")
+        # Counted as sends: an edit costs the room what a message does.
+        await self._hub.limiter.take(Action.SEND, self.user.id)
+        messages = self._hub.messages
+        if isinstance(frame, protocol.EditFrame):
+            revised = await messages.edit(self.user, self.room, frame.id, frame.body)
+        else:
+            revised = await messages.delete(self.user, self.room, frame.id)
+        if revised.rev:
+            await self._hub.fanout.publish_revision(revised)
 
     async def _take_history_read(self) -> None:
         await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)
@@ -497,8 +516,8 @@ class RoomConnection:
             self._session_checked_at = now
         return live
 
-    async def _send_history(self, since: int | None) -> None:
-        """History after ``since`` (the latest page without it).
+    async def _send_history(self, since: int | None, rev: int | None = None) -> None:
+        """History after ``since`` (the latest page without it), then the revisions after ``rev``.
 
         From what the room's feed remembers when it can (no database read),
         else from storage. Either way up to at least the feed's last seq, and
@@ -508,12 +527,15 @@ class RoomConnection:
         async with self._sync_lock:
             if self._pending is None:
                 self._pending = []
+            self._reset_sent = False
             try:
                 recent = self._hub.fanout.recent(self.room.id)
                 if since is None:
                     await self._send_recent(recent)
                 else:
                     await self._send_after(since, recent)
+                if rev is not None and not self._reset_sent:
+                    await self._send_revisions(rev)
             finally:
                 pending, self._pending = self._pending, None
                 for seq, frame in pending:
@@ -566,6 +588,26 @@ class RoomConnection:
                 break
         self.last_seq = max(self.last_seq, cursor)
 
+    async def _send_revisions(self, rev: int) -> None:
+        """The messages revised after ``rev``, in one ``updates`` frame, with the rev to resume from next.
+
+        Every revision up to the feed's rev_known was stored before the feed
+        saw it, so storage has it now; any later one reaches this socket live
+        (it has joined the feed). So when the client is not behind the feed,
+        storage need not be asked.
+        """
+        known = self._hub.fanout.rev_known(self.room.id)
+        if known is not None and rev >= known:
+            self.transport.send_text(protocol.updates_frame([], rev))
+            return
+        revised, more = await self._hub.messages.revised_after(self.room.id, rev, protocol.UPDATES_MAX)
+        if more:
+            self._send_reset(self.last_seq)  # too many to send one by one: reload
+            return
+        last_rev = max([known or 0, rev, *(m.rev for m in revised)])
+        self.transport.send_text(protocol.updates_frame(revised, last_rev))
+
     def _send_reset(self, stored: int) -> None:
+        self._reset_sent = True
         self.transport.send_text(protocol.history_reset_frame())
         self.last_seq = max(self.last_seq, stored)

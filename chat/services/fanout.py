@@ -32,6 +32,7 @@ the room's channel without the fan-out knowing them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -40,8 +41,16 @@ from typing import Protocol
 
 from ..broker import RESYNC, Broker, BrokerClosed, Event, room_channel
 from ..errors import Unavailable
-from ..models import Message
-from ..protocol import Outbound, frame_routing, message_frame, wire_of_message_frame
+from ..models import Message, RoomCounters
+from ..protocol import (
+    UPDATES_MAX,
+    Outbound,
+    frame_routing,
+    message_frame,
+    message_frame_of_update,
+    message_updated_frame,
+    wire_of_message_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,10 @@ StoredSeqs = Callable[[Collection[str]], Awaitable[dict[str, int]]]
 # Called with the room id and the event's text for a control event in a room
 # this process serves; must not block.
 ControlHandler = Callable[[str, str], None]
+# Many rooms' seq and rev counters in one query, by room id.
+Counters = Callable[[Collection[str]], Awaitable[dict[str, RoomCounters]]]
+# A room's messages revised after a rev, by ascending rev: (page, more follow).
+RevisedAfter = Callable[[str, int, int], Awaitable[tuple[list[Message], bool]]]
 
 
 # After a failed catch-up read, how long until the next try.
@@ -121,11 +134,69 @@ class RoomFeed:
         self._fill_failures = 0
         self._resync_due = False
         self._fill_task: asyncio.Task[None] | None = None
+        # Revisions (edits, deletions): every one up to rev_checked has been
+        # read from storage or delivered; the revs delivered live above it
+        # are in _revs_live. They are delivered as they come (a client keeps
+        # the highest rev of each message, so order does not matter); the
+        # sweep reads storage only when a rev above rev_checked was missed.
+        self.rev_checked = 0
+        self._revs_live: set[int] = set()
+        self._revision_task: asyncio.Task[None] | None = None
 
-    def start_at(self, seq: int) -> None:
-        """Deliver from ``seq`` + 1 on."""
+    def start_at(self, seq: int, rev: int = 0) -> None:
+        """Deliver from ``seq`` + 1 on; revisions after ``rev`` are news."""
         self.last_seq = seq
+        self.rev_checked = rev
         self.ready.set()
+
+    @property
+    def rev_known(self) -> int:
+        """The highest rev this feed has delivered or read (a resume cursor a joiner may be given)."""
+        return max(self.rev_checked, max(self._revs_live, default=0))
+
+    def receive_revision(self, seq: int, rev: int, text: str) -> None:
+        """A message was edited or deleted: tell every listener, and remember the new version."""
+        if rev <= self.rev_checked or rev in self._revs_live:
+            return  # delivered already
+        self._revs_live.add(rev)
+        self._remember_revision(seq, rev, text)
+        self._broadcast(None, Outbound(text))
+
+    def _remember_revision(self, seq: int, rev: int, text: str) -> None:
+        for index, (remembered_seq, frame) in enumerate(self._recent):
+            if remembered_seq == seq:
+                if json.loads(frame)["message"].get("rev", 0) < rev:
+                    self._recent[index] = (seq, message_frame_of_update(text))
+                return
+
+    def check_revisions(self, stored_rev: int, read: RevisedAfter) -> None:
+        """Storage's rev counter is ``stored_rev``: read whatever of it this feed missed, if anything."""
+        if stored_rev <= self.rev_checked:
+            return
+        if all(rev in self._revs_live for rev in range(self.rev_checked + 1, stored_rev + 1)):
+            self._advance_revisions(stored_rev)
+            return
+        if self._revision_task is None or self._revision_task.done():
+            self._revision_task = asyncio.create_task(self._read_revisions(stored_rev, read))
+
+    async def _read_revisions(self, stored_rev: int, read: RevisedAfter) -> None:
+        try:
+            revised, more = await read(self.room_id, self.rev_checked, UPDATES_MAX)
+        except Exception as exc:
+            log.warning("reading revisions of room %s failed (%s); the next sweep retries", self.room_id, exc)
+            return
+        for message in revised:
+            if message.rev not in self._revs_live and message.rev > self.rev_checked:
+                text = message_updated_frame(message)
+                self._remember_revision(message.seq, message.rev, text)
+                self._broadcast(None, Outbound(text))
+        # A revision drawn below stored_rev but not written yet is published
+        # after it is written, and so still arrives live.
+        self._advance_revisions(revised[-1].rev if more and revised else stored_rev)
+
+    def _advance_revisions(self, rev: int) -> None:
+        self.rev_checked = max(self.rev_checked, rev)
+        self._revs_live = {r for r in self._revs_live if r > self.rev_checked}
 
     def recent(self) -> Recent:
         return Recent(self.last_seq, tuple(self._recent))
@@ -222,8 +293,9 @@ class RoomFeed:
         return missed
 
     def close(self) -> None:
-        if self._fill_task is not None:
-            self._fill_task.cancel()
+        for task in (self._fill_task, self._revision_task):
+            if task is not None:
+                task.cancel()
 
 
 class Fanout:
@@ -236,6 +308,8 @@ class Fanout:
         stored_seq: StoredSeq,
         *,
         stored_seqs: StoredSeqs | None = None,
+        counters: Counters | None = None,
+        revised_after: RevisedAfter | None = None,
         remember: int = 0,
         gap_retry: float = 0.2,
         sweep_interval: float = 10.0,
@@ -244,6 +318,10 @@ class Fanout:
         self.backfill = backfill
         self.stored_seq = stored_seq
         self.stored_seqs = stored_seqs
+        # With both, feeds also keep up with revisions (edits, deletions)
+        # that the broker failed to carry.
+        self.counters = counters
+        self.revised_after = revised_after
         # A room's latest messages kept in memory, learned from what the
         # first joiner read and from what is delivered afterwards.
         self.remember = remember
@@ -304,7 +382,11 @@ class Fanout:
             feed = self._feeds[room_id] = RoomFeed(room_id, self, self.remember)
             try:
                 await self.broker.subscribe(room_channel(room_id))
-                feed.start_at(await self.stored_seq(room_id))
+                if self.counters is not None:
+                    counted = (await self.counters([room_id])).get(room_id, RoomCounters())
+                    feed.start_at(counted.seq, counted.rev)
+                else:
+                    feed.start_at(await self.stored_seq(room_id))
             except BaseException:
                 del self._feeds[room_id]
                 feed.ready.set()  # wake joiners waiting on this attempt; they retry
@@ -345,6 +427,33 @@ class Fanout:
             feed.close()
             await self.broker.unsubscribe(room_channel(room_id))
 
+    def rev_known(self, room_id: str) -> int | None:
+        """The room's feed's :attr:`RoomFeed.rev_known`; None without a feed here."""
+        feed = self._feeds.get(room_id)
+        return feed.rev_known if feed is not None and feed.ready.is_set() else None
+
+    async def publish_revision(self, message: Message) -> None:
+        """Tell every process serving the room that ``message`` was edited or deleted (never raises).
+
+        Like :meth:`publish_message`: on a broker outage this process's
+        sockets are told at once and the publish is retried in the
+        background; the other processes' sweeps read it from storage.
+        """
+        channel, frame = room_channel(message.room_id), message_updated_frame(message)
+        try:
+            await self.broker.publish(channel, frame)
+        except Unavailable as exc:
+            log.warning("publishing rev %d of room %s failed (%s); retrying", message.rev, message.room_id, exc)
+            feed = self._feeds.get(message.room_id)
+            if feed is not None and feed.ready.is_set():
+                feed.receive_revision(message.seq, message.rev, frame)
+            self._spawn(self._republish(channel, frame))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def publish_message(self, message: Message) -> None:
         """Send a stored message to every process with sockets in its room.
 
@@ -366,9 +475,7 @@ class Fanout:
             feed = self._feeds.get(message.room_id)
             if feed is not None and feed.ready.is_set():
                 feed.receive(message.seq, frame)
-            task = asyncio.create_task(self._republish(channel, frame))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._republish(channel, frame))
 
     async def _republish(self, channel: str, frame: str) -> None:
         delay = 0.2
@@ -383,11 +490,11 @@ class Fanout:
         log.warning("gave up publishing a frame on %s; receivers will catch up from storage", channel)
 
     async def _sweep(self) -> None:
-        """Now and then, compare each room's stored seq with what was delivered.
+        """Now and then, compare each room's stored seq (and rev) with what was delivered.
 
         Catches the one loss nothing else sees: a process killed after storing
-        (and acking) a message but before publishing it, in a room where
-        nobody writes again for a while. One query for every room this
+        (and acking) a message or an edit but before publishing it, in a room
+        where nobody writes again for a while. One query for every room this
         process serves, not one per room: with thousands of rooms, per-room
         reads every few seconds were most of what the database did.
         """
@@ -396,17 +503,26 @@ class Fanout:
             feeds = [feed for feed in self._feeds.values() if feed.ready.is_set() and feed.listeners]
             if not feeds:
                 continue
-            try:
-                if self.stored_seqs is not None:
-                    stored = await self.stored_seqs([feed.room_id for feed in feeds])
-                else:
-                    stored = {feed.room_id: await self.stored_seq(feed.room_id) for feed in feeds}
-            except Exception as exc:
-                log.warning("sweep of %d rooms failed: %s", len(feeds), exc)
-                continue
-            for feed in feeds:
-                if stored.get(feed.room_id, 0) > feed.last_seq:
-                    feed.resync()
+            await self._check_feeds(feeds)
+
+    async def _check_feeds(self, feeds: Sequence[RoomFeed]) -> None:
+        """Compare the feeds' rooms' counters with what they delivered, in one query; catch up where behind."""
+        try:
+            if self.counters is not None:
+                counted = await self.counters([feed.room_id for feed in feeds])
+                stored = {room_id: counters.seq for room_id, counters in counted.items()}
+            elif self.stored_seqs is not None:
+                counted, stored = {}, await self.stored_seqs([feed.room_id for feed in feeds])
+            else:
+                counted, stored = {}, {feed.room_id: await self.stored_seq(feed.room_id) for feed in feeds}
+        except Exception as exc:
+            log.warning("sweep of %d rooms failed: %s", len(feeds), exc)
+            return
+        for feed in feeds:
+            if stored.get(feed.room_id, 0) > feed.last_seq:
+                feed.resync()
+            if feed.room_id in counted and self.revised_after is not None:
+                feed.check_revisions(counted[feed.room_id].rev, self.revised_after)
 
     async def publish_control(self, room_id: str, event: str) -> None:
         """Send a control event to every process serving the room (this one included)."""
@@ -447,9 +563,11 @@ class Fanout:
 
     def _route(self, event: Event) -> None:
         if event is RESYNC:
-            for each in self._feeds.values():
-                if each.ready.is_set():
-                    each.resync()
+            ready = [each for each in self._feeds.values() if each.ready.is_set()]
+            for each in ready:
+                each.resync()
+            if ready and self.counters is not None:
+                self._spawn(self._check_feeds(ready))  # revisions published meanwhile are gone too
             for _, on_resync in self._watched.values():
                 if on_resync is not None:
                     on_resync()
@@ -470,5 +588,7 @@ class Fanout:
         handler = self._control_handlers.get(routing.kind)
         if handler is not None:
             handler(feed.room_id, event.payload)
+        elif routing.rev is not None and routing.seq is not None:
+            feed.receive_revision(routing.seq, routing.rev, event.payload)
         else:
             feed.receive(routing.seq, event.payload, routing.author)

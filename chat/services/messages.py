@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from ..errors import TooLarge, Unavailable, ValidationError
-from ..models import Message, NewMessage, Room, User
+from ..errors import Forbidden, NotFound, TooLarge, Unavailable, ValidationError
+from ..models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ..storage import Storage
 
 MAX_BODY_LENGTH = 4000
@@ -179,6 +179,48 @@ class Messages:
     async def stored_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
         """:meth:`stored_seq` of many rooms in one query."""
         return await self._storage.messages.acknowledged_seqs(room_ids)
+
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
+        """Each room's seq and rev counters, in one query."""
+        return await self._storage.messages.counters(room_ids)
+
+    async def stored_rev(self, room_id: str) -> int:
+        """The room's rev counter: a page read after it, resuming from it, misses no edit."""
+        return (await self.counters([room_id])).get(room_id, RoomCounters()).rev
+
+    async def edit(self, user: User, room: Room, message_id: str, body: str) -> Message:
+        """Replace the body of ``user``'s own message; Forbidden for anyone else's."""
+        message = await self._own(user, room, message_id)
+        if message.deleted_at is not None:
+            raise ValidationError("that message was deleted", field="body")
+        body = clean_body(body)
+        if body == message.body:
+            return message  # nothing changes: no new rev, nothing to tell the room
+        return await self._revise(Revision(room.id, message.id, body, utcnow()))
+
+    async def delete(self, user: User, room: Room, message_id: str) -> Message:
+        """Delete ``user``'s own message (it keeps its place, its body goes); Forbidden for anyone else's."""
+        message = await self._own(user, room, message_id)
+        if message.deleted_at is not None:
+            return message  # deleted already: deleting again changes nothing
+        return await self._revise(Revision(room.id, message.id, None, utcnow()))
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        return await self._storage.messages.revised_after(room_id, rev, limit)
+
+    async def _own(self, user: User, room: Room, message_id: str) -> Message:
+        message = await self._storage.messages.get(room.id, message_id)
+        if message is None:
+            raise NotFound("no such message in this room")
+        if message.user_id != user.id:
+            raise Forbidden("only its author may change a message")
+        return message
+
+    async def _revise(self, revision: Revision) -> Message:
+        revised = await self._storage.messages.revise(revision)
+        if revised is None:
+            raise NotFound("no such message in this room")
+        return revised
 
     async def backfill(self, room_id: str, since_seq: int) -> list[Message]:
         messages, _ = await self._storage.messages.after(room_id, since_seq, 1000)

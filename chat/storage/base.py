@@ -13,7 +13,7 @@ import abc
 import datetime
 from collections.abc import Collection, Mapping, Sequence
 
-from ..models import Message, NewMessage, Room, Session, User
+from ..models import Message, NewMessage, Revision, Room, RoomCounters, Session, User
 
 
 class UserRepository(abc.ABC):
@@ -132,16 +132,41 @@ class MessageRepository(abc.ABC):
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         """Messages with ``seq > since_seq`` ascending, at most ``limit``, and whether more follow."""
 
-    @abc.abstractmethod
     async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
-        """Each room's counter, in one query: every seq ``add_many`` has returned is at or below it.
+        """Each room's seq counter, in one query: every seq ``add_many`` has returned is at or below it.
 
         What a reader compares with what it was delivered: a message is only
-        acknowledged and published after ``add_many`` returns. One query for
-        many rooms, by the rooms' ids: with thousands of rooms, a query per
-        room (or one that scans messages) every few seconds is what a
-        database notices. A room that does not exist is left out.
+        acknowledged and published after ``add_many`` returns. A room that
+        does not exist is left out.
         """
+        return {room_id: counters.seq for room_id, counters in (await self.counters(room_ids)).items()}
+
+    @abc.abstractmethod
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
+        """Each room's seq and rev counters, in one query, by the rooms' ids.
+
+        One query for many rooms: with thousands of rooms, a query per room
+        (or one that scans messages) every few seconds is what a database
+        notices. A room that does not exist is left out.
+        """
+
+    @abc.abstractmethod
+    async def get(self, room_id: str, message_id: str) -> Message | None:
+        """The message with this id in this room, as stored now."""
+
+    @abc.abstractmethod
+    async def revise(self, revision: Revision) -> Message | None:
+        """Apply an edit or a deletion; None if the room has no such message.
+
+        The message gets the room's next rev (counters.rev moves first, so a
+        reader that saw the counter at R before this finished is sent it
+        live). A deletion empties the body in storage. Revs of one message
+        only ever grow, even when two revisions race.
+        """
+
+    @abc.abstractmethod
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        """Messages revised after ``rev``, by ascending rev, at most ``limit``, and whether more follow."""
 
 
 class Storage(abc.ABC):

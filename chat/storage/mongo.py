@@ -19,12 +19,12 @@ import hashlib
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, InvalidOperation, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from ..errors import Conflict, Unavailable
-from ..models import Message, NewMessage, Room, Session, User, new_id, utcnow
+from ..models import Message, NewMessage, Revision, Room, RoomCounters, Session, User, new_id, utcnow
 from .base import MessageRepository, RoomRepository, SessionRepository, Storage, UserRepository
 
 # How long an operation waits for a reachable server before the caller gets
@@ -125,6 +125,9 @@ def _message(doc: Mapping[str, Any]) -> Message:
         body=doc["body"],
         created_at=doc["created_at"],
         client_id=doc["client_id"],
+        edited_at=doc.get("edited_at"),
+        deleted_at=doc.get("deleted_at"),
+        rev=int(doc.get("rev", 0)),
     )
 
 
@@ -275,6 +278,7 @@ class MongoRooms(RoomRepository):
                 "creator_username": creator.username,
                 "created_at": room.created_at,
                 "last_seq": 0,
+                "last_rev": 0,
             },
             conflict=f"a room named {name!r} exists already",
         )
@@ -337,6 +341,8 @@ class MongoMessages(MessageRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
         self._writers = RoomWriters()
+        # Revisions of a room take turns too (apart from sends, which they need not wait for).
+        self._revisers = RoomWriters()
 
     async def _find_by_client_id(self, new: NewMessage) -> Message | None:
         doc = await self._storage.db.messages.find_one({"_id": message_id(new)})
@@ -422,16 +428,74 @@ class MongoMessages(MessageRepository):
             docs = [doc async for doc in cursor]
         return [_message(doc) for doc in reversed(docs[:limit])], len(docs) > limit
 
-    async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
         ids = list(room_ids)
         if not ids:
             return {}
+        fields = {"last_seq": 1, "last_rev": 1}
         with _translate_errors():
             if len(ids) == 1:  # by equality: FerretDB answers that far faster than an $in of one
-                doc = await self._storage.db.rooms.find_one({"_id": ids[0]}, {"last_seq": 1})
-                return {doc["_id"]: int(doc.get("last_seq", 0))} if doc else {}
-            cursor = self._storage.db.rooms.find({"_id": {"$in": ids}}, {"last_seq": 1})
-            return {doc["_id"]: int(doc.get("last_seq", 0)) async for doc in cursor}
+                doc = await self._storage.db.rooms.find_one({"_id": ids[0]}, fields)
+                docs = [doc] if doc else []
+            else:
+                docs = [doc async for doc in self._storage.db.rooms.find({"_id": {"$in": ids}}, fields)]
+        return {doc["_id"]: RoomCounters(int(doc.get("last_seq", 0)), int(doc.get("last_rev", 0))) for doc in docs}
+
+    async def get(self, room_id: str, message_id: str) -> Message | None:
+        with _translate_errors():
+            doc = await self._storage.db.messages.find_one({"_id": message_id, "room_id": room_id})
+        return _message(doc) if doc else None
+
+    async def revise(self, revision: Revision) -> Message | None:
+        """Draw the room's next rev (``$inc``), then write the message under it if its rev is lower.
+
+        On MongoDB ``$inc`` and the conditional update are atomic, so revs
+        are unique and one message's revs only grow, whatever the race.
+        FerretDB v1's findAndModify is not atomic: revisions of one room in
+        one process take turns (so they cannot race there), but two
+        processes revising one room at the same instant may draw the same
+        rev on FerretDB.
+        """
+        if revision.body is None:
+            change: dict[str, Any] = {"body": "", "deleted_at": revision.at}
+        else:
+            change = {"body": revision.body, "edited_at": revision.at}
+        with _translate_errors():
+            async with self._revisers.turn(revision.room_id):
+                return await self._revise(revision, change)
+
+    async def _revise(self, revision: Revision, change: dict[str, Any]) -> Message | None:
+        db = self._storage.db
+        where = {"_id": revision.message_id, "room_id": revision.room_id}
+        for _ in range(MAX_SEQ_ATTEMPTS):
+            if await db.messages.find_one(where, {"_id": 1}) is None:
+                return None
+            room = await db.rooms.find_one_and_update(
+                {"_id": revision.room_id},
+                {"$inc": {"last_rev": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if room is None:
+                return None
+            rev = int(room["last_rev"])
+            doc = await db.messages.find_one_and_update(
+                {**where, "rev": {"$not": {"$gte": rev}}},
+                {"$set": {**change, "rev": rev}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                return _message(doc)
+        raise Unavailable(f"could not revise message {revision.message_id} after {MAX_SEQ_ATTEMPTS} attempts")
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        with _translate_errors():
+            cursor = (
+                self._storage.db.messages.find({"room_id": room_id, "rev": {"$gt": rev}})
+                .sort("rev", ASCENDING)
+                .limit(limit + 1)
+            )
+            docs = [doc async for doc in cursor]
+        return [_message(doc) for doc in docs[:limit]], len(docs) > limit
 
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():
@@ -504,6 +568,7 @@ class MongoStorage(Storage):
                 unique=True,
                 name="room_user_client_unique",
             )
+            await db.messages.create_index([("room_id", ASCENDING), ("rev", ASCENDING)], name="room_rev")
             await db.sessions.create_index("expires_at", name="expires_at")
             await db.sessions.create_index("user_id", name="user_id")
         self._indexed = True

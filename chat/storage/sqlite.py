@@ -23,7 +23,7 @@ from pathlib import Path
 import aiosqlite
 
 from ..errors import Conflict, Unavailable
-from ..models import Message, NewMessage, Room, Session, User, new_id, utcnow
+from ..models import Message, NewMessage, Revision, Room, RoomCounters, Session, User, new_id, utcnow
 from .base import MessageRepository, RoomRepository, SessionRepository, Storage, UserRepository
 
 SCHEMA = """
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     creator_id TEXT NOT NULL,
     creator_username TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    last_rev INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS messages (
     body TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     client_id TEXT NOT NULL,
+    edited_at INTEGER,
+    deleted_at INTEGER,
+    rev INTEGER NOT NULL DEFAULT 0,
     UNIQUE (room_id, seq),
     UNIQUE (room_id, user_id, client_id)
 );
@@ -72,7 +76,15 @@ CREATE TABLE IF NOT EXISTS messages (
 ADDED_COLUMNS = (
     ("users", "disabled", "INTEGER NOT NULL DEFAULT 0"),
     ("sessions", "idle_expires_at", "INTEGER NOT NULL DEFAULT 0"),
+    ("rooms", "last_rev", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "edited_at", "INTEGER"),
+    ("messages", "deleted_at", "INTEGER"),
+    ("messages", "rev", "INTEGER NOT NULL DEFAULT 0"),
 )
+# Indexes on added columns: made once the columns exist.
+LATE_INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_room_rev ON messages (room_id, rev);
+"""
 
 
 def _to_ms(moment: datetime.datetime) -> int:
@@ -132,6 +144,9 @@ def _message(row: sqlite3.Row) -> Message:
         body=row["body"],
         created_at=_from_ms(row["created_at"]),
         client_id=row["client_id"],
+        edited_at=_from_ms(row["edited_at"]) if row["edited_at"] is not None else None,
+        deleted_at=_from_ms(row["deleted_at"]) if row["deleted_at"] is not None else None,
+        rev=row["rev"],
     )
 
 
@@ -159,6 +174,7 @@ class _Database:
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._writer.executescript(SCHEMA)
             await self._add_missing_columns(self._writer)
+            await self._writer.executescript(LATE_INDEXES)
             # An in-memory database is private to its connection, so there the
             # writer serves reads too.
             self._reader = self._writer if self.path == ":memory:" else await self._connect()
@@ -472,14 +488,48 @@ class SQLiteMessages(MessageRepository):
         )
         return [_message(row) for row in rows[:limit]], len(rows) > limit
 
-    async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
         ids = list(room_ids)
         if not ids:
             return {}
-        # The counter moves in the transaction that stores: it is exact here.
+        # The counters move in the transactions that store: they are exact here.
         marks = ",".join("?" * len(ids))
-        rows = await self._db.fetchall(f"SELECT id, last_seq FROM rooms WHERE id IN ({marks})", tuple(ids))
-        return {row["id"]: row["last_seq"] for row in rows}
+        rows = await self._db.fetchall(f"SELECT id, last_seq, last_rev FROM rooms WHERE id IN ({marks})", tuple(ids))
+        return {row["id"]: RoomCounters(row["last_seq"], row["last_rev"]) for row in rows}
+
+    async def get(self, room_id: str, message_id: str) -> Message | None:
+        row = await self._db.fetchone("SELECT * FROM messages WHERE id = ? AND room_id = ?", (message_id, room_id))
+        return _message(row) if row else None
+
+    async def revise(self, revision: Revision) -> Message | None:
+        # One transaction: the counter and the message move together.
+        async with self._db.transaction() as conn:
+            async with conn.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND room_id = ?", (revision.message_id, revision.room_id)
+            ) as cursor:
+                if await cursor.fetchone() is None:
+                    return None
+            async with conn.execute(
+                "UPDATE rooms SET last_rev = last_rev + 1 WHERE id = ? RETURNING last_rev", (revision.room_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            at = _to_ms(revision.at)
+            if revision.body is None:
+                sql = "UPDATE messages SET body = '', deleted_at = ?, rev = ? WHERE id = ? RETURNING *"
+            else:
+                sql = "UPDATE messages SET body = ?, edited_at = ?, rev = ? WHERE id = ? RETURNING *"
+            params = (at, row[0]) if revision.body is None else (revision.body, at, row[0])
+            async with conn.execute(sql, (*params, revision.message_id)) as cursor:
+                updated = await cursor.fetchone()
+        return _message(updated) if updated else None
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM messages WHERE room_id = ? AND rev > ? ORDER BY rev LIMIT ?", (room_id, rev, limit + 1)
+        )
+        return [_message(row) for row in rows[:limit]], len(rows) > limit
 
 
 class SQLiteStorage(Storage):

@@ -162,6 +162,8 @@ class RoomHandler(BaseHandler):
     async def get(self, room_id: str) -> None:
         room = await self.rooms.get(room_id)
         before_argument = self.get_query_argument("before", None)
+        # Read before the messages: the page's socket asks for every edit after it.
+        last_rev = await self.messages.stored_rev(room.id)
         if before_argument is None:
             messages, has_more = await self.messages.recent(room.id)
         else:
@@ -176,6 +178,7 @@ class RoomHandler(BaseHandler):
             messages=messages,
             has_more=has_more,
             last_seq=last_seq,
+            last_rev=last_rev,
             online=online,
             archive=before_argument is not None,
             older_before=messages[0].seq if has_more and messages else None,

@@ -32,6 +32,7 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     admission: Admission | None = None
     transport: SocketTransport | None = None
     _since: int | None = None
+    _rev: int | None = None
 
     async def prepare(self) -> None:
         # Refusals happen here, before the upgrade, so clients get a plain
@@ -50,6 +51,9 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         since = self.get_query_argument("since", None)
         if since is not None:
             self._since = read_seq("since", since)
+        rev = self.get_query_argument("rev", None)
+        if rev is not None:
+            self._rev = read_seq("rev", rev)
         # Last, so that nothing after it can refuse the handshake and leave
         # the place taken (a taken place expires by itself anyway).
         self.admission = await self.services.connections.admit(self.user, self.client_ip)
@@ -97,7 +101,7 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             origin=self.request.headers.get("Origin"),
         )
         try:
-            await self.connection.open(self._since)
+            await self.connection.open(self._since, self._rev)
         except Unavailable as exc:
             log.warning("closing socket: cannot load room %s: %s", self.room.id, exc)
             transport.close(Close.TRY_AGAIN_LATER, "storage unavailable; reconnect shortly")

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chat.errors import Conflict, Unavailable
-from chat.models import NewMessage, Room, User
+from chat.models import NewMessage, Revision, Room, RoomCounters, User, utcnow
 from chat.storage import Storage, open_storage
 from tests.support.services import free_port
 from tests.support.storage import connected_storage
@@ -336,6 +336,85 @@ async def test_acknowledged_seqs_cover_every_stored_message_of_many_rooms_in_one
     assert counted == {room.id: 3, other.id: 1, quiet.id: 0}
     assert await storage.messages.acknowledged_seqs([other.id]) == {other.id: 1}
     assert await storage.messages.acknowledged_seqs([]) == {}
+
+
+# -- revisions (edit and delete) ----------------------------------------------------
+
+
+async def test_an_edit_changes_the_body_and_takes_the_rooms_next_rev(storage: Storage, room: Room, user: User) -> None:
+    first, _ = await storage.messages.add(new_message(room, user, "c1", "helo"))
+    second, _ = await storage.messages.add(new_message(room, user, "c2", "world"))
+    at = utcnow()
+
+    edited = await storage.messages.revise(Revision(room.id, first.id, "hello", at))
+
+    assert edited is not None
+    assert (edited.body, edited.edited_at, edited.deleted_at, edited.rev) == ("hello", at, None, 1)
+    assert (edited.seq, edited.created_at, edited.client_id) == (first.seq, first.created_at, first.client_id)
+    assert await storage.messages.get(room.id, first.id) == edited
+    assert await storage.messages.get(room.id, second.id) == second  # rev 0: never revised
+    assert await storage.messages.counters([room.id]) == {room.id: RoomCounters(seq=2, rev=1)}
+    latest, _ = await storage.messages.latest(room.id, 10)
+    assert [m.body for m in latest] == ["hello", "world"]
+
+
+async def test_a_deletion_keeps_the_place_and_empties_the_body_in_storage(
+    storage: Storage, room: Room, user: User
+) -> None:
+    message, _ = await storage.messages.add(new_message(room, user, "c1", "a secret"))
+    at = utcnow()
+
+    deleted = await storage.messages.revise(Revision(room.id, message.id, None, at))
+
+    assert deleted is not None
+    assert (deleted.seq, deleted.body, deleted.deleted_at, deleted.rev) == (message.seq, "", at, 1)
+    after, _ = await storage.messages.after(room.id, 0, 10)
+    assert [(m.seq, m.body) for m in after] == [(1, "")]
+
+
+async def test_revisions_are_read_back_in_rev_order_after_a_cursor(storage: Storage, room: Room, user: User) -> None:
+    await post_many(storage, room, user, 5)
+    stored, _ = await storage.messages.after(room.id, 0, 10)
+    for message in (stored[3], stored[1], stored[3], stored[0]):  # message 4 twice
+        await storage.messages.revise(Revision(room.id, message.id, f"{message.body}!", utcnow()))
+
+    revised, more = await storage.messages.revised_after(room.id, 0, 10)
+    assert [(m.seq, m.rev) for m in revised] == [(2, 2), (4, 3), (1, 4)] and not more
+    page, more = await storage.messages.revised_after(room.id, 2, 1)
+    assert [(m.seq, m.rev) for m in page] == [(4, 3)] and more
+    assert (await storage.messages.counters([room.id]))[room.id].rev == 4
+
+
+async def test_revising_a_message_of_another_room_or_none_changes_nothing(
+    storage: Storage, room: Room, user: User
+) -> None:
+    other = await storage.rooms.add("other", user)
+    message, _ = await storage.messages.add(new_message(room, user, "c1", "stay"))
+
+    assert await storage.messages.revise(Revision(other.id, message.id, "moved?", utcnow())) is None
+    assert await storage.messages.revise(Revision(room.id, "0" * 24, "ghost", utcnow())) is None
+    assert await storage.messages.get(other.id, message.id) is None
+    assert await storage.messages.get(room.id, message.id) == message
+    assert await storage.messages.counters([room.id, other.id]) == {
+        room.id: RoomCounters(1, 0),
+        other.id: RoomCounters(0, 0),
+    }
+
+
+async def test_racing_revisions_of_one_message_leave_the_highest_rev_stored(
+    storage: Storage, room: Room, user: User
+) -> None:
+    message, _ = await storage.messages.add(new_message(room, user, "c1", "v0"))
+
+    results = await asyncio.gather(
+        *(storage.messages.revise(Revision(room.id, message.id, f"v{i}", utcnow())) for i in range(1, 9))
+    )
+
+    revs = [result.rev for result in results if result is not None]
+    assert len(set(revs)) == 8  # each revision its own rev, even where $inc is not atomic
+    stored = await storage.messages.get(room.id, message.id)
+    assert stored is not None and stored.rev == max(revs)
+    assert stored.body == next(r.body for r in results if r is not None and r.rev == stored.rev)
 
 
 async def test_added_message_carries_what_was_sent(storage: Storage, room: Room, user: User) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import Any
 
 import pytest
 
@@ -84,11 +85,11 @@ async def connect(member: tuple[User, str], chat_room: Room, services: Services)
     """Open connections the way the socket handler does: through the services' factory."""
     opened: list[RoomConnection] = []
 
-    async def open_connection(since: int | None = None) -> tuple[RoomConnection, FakeTransport]:
+    async def open_connection(since: int | None = None, rev: int | None = None) -> tuple[RoomConnection, FakeTransport]:
         user, token = member
         transport = FakeTransport()
         connection = services.connections.create(transport, user, chat_room, token)
-        await connection.open(since)
+        await connection.open(since, rev)
         opened.append(connection)
         return connection, transport
 
@@ -662,3 +663,88 @@ async def test_typing_notices_are_rate_limited_and_stored_nowhere(
     assert refused[0]["client_id"] == "t10" and refused[0]["retry_after"] > 0
     stored, _ = await messages.recent(chat_room.id)
     assert stored == []
+
+
+# -- edit and delete ---------------------------------------------------------------
+
+
+def edit(message_id: str, body: str, client_id: str = "e-1") -> str:
+    return json.dumps({"type": "edit", "id": message_id, "body": body, "client_id": client_id})
+
+
+def delete(message_id: str, client_id: str = "d-1") -> str:
+    return json.dumps({"type": "delete", "id": message_id, "client_id": client_id})
+
+
+async def test_the_author_edits_and_deletes_and_the_room_is_told(
+    connect: Connect, accounts: Accounts, chat_room: Room, services: Services, messages: Messages
+) -> None:
+    alice, alice_transport = await connect()
+    bob = await accounts.register("bob", "correct horse", "correct horse")
+    bob_transport = FakeTransport()
+    bob_connection = services.connections.create(bob_transport, bob, chat_room, await accounts.start_session(bob))
+    await bob_connection.open(None)
+    await alice.receive(send("c-1", "helo"))
+    original = alice_transport.of_type("ack")[0]["message"]
+
+    await alice.receive(edit(original["id"], "hello"))
+    await alice.receive(delete(original["id"]))
+
+    def updates(transport: FakeTransport) -> list[dict[str, Any]]:
+        return [frame["message"] for frame in transport.of_type("message_updated")]
+
+    await eventually(lambda: len(updates(bob_transport)) == 2, what="bob told of the edit and the deletion")
+    edited, deleted = updates(bob_transport)
+    assert (edited["body"], edited["rev"], edited["seq"]) == ("hello", 1, original["seq"])
+    assert edited["edited_at"] is not None and edited["deleted_at"] is None
+    assert (deleted["body"], deleted["rev"]) == ("", 2) and deleted["deleted_at"] is not None
+    await eventually(lambda: len(updates(alice_transport)) == 2, what="the author's own socket told too")
+    stored, _ = await messages.recent(chat_room.id)
+    assert [(m.seq, m.body, m.rev) for m in stored] == [(1, "", 2)]
+    await bob_connection.close()
+
+
+async def test_someone_elses_message_cannot_be_edited_or_deleted(
+    connect: Connect, accounts: Accounts, chat_room: Room, services: Services, messages: Messages
+) -> None:
+    alice, alice_transport = await connect()
+    await alice.receive(send("c-1", "mine"))
+    message_id = alice_transport.of_type("ack")[0]["message"]["id"]
+    mallory = await accounts.register("mallory", "correct horse", "correct horse")
+    transport = FakeTransport()
+    connection = services.connections.create(transport, mallory, chat_room, await accounts.start_session(mallory))
+    await connection.open(None)
+
+    await connection.receive(edit(message_id, "defaced", "e-9"))
+    await connection.receive(delete(message_id, "d-9"))
+    await connection.receive(edit("0" * 24, "nothing there", "e-10"))
+
+    codes = [(e["code"], e["client_id"]) for e in transport.of_type("error")]
+    assert codes == [("forbidden", "e-9"), ("forbidden", "d-9"), ("bad_request", "e-10")]
+    assert transport.closed_with is None  # refused, not thrown out
+    stored, _ = await messages.recent(chat_room.id)
+    assert [(m.body, m.rev) for m in stored] == [("mine", 0)]
+    await asyncio.sleep(0.05)
+    assert transport.of_type("message_updated") == alice_transport.of_type("message_updated") == []
+    await connection.close()
+
+
+async def test_a_resume_with_rev_is_sent_the_edits_it_missed(
+    connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
+) -> None:
+    user, _ = member
+    for i in range(3):
+        await messages.post(user, chat_room, f"c-{i}", f"m{i}")
+    stored, _ = await messages.recent(chat_room.id)
+    await messages.edit(user, chat_room, stored[0].id, "m0 fixed")
+    rev_seen = await messages.stored_rev(chat_room.id)
+    # What happened while this client was away: one more edit, and a deletion.
+    await messages.edit(user, chat_room, stored[2].id, "m2 fixed")
+    await messages.delete(user, chat_room, stored[1].id)
+
+    _, transport = await connect(3, rev_seen)
+
+    assert transport.types[:3] == ["hello", "history", "updates"]
+    frame = transport.of_type("updates")[0]
+    assert [(m["seq"], m["body"], m["rev"]) for m in frame["messages"]] == [(3, "m2 fixed", 2), (2, "", 3)]
+    assert frame["last_rev"] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 from collections.abc import AsyncIterator, Collection
@@ -11,7 +12,7 @@ import pytest
 
 from chat.broker import room_channel
 from chat.broker.memory import MemoryBroker
-from chat.models import Message
+from chat.models import Message, RoomCounters
 from chat.protocol import Outbound, message_frame, message_wire
 from chat.services.fanout import Fanout
 from tests.support.fakes import RecordingListener
@@ -430,4 +431,90 @@ async def test_the_sweep_asks_for_every_room_in_one_read_and_catches_up_a_room_b
 
     await eventually(lambda: 3 in listener.seqs, what="the sweep's catch-up")
     assert store.batch_calls[0] == ["a", "b", ROOM]
+    await fanout.stop()
+
+
+# -- revisions (edits and deletions) -------------------------------------------------
+
+
+class RevisedStore(SweptStore):
+    """Also keeps revised messages, and answers counters and revised_after like storage."""
+
+    def __init__(self, stored: int) -> None:
+        super().__init__(stored)
+        self.rev = 0
+        self.revised: dict[int, Message] = {}  # seq -> latest version
+        self.revised_calls: list[int] = []
+
+    def revise(self, seq: int, body: str) -> Message:
+        self.rev += 1
+        self.revised[seq] = dataclasses.replace(msg(seq), body=body, rev=self.rev)
+        return self.revised[seq]
+
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
+        return dict.fromkeys(room_ids, RoomCounters(self.seq, self.rev))
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        self.revised_calls.append(rev)
+        found = sorted((m for m in self.revised.values() if m.rev > rev), key=lambda m: m.rev)
+        return found[:limit], len(found) > limit
+
+
+def updates_received(listener: RecordingListener) -> list[tuple[int, str]]:
+    frames = [json.loads(text) for seq, text in listener.received if seq is None]
+    return [(f["message"]["rev"], f["message"]["body"]) for f in frames if f["type"] == "message_updated"]
+
+
+async def revised_fanout(broker: CountingBroker, store: RevisedStore) -> Fanout:
+    fanout = Fanout(
+        broker,
+        store.backfill,
+        store.stored_seq,
+        counters=store.counters,
+        revised_after=store.revised_after,
+        remember=5,
+        sweep_interval=0.02,
+    )
+    await fanout.start()
+    return fanout
+
+
+async def test_revisions_are_delivered_live_and_change_what_the_feed_remembers(broker: CountingBroker) -> None:
+    store = RevisedStore(stored=3)
+    fanout = await revised_fanout(broker, store)
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+    await fanout.join(ROOM, RecordingListener())
+    fanout.remember_read(ROOM, store.messages)
+
+    await fanout.publish_revision(store.revise(2, "fixed"))
+    await fanout.publish_revision(store.revise(2, "fixed again"))
+
+    await eventually(lambda: len(updates_received(listener)) == 2, what="both revisions delivered")
+    assert updates_received(listener) == [(1, "fixed"), (2, "fixed again")]
+    recent = fanout.recent(ROOM)
+    assert recent is not None
+    latest = recent.latest(3)
+    assert latest is not None
+    assert [json.loads(wire)["body"] for wire in latest[0]] == ["message 1", "fixed again", "message 3"]
+    assert fanout.rev_known(ROOM) == 2
+    await asyncio.sleep(0.1)  # sweeps: nothing was missed, so storage is not asked
+    assert store.revised_calls == []
+    await fanout.stop()
+
+
+async def test_the_sweep_reads_a_revision_whose_publish_was_lost(broker: CountingBroker) -> None:
+    store = RevisedStore(stored=3)
+    fanout = await revised_fanout(broker, store)
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    store.revise(1, "edited where the publish died")  # rev 1: stored, never published
+    await fanout.publish_revision(store.revise(3, "edited and published"))  # rev 2
+
+    await eventually(lambda: len(updates_received(listener)) == 2, what="the lost revision caught up")
+    assert sorted(updates_received(listener)) == [(1, "edited where the publish died"), (2, "edited and published")]
+    await asyncio.sleep(0.1)
+    assert len(updates_received(listener)) == 2  # each delivered once
+    assert store.revised_calls == [0]
     await fanout.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
@@ -15,6 +16,8 @@ from chat.protocol import (
     FETCH_DEFAULT_LIMIT,
     MAX_SAFE_INTEGER,
     Close,
+    DeleteFrame,
+    EditFrame,
     ErrorCode,
     FetchFrame,
     ProtocolError,
@@ -236,6 +239,9 @@ def test_message_wire_format_has_every_documented_key() -> None:
         "body": "héllo <b>",
         "created_at": "2024-05-06T07:08:09.123Z",
         "client_id": "c-1",
+        "rev": 0,
+        "edited_at": None,
+        "deleted_at": None,
     }
 
 
@@ -284,7 +290,12 @@ def test_frames_are_compact_utf8_json() -> None:
 
 
 def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
-    assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12, None)
+    assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12, None, None)
+
+
+def test_frame_routing_reads_the_seq_and_rev_of_a_revised_message() -> None:
+    revised = dataclasses.replace(message(seq=12), body="fixed", rev=4)
+    assert frame_routing(protocol.message_updated_frame(revised)) == ("message_updated", 12, None, 4)
 
 
 @pytest.mark.parametrize(
@@ -297,8 +308,8 @@ def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
     ],
 )
 def test_frame_routing_gives_no_seq_for_other_frames(frame: str) -> None:
-    kind, seq, _ = frame_routing(frame)
-    assert seq is None and kind == json.loads(frame)["type"]
+    kind, seq, _, rev = frame_routing(frame)
+    assert seq is None and rev is None and kind == json.loads(frame)["type"]
 
 
 # -- the one exception table ---------------------------------------------------
@@ -374,6 +385,45 @@ def test_a_typing_notice_parses_and_is_routed_with_its_author() -> None:
     assert parse_client_frame('{"type":"typing","client_id":"t1"}') == TypingFrame("t1")
     notice = protocol.typing_frame(USER)
     assert json.loads(notice) == {"type": "typing", "user": {"id": "u1", "username": "alice"}}
-    assert frame_routing(notice) == ("typing", None, "u1")
+    assert frame_routing(notice) == protocol.Routing("typing", author="u1")
     with pytest.raises(ProtocolError):
         parse_client_frame('{"type":"typing","body":"secret draft"}')
+
+
+def test_edit_and_delete_name_a_message_and_edit_carries_a_body() -> None:
+    assert parse_client_frame('{"type":"edit","id":"abc123","body":"fixed","client_id":"e1"}') == EditFrame(
+        "abc123", "fixed", "e1"
+    )
+    assert parse_client_frame('{"type":"delete","id":"abc123"}') == DeleteFrame("abc123")
+    assert parse_client_frame('{"type":"sync","since":3,"rev":9}') == SyncFrame(3, 9)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"edit","id":"abc","client_id":"e1"}',  # no body
+        '{"type":"edit","id":{"$ne":""},"body":"x"}',  # an operator where an id belongs
+        '{"type":"edit","id":"","body":"x"}',
+        '{"type":"edit","id":"ab/../cd","body":"x"}',
+        '{"type":"delete","id":"ab\u00e9"}',  # not ASCII
+        '{"type":"delete","id":"abc","body":"x"}',  # delete takes no body
+        '{"type":"edit","id":"abc","body":"a\u0000b"}',
+        '{"type":"sync","since":1,"rev":-1}',
+    ],
+)
+def test_malformed_edits_and_deletes_are_bad_requests(text: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_client_frame(text)
+
+
+def test_message_updated_carries_the_message_as_it_is_now_and_updates_a_resume() -> None:
+    deleted = dataclasses.replace(message(seq=4), body="", rev=7, deleted_at=message().created_at)
+    frame = json.loads(protocol.message_updated_frame(deleted))
+    assert frame == {"type": "message_updated", "message": deleted.to_wire()}
+    remembered = protocol.message_frame_of_update(protocol.message_updated_frame(deleted))
+    assert remembered == protocol.message_frame(deleted)
+    assert json.loads(protocol.updates_frame([deleted], 9)) == {
+        "type": "updates",
+        "messages": [deleted.to_wire()],
+        "last_rev": 9,
+    }
