@@ -26,6 +26,10 @@ const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_SHOWN_FOR_MS = 6000;
 // The client_id of a scroll-back fetch: an error about it is not about the outbox.
 const OLDER_ID_PREFIX = "older-";
+// Likewise for edits and deletions.
+const REVISION_ID_PREFIX = "revise-";
+// Revisions of messages not shown yet (they may come later) kept at most.
+const MAX_EARLY_UPDATES = 1000;
 
 function newClientId() {
   // randomUUID only exists in secure contexts; a page served over plain http
@@ -85,17 +89,26 @@ class MessageList {
   // keeps insertion order), so the first one is found without a DOM query.
   #pending = new Set();
   #lastSeq;
+  #userId;
+  // Newest version of messages revised before they are shown (seq -> MSG):
+  // an edit can overtake its message, or concern one not scrolled to yet.
+  #early = new Map();
+  // The text each shown message was written as (seq -> body), for editing.
+  #sources = new Map();
 
-  constructor(list, empty, template, lastSeq) {
+  constructor(list, empty, template, lastSeq, userId) {
     this.#list = list;
     this.#empty = empty;
     this.#template = template;
     this.#lastSeq = lastSeq;
+    this.#userId = userId;
     // Adopt the history the server rendered, once.
     for (const li of list.querySelectorAll("li[data-seq]")) {
       const seq = Number(li.dataset.seq);
       this.#bySeq.set(seq, li);
       this.#seqs.push(seq);
+      if (!li.classList.contains("deleted")) this.#sources.set(seq, li.querySelector(".body").textContent);
+      this.#showActions(li);
     }
     this.#seqs.sort((a, b) => a - b);
     if (this.#seqs.length) this.#lastSeq = Math.max(this.#lastSeq, this.#seqs[this.#seqs.length - 1]);
@@ -118,6 +131,11 @@ class MessageList {
   /** Insert a stored message at its seq position; false if it is already shown. */
   add(message) {
     if (this.#bySeq.has(message.seq)) return false;
+    const newer = this.#early.get(message.seq);
+    if (newer) {
+      this.#early.delete(message.seq);
+      if (newer.rev > (message.rev || 0)) message = newer;
+    }
     const li = this.#render(message, false);
     const index = upperBound(this.#seqs, message.seq);
     // Before the next higher seq; with none, after the last stored message
@@ -132,6 +150,24 @@ class MessageList {
     if (message.seq > this.#lastSeq) this.#lastSeq = message.seq;
     this.#empty.hidden = true;
     return true;
+  }
+
+  /** A newer version of a message (edited, deleted): redraw it if shown, else keep it for when it is. */
+  update(message) {
+    const li = this.#bySeq.get(message.seq);
+    if (li) {
+      if (Number(li.dataset.rev || 0) < message.rev) this.#fill(li, message);
+      return;
+    }
+    const known = this.#early.get(message.seq);
+    if (known && known.rev >= message.rev) return;
+    this.#early.set(message.seq, message);
+    if (this.#early.size > MAX_EARLY_UPDATES) this.#early.delete(this.#early.keys().next().value);
+  }
+
+  /** The text of a shown message as its author wrote it (undefined if deleted or not shown). */
+  sourceOf(seq) {
+    return this.#sources.get(seq);
   }
 
   /** Show an own message not yet stored, at the end; returns its element. */
@@ -162,6 +198,9 @@ class MessageList {
     for (const time of this.#list.querySelectorAll("time[datetime]")) {
       time.textContent = formatTime(time.getAttribute("datetime"));
     }
+    for (const edited of this.#list.querySelectorAll(".edited[data-edited-at]")) {
+      edited.title = `edited ${new Date(edited.dataset.editedAt).toLocaleString()}`;
+    }
   }
 
   // Fill in a clone of <template id="message-template"> (templates/_message.html),
@@ -169,8 +208,15 @@ class MessageList {
   #render(message, pending) {
     const li = document.importNode(this.#template.content.firstElementChild, true);
     li.classList.toggle("pending", pending);
+    this.#fill(li, message);
+    return li;
+  }
+
+  #fill(li, message) {
     if (message.seq !== undefined) li.dataset.seq = message.seq;
     if (message.id) li.dataset.id = message.id;
+    if (message.user_id) li.dataset.userId = message.user_id;
+    li.dataset.rev = message.rev || 0;
     li.dataset.clientId = message.client_id;
     li.querySelector(".author").textContent = message.username;
     const time = li.querySelector("time");
@@ -180,8 +226,26 @@ class MessageList {
     } else {
       time.textContent = "sending…";
     }
-    li.querySelector(".body").textContent = message.body; // text, never HTML
-    return li;
+    const deleted = Boolean(message.deleted_at);
+    li.classList.toggle("deleted", deleted);
+    const edited = li.querySelector(".edited");
+    edited.hidden = !message.edited_at || deleted;
+    if (message.edited_at) edited.title = `edited ${new Date(message.edited_at).toLocaleString()}`;
+    // Text, never HTML.
+    li.querySelector(".body").textContent = deleted ? "message deleted" : message.body;
+    if (message.seq !== undefined) {
+      if (deleted) this.#sources.delete(message.seq);
+      else this.#sources.set(message.seq, message.body);
+    }
+    this.#showActions(li);
+  }
+
+  // Edit and Delete on the reader's own stored messages that still exist.
+  #showActions(li) {
+    const actions = li.querySelector(".actions");
+    if (actions) {
+      actions.hidden = !li.dataset.seq || li.dataset.userId !== this.#userId || li.classList.contains("deleted");
+    }
   }
 }
 
@@ -256,6 +320,41 @@ class Outbox {
       this.#resumeTimer = null;
       this.pump();
     }, delayMs);
+  }
+}
+
+/**
+ * Where a reconnect resumes edits and deletions from: every revision up to
+ * ``cursor`` has been shown. The server's ``updates`` frame (on each connect)
+ * sets it; live ``message_updated`` frames move it on only while their revs
+ * follow each other, since a rev skipped may still come.
+ */
+class RevisionCursor {
+  #cursor;
+  #seen = new Set(); // revs above the cursor already shown
+
+  constructor(cursor) {
+    this.#cursor = cursor;
+  }
+
+  get cursor() {
+    return this.#cursor;
+  }
+
+  /** Every revision up to ``rev`` has been shown (the server says so). */
+  caughtUp(rev) {
+    this.#cursor = Math.max(this.#cursor, rev);
+    this.#advance();
+  }
+
+  seen(rev) {
+    if (rev > this.#cursor) this.#seen.add(rev);
+    this.#advance();
+  }
+
+  #advance() {
+    while (this.#seen.has(this.#cursor + 1)) this.#seen.delete(++this.#cursor);
+    for (const rev of this.#seen) if (rev <= this.#cursor) this.#seen.delete(rev);
   }
 }
 
@@ -388,6 +487,7 @@ function main() {
     document.getElementById("empty"),
     document.getElementById("message-template"),
     parseInt(root.dataset.lastSeq, 10) || 0,
+    userId,
   );
   const outbox = new Outbox((clientId, body) => connection.send({ type: "send", client_id: clientId, body }));
 
@@ -402,10 +502,13 @@ function main() {
     notice.hidden = !text;
   }
 
+  const revisions = new RevisionCursor(parseInt(root.dataset.lastRev, 10) || 0);
+
   const connection = new RoomConnection({
     url: () => {
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-      return `${scheme}//${location.host}/rooms/${encodeURIComponent(root.dataset.roomId)}/ws?since=${messages.lastSeq}`;
+      const room = encodeURIComponent(root.dataset.roomId);
+      return `${scheme}//${location.host}/rooms/${room}/ws?since=${messages.lastSeq}&rev=${revisions.cursor}`;
     },
     sessionEndedCode: config.close.sessionEnded,
     onFrame,
@@ -539,6 +642,10 @@ function main() {
   }
 
   function onError(frame) {
+    if (frame.client_id?.startsWith(REVISION_ID_PREFIX)) {
+      showNotice(frame.message); // the message stays as it was; the reader may try again
+      return;
+    }
     if (frame.client_id?.startsWith(OLDER_ID_PREFIX)) {
       // Scroll-back refused (too fast, or storage busy): try again in a while.
       fetchingOlder = false;
@@ -576,6 +683,14 @@ function main() {
       case "ack":
         addStored([frame.message]);
         break;
+      case "message_updated":
+        messages.update(frame.message);
+        revisions.seen(frame.message.rev);
+        break;
+      case "updates":
+        for (const message of frame.messages) messages.update(message);
+        revisions.caughtUp(frame.last_rev);
+        break;
       case "presence":
         renderPresence(presence, frame.users);
         break;
@@ -587,6 +702,68 @@ function main() {
         break;
     }
   }
+
+  // Edit and Delete, on the reader's own messages.
+  function revise(frame) {
+    if (!connection.send({ ...frame, client_id: `${REVISION_ID_PREFIX}${newClientId()}` })) {
+      showNotice("Not connected: try again once the connection is back.");
+    }
+  }
+
+  function startEditing(li) {
+    const seq = Number(li.dataset.seq);
+    const source = messages.sourceOf(seq);
+    if (source === undefined || li.querySelector("form.edit")) return;
+    const editor = document.createElement("form");
+    editor.className = "edit";
+    const box = document.createElement("textarea");
+    box.value = source;
+    box.maxLength = config.maxBodyLength;
+    box.rows = Math.min(8, source.split("\n").length + 1);
+    box.setAttribute("aria-label", "Edit message");
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.textContent = "Save";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "link";
+    cancel.textContent = "Cancel";
+    editor.append(box, save, cancel);
+    li.classList.add("editing");
+    li.append(editor);
+    box.focus();
+
+    function close() {
+      editor.remove();
+      li.classList.remove("editing");
+      li.querySelector('[data-action="edit"]').focus();
+    }
+    editor.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const body = box.value.trim();
+      if (!body) return;
+      if (body !== source) revise({ type: "edit", id: li.dataset.id, body });
+      close();
+    });
+    cancel.addEventListener("click", close);
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") close();
+      else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        editor.requestSubmit();
+      }
+    });
+  }
+
+  document.getElementById("messages").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    const li = button?.closest("li.message[data-id]");
+    if (!li) return;
+    if (button.dataset.action === "edit") startEditing(li);
+    else if (button.dataset.action === "delete" && confirm("Delete this message for everyone?")) {
+      revise({ type: "delete", id: li.dataset.id });
+    }
+  });
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();

@@ -96,7 +96,7 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
         },
     }
     assert await page.get_attribute("#body", "maxlength") == str(MAX_BODY_LENGTH)
-    assert await page.evaluate("window.__sockets[0].url.endsWith('/ws?since=2')")
+    assert await page.evaluate("window.__sockets[0].url.endsWith('/ws?since=2&rev=0')")
     await deliver({"type": "hello", "instance": "scripted:1", "last_seq": 2, "room": {}, "user": {}})
     await page.wait_for_selector("#room[data-state=connected][data-instance='scripted:1']")
 
@@ -153,7 +153,7 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
         return await socket_count() == 2
 
     await eventually(reconnected, what="a second socket")
-    assert await page.evaluate("window.__sockets[1].url.endsWith('/ws?since=504')")
+    assert await page.evaluate("window.__sockets[1].url.endsWith('/ws?since=504&rev=0')")
     await deliver({"type": "hello", "instance": "scripted:2", "last_seq": 504, "room": {}, "user": {}})
     assert [f["client_id"] for f in await sent()] == [limited["client_id"]]
     await page.wait_for_selector("#room[data-state=connected][data-instance='scripted:2']")

@@ -6,7 +6,7 @@ import uuid
 
 from playwright.async_api import Browser as Chromium
 
-from tests.support.pages import register
+from tests.support.pages import connected, create_room, register
 from tests.support.server import ServerFactory
 from tests.support.storage import connected_storage
 from tests.support.waiting import eventually
@@ -22,11 +22,8 @@ async def test_a_rate_limited_burst_of_200_from_the_page_is_stored_in_the_order_
     context = await chromium.new_context()
     page = await context.new_page()
     await register(page, base, f"fast_{uuid.uuid4().hex[:6]}")
-    await page.fill("input[name=name]", "Burst room")
-    await page.click("form.row button[type=submit]")
-    await page.wait_for_url(f"{base}/rooms/*")
-    await page.wait_for_selector("#connection-state.state-connected")
-    room_id = page.url.rsplit("/", 1)[1]
+    room_id = await create_room(page, base, "Burst room")
+    await connected(page)
 
     # Faster than anyone types: every message is submitted in one go.
     await page.evaluate(

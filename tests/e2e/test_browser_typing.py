@@ -7,7 +7,7 @@ import uuid
 
 from playwright.async_api import Browser as Chromium
 
-from tests.support.pages import register, say
+from tests.support.pages import connected, create_room, register, say
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 
@@ -22,12 +22,9 @@ async def test_the_others_see_who_is_typing_until_the_message_arrives_or_it_expi
     alice_name = f"alice_{uuid.uuid4().hex[:6]}"
     await register(alice, base, alice_name)
     await register(bob, base, f"bob_{uuid.uuid4().hex[:6]}")
-    await alice.fill("input[name=name]", "Typing room")
-    await alice.click("form.row button[type=submit]")
-    await alice.wait_for_url(f"{base}/rooms/*")
+    await create_room(alice, base, "Typing room")
     await bob.goto(alice.url)
-    for page in (alice, bob):
-        await page.wait_for_selector("#connection-state.state-connected")
+    await connected(alice, bob)
 
     await alice.locator("#body").press_sequentially("hello the")
     await bob.wait_for_selector(f"#typing >> text={alice_name} is typing…")

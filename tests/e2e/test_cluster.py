@@ -215,3 +215,46 @@ async def test_typing_is_seen_by_the_others_on_another_process_and_never_by_the_
         await own.expect_silence(0.5)
     await reader.send_json({"type": "sync", "since": 0})
     assert (await reader.recv_type("history"))["messages"] == []
+
+
+async def test_edits_and_deletions_reach_another_process_live_and_a_resume_after_them(
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
+    await alice.register()
+    await bob.register()
+    room_id = await alice.create_room()
+    author, author_on = await socket_on(alice, room_id)
+    reader, _ = await socket_on(bob, room_id, avoid={author_on})
+    first = await author.acked(await author.send_message("helo"))
+    second = await author.acked(await author.send_message("a second thought"))
+
+    await author.send_json({"type": "edit", "id": first["id"], "body": "hello"})
+    live = (await reader.skip_to("message_updated", timeout=LANDING_TIMEOUT))["message"]
+    assert (live["id"], live["body"], live["rev"]) == (first["id"], "hello", 1) and live["edited_at"]
+
+    # The reader goes away; the author edits again and deletes the other one.
+    reader.close()
+    await author.send_json({"type": "edit", "id": first["id"], "body": "hello!"})
+    await author.send_json({"type": "delete", "id": second["id"]})
+    for _ in range(3):  # the author's own socket is told of each revision too
+        await author.skip_to("message_updated")
+
+    again, _ = await socket_on(bob, room_id)
+    await again.send_json({"type": "sync", "since": second["seq"], "rev": live["rev"]})
+    assert (await again.recv_type("history"))["messages"] == []
+    updates = await again.recv_type("updates")
+    assert [(m["seq"], m["body"], m["rev"]) for m in updates["messages"]] == [
+        (first["seq"], "hello!", 2),
+        (second["seq"], "", 3),
+    ]
+    assert updates["messages"][1]["deleted_at"] and updates["last_rev"] == 3
+
+    # Not the reader's to change.
+    await again.send_json({"type": "delete", "id": first["id"], "client_id": "not-mine"})
+    refused = await again.skip_to("error")
+    assert (refused["code"], refused["client_id"]) == ("forbidden", "not-mine")
+    await again.send_json({"type": "sync", "since": 0})
+    history = await again.recv_type("history")
+    assert [m["body"] for m in history["messages"]] == ["hello!", ""]

@@ -98,6 +98,13 @@ class RoomSocket:
         assert frame["type"] == kind, frame
         return frame
 
+    async def skip_to(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Read (and drop) frames until one of ``kind``; return it."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == kind:
+                return frame
+
     async def expect_silence(self, seconds: float = 0.3) -> None:
         try:
             frame = await self.recv(seconds)

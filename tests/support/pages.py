@@ -24,3 +24,17 @@ async def say(page: Page, text: str) -> None:
     """Type ``text`` into the room's message box and send it with Enter."""
     await page.fill("#body", text)
     await page.keyboard.press("Enter")
+
+
+async def create_room(page: Page, base_url: str, name: str) -> str:
+    """Create a room from the rooms page and land on it; returns its id."""
+    await page.fill("input[name=name]", name)
+    await page.click("form.row button[type=submit]")
+    await page.wait_for_url(f"{base_url}/rooms/*")
+    return page.url.rsplit("/", 1)[1]
+
+
+async def connected(*pages: Page) -> None:
+    """Wait until each room page's socket is up."""
+    for page in pages:
+        await page.wait_for_selector("#connection-state.state-connected")
