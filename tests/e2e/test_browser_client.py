@@ -16,7 +16,7 @@ from playwright.async_api import Browser as Chromium
 
 from chat.protocol import FETCH_DEFAULT_LIMIT, Close
 from chat.services.messages import MAX_BODY_LENGTH
-from tests.support.pages import register, say
+from tests.support.pages import create_room, register, say
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 
@@ -214,5 +214,56 @@ async def test_a_reset_reloads_the_page_and_keeps_what_was_not_sent_yet(
     )
     (again,) = await page.evaluate("window.__sockets.at(-1).sent")
     assert again == unsent  # the same client_id: stored at most once
+    assert errors == []
+    await context.close()
+
+
+async def test_revisions_keep_the_newest_version_even_when_they_overtake_their_message(
+    server_factory: ServerFactory,
+    chromium: Chromium,
+) -> None:
+    server = server_factory()
+    context = await chromium.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await register(page, server.base_url, f"erin_{uuid.uuid4().hex[:6]}")
+    await create_room(page, server.base_url, f"Revisions {uuid.uuid4().hex[:4]}")
+    await context.add_init_script(SCRIPTED_WEBSOCKET)
+    await page.reload()
+
+    async def deliver(frame: dict[str, Any]) -> None:
+        await page.evaluate("f => window.__sockets.at(-1).deliver(f)", frame)
+
+    def revised(seq: int, body: str, rev: int, deleted: bool = False) -> dict[str, Any]:
+        message = stored(seq, body) | {"rev": rev, "edited_at": "2026-11-27T07:45:00.000Z"}
+        return message | ({"body": "", "deleted_at": "2026-11-27T07:46:00.000Z"} if deleted else {})
+
+    async def shown(seq: int) -> str | None:
+        return await page.text_content(f"li.message[data-seq='{seq}'] .body")
+
+    await deliver({"type": "hello", "instance": "scripted:1", "last_seq": 0, "room": {}, "user": {}})
+    await deliver({"type": "history", "has_more": False, "messages": [stored(1, "helo")]})
+    await deliver({"type": "message_updated", "message": revised(1, "hello", 2)})
+    assert await shown(1) == "hello"
+    assert await page.is_visible("li.message[data-seq='1'] .edited")
+    # An older revision arriving late changes nothing.
+    await deliver({"type": "message_updated", "message": revised(1, "hel", 1)})
+    assert await shown(1) == "hello"
+
+    # An edit that overtakes its message is kept, and wins over the original when it comes.
+    await deliver({"type": "message_updated", "message": revised(2, "fixed before seen", 3)})
+    assert await page.locator("li.message[data-seq='2']").count() == 0
+    await deliver({"type": "message", "message": stored(2, "original")})
+    assert await shown(2) == "fixed before seen"
+
+    # A resume's updates: a deletion keeps the place; the cursor moves to last_rev.
+    await deliver({"type": "updates", "messages": [revised(1, "", 4, deleted=True)], "last_rev": 4})
+    assert await shown(1) == "message deleted"
+    assert await page.locator("li.message").count() == 2
+    await page.evaluate("window.__sockets.at(-1).drop(1006)")
+    await page.evaluate("window.dispatchEvent(new Event('online'))")
+    assert await page.evaluate("window.__sockets.at(-1).url.endsWith('/ws?since=2&rev=4')")
+
     assert errors == []
     await context.close()
