@@ -72,6 +72,9 @@ class Message:
     # deleted (0: never). Readers keep the copy with the highest rev, and a
     # client resuming after rev R is sent the messages revised after it.
     rev: int = 0
+    # The body rendered (chat.services.formatting) when stored or edited;
+    # empty for messages stored before rendering existed: show the body as text.
+    html: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class Message:
             "rev": self.rev,
             "edited_at": isoformat(self.edited_at) if self.edited_at else None,
             "deleted_at": isoformat(self.deleted_at) if self.deleted_at else None,
+            "html": self.html,
         }
 
 
@@ -97,6 +101,7 @@ class Revision:
     message_id: str
     body: str | None
     at: datetime.datetime
+    html: str = ""
 
     @property
     def deletes(self) -> bool:
@@ -120,6 +125,7 @@ class NewMessage:
     username: str
     body: str
     client_id: str
+    html: str = ""
 
     def stored_as(self, id: str, seq: int, created_at: datetime.datetime) -> Message:
         """The message this becomes once storage has given it an id, a seq and a time."""
@@ -132,6 +138,7 @@ class NewMessage:
             body=self.body,
             created_at=created_at,
             client_id=self.client_id,
+            html=self.html,
         )
 
 

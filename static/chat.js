@@ -107,7 +107,8 @@ class MessageList {
       const seq = Number(li.dataset.seq);
       this.#bySeq.set(seq, li);
       this.#seqs.push(seq);
-      if (!li.classList.contains("deleted")) this.#sources.set(seq, li.querySelector(".body").textContent);
+      const source = li.querySelector(".body").dataset.source;
+      if (source !== undefined) this.#sources.set(seq, source);
       this.#showActions(li);
     }
     this.#seqs.sort((a, b) => a - b);
@@ -231,8 +232,18 @@ class MessageList {
     const edited = li.querySelector(".edited");
     edited.hidden = !message.edited_at || deleted;
     if (message.edited_at) edited.title = `edited ${new Date(message.edited_at).toLocaleString()}`;
-    // Text, never HTML.
-    li.querySelector(".body").textContent = deleted ? "message deleted" : message.body;
+    const body = li.querySelector(".body");
+    if (!deleted && message.html) {
+      // Rendered and sanitised by the server when stored (chat/services/formatting.py),
+      // the same markup the page was rendered with; a bare body is only ever text.
+      body.innerHTML = message.html;
+      for (const mention of body.querySelectorAll(".mention")) {
+        mention.classList.toggle("mention-me", mention.dataset.userId === this.#userId);
+      }
+    } else {
+      body.textContent = deleted ? "message deleted" : message.body;
+    }
+    body.classList.toggle("plain", deleted || !message.html);
     if (message.seq !== undefined) {
       if (deleted) this.#sources.delete(message.seq);
       else this.#sources.set(message.seq, message.body);

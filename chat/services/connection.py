@@ -453,15 +453,13 @@ class RoomConnection:
         except RateLimited as exc:
             self._hold_after(frame.client_id, exc, exc.retry_after)
             raise
+        # Checked and rendered before taking a place: still in this socket's order.
+        new = await self._hub.messages.prepare(self.user, self.room, frame.client_id, frame.body)
         await self._sends_in_flight.acquire()
         if self.closed:  # closed while waiting for a place: the client re-sends it
             self._sends_in_flight.release()
             return
-        try:
-            stored = self._hub.messages.submit(self.user, self.room, frame.client_id, frame.body)
-        except BaseException:
-            self._sends_in_flight.release()
-            raise
+        stored = self._hub.messages.submit(new)
         # Queued for storage now, in this socket's order; the rest finishes
         # on its own while the next frame is handled.
         self._started()

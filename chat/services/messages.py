@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from ..errors import Forbidden, NotFound, TooLarge, Unavailable, ValidationError
 from ..models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ..storage import Storage
+from .formatting import Renderer
 
 MAX_BODY_LENGTH = 4000
 # The most messages one write stores together.
@@ -128,6 +129,7 @@ class Messages:
     def __init__(self, storage: Storage, history_limit: int = 50) -> None:
         self._storage = storage
         self.history_limit = history_limit
+        self._renderer = Renderer(storage.users.get_by_username)
         self._commits = GroupCommit(
             lambda news: self._storage.messages.add_many(news),
             across_rooms=lambda: self._storage.messages.batches_across_rooms,
@@ -139,17 +141,26 @@ class Messages:
         Resending a ``client_id`` already stored returns the original, so a
         client that lost an ack can retry safely.
         """
-        return await self.submit(user, room, client_id, body)
+        return await self.submit(await self.prepare(user, room, client_id, body))
 
-    def submit(self, user: User, room: Room, client_id: str, body: str) -> Awaitable[tuple[Message, bool]]:
-        """Check the message and queue it for storing now; the awaitable gives what :meth:`post` returns.
+    async def prepare(self, user: User, room: Room, client_id: str, body: str) -> NewMessage:
+        """Check a message and render its body (raises ValidationError or TooLarge)."""
+        body = clean_body(body)
+        return NewMessage(
+            room_id=room.id,
+            user_id=user.id,
+            username=user.username,
+            body=body,
+            client_id=client_id,
+            html=await self._renderer.render(body),
+        )
+
+    def submit(self, new: NewMessage) -> Awaitable[tuple[Message, bool]]:
+        """Queue a prepared message for storing now; the awaitable gives what :meth:`post` returns.
 
         Messages submitted one after the other are stored in that order, so a
         client's next message need not wait for the last one's ack.
         """
-        new = NewMessage(
-            room_id=room.id, user_id=user.id, username=user.username, body=clean_body(body), client_id=client_id
-        )
         return self._commits.submit(new)
 
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:
@@ -196,7 +207,7 @@ class Messages:
         body = clean_body(body)
         if body == message.body:
             return message  # nothing changes: no new rev, nothing to tell the room
-        return await self._revise(Revision(room.id, message.id, body, utcnow()))
+        return await self._revise(Revision(room.id, message.id, body, utcnow(), await self._renderer.render(body)))
 
     async def delete(self, user: User, room: Room, message_id: str) -> Message:
         """Delete ``user``'s own message (it keeps its place, its body goes); Forbidden for anyone else's."""

@@ -112,6 +112,7 @@ def _document(message: Message) -> dict[str, Any]:
         "body": message.body,
         "created_at": message.created_at,
         "client_id": message.client_id,
+        "html": message.html,
     }
 
 
@@ -128,6 +129,7 @@ def _message(doc: Mapping[str, Any]) -> Message:
         edited_at=doc.get("edited_at"),
         deleted_at=doc.get("deleted_at"),
         rev=int(doc.get("rev", 0)),
+        html=doc.get("html", ""),
     )
 
 
@@ -457,9 +459,9 @@ class MongoMessages(MessageRepository):
         rev on FerretDB.
         """
         if revision.body is None:
-            change: dict[str, Any] = {"body": "", "deleted_at": revision.at}
+            change: dict[str, Any] = {"body": "", "html": "", "deleted_at": revision.at}
         else:
-            change = {"body": revision.body, "edited_at": revision.at}
+            change = {"body": revision.body, "html": revision.html, "edited_at": revision.at}
         with _translate_errors():
             async with self._revisers.turn(revision.room_id):
                 return await self._revise(revision, change)

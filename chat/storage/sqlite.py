@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS messages (
     edited_at INTEGER,
     deleted_at INTEGER,
     rev INTEGER NOT NULL DEFAULT 0,
+    html TEXT NOT NULL DEFAULT '',
     UNIQUE (room_id, seq),
     UNIQUE (room_id, user_id, client_id)
 );
@@ -80,6 +81,7 @@ ADDED_COLUMNS = (
     ("messages", "edited_at", "INTEGER"),
     ("messages", "deleted_at", "INTEGER"),
     ("messages", "rev", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "html", "TEXT NOT NULL DEFAULT ''"),
 )
 # Indexes on added columns: made once the columns exist.
 LATE_INDEXES = """
@@ -147,6 +149,7 @@ def _message(row: sqlite3.Row) -> Message:
         edited_at=_from_ms(row["edited_at"]) if row["edited_at"] is not None else None,
         deleted_at=_from_ms(row["deleted_at"]) if row["deleted_at"] is not None else None,
         rev=row["rev"],
+        html=row["html"],
     )
 
 
@@ -457,10 +460,20 @@ class SQLiteMessages(MessageRepository):
                 created[_client_key(new)] = new.stored_as(new_id(), seq, now)
             if created:
                 await conn.executemany(
-                    "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id, html)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (m.id, m.room_id, m.seq, m.user_id, m.username, m.body, _to_ms(m.created_at), m.client_id)
+                        (
+                            m.id,
+                            m.room_id,
+                            m.seq,
+                            m.user_id,
+                            m.username,
+                            m.body,
+                            _to_ms(m.created_at),
+                            m.client_id,
+                            m.html,
+                        )
                         for m in created.values()
                     ],
                 )
@@ -517,10 +530,11 @@ class SQLiteMessages(MessageRepository):
                 return None
             at = _to_ms(revision.at)
             if revision.body is None:
-                sql = "UPDATE messages SET body = '', deleted_at = ?, rev = ? WHERE id = ? RETURNING *"
+                sql = "UPDATE messages SET body = '', html = '', deleted_at = ?, rev = ? WHERE id = ? RETURNING *"
+                params: tuple[object, ...] = (at, row[0])
             else:
-                sql = "UPDATE messages SET body = ?, edited_at = ?, rev = ? WHERE id = ? RETURNING *"
-            params = (at, row[0]) if revision.body is None else (revision.body, at, row[0])
+                sql = "UPDATE messages SET body = ?, html = ?, edited_at = ?, rev = ? WHERE id = ? RETURNING *"
+                params = (revision.body, revision.html, at, row[0])
             async with conn.execute(sql, (*params, revision.message_id)) as cursor:
                 updated = await cursor.fetchone()
         return _message(updated) if updated else None

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..models import isoformat
 from ..protocol import FETCH_DEFAULT_LIMIT, Close
 from ..services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
+from ..services.formatting import for_reader
 from ..services.messages import MAX_BODY_LENGTH
 from ..services.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
 from ..services.rooms import MAX_ROOM_NAME_LENGTH
@@ -54,5 +55,5 @@ def make_jinja_env(settings: Settings) -> jinja2.Environment:
         auto_reload=settings.debug,
         undefined=jinja2.StrictUndefined,
     )
-    env.globals.update(isoformat=isoformat, limits=FormLimits(), client_config=client_config())
+    env.globals.update(isoformat=isoformat, limits=FormLimits(), client_config=client_config(), for_reader=for_reader)
     return env

@@ -22,7 +22,7 @@ window.WebSocket = class extends RealWebSocket {
 
 
 def message(text: str) -> str:
-    return f"li.message:not(.pending):has(.body:text-is('{text}'))"
+    return f"li.message:not(.pending):has(.body:has-text('{text}'))"
 
 
 async def test_the_author_edits_and_deletes_and_a_reader_sees_it_live_and_after_a_resume(

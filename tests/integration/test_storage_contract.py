@@ -7,6 +7,7 @@ fresh database on the session's FerretDB server (MongoDB wire protocol).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import time
 from collections.abc import AsyncIterator
@@ -346,10 +347,11 @@ async def test_an_edit_changes_the_body_and_takes_the_rooms_next_rev(storage: St
     second, _ = await storage.messages.add(new_message(room, user, "c2", "world"))
     at = utcnow()
 
-    edited = await storage.messages.revise(Revision(room.id, first.id, "hello", at))
+    edited = await storage.messages.revise(Revision(room.id, first.id, "hello", at, "<p>hello</p>"))
 
     assert edited is not None
     assert (edited.body, edited.edited_at, edited.deleted_at, edited.rev) == ("hello", at, None, 1)
+    assert edited.html == "<p>hello</p>"
     assert (edited.seq, edited.created_at, edited.client_id) == (first.seq, first.created_at, first.client_id)
     assert await storage.messages.get(room.id, first.id) == edited
     assert await storage.messages.get(room.id, second.id) == second  # rev 0: never revised
@@ -361,13 +363,16 @@ async def test_an_edit_changes_the_body_and_takes_the_rooms_next_rev(storage: St
 async def test_a_deletion_keeps_the_place_and_empties_the_body_in_storage(
     storage: Storage, room: Room, user: User
 ) -> None:
-    message, _ = await storage.messages.add(new_message(room, user, "c1", "a secret"))
+    secret = dataclasses.replace(new_message(room, user, "c1", "a **secret**"), html="<p>a <strong>secret</strong></p>")
+    message, _ = await storage.messages.add(secret)
+    assert message.html == "<p>a <strong>secret</strong></p>"
+    assert await storage.messages.get(room.id, message.id) == message
     at = utcnow()
 
     deleted = await storage.messages.revise(Revision(room.id, message.id, None, at))
 
     assert deleted is not None
-    assert (deleted.seq, deleted.body, deleted.deleted_at, deleted.rev) == (message.seq, "", at, 1)
+    assert (deleted.seq, deleted.body, deleted.html, deleted.deleted_at, deleted.rev) == (message.seq, "", "", at, 1)
     after, _ = await storage.messages.after(room.id, 0, 10)
     assert [(m.seq, m.body) for m in after] == [(1, "")]
 

@@ -242,6 +242,7 @@ def test_message_wire_format_has_every_documented_key() -> None:
         "rev": 0,
         "edited_at": None,
         "deleted_at": None,
+        "html": "",
     }
 
 

@@ -6,6 +6,7 @@ import datetime
 import sqlite3
 from pathlib import Path
 
+from chat.models import Revision, RoomCounters, utcnow
 from chat.storage.sqlite import SQLiteStorage
 
 OLD_SCHEMA = """
@@ -35,3 +36,35 @@ async def test_an_old_database_gains_the_new_columns_and_keeps_its_sessions(tmp_
     assert user is not None and user.disabled is False
     # Stored before idle expiry existed: it ends only at its absolute end.
     assert session is not None and session.idle_expires_at == session.expires_at
+
+
+OLD_MESSAGES = """
+CREATE TABLE rooms (id TEXT PRIMARY KEY, name TEXT NOT NULL, name_lower TEXT NOT NULL UNIQUE,
+                    creator_id TEXT NOT NULL, creator_username TEXT NOT NULL, created_at INTEGER NOT NULL,
+                    last_seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE messages (id TEXT PRIMARY KEY, room_id TEXT NOT NULL, seq INTEGER NOT NULL, user_id TEXT NOT NULL,
+                       username TEXT NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL,
+                       client_id TEXT NOT NULL, UNIQUE (room_id, seq), UNIQUE (room_id, user_id, client_id));
+"""
+
+
+async def test_messages_stored_before_edits_and_rendering_open_unrevised_and_can_be_edited(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    now_ms = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_MESSAGES)
+        old.execute("INSERT INTO rooms VALUES ('r1', 'Lobby', 'lobby', 'u1', 'alice', ?, 1)", (now_ms,))
+        old.execute("INSERT INTO messages VALUES ('m1', 'r1', 1, 'u1', 'alice', 'hi **there**', ?, 'c1')", (now_ms,))
+
+    storage = SQLiteStorage(str(path))
+    await storage.connect()
+    try:
+        before = await storage.messages.get("r1", "m1")
+        edited = await storage.messages.revise(Revision("r1", "m1", "hello", utcnow(), "<p>hello</p>"))
+        counters = await storage.messages.counters(["r1"])
+    finally:
+        await storage.close()
+
+    assert before is not None and (before.rev, before.html, before.edited_at) == (0, "", None)
+    assert edited is not None and (edited.rev, edited.html) == (1, "<p>hello</p>")
+    assert counters == {"r1": RoomCounters(seq=1, rev=1)}
