@@ -44,6 +44,31 @@ function formatTime(iso) {
   return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+// The full date and time, for a time's hover text.
+function formatFull(iso) {
+  const date = new Date(iso);
+  return isNaN(date) ? "" : date.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+}
+
+function localDay(date) {
+  return `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
+}
+
+// "Today", "Yesterday", or the date in words, in the reader's time zone.
+function formatDay(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (localDay(date) === localDay(today)) return "Today";
+  if (localDay(date) === localDay(yesterday)) return "Yesterday";
+  return date.toLocaleDateString([], { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+}
+
+// When a message in the list was written (a pending one: when it was sent).
+function writtenAt(li) {
+  const iso = li.querySelector("time").getAttribute("datetime");
+  return iso ? new Date(iso) : new Date(Number(li.dataset.sentAt) || Date.now());
+}
+
 function nearBottom() {
   return window.innerHeight + window.scrollY >= document.body.offsetHeight - NEAR_BOTTOM_PX;
 }
@@ -96,7 +121,10 @@ class MessageList {
   // The text each shown message was written as (seq -> body), for editing.
   #sources = new Map();
 
-  constructor(list, empty, template, lastSeq, userId) {
+  #groupWithinMs;
+
+  constructor(list, empty, template, lastSeq, userId, groupWithinMs) {
+    this.#groupWithinMs = groupWithinMs;
     this.#list = list;
     this.#empty = empty;
     this.#template = template;
@@ -145,6 +173,8 @@ class MessageList {
       ? this.#bySeq.get(this.#seqs[index])
       : this.#pending.values().next().value ?? null;
     this.#list.insertBefore(li, before);
+    this.#layout(li);
+    this.#layout(li.nextElementSibling);
     if (index === this.#seqs.length) this.#seqs.push(message.seq);
     else this.#seqs.splice(index, 0, message.seq);
     this.#bySeq.set(message.seq, li);
@@ -173,8 +203,10 @@ class MessageList {
 
   /** Show an own message not yet stored, at the end; returns its element. */
   addPending(message) {
-    const li = this.#render(message, true);
+    const li = this.#render({ ...message, user_id: this.#userId }, true);
+    li.dataset.sentAt = Date.now();
     this.#list.appendChild(li);
+    this.#layout(li);
     this.#pending.add(li);
     this.#empty.hidden = true;
     return li;
@@ -183,7 +215,9 @@ class MessageList {
   /** Remove a pending element: its stored version is about to be added. */
   removePending(li) {
     this.#pending.delete(li);
+    const next = li.nextElementSibling;
     li.remove();
+    this.#layout(next);
   }
 
   /** Keep a refused message in view, marked failed, with the reason on hover. */
@@ -194,11 +228,13 @@ class MessageList {
     li.title = reason;
   }
 
-  /** The server renders times in UTC; show them in the reader's time zone. */
+  /** The server renders times, days and grouping in UTC; redo them in the reader's time zone. */
   localizeTimes() {
     for (const time of this.#list.querySelectorAll("time[datetime]")) {
       time.textContent = formatTime(time.getAttribute("datetime"));
+      time.title = formatFull(time.getAttribute("datetime"));
     }
+    for (const li of this.#list.children) this.#layout(li);
     for (const edited of this.#list.querySelectorAll(".edited[data-edited-at]")) {
       edited.title = `edited ${new Date(edited.dataset.editedAt).toLocaleString()}`;
     }
@@ -224,6 +260,7 @@ class MessageList {
     if (message.created_at) {
       time.dateTime = message.created_at;
       time.textContent = formatTime(message.created_at);
+      time.title = formatFull(message.created_at);
     } else {
       time.textContent = "sending…";
     }
@@ -249,6 +286,24 @@ class MessageList {
       else this.#sources.set(message.seq, message.body);
     }
     this.#showActions(li);
+  }
+
+  // Under the previous message's name when the same person wrote it a moment
+  // before, on the same day; and the day named where a new one starts. Done
+  // for a message and the one after it wherever the list changes.
+  #layout(li) {
+    if (!li) return;
+    const previous = li.previousElementSibling;
+    const when = writtenAt(li);
+    const before = previous ? writtenAt(previous) : null;
+    const newDay = !before || localDay(before) !== localDay(when);
+    const day = li.querySelector(".day");
+    day.hidden = !newDay;
+    day.textContent = newDay ? formatDay(when) : "";
+    li.classList.toggle(
+      "continued",
+      !newDay && previous.dataset.userId === li.dataset.userId && when - before <= this.#groupWithinMs,
+    );
   }
 
   // Edit and Delete on the reader's own stored messages that still exist.
@@ -499,6 +554,7 @@ function main() {
     document.getElementById("message-template"),
     parseInt(root.dataset.lastSeq, 10) || 0,
     userId,
+    config.groupWithinSeconds * 1000,
   );
   const outbox = new Outbox((clientId, body) => connection.send({ type: "send", client_id: clientId, body }));
 

@@ -7,13 +7,15 @@ templates as globals (``limits``, ``client_config``).
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 
 from ..config import Settings
-from ..models import isoformat
+from ..models import Message, isoformat
 from ..protocol import FETCH_DEFAULT_LIMIT, Close
 from ..services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
 from ..services.formatting import for_reader
@@ -35,11 +37,43 @@ class FormLimits:
     body_max: int = MAX_BODY_LENGTH
 
 
+# Consecutive messages of one author this close together sit under one name.
+GROUP_WITHIN = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message as the list shows it: under the last one's name or not, and the day it starts, if any."""
+
+    message: Message
+    continued: bool
+    day: str | None
+
+
+def message_rows(messages: Sequence[Message]) -> list[MessageRow]:
+    """Group and date a page of messages the way static/chat.js does (here in UTC; the script redoes it locally)."""
+    rows: list[MessageRow] = []
+    previous: Message | None = None
+    for message in messages:
+        day = message.created_at.astimezone(datetime.UTC).date()
+        new_day = previous is None or previous.created_at.astimezone(datetime.UTC).date() != day
+        continued = (
+            previous is not None
+            and not new_day
+            and previous.user_id == message.user_id
+            and message.created_at - previous.created_at <= GROUP_WITHIN
+        )
+        rows.append(MessageRow(message, continued, day.strftime("%A %d %B %Y") if new_day else None))
+        previous = message
+    return rows
+
+
 def client_config() -> dict[str, Any]:
     """What ``static/chat.js`` needs to know, rendered into the room page as ``data-config``."""
     return {
         "maxBodyLength": MAX_BODY_LENGTH,
         "fetchLimit": FETCH_DEFAULT_LIMIT,
+        "groupWithinSeconds": int(GROUP_WITHIN.total_seconds()),
         "close": {
             "sessionEnded": int(Close.SESSION_ENDED),
             "goingAway": int(Close.GOING_AWAY),
@@ -55,5 +89,11 @@ def make_jinja_env(settings: Settings) -> jinja2.Environment:
         auto_reload=settings.debug,
         undefined=jinja2.StrictUndefined,
     )
-    env.globals.update(isoformat=isoformat, limits=FormLimits(), client_config=client_config(), for_reader=for_reader)
+    env.globals.update(
+        isoformat=isoformat,
+        limits=FormLimits(),
+        client_config=client_config(),
+        for_reader=for_reader,
+        message_rows=message_rows,
+    )
     return env

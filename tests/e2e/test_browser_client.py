@@ -16,6 +16,7 @@ from playwright.async_api import Browser as Chromium
 
 from chat.protocol import FETCH_DEFAULT_LIMIT, Close
 from chat.services.messages import MAX_BODY_LENGTH
+from chat.web.rendering import GROUP_WITHIN
 from tests.support.pages import create_room, register, say
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
@@ -89,6 +90,7 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
     assert config == {
         "maxBodyLength": MAX_BODY_LENGTH,
         "fetchLimit": FETCH_DEFAULT_LIMIT,
+        "groupWithinSeconds": int(GROUP_WITHIN.total_seconds()),
         "close": {
             "sessionEnded": Close.SESSION_ENDED,
             "goingAway": Close.GOING_AWAY,
@@ -265,5 +267,61 @@ async def test_revisions_keep_the_newest_version_even_when_they_overtake_their_m
     await page.evaluate("window.dispatchEvent(new Event('online'))")
     assert await page.evaluate("window.__sockets.at(-1).url.endsWith('/ws?since=2&rev=4')")
 
+    assert errors == []
+    await context.close()
+
+
+async def test_messages_are_grouped_and_dated_in_the_readers_time_zone(
+    server_factory: ServerFactory,
+    chromium: Chromium,
+) -> None:
+    server = server_factory()
+    # Tokyo is UTC+9: 14:50Z and 15:10Z fall on two days there, one day in UTC.
+    context = await chromium.new_context(timezone_id="Asia/Tokyo", locale="en-GB")
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await register(page, server.base_url, f"fay_{uuid.uuid4().hex[:6]}")
+    await create_room(page, server.base_url, f"Days {uuid.uuid4().hex[:4]}")
+    room_url = page.url
+    await page.goto(f"{server.base_url}/rooms")
+    created = page.locator("table.rooms time").first
+    assert "UTC" not in (await created.text_content() or "")  # local, not the server's UTC
+    assert await created.get_attribute("title")
+    await context.add_init_script(SCRIPTED_WEBSOCKET)
+    await page.goto(room_url)
+    await page.wait_for_selector("#room[data-state=reconnecting]")
+
+    def at(seq: int, when: str, user_id: str) -> dict[str, Any]:
+        return stored(seq, f"m{seq}", user_id=user_id) | {"created_at": when}
+
+    await page.evaluate(
+        "f => window.__sockets.at(-1).deliver(f)",
+        {"type": "hello", "instance": "scripted:1", "last_seq": 0, "room": {}, "user": {}},
+    )
+    await page.evaluate(
+        "f => window.__sockets.at(-1).deliver(f)",
+        {
+            "type": "history",
+            "has_more": False,
+            "messages": [
+                at(1, "2026-11-27T14:40:00.000Z", "ann"),
+                at(2, "2026-11-27T14:41:00.000Z", "ann"),  # a minute later: under ann's name
+                at(3, "2026-11-27T14:50:00.000Z", "ann"),  # nine minutes later: named again
+                at(4, "2026-11-27T14:51:00.000Z", "ben"),  # someone else
+                at(5, "2026-11-27T15:10:00.000Z", "ben"),  # past midnight in Tokyo: a new day
+            ],
+        },
+    )
+    rows = await page.locator("#messages li.message").evaluate_all(
+        """els => els.map(e => [e.classList.contains("continued"),
+                               e.querySelector(".day").hidden ? null : e.querySelector(".day").textContent,
+                               e.querySelector("time").title])"""
+    )
+    assert [continued for continued, _, _ in rows] == [False, True, False, False, False]
+    days = [day for _, day, _ in rows]
+    assert days[1:4] == [None, None, None] and days[0] and days[4] and days[0] != days[4]
+    assert "27" in days[0] and "28" in days[4]  # Tokyo's dates
+    assert "28 November 2026" in rows[4][2]  # the full local date on hover
     assert errors == []
     await context.close()
