@@ -156,9 +156,14 @@ class RoomFeed:
 
     def receive_revision(self, seq: int, rev: int, text: str) -> None:
         """A message was edited or deleted: tell every listener, and remember the new version."""
-        if rev <= self.rev_checked or rev in self._revs_live:
+        if rev in self._revs_live:
             return  # delivered already
-        self._revs_live.add(rev)
+        # One at or below rev_checked is still delivered: on MongoDB the
+        # counter moves before the message does, so a feed (or a sweep) can
+        # count a revision whose publish is yet to come. A copy a client
+        # already holds costs it nothing (it keeps the higher rev).
+        if rev > self.rev_checked:
+            self._revs_live.add(rev)
         self._remember_revision(seq, rev, text)
         self._broadcast(None, Outbound(text))
 

@@ -35,6 +35,10 @@ MAX_MENTIONS = 20
 # How long a looked-up name is trusted (a user registering later is highlighted after this).
 MENTION_CACHE_SECONDS = 60.0
 LINK_SCHEMES = ("http://", "https://")
+# Words, spaces and the punctuation no Markdown rule, link or mention starts
+# with: such a body is one paragraph of itself, and rendering it through
+# Markdown (about 0.3 ms) would change nothing. Most chat lines are like this.
+PLAIN = re.compile(r"(?:[^\W_]|[ ,;'\"?])*")
 LINK_REL = "noopener noreferrer nofollow"
 
 _SANITISER = nh3.Cleaner(
@@ -140,6 +144,8 @@ _MARKDOWN = _markdown()
 
 def render(body: str, mentions: Mapping[str, User] | None = None) -> str:
     """``body`` as sanitised HTML; ``mentions`` maps lower-case names to the users they highlight."""
+    if PLAIN.fullmatch(body):
+        return f"<p>{body}</p>" if body else ""
     return str(_SANITISER.clean(_MARKDOWN.render(body, {"mentions": mentions or {}}))).strip()
 
 

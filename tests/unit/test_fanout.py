@@ -518,3 +518,18 @@ async def test_the_sweep_reads_a_revision_whose_publish_was_lost(broker: Countin
     assert len(updates_received(listener)) == 2  # each delivered once
     assert store.revised_calls == [0]
     await fanout.stop()
+
+
+async def test_a_revision_counted_before_its_publish_arrived_is_still_delivered(broker: CountingBroker) -> None:
+    # MongoDB moves the room's rev counter before the message: a feed that
+    # starts (or sweeps) in between has counted a revision not yet published.
+    store = RevisedStore(stored=2)
+    revision = store.revise(1, "counted first, published after")
+    fanout = await revised_fanout(broker, store)
+    listener = RecordingListener()
+    await fanout.join(ROOM, listener)
+
+    await fanout.publish_revision(revision)
+
+    await eventually(lambda: updates_received(listener) == [(1, "counted first, published after")])
+    await fanout.stop()

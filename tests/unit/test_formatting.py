@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.models import User
+from chat.services import formatting
 from chat.services.formatting import Renderer, for_reader, mentioned_names, render
 from tests.support.xss import XSS_CORPUS
 
@@ -169,3 +170,10 @@ def test_every_payload_of_the_xss_corpus_stays_text(body: str) -> None:
 )
 def test_whatever_is_typed_renders_to_allowed_markup_only(body: str) -> None:
     assert_inert(render(body, MENTIONS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(categories=["L", "N", "Zs"], include_characters=",;'\"?_*"), max_size=60))
+def test_plain_lines_take_a_shortcut_that_renders_what_markdown_would(body: str) -> None:
+    body = body.strip()
+    assert render(body) == str(formatting._SANITISER.clean(formatting._MARKDOWN.render(body, {"mentions": {}}))).strip()
