@@ -83,12 +83,27 @@ async def test_messages_have_the_documented_shape(new_browser: Callable[[], Brow
     client_id = await sock.send_message("  padded body  ")
     ack = await sock.recv_type("ack")
     message = ack["message"]
-    assert set(message) == {"id", "room_id", "seq", "user_id", "username", "body", "created_at", "client_id"}
+    assert set(message) == {
+        "id",
+        "room_id",
+        "seq",
+        "user_id",
+        "username",
+        "body",
+        "created_at",
+        "client_id",
+        "rev",
+        "edited_at",
+        "deleted_at",
+        "html",
+    }
     assert message["room_id"] == room_id and message["client_id"] == client_id
     assert message["user_id"] == hello["user"]["id"] and message["username"] == hello["user"]["username"]
     assert message["body"] == "padded body"  # trimmed
     assert message["seq"] == 1
     assert message["created_at"].endswith("Z") and "T" in message["created_at"]
+    assert (message["rev"], message["edited_at"], message["deleted_at"]) == (0, None, None)
+    assert message["html"] == "<p>padded body</p>"
 
 
 async def test_joining_sends_the_last_50_messages_in_order(browser: Browser, chat_server: ChatServer) -> None:
