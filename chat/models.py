@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 
@@ -43,6 +44,22 @@ class User:
         return {"id": self.id, "username": self.username}
 
 
+class RoomKind(StrEnum):
+    """Who may see a room."""
+
+    PUBLIC = "public"  # listed; any signed-in user may read and join it
+    PRIVATE = "private"  # members only; to anyone else it does not exist
+    DIRECT = "direct"  # a private conversation of two people (a DM)
+
+
+class Role(StrEnum):
+    """A member's standing in a room."""
+
+    OWNER = "owner"  # the creator
+    MODERATOR = "moderator"  # named by the owner
+    MEMBER = "member"
+
+
 @dataclass(frozen=True)
 class Room:
     id: str
@@ -52,6 +69,33 @@ class Room:
     created_at: datetime.datetime
     # The highest seq stored in this room (seqs run 1, 2, 3, ... without holes).
     last_seq: int = 0
+    kind: RoomKind = RoomKind.PUBLIC
+    topic: str = ""
+
+    @property
+    def listed(self) -> bool:
+        return self.kind is RoomKind.PUBLIC
+
+
+@dataclass(frozen=True)
+class Membership:
+    """One person in one room."""
+
+    room_id: str
+    user_id: str
+    username: str
+    role: Role
+    joined_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class Ban:
+    """Someone kept out of a room, by whom and since when."""
+
+    room_id: str
+    user_id: str
+    by_user_id: str
+    at: datetime.datetime
 
 
 @dataclass(frozen=True)

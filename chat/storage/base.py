@@ -13,7 +13,7 @@ import abc
 import datetime
 from collections.abc import Collection, Mapping, Sequence
 
-from ..models import Message, NewMessage, Revision, Room, RoomCounters, Session, User
+from ..models import Ban, Membership, Message, NewMessage, Revision, Role, Room, RoomCounters, RoomKind, Session, User
 
 
 class UserRepository(abc.ABC):
@@ -87,15 +87,66 @@ class SessionRepository(abc.ABC):
 
 class RoomRepository(abc.ABC):
     @abc.abstractmethod
-    async def add(self, name: str, creator: User) -> Room:
-        """Create a room. Raises Conflict if the name is taken, ignoring case."""
+    async def add(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
+        """Create a room. Raises Conflict if the name is taken, ignoring case (whatever the kinds)."""
 
     @abc.abstractmethod
     async def get(self, room_id: str) -> Room | None: ...
 
     @abc.abstractmethod
+    async def get_by_name(self, name: str) -> Room | None:
+        """Find a room by name, ignoring case."""
+
+    @abc.abstractmethod
     async def list(self) -> list[Room]:
-        """Every room, newest first."""
+        """Every public room, newest first (private rooms and DMs are never listed)."""
+
+
+class MembershipRepository(abc.ABC):
+    """Who belongs to which room, with what role: read by room (members) and by user (their rooms)."""
+
+    @abc.abstractmethod
+    async def add(self, room_id: str, user: User, role: Role = Role.MEMBER) -> Membership:
+        """Make ``user`` a member; a member already keeps their membership (and role), which is returned."""
+
+    @abc.abstractmethod
+    async def get(self, room_id: str, user_id: str) -> Membership | None: ...
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Membership]:
+        """The memberships among ``(room_id, user_id)`` pairs, in one query."""
+
+    @abc.abstractmethod
+    async def set_role(self, room_id: str, user_id: str, role: Role) -> Membership | None:
+        """Change a member's role; None if not a member."""
+
+    @abc.abstractmethod
+    async def remove(self, room_id: str, user_id: str) -> bool:
+        """End a membership; whether there was one."""
+
+    @abc.abstractmethod
+    async def rooms_of(self, user_id: str) -> list[Membership]:
+        """Every membership of ``user_id``, oldest first."""
+
+    @abc.abstractmethod
+    async def members_of(self, room_id: str, limit: int = 1000) -> list[Membership]:
+        """A room's members, oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def counts(self, room_ids: Collection[str]) -> dict[str, int]:
+        """How many members each room has (rooms without members are left out)."""
+
+
+class BanRepository(abc.ABC):
+    @abc.abstractmethod
+    async def add(self, room_id: str, user_id: str, by_user_id: str) -> Ban:
+        """Ban ``user_id`` from the room; banning again keeps the first ban."""
+
+    @abc.abstractmethod
+    async def get(self, room_id: str, user_id: str) -> Ban | None: ...
+
+    @abc.abstractmethod
+    async def remove(self, room_id: str, user_id: str) -> bool: ...
 
 
 class MessageRepository(abc.ABC):
@@ -176,6 +227,8 @@ class Storage(abc.ABC):
     sessions: SessionRepository
     rooms: RoomRepository
     messages: MessageRepository
+    memberships: MembershipRepository
+    bans: BanRepository
 
     @abc.abstractmethod
     async def connect(self) -> None:

@@ -24,8 +24,30 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from pymongo.uri_parser import parse_uri
 
 from ..errors import Conflict, Unavailable
-from ..models import Message, NewMessage, Revision, Room, RoomCounters, Session, User, new_id, utcnow
-from .base import MessageRepository, RoomRepository, SessionRepository, Storage, UserRepository
+from ..models import (
+    Ban,
+    Membership,
+    Message,
+    NewMessage,
+    Revision,
+    Role,
+    Room,
+    RoomCounters,
+    RoomKind,
+    Session,
+    User,
+    new_id,
+    utcnow,
+)
+from .base import (
+    BanRepository,
+    MembershipRepository,
+    MessageRepository,
+    RoomRepository,
+    SessionRepository,
+    Storage,
+    UserRepository,
+)
 
 # How long an operation waits for a reachable server before the caller gets
 # Unavailable. PyMongo's default is 30 s, far too long for someone pressing
@@ -93,7 +115,24 @@ def _room(doc: Mapping[str, Any]) -> Room:
         creator_username=doc["creator_username"],
         created_at=doc["created_at"],
         last_seq=doc.get("last_seq", 0),
+        kind=RoomKind(doc.get("kind", RoomKind.PUBLIC.value)),
+        topic=doc.get("topic", ""),
     )
+
+
+def _membership(doc: Mapping[str, Any]) -> Membership:
+    return Membership(
+        room_id=doc["room_id"],
+        user_id=doc["user_id"],
+        username=doc["username"],
+        role=Role(doc["role"]),
+        joined_at=doc["joined_at"],
+    )
+
+
+def _pair_id(room_id: str, user_id: str) -> str:
+    """The ``_id`` of a (room, user) record: FerretDB finds by ``_id`` without a scan."""
+    return f"{room_id}:{user_id}"
 
 
 def message_id(new: NewMessage) -> str:
@@ -266,9 +305,14 @@ class MongoRooms(RoomRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
 
-    async def add(self, name: str, creator: User) -> Room:
+    async def add(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
         room = Room(
-            id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username, created_at=utcnow()
+            id=new_id(),
+            name=name,
+            creator_id=creator.id,
+            creator_username=creator.username,
+            created_at=utcnow(),
+            kind=kind,
         )
         await self._storage.insert(
             "rooms",
@@ -281,6 +325,8 @@ class MongoRooms(RoomRepository):
                 "created_at": room.created_at,
                 "last_seq": 0,
                 "last_rev": 0,
+                "kind": kind.value,
+                "topic": "",
             },
             conflict=f"a room named {name!r} exists already",
         )
@@ -290,10 +336,129 @@ class MongoRooms(RoomRepository):
         doc = await self._storage.find_one("rooms", {"_id": room_id})
         return _room(doc) if doc else None
 
+    async def get_by_name(self, name: str) -> Room | None:
+        doc = await self._storage.find_one("rooms", {"name_lower": name.lower()})
+        return _room(doc) if doc else None
+
     async def list(self) -> list[Room]:
+        # Rooms made before kinds existed have none: they are public.
+        listed = {"kind": {"$nin": [RoomKind.PRIVATE.value, RoomKind.DIRECT.value]}}
         with _translate_errors():
-            cursor = self._storage.db.rooms.find().sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+            cursor = self._storage.db.rooms.find(listed).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
             return [_room(doc) async for doc in cursor]
+
+
+class MongoMemberships(MembershipRepository):
+    def __init__(self, storage: MongoStorage) -> None:
+        self._storage = storage
+
+    async def add(self, room_id: str, user: User, role: Role = Role.MEMBER) -> Membership:
+        membership = Membership(room_id, user.id, user.username, role, utcnow())
+        try:
+            await self._storage.insert(
+                "memberships",
+                {
+                    "_id": _pair_id(room_id, user.id),
+                    "room_id": room_id,
+                    "user_id": user.id,
+                    "username": user.username,
+                    "role": role.value,
+                    "joined_at": membership.joined_at,
+                },
+                conflict="a member already",
+            )
+        except Conflict:
+            existing = await self.get(room_id, user.id)
+            if existing is not None:
+                return existing
+            raise Unavailable("a membership was removed while being added; retry") from None
+        return membership
+
+    async def get(self, room_id: str, user_id: str) -> Membership | None:
+        doc = await self._storage.find_one("memberships", {"_id": _pair_id(room_id, user_id)})
+        return _membership(doc) if doc else None
+
+    async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Membership]:
+        ids = [_pair_id(room_id, user_id) for room_id, user_id in keys]
+        if not ids:
+            return {}
+        with _translate_errors():
+            cursor = self._storage.db.memberships.find({"_id": {"$in": ids}})
+            found = [_membership(doc) async for doc in cursor]
+        return {(m.room_id, m.user_id): m for m in found}
+
+    async def set_role(self, room_id: str, user_id: str, role: Role) -> Membership | None:
+        with _translate_errors():
+            await self._storage.db.memberships.update_one(
+                {"_id": _pair_id(room_id, user_id)}, {"$set": {"role": role.value}}
+            )
+        return await self.get(room_id, user_id)
+
+    async def remove(self, room_id: str, user_id: str) -> bool:
+        with _translate_errors():
+            result = await self._storage.db.memberships.delete_one({"_id": _pair_id(room_id, user_id)})
+        return bool(result.deleted_count)
+
+    async def rooms_of(self, user_id: str) -> list[Membership]:
+        with _translate_errors():
+            cursor = self._storage.db.memberships.find({"user_id": user_id}).sort(
+                [("joined_at", ASCENDING), ("room_id", ASCENDING)]
+            )
+            return [_membership(doc) async for doc in cursor]
+
+    async def members_of(self, room_id: str, limit: int = 1000) -> list[Membership]:
+        with _translate_errors():
+            cursor = (
+                self._storage.db.memberships.find({"room_id": room_id})
+                .sort([("joined_at", ASCENDING), ("user_id", ASCENDING)])
+                .limit(limit)
+            )
+            return [_membership(doc) async for doc in cursor]
+
+    async def counts(self, room_ids: Collection[str]) -> dict[str, int]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        with _translate_errors():
+            cursor = await self._storage.db.memberships.aggregate(
+                [{"$match": {"room_id": {"$in": ids}}}, {"$group": {"_id": "$room_id", "n": {"$sum": 1}}}]
+            )
+            return {doc["_id"]: int(doc["n"]) async for doc in cursor}
+
+
+class MongoBans(BanRepository):
+    def __init__(self, storage: MongoStorage) -> None:
+        self._storage = storage
+
+    async def add(self, room_id: str, user_id: str, by_user_id: str) -> Ban:
+        ban = Ban(room_id, user_id, by_user_id, utcnow())
+        try:
+            await self._storage.insert(
+                "bans",
+                {
+                    "_id": _pair_id(room_id, user_id),
+                    "room_id": room_id,
+                    "user_id": user_id,
+                    "by": by_user_id,
+                    "at": ban.at,
+                },
+                conflict="banned already",
+            )
+        except Conflict:
+            existing = await self.get(room_id, user_id)
+            if existing is not None:
+                return existing
+            raise Unavailable("a ban was lifted while being added; retry") from None
+        return ban
+
+    async def get(self, room_id: str, user_id: str) -> Ban | None:
+        doc = await self._storage.find_one("bans", {"_id": _pair_id(room_id, user_id)})
+        return Ban(doc["room_id"], doc["user_id"], doc["by"], doc["at"]) if doc else None
+
+    async def remove(self, room_id: str, user_id: str) -> bool:
+        with _translate_errors():
+            result = await self._storage.db.bans.delete_one({"_id": _pair_id(room_id, user_id)})
+        return bool(result.deleted_count)
 
 
 class RoomWriters:
@@ -521,6 +686,8 @@ class MongoStorage(Storage):
         self.sessions = MongoSessions(self)
         self.rooms = MongoRooms(self)
         self.messages = MongoMessages(self)
+        self.memberships = MongoMemberships(self)
+        self.bans = MongoBans(self)
 
     @classmethod
     def from_url(cls, url: str) -> MongoStorage:
@@ -571,6 +738,9 @@ class MongoStorage(Storage):
                 name="room_user_client_unique",
             )
             await db.messages.create_index([("room_id", ASCENDING), ("rev", ASCENDING)], name="room_rev")
+            await db.memberships.create_index([("user_id", ASCENDING), ("joined_at", ASCENDING)], name="user_joined")
+            await db.memberships.create_index([("room_id", ASCENDING), ("joined_at", ASCENDING)], name="room_joined")
+            await db.rooms.create_index([("kind", ASCENDING), ("created_at", DESCENDING)], name="kind_created")
             await db.sessions.create_index("expires_at", name="expires_at")
             await db.sessions.create_index("user_id", name="user_id")
         self._indexed = True

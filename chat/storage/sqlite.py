@@ -23,8 +23,30 @@ from pathlib import Path
 import aiosqlite
 
 from ..errors import Conflict, Unavailable
-from ..models import Message, NewMessage, Revision, Room, RoomCounters, Session, User, new_id, utcnow
-from .base import MessageRepository, RoomRepository, SessionRepository, Storage, UserRepository
+from ..models import (
+    Ban,
+    Membership,
+    Message,
+    NewMessage,
+    Revision,
+    Role,
+    Room,
+    RoomCounters,
+    RoomKind,
+    Session,
+    User,
+    new_id,
+    utcnow,
+)
+from .base import (
+    BanRepository,
+    MembershipRepository,
+    MessageRepository,
+    RoomRepository,
+    SessionRepository,
+    Storage,
+    UserRepository,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -52,7 +74,25 @@ CREATE TABLE IF NOT EXISTS rooms (
     creator_username TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     last_seq INTEGER NOT NULL DEFAULT 0,
-    last_rev INTEGER NOT NULL DEFAULT 0
+    last_rev INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL DEFAULT 'public',
+    topic TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    role TEXT NOT NULL,
+    joined_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS memberships_user ON memberships (user_id, joined_at);
+CREATE TABLE IF NOT EXISTS bans (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    by_user_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -78,6 +118,8 @@ ADDED_COLUMNS = (
     ("users", "disabled", "INTEGER NOT NULL DEFAULT 0"),
     ("sessions", "idle_expires_at", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "last_rev", "INTEGER NOT NULL DEFAULT 0"),
+    ("rooms", "kind", "TEXT NOT NULL DEFAULT 'public'"),
+    ("rooms", "topic", "TEXT NOT NULL DEFAULT ''"),
     ("messages", "edited_at", "INTEGER"),
     ("messages", "deleted_at", "INTEGER"),
     ("messages", "rev", "INTEGER NOT NULL DEFAULT 0"),
@@ -86,6 +128,7 @@ ADDED_COLUMNS = (
 # Indexes on added columns: made once the columns exist.
 LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS messages_room_rev ON messages (room_id, rev);
+CREATE INDEX IF NOT EXISTS rooms_kind_created ON rooms (kind, created_at);
 """
 
 
@@ -133,6 +176,18 @@ def _room(row: sqlite3.Row) -> Room:
         creator_username=row["creator_username"],
         created_at=_from_ms(row["created_at"]),
         last_seq=row["last_seq"],
+        kind=RoomKind(row["kind"]),
+        topic=row["topic"],
+    )
+
+
+def _membership(row: sqlite3.Row) -> Membership:
+    return Membership(
+        room_id=row["room_id"],
+        user_id=row["user_id"],
+        username=row["username"],
+        role=Role(row["role"]),
+        joined_at=_from_ms(row["joined_at"]),
     )
 
 
@@ -383,14 +438,19 @@ class SQLiteRooms(RoomRepository):
     def __init__(self, db: _Database) -> None:
         self._db = db
 
-    async def add(self, name: str, creator: User) -> Room:
+    async def add(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
         room = Room(
-            id=new_id(), name=name, creator_id=creator.id, creator_username=creator.username, created_at=utcnow()
+            id=new_id(),
+            name=name,
+            creator_id=creator.id,
+            creator_username=creator.username,
+            created_at=utcnow(),
+            kind=kind,
         )
         await self._db.insert(
-            "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, 0)",
-            (room.id, name, name.lower(), creator.id, creator.username, _to_ms(room.created_at)),
+            "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+            (room.id, name, name.lower(), creator.id, creator.username, _to_ms(room.created_at), kind.value),
             conflict=f"a room named {name!r} exists already",
         )
         return room
@@ -399,9 +459,105 @@ class SQLiteRooms(RoomRepository):
         row = await self._db.fetchone("SELECT * FROM rooms WHERE id = ?", (room_id,))
         return _room(row) if row else None
 
+    async def get_by_name(self, name: str) -> Room | None:
+        row = await self._db.fetchone("SELECT * FROM rooms WHERE name_lower = ?", (name.lower(),))
+        return _room(row) if row else None
+
     async def list(self) -> list[Room]:
-        rows = await self._db.fetchall("SELECT * FROM rooms ORDER BY created_at DESC, id")
+        rows = await self._db.fetchall(
+            "SELECT * FROM rooms WHERE kind = ? ORDER BY created_at DESC, id", (RoomKind.PUBLIC.value,)
+        )
         return [_room(row) for row in rows]
+
+
+class SQLiteMemberships(MembershipRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, room_id: str, user: User, role: Role = Role.MEMBER) -> Membership:
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO memberships (room_id, user_id, username, role, joined_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (room_id, user_id) DO NOTHING",
+                (room_id, user.id, user.username, role.value, _to_ms(utcnow())),
+            )
+            async with conn.execute(
+                "SELECT * FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user.id)
+            ) as cursor:
+                row = await cursor.fetchone()
+        assert row is not None  # inserted or there already, in this transaction
+        return _membership(row)
+
+    async def get(self, room_id: str, user_id: str) -> Membership | None:
+        row = await self._db.fetchone("SELECT * FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+        return _membership(row) if row else None
+
+    async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Membership]:
+        pairs = list(keys)
+        if not pairs:
+            return {}
+        where = " OR ".join(["(room_id = ? AND user_id = ?)"] * len(pairs))
+        rows = await self._db.fetchall(
+            f"SELECT * FROM memberships WHERE {where}", tuple(v for pair in pairs for v in pair)
+        )
+        return {(row["room_id"], row["user_id"]): _membership(row) for row in rows}
+
+    async def set_role(self, room_id: str, user_id: str, role: Role) -> Membership | None:
+        await self._db.execute(
+            "UPDATE memberships SET role = ? WHERE room_id = ? AND user_id = ?", (role.value, room_id, user_id)
+        )
+        return await self.get(room_id, user_id)
+
+    async def remove(self, room_id: str, user_id: str) -> bool:
+        async with self._db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+            return cursor.rowcount > 0
+
+    async def rooms_of(self, user_id: str) -> list[Membership]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM memberships WHERE user_id = ? ORDER BY joined_at, room_id", (user_id,)
+        )
+        return [_membership(row) for row in rows]
+
+    async def members_of(self, room_id: str, limit: int = 1000) -> list[Membership]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM memberships WHERE room_id = ? ORDER BY joined_at, user_id LIMIT ?", (room_id, limit)
+        )
+        return [_membership(row) for row in rows]
+
+    async def counts(self, room_ids: Collection[str]) -> dict[str, int]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._db.fetchall(
+            f"SELECT room_id, COUNT(*) AS n FROM memberships WHERE room_id IN ({marks}) GROUP BY room_id", tuple(ids)
+        )
+        return {row["room_id"]: row["n"] for row in rows}
+
+
+class SQLiteBans(BanRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, room_id: str, user_id: str, by_user_id: str) -> Ban:
+        await self._db.execute(
+            "INSERT INTO bans (room_id, user_id, by_user_id, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (room_id, user_id) DO NOTHING",
+            (room_id, user_id, by_user_id, _to_ms(utcnow())),
+        )
+        ban = await self.get(room_id, user_id)
+        assert ban is not None
+        return ban
+
+    async def get(self, room_id: str, user_id: str) -> Ban | None:
+        row = await self._db.fetchone("SELECT * FROM bans WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+        return Ban(row["room_id"], row["user_id"], row["by_user_id"], _from_ms(row["at"])) if row else None
+
+    async def remove(self, room_id: str, user_id: str) -> bool:
+        async with self._db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM bans WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+            return cursor.rowcount > 0
 
 
 class SQLiteMessages(MessageRepository):
@@ -553,6 +709,8 @@ class SQLiteStorage(Storage):
         self.sessions = SQLiteSessions(self._db)
         self.rooms = SQLiteRooms(self._db)
         self.messages = SQLiteMessages(self._db)
+        self.memberships = SQLiteMemberships(self._db)
+        self.bans = SQLiteBans(self._db)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:

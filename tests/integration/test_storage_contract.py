@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chat.errors import Conflict, Unavailable
-from chat.models import NewMessage, Revision, Room, RoomCounters, User, utcnow
+from chat.models import NewMessage, Revision, Role, Room, RoomCounters, RoomKind, User, utcnow
 from chat.storage import Storage, open_storage
 from tests.support.services import free_port
 from tests.support.storage import connected_storage
@@ -295,6 +295,69 @@ async def test_a_room_name_taken_in_another_case_raises_conflict(storage: Storag
         await storage.rooms.add("LOBBY", user)
 
     assert len(await storage.rooms.list()) == 1
+
+
+async def test_private_rooms_and_dms_are_never_listed_but_found_by_id_and_name(storage: Storage, user: User) -> None:
+    public = await storage.rooms.add("town square", user)
+    private = await storage.rooms.add("the back room", user, RoomKind.PRIVATE)
+    direct = await storage.rooms.add("dm:a:b", user, RoomKind.DIRECT)
+
+    assert [room.id for room in await storage.rooms.list()] == [public.id]
+    assert await storage.rooms.get(private.id) == private and private.kind is RoomKind.PRIVATE
+    assert await storage.rooms.get_by_name("DM:A:B") == direct
+    assert await storage.rooms.get_by_name("nowhere") is None
+    assert (public.kind, public.topic, public.listed, private.listed) == (RoomKind.PUBLIC, "", True, False)
+
+
+# -- memberships and bans -----------------------------------------------------------
+
+
+async def test_a_membership_is_added_once_and_read_by_room_and_by_user(
+    storage: Storage, room: Room, user: User
+) -> None:
+    bob = await storage.users.add("bob", b"$2b$04$fakehash")
+    other = await storage.rooms.add("other", bob)
+
+    owner = await storage.memberships.add(room.id, user, Role.OWNER)
+    again = await storage.memberships.add(room.id, user)  # already a member: unchanged
+    await storage.memberships.add(room.id, bob)
+    await storage.memberships.add(other.id, bob, Role.OWNER)
+
+    assert again == owner and owner.role is Role.OWNER and owner.username == "alice"
+    assert await storage.memberships.get(room.id, user.id) == owner
+    assert await storage.memberships.get(other.id, user.id) is None
+    assert [(m.user_id, m.role) for m in await storage.memberships.members_of(room.id)] == [
+        (user.id, Role.OWNER),
+        (bob.id, Role.MEMBER),
+    ]
+    assert [m.room_id for m in await storage.memberships.rooms_of(bob.id)] == [room.id, other.id]
+    assert await storage.memberships.counts([room.id, other.id, "0" * 24]) == {room.id: 2, other.id: 1}
+    found = await storage.memberships.get_many([(room.id, bob.id), (other.id, user.id), (other.id, bob.id)])
+    assert set(found) == {(room.id, bob.id), (other.id, bob.id)}
+
+
+async def test_a_member_changes_role_and_leaves(storage: Storage, room: Room, user: User) -> None:
+    await storage.memberships.add(room.id, user)
+
+    promoted = await storage.memberships.set_role(room.id, user.id, Role.MODERATOR)
+    assert promoted is not None and promoted.role is Role.MODERATOR
+    assert await storage.memberships.remove(room.id, user.id) is True
+    assert await storage.memberships.remove(room.id, user.id) is False
+    assert await storage.memberships.get(room.id, user.id) is None
+    assert await storage.memberships.set_role(room.id, user.id, Role.MEMBER) is None
+    assert await storage.memberships.rooms_of(user.id) == []
+
+
+async def test_a_ban_is_kept_once_and_lifted(storage: Storage, room: Room, user: User) -> None:
+    bob = await storage.users.add("bob", b"$2b$04$fakehash")
+
+    ban = await storage.bans.add(room.id, bob.id, user.id)
+    assert await storage.bans.add(room.id, bob.id, "someone-else") == ban  # the first ban stands
+    assert (ban.user_id, ban.by_user_id) == (bob.id, user.id)
+    assert await storage.bans.get(room.id, bob.id) == ban
+    assert await storage.bans.get(room.id, user.id) is None
+    assert await storage.bans.remove(room.id, bob.id) is True
+    assert await storage.bans.get(room.id, bob.id) is None
 
 
 # -- messages: seq and idempotency ------------------------------------------
