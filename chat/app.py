@@ -16,6 +16,7 @@ import tornado.httpserver
 from .bootstrap import Services, build_services
 from .config import Settings
 from .protocol import Close
+from .services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH
 from .stalls import StallWatch
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler
@@ -28,6 +29,7 @@ from .web.static import StaticFiles
 log = logging.getLogger(__name__)
 
 ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
+USERNAME = rf"([{USERNAME_CHARACTERS}]{{1,{USERNAME_MAX_LENGTH}}})"
 # Longer than nginx's keep-alive to the processes, so nginx closes first.
 IDLE_CONNECTION_SECONDS = 120.0
 BODY_TIMEOUT_SECONDS = 30.0
@@ -44,6 +46,8 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (r"/rooms", pages.RoomsHandler),
         (rf"/rooms/{ROOM_ID}", pages.RoomHandler),
         (rf"/rooms/{ROOM_ID}/ws", RoomSocketHandler),
+        (rf"/rooms/{ROOM_ID}/(join|leave|invite|remove|ban)", pages.RoomMembershipHandler),
+        (rf"/dm/{USERNAME}", pages.DirectHandler),
         (r"/healthz", pages.HealthHandler),
         (r"/readyz", pages.ReadinessHandler),
     ]

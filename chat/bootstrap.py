@@ -20,11 +20,12 @@ from typing import Any
 from .broker import Backplane, Broker, open_backplane
 from .config import Settings
 from .errors import Unavailable
-from .protocol import PRESENCE_CHANGED
+from .protocol import MEMBER_REMOVED, PRESENCE_CHANGED, member_removed_event
 from .services.accounts import Accounts
 from .services.connection import ConnectionPolicy, Connections
 from .services.fanout import Fanout
 from .services.limits import Action, Limiter
+from .services.membership import Memberships
 from .services.messages import Messages
 from .services.passwords import PasswordHasher
 from .services.presence import Presence
@@ -54,6 +55,7 @@ class Services:
     presence: Presence
     accounts: Accounts
     rooms: Rooms
+    memberships: Memberships
     messages: Messages
     connections: Connections
     revocations: Revocations
@@ -183,8 +185,15 @@ def build_services(
         settings.session_idle_seconds,
         limiter=limiter,
     )
+    rooms = Rooms(storage, limiter)
+
+    async def announce_removal(room_id: str, user_id: str) -> None:
+        await fanout.publish_control(room_id, member_removed_event(user_id))
+
+    memberships = Memberships(storage, rooms, announce_removal)
     connections = Connections(
         messages=messages,
+        memberships=memberships,
         accounts=accounts,
         fanout=fanout,
         presence=presence,
@@ -200,6 +209,7 @@ def build_services(
         ),
         clock=clock,
     )
+    fanout.on_control(MEMBER_REMOVED, connections.member_removed)
     revocations = Revocations(fanout, connections, accounts, settings.session_recheck_seconds)
     accounts.on_sessions_ended(revocations.announce)
     return Services(
@@ -209,7 +219,8 @@ def build_services(
         fanout=fanout,
         presence=presence,
         accounts=accounts,
-        rooms=Rooms(storage, limiter),
+        rooms=rooms,
+        memberships=memberships,
         messages=messages,
         connections=connections,
         revocations=revocations,

@@ -54,6 +54,8 @@ class Close(IntEnum):
     TOO_BIG = 1009  # a frame over the size limit
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013  # storage unavailable, or the client read too slowly: back off, resume
+    # Application codes (4000-4999, RFC 6455 section 7.4.2):
+    REMOVED = 4403  # left, removed or banned: this room is no longer the client's; do not reconnect
 
 
 class ErrorCode(StrEnum):
@@ -454,10 +456,21 @@ def presence_frame(users: Iterable[OnlineUser]) -> str:
 
 # A control event, never sent to clients: "re-read this room's presence".
 PRESENCE_CHANGED = "presence_changed"
+# A control event: "close this user's sockets in this room" (they left, or were removed or banned).
+MEMBER_REMOVED = "member_removed"
 
 
 def control_event(kind: str) -> str:
     return _dumps({"type": kind})
+
+
+def member_removed_event(user_id: str) -> str:
+    return _dumps({"type": MEMBER_REMOVED, "user_id": user_id})
+
+
+def removed_user(event: str) -> str:
+    """The user a ``member_removed`` event names."""
+    return str(json.loads(event)["user_id"])
 
 
 class Routing(NamedTuple):

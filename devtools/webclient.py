@@ -97,8 +97,11 @@ class WebClient:
     async def logout(self) -> HTTPResponse:
         return await self.post("/logout", {})
 
-    async def create_room(self, name: str | None = None) -> str:
-        response = await self.post("/rooms", {"name": name or f"room {uuid.uuid4().hex[:8]}"})
+    async def create_room(self, name: str | None = None, private: bool = False) -> str:
+        form = {"name": name or f"room {uuid.uuid4().hex[:8]}"}
+        if private:
+            form["private"] = "on"
+        response = await self.post("/rooms", form)
         location = self._expect_redirect(response, "creating a room")
         match = re.fullmatch(r"/rooms/([A-Za-z0-9_-]+)", location)
         if not match:

@@ -431,6 +431,8 @@ class RevisionCursor {
 class RoomConnection {
   #url;
   #sessionEndedCode;
+  #removedCode;
+  #onRemoved;
   #onFrame;
   #onState;
   #onSessionEnded;
@@ -443,10 +445,13 @@ class RoomConnection {
    * @param {object} options
    * @param {() => string} options.url called on every connect, so it resumes from the latest seq
    * @param {number} options.sessionEndedCode the close code after which reconnecting is pointless
+   * @param {number} options.removedCode the close code for "no longer a member of this room" (likewise)
    */
-  constructor({ url, sessionEndedCode, onFrame, onState, onSessionEnded }) {
+  constructor({ url, sessionEndedCode, removedCode, onFrame, onState, onSessionEnded, onRemoved }) {
     this.#url = url;
     this.#sessionEndedCode = sessionEndedCode;
+    this.#removedCode = removedCode;
+    this.#onRemoved = onRemoved;
     this.#onFrame = onFrame;
     this.#onState = onState;
     this.#onSessionEnded = onSessionEnded;
@@ -505,6 +510,12 @@ class RoomConnection {
         this.#stopped = true;
         this.#onState("offline");
         this.#onSessionEnded();
+        return;
+      }
+      if (event.code === this.#removedCode) {
+        this.#stopped = true;
+        this.#onState("offline");
+        this.#onRemoved();
         return;
       }
       this.#scheduleReconnect();
@@ -578,9 +589,11 @@ function main() {
       return `${scheme}//${location.host}/rooms/${room}/ws?since=${messages.lastSeq}&rev=${revisions.cursor}`;
     },
     sessionEndedCode: config.close.sessionEnded,
+    removedCode: config.close.removed,
     onFrame,
     onState: showState,
     onSessionEnded: () => showNotice("Your session has ended. Sign in again to keep chatting."),
+    onRemoved: () => showNotice("You are no longer a member of this room."),
   });
 
   // Scroll-back: "Older messages" at the top loads the page before the

@@ -26,6 +26,7 @@ from . import audit
 from .accounts import Accounts, session_key
 from .fanout import Fanout, Recent
 from .limits import Action, Limiter
+from .membership import Memberships
 from .messages import Messages
 from .presence import Presence
 
@@ -107,6 +108,7 @@ class Connections:
     """The room sockets open in this process, the factory that makes them, and their admission."""
 
     messages: Messages
+    memberships: Memberships
     accounts: Accounts
     fanout: Fanout
     presence: Presence
@@ -191,6 +193,12 @@ class Connections:
             connection.end_session()
         return len(ending)
 
+    def member_removed(self, room_id: str, event: str) -> None:
+        """A ``member_removed`` control event: close that user's sockets in the room, here."""
+        user_id = protocol.removed_user(event)
+        for connection in [c for c in self._open if c.room.id == room_id and c.user.id == user_id]:
+            connection.removed()
+
     def __iter__(self) -> Iterator[RoomConnection]:
         return iter(tuple(self._open))
 
@@ -258,6 +266,8 @@ class RoomConnection:
         self._sends_in_flight = asyncio.Semaphore(SENDS_IN_FLIGHT)
         self._completions: set[asyncio.Task[None]] = set()
         self._hold: SendHold | None = None
+        # Known to be a member of the room (checked or made so on the first send).
+        self._member = False
         # A reset was sent: the client reloads, so nothing more about history is.
         self._reset_sent = False
         # Frames queued or being handled; idle (for graceful shutdown) at 0.
@@ -380,6 +390,14 @@ class RoomConnection:
         if self._worker is not None and self._busy == 0:
             self._worker.cancel()  # waiting for a frame that will never come
 
+    def removed(self) -> None:
+        """The user left this room, or was removed or banned: say so and close for good."""
+        if not self.closed:
+            self.transport.send_text(
+                protocol.error_frame(protocol.ErrorCode.FORBIDDEN, "You are no longer a member of this room.")
+            )
+            self.transport.close(Close.REMOVED, "no longer a member")
+
     def end_session(self) -> None:
         """The session behind this socket ended (signed out, expired, revoked): say so and close."""
         self._refuse(SessionEnded("your session has ended; sign in again"), None)
@@ -455,6 +473,11 @@ class RoomConnection:
             raise
         # Checked and rendered before taking a place: still in this socket's order.
         new = await self._hub.messages.prepare(self.user, self.room, frame.client_id, frame.body)
+        if not self._member:
+            # Speaking in a public room joins it (a private room's socket is a member's already).
+            if self.room.listed:
+                await self._hub.memberships.join(self.user, self.room)
+            self._member = True
         await self._sends_in_flight.acquire()
         if self.closed:  # closed while waiting for a place: the client re-sends it
             self._sends_in_flight.release()

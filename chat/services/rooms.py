@@ -8,7 +8,7 @@ from collections.abc import Callable
 from cachetools import TTLCache
 
 from ..errors import Conflict, NotFound, ValidationError
-from ..models import Room, User
+from ..models import Role, Room, RoomKind, User
 from ..storage import Storage
 from .limits import Action, Limiter
 
@@ -29,7 +29,8 @@ class Rooms:
         self._limiter = limiter
         self._found: TTLCache[str, Room] = TTLCache(ROOM_CACHE_SIZE, ROOM_CACHE_SECONDS, timer=clock)
 
-    async def create(self, name: str, creator: User) -> Room:
+    async def create(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
+        """Make a public or private room; its creator is its owner (and first member)."""
         name = " ".join(name.split())  # collapse runs of whitespace
         if not name:
             raise ValidationError("Give the room a name.", field="name")
@@ -37,12 +38,16 @@ class Rooms:
             raise ValidationError(f"Room names are at most {MAX_ROOM_NAME_LENGTH} characters.", field="name")
         if not name.isprintable():
             raise ValidationError("Room names cannot contain control characters.", field="name")
+        if name.lower().startswith("dm:") or kind is RoomKind.DIRECT:
+            raise ValidationError("Room names cannot start with “dm:”.", field="name")
         if self._limiter is not None:
             await self._limiter.take(Action.ROOM_CREATION, creator.id)
         try:
-            return await self._storage.rooms.add(name, creator)
+            room = await self._storage.rooms.add(name, creator, kind)
         except Conflict:
             raise ValidationError("A room with that name exists already.", field="name") from None
+        await self._storage.memberships.add(room.id, creator, Role.OWNER)
+        return room
 
     async def list(self) -> list[Room]:
         return await self._storage.rooms.list()

@@ -27,6 +27,7 @@ from ..origins import normalize_origin, site_origin, socket_origin
 from ..protocol import refusal_for
 from ..services import audit
 from ..services.accounts import Accounts
+from ..services.membership import Memberships
 from ..services.messages import Messages
 from ..services.presence import Presence
 from ..services.rooms import Rooms
@@ -122,6 +123,10 @@ class AppHandler(tornado.web.RequestHandler):
     @property
     def rooms(self) -> Rooms:
         return self.services.rooms
+
+    @property
+    def memberships(self) -> Memberships:
+        return self.services.memberships
 
     @property
     def messages(self) -> Messages:

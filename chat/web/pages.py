@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from ..errors import RateLimited, Unavailable, ValidationError
+from ..models import Membership, Room, RoomKind, User
 from ..protocol import has_control_characters
 from ..services import audit
 from .base import AppHandler, BaseHandler
@@ -145,9 +146,11 @@ class RoomsHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        name = self.form("name")["name"]
+        form = self.form("name", "private")
+        name = form["name"]
+        kind = RoomKind.PRIVATE if form["private"] else RoomKind.PUBLIC
         try:
-            room = await self.rooms.create(name, self.user)
+            room = await self.rooms.create(name, self.user, kind)
         except (ValidationError, RateLimited) as exc:
             await self._render(error=self.form_refusal(exc), name=name)
             return
@@ -160,7 +163,10 @@ class RoomsHandler(BaseHandler):
 class RoomHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self, room_id: str) -> None:
-        room = await self.rooms.get(room_id)
+        room = await self.memberships.room_for(self.user, room_id)
+        await self.render_room(room)
+
+    async def render_room(self, room: Room, error: str | None = None, status: int = 200) -> None:
         before_argument = self.get_query_argument("before", None)
         # Read before the messages: the page's socket asks for every edit after it.
         last_rev = await self.messages.stored_rev(room.id)
@@ -171,18 +177,69 @@ class RoomHandler(BaseHandler):
             before = read_seq("before", before_argument, minimum=1)
             messages, has_more = await self.messages.before(room.id, before, self.messages.history_limit)
         online = await self.presence.online(room.id)
+        membership = await self.memberships.membership(self.user, room)
+        members = await self.memberships.members(room) if not room.listed else []
         last_seq = messages[-1].seq if messages else 0
+        self.set_status(status)
         self.render_template(
             "room.html",
             room=room,
+            title=room_title(room, members, self.user),
             messages=messages,
             has_more=has_more,
             last_seq=last_seq,
             last_rev=last_rev,
             online=online,
+            membership=membership,
+            members=members,
+            error=error,
             archive=before_argument is not None,
             older_before=messages[0].seq if has_more and messages else None,
         )
+
+
+def room_title(room: Room, members: list[Membership], reader: User) -> str:
+    """A room's name, or for a DM the other person's."""
+    if room.kind is RoomKind.DIRECT:
+        others = [m.username for m in members if m.user_id != reader.id]
+        return others[0] if others else reader.username
+    return room.name
+
+
+class RoomMembershipHandler(RoomHandler):
+    """``POST /rooms/{id}/(join|leave|invite|remove|ban)``: the membership forms of the room page."""
+
+    @tornado.web.authenticated
+    async def post(self, room_id: str, action: str) -> None:
+        room = await self.memberships.room_for(self.user, room_id)
+        memberships = self.memberships
+        try:
+            if action == "join":
+                await memberships.join(self.user, room)
+            elif action == "leave":
+                await memberships.leave(self.user, room)
+                self.redirect("/rooms")
+                return
+            elif action == "invite":
+                await memberships.invite(self.user, room, self.form("username")["username"])
+            elif action == "remove":
+                await memberships.remove(self.user, room, self.form("user_id")["user_id"])
+            else:
+                await memberships.ban(self.user, room, self.form("user_id")["user_id"])
+        except ValidationError as exc:
+            await self.render_room(room, error=self.form_refusal(exc), status=400)
+            return
+        audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
+        self.redirect(f"/rooms/{room.id}")
+
+
+class DirectHandler(BaseHandler):
+    """``GET /dm/{username}``: the private conversation of the reader and that user."""
+
+    @tornado.web.authenticated
+    async def get(self, username: str) -> None:
+        room = await self.memberships.direct(self.user, username)
+        self.redirect(f"/rooms/{room.id}")
 
 
 class HealthHandler(AppHandler):

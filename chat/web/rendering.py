@@ -78,6 +78,7 @@ def client_config() -> dict[str, Any]:
             "sessionEnded": int(Close.SESSION_ENDED),
             "goingAway": int(Close.GOING_AWAY),
             "tryAgainLater": int(Close.TRY_AGAIN_LATER),
+            "removed": int(Close.REMOVED),
         },
     }
 

@@ -47,7 +47,7 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         await super().prepare()
         if self.current_user is None:
             raise tornado.web.HTTPError(401, "sign in first")
-        self.room = await self.rooms.get(self.path_args[0])
+        self.room = await self.memberships.room_for(self.user, self.path_args[0])
         since = self.get_query_argument("since", None)
         if since is not None:
             self._since = read_seq("since", since)

@@ -95,6 +95,7 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
             "sessionEnded": Close.SESSION_ENDED,
             "goingAway": Close.GOING_AWAY,
             "tryAgainLater": Close.TRY_AGAIN_LATER,
+            "removed": Close.REMOVED,
         },
     }
     assert await page.get_attribute("#body", "maxlength") == str(MAX_BODY_LENGTH)

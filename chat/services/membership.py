@@ -1,0 +1,143 @@
+"""Who may see and speak in a room: membership, private rooms, direct messages and bans.
+
+A public room is listed and readable by every signed-in user; anyone not
+banned joins it by asking, or by speaking in it. A private room and a direct
+message (DM) exist only for their members: to anyone else they answer
+exactly as a room that does not exist does. Members of a private room invite
+others by username; a DM is the one room of two people, made on first use.
+
+Leaving, being removed or being banned ends that person's sockets in the
+room on every process at once: ``announce_removal`` publishes the fact on
+the room's channel, and each process closes the sockets it holds
+(chat.services.connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..errors import Conflict, Forbidden, NotFound, ValidationError
+from ..models import Membership, Role, Room, RoomKind, User
+from ..storage import Storage
+from .rooms import Rooms
+
+# A DM's room name: both user ids in order, so both people find the same room.
+DM_PREFIX = "dm:"
+# Roles that may remove, ban and (later) moderate.
+MANAGERS = frozenset({Role.OWNER, Role.MODERATOR})
+
+AnnounceRemoval = Callable[[str, str], Awaitable[None]]
+
+
+def dm_name(first: User, second: User) -> str:
+    low, high = sorted((first.id, second.id))
+    return f"{DM_PREFIX}{low}:{high}"
+
+
+class Memberships:
+    def __init__(self, storage: Storage, rooms: Rooms, announce_removal: AnnounceRemoval) -> None:
+        self._storage = storage
+        self._rooms = rooms
+        self._announce_removal = announce_removal
+
+    async def room_for(self, user: User, room_id: str) -> Room:
+        """The room, if ``user`` may see it.
+
+        NotFound for a room that does not exist and, the same, for a private
+        room or DM ``user`` is not in: outsiders cannot tell the two apart.
+        Forbidden for a public room ``user`` was banned from.
+        """
+        room = await self._rooms.get(room_id)
+        if room.listed:
+            if await self._storage.bans.get(room.id, user.id) is not None:
+                raise Forbidden("You were banned from this room.")
+            return room
+        if await self._storage.memberships.get(room.id, user.id) is None:
+            raise NotFound(f"no room {room_id!r}")
+        return room
+
+    async def membership(self, user: User, room: Room) -> Membership | None:
+        return await self._storage.memberships.get(room.id, user.id)
+
+    async def join(self, user: User, room: Room) -> Membership:
+        """Join a public room (a member already stays one)."""
+        if not room.listed:
+            raise NotFound(f"no room {room.id!r}")  # private rooms are joined by invitation only
+        if await self._storage.bans.get(room.id, user.id) is not None:
+            raise Forbidden("You were banned from this room.")
+        return await self._storage.memberships.add(room.id, user)
+
+    async def leave(self, user: User, room: Room) -> None:
+        if room.kind is RoomKind.DIRECT:
+            raise ValidationError("A direct conversation cannot be left.")
+        if await self._storage.memberships.remove(room.id, user.id):
+            await self._announce_removal(room.id, user.id)
+
+    async def invite(self, inviter: User, room: Room, username: str) -> Membership:
+        """Add ``username`` to a room ``inviter`` belongs to."""
+        if room.kind is RoomKind.DIRECT:
+            raise ValidationError("A direct conversation is for two people.", field="username")
+        if await self._storage.memberships.get(room.id, inviter.id) is None:
+            raise Forbidden("Only members may invite others.")
+        invited = await self._storage.users.get_by_username(username.strip())
+        if invited is None or invited.disabled:
+            raise ValidationError(f"There is no user named {username.strip()!r}.", field="username")
+        if await self._storage.bans.get(room.id, invited.id) is not None:
+            raise ValidationError(f"{invited.username} is banned from this room.", field="username")
+        return await self._storage.memberships.add(room.id, invited)
+
+    async def remove(self, actor: User, room: Room, user_id: str) -> None:
+        """Take ``user_id`` out of the room (the owner or a moderator may; never the owner)."""
+        await self._require_manager(actor, room, user_id)
+        if await self._storage.memberships.remove(room.id, user_id):
+            await self._announce_removal(room.id, user_id)
+
+    async def ban(self, actor: User, room: Room, user_id: str) -> None:
+        """Remove ``user_id`` and keep them out (of a public room too)."""
+        await self._require_manager(actor, room, user_id)
+        await self._storage.bans.add(room.id, user_id, actor.id)
+        await self._storage.memberships.remove(room.id, user_id)
+        # Announced even if they were not a member: a public room's readers need not be.
+        await self._announce_removal(room.id, user_id)
+
+    async def direct(self, user: User, other_username: str) -> Room:
+        """The DM of ``user`` and the named user, made on first use."""
+        other = await self._storage.users.get_by_username(other_username)
+        if other is None or other.disabled:
+            raise NotFound(f"no user {other_username!r}")
+        if other.id == user.id:
+            raise ValidationError("A direct conversation needs someone else.")
+        name = dm_name(user, other)
+        room = await self._storage.rooms.get_by_name(name)
+        if room is None:
+            try:
+                room = await self._storage.rooms.add(name, user, RoomKind.DIRECT)
+            except Conflict:  # the other person opened it at the same moment
+                room = await self._storage.rooms.get_by_name(name)
+        if room is None or room.kind is not RoomKind.DIRECT:
+            raise NotFound(f"no conversation with {other_username!r}")
+        for person in (user, other):
+            await self._storage.memberships.add(room.id, person)
+        return room
+
+    async def members(self, room: Room) -> list[Membership]:
+        return await self._storage.memberships.members_of(room.id)
+
+    async def rooms_of(self, user: User) -> list[tuple[Room, Membership]]:
+        """The rooms ``user`` belongs to, with their membership, in the order joined."""
+        found: list[tuple[Room, Membership]] = []
+        for membership in await self._storage.memberships.rooms_of(user.id):
+            try:
+                found.append((await self._rooms.get(membership.room_id), membership))
+            except NotFound:
+                continue  # a membership outliving its room
+        return found
+
+    async def _require_manager(self, actor: User, room: Room, user_id: str) -> None:
+        if room.kind is RoomKind.DIRECT:
+            raise ValidationError("Nobody manages a direct conversation.")
+        if user_id == room.creator_id or user_id == actor.id:
+            raise Forbidden("The owner cannot be removed, and nobody removes themselves (leave instead).")
+        mine = await self._storage.memberships.get(room.id, actor.id)
+        if room.creator_id != actor.id and (mine is None or mine.role not in MANAGERS):
+            raise Forbidden("Only the room's owner and moderators may do that.")

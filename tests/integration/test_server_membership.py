@@ -1,0 +1,130 @@
+"""Private rooms and direct conversations exist only for their members; removal and bans take effect at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from chat.protocol import Close
+from tests.support.client import Browser, handshake_status
+
+
+async def three_people(new_browser: Callable[[], Browser]) -> tuple[Browser, Browser, Browser, list[str]]:
+    people = [new_browser() for _ in range(3)]
+    names = [await person.register() for person in people]
+    return people[0], people[1], people[2], names
+
+
+async def status_of(browser: Browser, path: str) -> int:
+    return (await browser.get(path)).code
+
+
+async def test_a_private_room_page_is_not_found_for_an_outsider_exactly_as_no_room(
+    new_browser: Callable[[], Browser],
+) -> None:
+    owner, _, outsider, _ = await three_people(new_browser)
+    room_id = await owner.create_room(private=True)
+
+    assert await status_of(owner, f"/rooms/{room_id}") == 200
+    assert await status_of(outsider, f"/rooms/{room_id}") == 404
+    assert await status_of(outsider, "/rooms/" + "0" * 24) == 404
+    rooms_page = (await outsider.get("/rooms")).body.decode()
+    assert room_id not in rooms_page
+
+
+async def test_a_private_rooms_older_pages_are_not_found_for_an_outsider(new_browser: Callable[[], Browser]) -> None:
+    owner, _, outsider, _ = await three_people(new_browser)
+    room_id = await owner.create_room(private=True)
+    sock = await owner.socket(room_id)
+    await sock.join()
+    for i in range(3):
+        await sock.acked(await sock.send_message(f"secret {i}"))
+
+    assert await status_of(outsider, f"/rooms/{room_id}?before=3") == 404
+    assert "secret" not in (await outsider.get(f"/rooms/{room_id}?before=3")).body.decode()
+
+
+async def test_a_private_rooms_socket_refuses_an_outsider_so_history_fetch_and_sync_never_start(
+    new_browser: Callable[[], Browser],
+) -> None:
+    owner, _, outsider, _ = await three_people(new_browser)
+    room_id = await owner.create_room(private=True)
+
+    assert await handshake_status(outsider, room_id) == 404
+    assert await handshake_status(outsider, room_id, since=0) == 404
+    assert await handshake_status(owner, room_id) == 101
+
+
+async def test_an_invited_member_reads_and_speaks_and_a_removed_one_is_closed_out_at_once(
+    new_browser: Callable[[], Browser],
+) -> None:
+    owner, guest, _, names = await three_people(new_browser)
+    room_id = await owner.create_room(private=True)
+    response = await owner.post(f"/rooms/{room_id}/invite", {"username": names[1]})
+    assert response.code == 302
+
+    sock = await guest.socket(room_id)
+    await sock.join()
+    message = await sock.acked(await sock.send_message("thanks for having me"))
+    assert message["body"] == "thanks for having me"
+    guest_id = message["user_id"]
+
+    response = await owner.post(f"/rooms/{room_id}/remove", {"user_id": guest_id})
+    assert response.code == 302
+    refusal = await sock.skip_to("error")
+    assert refusal["code"] == "forbidden"
+    assert await sock.closed() == Close.REMOVED
+    # And after it: no page, no socket, so no history, fetch or sync either.
+    assert await status_of(guest, f"/rooms/{room_id}") == 404
+    assert await handshake_status(guest, room_id, since=0) == 404
+
+
+async def test_only_members_invite_and_only_the_owner_or_a_moderator_removes(
+    new_browser: Callable[[], Browser],
+) -> None:
+    owner, member, outsider, names = await three_people(new_browser)
+    room_id = await owner.create_room(private=True)
+    await owner.post(f"/rooms/{room_id}/invite", {"username": names[1]})
+
+    # An outsider cannot even see the room to invite into it.
+    assert (await outsider.post(f"/rooms/{room_id}/invite", {"username": names[2]})).code == 404
+    # A member may invite, but not remove.
+    assert (await member.post(f"/rooms/{room_id}/invite", {"username": names[2]})).code == 302
+    sock = await outsider.socket(room_id)  # invited now
+    hello, _ = await sock.join()
+    assert (await member.post(f"/rooms/{room_id}/remove", {"user_id": hello["user"]["id"]})).code == 403
+    unknown = await owner.post(f"/rooms/{room_id}/invite", {"username": "nobody_by_that_name"})
+    assert unknown.code == 400 and "no user named" in unknown.body.decode()
+
+
+async def test_a_banned_user_is_closed_out_of_a_public_room_and_kept_out(new_browser: Callable[[], Browser]) -> None:
+    owner, troll, _, _ = await three_people(new_browser)
+    room_id = await owner.create_room()
+    sock = await troll.socket(room_id)
+    hello, _ = await sock.join()
+    await sock.acked(await sock.send_message("first!"))  # speaking joined the room
+
+    assert (await owner.post(f"/rooms/{room_id}/ban", {"user_id": hello["user"]["id"]})).code == 302
+
+    assert await sock.closed() == Close.REMOVED
+    assert await status_of(troll, f"/rooms/{room_id}") == 403
+    assert await handshake_status(troll, room_id) == 403
+    assert (await troll.post(f"/rooms/{room_id}/join", {})).code == 403
+
+
+async def test_a_dm_is_one_room_for_both_people_and_nobody_else(new_browser: Callable[[], Browser]) -> None:
+    alice, bob, carol, names = await three_people(new_browser)
+
+    first = await alice.get(f"/dm/{names[1]}")
+    second = await bob.get(f"/dm/{names[0]}")
+    assert first.code == second.code == 302
+    location = first.headers["Location"]
+    assert location == second.headers["Location"] and location.startswith("/rooms/")
+    room_id = location.rsplit("/", 1)[1]
+
+    page = (await bob.get(location)).body.decode()
+    assert f"Direct conversation with</span> {names[0]}" in page
+    assert await status_of(carol, location) == 404
+    assert await handshake_status(carol, room_id) == 404
+    assert room_id not in (await carol.get("/rooms")).body.decode()
+    assert (await alice.get("/dm/nobody_by_that_name")).code == 404
+    assert (await alice.get(f"/dm/{names[0]}")).code == 400  # not with oneself
