@@ -13,6 +13,7 @@ from pathlib import Path
 
 from playwright.async_api import Browser as Chromium
 
+from chat.protocol import Close
 from chat.tools.cluster import Cluster
 from tests.support.client import Browser, RoomSocket
 from tests.support.cluster import LANDING_TIMEOUT, socket_on
@@ -258,3 +259,37 @@ async def test_edits_and_deletions_reach_another_process_live_and_a_resume_after
     await again.send_json({"type": "sync", "since": 0})
     history = await again.recv_type("history")
     assert [m["body"] for m in history["messages"]] == ["hello!", ""]
+
+
+async def test_a_removed_or_banned_members_sockets_on_every_process_close_within_a_second(
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
+) -> None:
+    owner, guest, troll = (open_browser(cluster.url) for _ in range(3))
+    await owner.register()
+    guest_name = await guest.register()
+    await troll.register()
+    private_id = await owner.create_room(private=True)
+    public_id = await owner.create_room()
+    assert (await owner.post(f"/rooms/{private_id}/invite", {"username": guest_name})).code == 302
+
+    async def one_on_each_process(browser: Browser, room_id: str) -> list[RoomSocket]:
+        # Whichever process takes the owner's request, one of these is on another.
+        first, first_on = await socket_on(browser, room_id)
+        second, _ = await socket_on(browser, room_id, avoid={first_on})
+        return [first, second]
+
+    guest_socks = await one_on_each_process(guest, private_id)
+    troll_socks = await one_on_each_process(troll, public_id)
+    guest_id = (await guest_socks[0].acked(await guest_socks[0].send_message("hi")))["user_id"]
+    troll_id = (await troll_socks[0].acked(await troll_socks[0].send_message("first!")))["user_id"]
+
+    for socks, room_id, action, user_id in (
+        (guest_socks, private_id, "remove", guest_id),
+        (troll_socks, public_id, "ban", troll_id),
+    ):
+        started = asyncio.get_running_loop().time()
+        assert (await owner.post(f"/rooms/{room_id}/{action}", {"user_id": user_id})).code == 302
+        for sock in socks:
+            assert await sock.closed(timeout=5) == Close.REMOVED
+        assert asyncio.get_running_loop().time() - started < 1.0, action
