@@ -27,6 +27,7 @@ from .services.fanout import Fanout
 from .services.limits import Action, Limiter
 from .services.membership import Memberships
 from .services.messages import Messages
+from .services.moderation import Moderation
 from .services.passwords import PasswordHasher
 from .services.presence import Presence
 from .services.revocation import Revocations
@@ -56,6 +57,7 @@ class Services:
     accounts: Accounts
     rooms: Rooms
     memberships: Memberships
+    moderation: Moderation
     messages: Messages
     connections: Connections
     revocations: Revocations
@@ -81,6 +83,7 @@ class Services:
         await self.fanout.start()
         await self.presence.start()
         await self.revocations.start()
+        await self.moderation.start()
         self._run_in_background(self._purge_sessions(), "session-purge")
         self._run_in_background(self._renew_socket_leases(), "socket-leases")
 
@@ -191,9 +194,11 @@ def build_services(
         await fanout.publish_control(room_id, member_removed_event(user_id))
 
     memberships = Memberships(storage, rooms, announce_removal)
+    moderation = Moderation(storage, rooms, messages, fanout)
     connections = Connections(
         messages=messages,
         memberships=memberships,
+        moderation=moderation,
         accounts=accounts,
         fanout=fanout,
         presence=presence,
@@ -221,6 +226,7 @@ def build_services(
         accounts=accounts,
         rooms=rooms,
         memberships=memberships,
+        moderation=moderation,
         messages=messages,
         connections=connections,
         revocations=revocations,

@@ -88,6 +88,29 @@ class Membership:
     joined_at: datetime.datetime
 
 
+class ModerationAction(StrEnum):
+    DELETE_MESSAGE = "delete_message"
+    REMOVE_MEMBER = "remove_member"
+    BAN = "ban"
+    UNBAN = "unban"
+    SET_ROLE = "set_role"
+    SET_TOPIC = "set_topic"
+    RENAME = "rename"
+
+
+@dataclass(frozen=True)
+class ModerationEntry:
+    """One action by a room's owner or a moderator: who, what, to whom or what, when."""
+
+    room_id: str
+    actor_id: str
+    actor_username: str
+    action: ModerationAction
+    target: str  # a user id, a message id, or empty
+    detail: str  # the new name, topic or role; empty otherwise
+    at: datetime.datetime
+
+
 @dataclass(frozen=True)
 class Ban:
     """Someone kept out of a room, by whom and since when."""

@@ -448,6 +448,11 @@ def typing_frame(user: User) -> str:
     return _dumps({"type": "typing", "user": user.public()})
 
 
+def room_updated_frame(room: Room) -> str:
+    """The room was renamed or given a topic."""
+    return _dumps({"type": "room_updated", "room": {"id": room.id, "name": room.name, "topic": room.topic}})
+
+
 def presence_frame(users: Iterable[OnlineUser]) -> str:
     return _dumps({"type": "presence", "users": [user.to_wire() for user in users]})
 

@@ -123,8 +123,11 @@ class MessageList {
 
   #groupWithinMs;
 
-  constructor(list, empty, template, lastSeq, userId, groupWithinMs) {
+  #moderator;
+
+  constructor(list, empty, template, lastSeq, userId, groupWithinMs, moderator) {
     this.#groupWithinMs = groupWithinMs;
+    this.#moderator = moderator;
     this.#list = list;
     this.#empty = empty;
     this.#template = template;
@@ -306,12 +309,14 @@ class MessageList {
     );
   }
 
-  // Edit and Delete on the reader's own stored messages that still exist.
+  // Edit and Delete on the reader's own stored messages that still exist;
+  // Delete on everyone's for the room's owner and moderators.
   #showActions(li) {
     const actions = li.querySelector(".actions");
-    if (actions) {
-      actions.hidden = !li.dataset.seq || li.dataset.userId !== this.#userId || li.classList.contains("deleted");
-    }
+    if (!actions) return;
+    const own = li.dataset.userId === this.#userId;
+    actions.hidden = !li.dataset.seq || li.classList.contains("deleted") || !(own || this.#moderator);
+    actions.querySelector('[data-action="edit"]').hidden = !own;
   }
 }
 
@@ -566,6 +571,7 @@ function main() {
     parseInt(root.dataset.lastSeq, 10) || 0,
     userId,
     config.groupWithinSeconds * 1000,
+    root.dataset.moderator === "true",
   );
   const outbox = new Outbox((clientId, body) => connection.send({ type: "send", client_id: clientId, body }));
 
@@ -573,6 +579,20 @@ function main() {
     stateBadge.textContent = state;
     stateBadge.className = "state state-" + state;
     root.dataset.state = state;
+  }
+
+  // Renamed, or given a topic, by its owner or a moderator.
+  function showRoom(room) {
+    const name = document.getElementById("room-name");
+    const topic = document.getElementById("topic");
+    if (name && room.name && root.dataset.kind !== "direct") {
+      name.textContent = room.name;
+      document.title = `${room.name} · chat`;
+    }
+    if (topic) {
+      topic.textContent = room.topic || "";
+      topic.hidden = !room.topic;
+    }
   }
 
   function showNotice(text) {
@@ -770,6 +790,9 @@ function main() {
       case "updates":
         for (const message of frame.messages) messages.update(message);
         revisions.caughtUp(frame.last_rev);
+        break;
+      case "room_updated":
+        showRoom(frame.room);
         break;
       case "presence":
         renderPresence(presence, frame.users);

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from .. import protocol
 from ..broker import LeaseStore
-from ..errors import ChatError, RateLimited, SessionEnded, Unavailable
+from ..errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
 from ..models import Message, Room, User
 from ..protocol import Close, Outbound
 from . import audit
@@ -28,6 +28,7 @@ from .fanout import Fanout, Recent
 from .limits import Action, Limiter
 from .membership import Memberships
 from .messages import Messages
+from .moderation import Moderation
 from .presence import Presence
 
 # How long a client refused for holding too many sockets should wait.
@@ -109,6 +110,7 @@ class Connections:
 
     messages: Messages
     memberships: Memberships
+    moderation: Moderation
     accounts: Accounts
     fanout: Fanout
     presence: Presence
@@ -436,7 +438,11 @@ class RoomConnection:
         if isinstance(frame, protocol.EditFrame):
             revised = await messages.edit(self.user, self.room, frame.id, frame.body)
         else:
-            revised = await messages.delete(self.user, self.room, frame.id)
+            try:
+                revised = await messages.delete(self.user, self.room, frame.id)
+            except Forbidden:
+                # Someone else's: the room's owner and moderators may (Forbidden for anyone else).
+                revised = await self._hub.moderation.delete_message(self.user, self.room, frame.id)
         if revised.rev:
             await self._hub.fanout.publish_revision(revised)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..errors import Conflict, Forbidden, NotFound, ValidationError
-from ..models import Membership, Role, Room, RoomKind, User
+from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
 from ..storage import Storage
 from .rooms import Rooms
 
@@ -90,6 +90,7 @@ class Memberships:
         """Take ``user_id`` out of the room (the owner or a moderator may; never the owner)."""
         await self._require_manager(actor, room, user_id)
         if await self._storage.memberships.remove(room.id, user_id):
+            await self._log(actor, room, ModerationAction.REMOVE_MEMBER, user_id)
             await self._announce_removal(room.id, user_id)
 
     async def ban(self, actor: User, room: Room, user_id: str) -> None:
@@ -97,6 +98,7 @@ class Memberships:
         await self._require_manager(actor, room, user_id)
         await self._storage.bans.add(room.id, user_id, actor.id)
         await self._storage.memberships.remove(room.id, user_id)
+        await self._log(actor, room, ModerationAction.BAN, user_id)
         # Announced even if they were not a member: a public room's readers need not be.
         await self._announce_removal(room.id, user_id)
 
@@ -132,6 +134,11 @@ class Memberships:
             except NotFound:
                 continue  # a membership outliving its room
         return found
+
+    async def _log(self, actor: User, room: Room, action: ModerationAction, target: str) -> None:
+        await self._storage.moderation.add(
+            ModerationEntry(room.id, actor.id, actor.username, action, target, "", utcnow())
+        )
 
     async def _require_manager(self, actor: User, room: Room, user_id: str) -> None:
         if room.kind is RoomKind.DIRECT:

@@ -209,9 +209,12 @@ class Messages:
             return message  # nothing changes: no new rev, nothing to tell the room
         return await self._revise(Revision(room.id, message.id, body, utcnow(), await self._renderer.render(body)))
 
-    async def delete(self, user: User, room: Room, message_id: str) -> Message:
-        """Delete ``user``'s own message (it keeps its place, its body goes); Forbidden for anyone else's."""
-        message = await self._own(user, room, message_id)
+    async def delete(self, user: User, room: Room, message_id: str, *, as_moderator: bool = False) -> Message:
+        """Delete ``user``'s own message (it keeps its place, its body goes); Forbidden for anyone else's.
+
+        ``as_moderator``: anyone's (the caller checked that ``user`` moderates the room).
+        """
+        message = await self._find(room, message_id) if as_moderator else await self._own(user, room, message_id)
         if message.deleted_at is not None:
             return message  # deleted already: deleting again changes nothing
         return await self._revise(Revision(room.id, message.id, None, utcnow()))
@@ -219,10 +222,14 @@ class Messages:
     async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
         return await self._storage.messages.revised_after(room_id, rev, limit)
 
-    async def _own(self, user: User, room: Room, message_id: str) -> Message:
+    async def _find(self, room: Room, message_id: str) -> Message:
         message = await self._storage.messages.get(room.id, message_id)
         if message is None:
             raise NotFound("no such message in this room")
+        return message
+
+    async def _own(self, user: User, room: Room, message_id: str) -> Message:
+        message = await self._find(room, message_id)
         if message.user_id != user.id:
             raise Forbidden("only its author may change a message")
         return message

@@ -13,12 +13,35 @@ from ..storage import Storage
 from .limits import Action, Limiter
 
 MAX_ROOM_NAME_LENGTH = 64
+MAX_TOPIC_LENGTH = 200
 # A room found is remembered this long, so that a storm of handshakes into a
-# room does not read it once per socket. Rooms never change once created;
-# whatever comes to change them (renames, private rooms) must also forget
-# them on every process.
+# room does not read it once per socket. A rename or a new topic is
+# announced to every process, which forgets the room (chat.services.moderation).
 ROOM_CACHE_SECONDS = 60.0
 ROOM_CACHE_SIZE = 10_000
+
+
+def clean_room_name(name: str) -> str:
+    """Collapse whitespace and check a room name; raise ValidationError."""
+    name = " ".join(name.split())
+    if not name:
+        raise ValidationError("Give the room a name.", field="name")
+    if len(name) > MAX_ROOM_NAME_LENGTH:
+        raise ValidationError(f"Room names are at most {MAX_ROOM_NAME_LENGTH} characters.", field="name")
+    if not name.isprintable():
+        raise ValidationError("Room names cannot contain control characters.", field="name")
+    if name.lower().startswith("dm:"):  # reserved for direct conversations (chat.services.membership)
+        raise ValidationError("Room names cannot start with “dm:”.", field="name")
+    return name
+
+
+def clean_topic(topic: str) -> str:
+    topic = " ".join(topic.split())
+    if len(topic) > MAX_TOPIC_LENGTH:
+        raise ValidationError(f"A topic is at most {MAX_TOPIC_LENGTH} characters.", field="topic")
+    if not topic.isprintable():
+        raise ValidationError("A topic cannot contain control characters.", field="topic")
+    return topic
 
 
 class Rooms:
@@ -31,15 +54,9 @@ class Rooms:
 
     async def create(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
         """Make a public or private room; its creator is its owner (and first member)."""
-        name = " ".join(name.split())  # collapse runs of whitespace
-        if not name:
-            raise ValidationError("Give the room a name.", field="name")
-        if len(name) > MAX_ROOM_NAME_LENGTH:
-            raise ValidationError(f"Room names are at most {MAX_ROOM_NAME_LENGTH} characters.", field="name")
-        if not name.isprintable():
-            raise ValidationError("Room names cannot contain control characters.", field="name")
-        if name.lower().startswith("dm:") or kind is RoomKind.DIRECT:
-            raise ValidationError("Room names cannot start with “dm:”.", field="name")
+        if kind is RoomKind.DIRECT:
+            raise ValidationError("Direct conversations are made by /dm/{username}.", field="name")
+        name = clean_room_name(name)
         if self._limiter is not None:
             await self._limiter.take(Action.ROOM_CREATION, creator.id)
         try:
@@ -51,6 +68,10 @@ class Rooms:
 
     async def list(self) -> list[Room]:
         return await self._storage.rooms.list()
+
+    def forget(self, room_id: str) -> None:
+        """The room changed: read it again next time."""
+        self._found.pop(room_id, None)
 
     async def get(self, room_id: str) -> Room:
         room = self._found.get(room_id)

@@ -13,7 +13,20 @@ import abc
 import datetime
 from collections.abc import Collection, Mapping, Sequence
 
-from ..models import Ban, Membership, Message, NewMessage, Revision, Role, Room, RoomCounters, RoomKind, Session, User
+from ..models import (
+    Ban,
+    Membership,
+    Message,
+    ModerationEntry,
+    NewMessage,
+    Revision,
+    Role,
+    Room,
+    RoomCounters,
+    RoomKind,
+    Session,
+    User,
+)
 
 
 class UserRepository(abc.ABC):
@@ -101,6 +114,10 @@ class RoomRepository(abc.ABC):
     async def list(self) -> list[Room]:
         """Every public room, newest first (private rooms and DMs are never listed)."""
 
+    @abc.abstractmethod
+    async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
+        """Rename a room and/or set its topic; None if there is no such room, Conflict if the name is taken."""
+
 
 class MembershipRepository(abc.ABC):
     """Who belongs to which room, with what role: read by room (members) and by user (their rooms)."""
@@ -135,6 +152,15 @@ class MembershipRepository(abc.ABC):
     @abc.abstractmethod
     async def counts(self, room_ids: Collection[str]) -> dict[str, int]:
         """How many members each room has (rooms without members are left out)."""
+
+
+class ModerationLog(abc.ABC):
+    @abc.abstractmethod
+    async def add(self, entry: ModerationEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list(self, room_id: str, limit: int = 100) -> list[ModerationEntry]:
+        """A room's moderation, newest first."""
 
 
 class BanRepository(abc.ABC):
@@ -229,6 +255,7 @@ class Storage(abc.ABC):
     messages: MessageRepository
     memberships: MembershipRepository
     bans: BanRepository
+    moderation: ModerationLog
 
     @abc.abstractmethod
     async def connect(self) -> None:

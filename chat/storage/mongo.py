@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequen
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, InvalidOperation, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    InvalidOperation,
+    OperationFailure,
+    PyMongoError,
+)
 from pymongo.uri_parser import parse_uri
 
 from ..errors import Conflict, Unavailable
@@ -28,6 +35,8 @@ from ..models import (
     Ban,
     Membership,
     Message,
+    ModerationAction,
+    ModerationEntry,
     NewMessage,
     Revision,
     Role,
@@ -43,6 +52,7 @@ from .base import (
     BanRepository,
     MembershipRepository,
     MessageRepository,
+    ModerationLog,
     RoomRepository,
     SessionRepository,
     Storage,
@@ -346,6 +356,72 @@ class MongoRooms(RoomRepository):
         with _translate_errors():
             cursor = self._storage.db.rooms.find(listed).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
             return [_room(doc) async for doc in cursor]
+
+    async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes.update(name=name, name_lower=name.lower())
+        if topic is not None:
+            changes["topic"] = topic
+        taken = Conflict(f"a room named {name!r} exists already")
+        if name is not None:
+            holder = await self.get_by_name(name)
+            if holder is not None and holder.id != room_id:
+                raise taken
+        if changes:
+            try:
+                with _translate_errors():
+                    await self._storage.db.rooms.update_one({"_id": room_id}, {"$set": changes})
+            except Conflict:
+                raise taken from None
+            except OperationFailure as exc:
+                # FerretDB v1 reports a unique index refusing an update as an
+                # InternalError naming the constraint, not as error 11000.
+                if "UNIQUE constraint failed" in str(exc):
+                    raise taken from None
+                raise
+        return await self.get(room_id)
+
+
+class MongoModerationLog(ModerationLog):
+    def __init__(self, storage: MongoStorage) -> None:
+        self._storage = storage
+
+    async def add(self, entry: ModerationEntry) -> None:
+        await self._storage.insert(
+            "moderation",
+            {
+                "_id": new_id(),
+                "room_id": entry.room_id,
+                "actor_id": entry.actor_id,
+                "actor_username": entry.actor_username,
+                "action": entry.action.value,
+                "target": entry.target,
+                "detail": entry.detail,
+                "at": entry.at,
+            },
+            conflict="a moderation entry with this id exists",
+        )
+
+    async def list(self, room_id: str, limit: int = 100) -> list[ModerationEntry]:
+        with _translate_errors():
+            cursor = (
+                self._storage.db.moderation.find({"room_id": room_id})
+                .sort([("at", DESCENDING), ("_id", DESCENDING)])
+                .limit(limit)
+            )
+            return [
+                ModerationEntry(
+                    doc["room_id"],
+                    doc["actor_id"],
+                    doc["actor_username"],
+                    ModerationAction(doc["action"]),
+                    doc["target"],
+                    doc["detail"],
+                    doc["at"],
+                )
+                async for doc in cursor
+            ]
 
 
 class MongoMemberships(MembershipRepository):
@@ -688,6 +764,7 @@ class MongoStorage(Storage):
         self.messages = MongoMessages(self)
         self.memberships = MongoMemberships(self)
         self.bans = MongoBans(self)
+        self.moderation = MongoModerationLog(self)
 
     @classmethod
     def from_url(cls, url: str) -> MongoStorage:
@@ -741,6 +818,7 @@ class MongoStorage(Storage):
             await db.memberships.create_index([("user_id", ASCENDING), ("joined_at", ASCENDING)], name="user_joined")
             await db.memberships.create_index([("room_id", ASCENDING), ("joined_at", ASCENDING)], name="room_joined")
             await db.rooms.create_index([("kind", ASCENDING), ("created_at", DESCENDING)], name="kind_created")
+            await db.moderation.create_index([("room_id", ASCENDING), ("at", DESCENDING)], name="room_at")
             await db.sessions.create_index("expires_at", name="expires_at")
             await db.sessions.create_index("user_id", name="user_id")
         self._indexed = True

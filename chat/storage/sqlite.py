@@ -27,6 +27,8 @@ from ..models import (
     Ban,
     Membership,
     Message,
+    ModerationAction,
+    ModerationEntry,
     NewMessage,
     Revision,
     Role,
@@ -42,6 +44,7 @@ from .base import (
     BanRepository,
     MembershipRepository,
     MessageRepository,
+    ModerationLog,
     RoomRepository,
     SessionRepository,
     Storage,
@@ -87,6 +90,17 @@ CREATE TABLE IF NOT EXISTS memberships (
     PRIMARY KEY (room_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS memberships_user ON memberships (user_id, joined_at);
+CREATE TABLE IF NOT EXISTS moderation (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id TEXT NOT NULL,
+    actor_id TEXT NOT NULL,
+    actor_username TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS moderation_room ON moderation (room_id, at);
 CREATE TABLE IF NOT EXISTS bans (
     room_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -469,6 +483,59 @@ class SQLiteRooms(RoomRepository):
         )
         return [_room(row) for row in rows]
 
+    async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
+        changes: list[tuple[str, object]] = []
+        if name is not None:
+            changes += [("name", name), ("name_lower", name.lower())]
+        if topic is not None:
+            changes.append(("topic", topic))
+        if changes:
+            try:
+                await self._db.execute(
+                    f"UPDATE rooms SET {', '.join(f'{column} = ?' for column, _ in changes)} WHERE id = ?",
+                    (*(value for _, value in changes), room_id),
+                )
+            except Conflict:
+                raise Conflict(f"a room named {name!r} exists already") from None
+        return await self.get(room_id)
+
+
+class SQLiteModerationLog(ModerationLog):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add(self, entry: ModerationEntry) -> None:
+        await self._db.execute(
+            "INSERT INTO moderation (room_id, actor_id, actor_username, action, target, detail, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.room_id,
+                entry.actor_id,
+                entry.actor_username,
+                entry.action.value,
+                entry.target,
+                entry.detail,
+                _to_ms(entry.at),
+            ),
+        )
+
+    async def list(self, room_id: str, limit: int = 100) -> list[ModerationEntry]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM moderation WHERE room_id = ? ORDER BY at DESC, id DESC LIMIT ?", (room_id, limit)
+        )
+        return [
+            ModerationEntry(
+                row["room_id"],
+                row["actor_id"],
+                row["actor_username"],
+                ModerationAction(row["action"]),
+                row["target"],
+                row["detail"],
+                _from_ms(row["at"]),
+            )
+            for row in rows
+        ]
+
 
 class SQLiteMemberships(MembershipRepository):
     def __init__(self, db: _Database) -> None:
@@ -711,6 +778,7 @@ class SQLiteStorage(Storage):
         self.messages = SQLiteMessages(self._db)
         self.memberships = SQLiteMemberships(self._db)
         self.bans = SQLiteBans(self._db)
+        self.moderation = SQLiteModerationLog(self._db)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:

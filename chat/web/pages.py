@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from ..errors import RateLimited, Unavailable, ValidationError
-from ..models import Membership, Room, RoomKind, User
+from ..models import Membership, Role, Room, RoomKind, User
 from ..protocol import has_control_characters
 from ..services import audit
 from .base import AppHandler, BaseHandler
@@ -178,7 +178,9 @@ class RoomHandler(BaseHandler):
             messages, has_more = await self.messages.before(room.id, before, self.messages.history_limit)
         online = await self.presence.online(room.id)
         membership = await self.memberships.membership(self.user, room)
-        members = await self.memberships.members(room) if not room.listed else []
+        members = await self.memberships.members(room)
+        moderator = await self.services.moderation.may_moderate(self.user, room)
+        moderation_log = await self.services.moderation.log(room) if moderator else []
         last_seq = messages[-1].seq if messages else 0
         self.set_status(status)
         self.render_template(
@@ -192,6 +194,8 @@ class RoomHandler(BaseHandler):
             online=online,
             membership=membership,
             members=members,
+            moderator=moderator,
+            moderation_log=moderation_log,
             error=error,
             archive=before_argument is not None,
             older_before=messages[0].seq if has_more and messages else None,
@@ -206,15 +210,24 @@ def room_title(room: Room, members: list[Membership], reader: User) -> str:
     return room.name
 
 
-class RoomMembershipHandler(RoomHandler):
-    """``POST /rooms/{id}/(join|leave|invite|remove|ban)``: the membership forms of the room page."""
+class RoomActionHandler(RoomHandler):
+    """``POST /rooms/{id}/ACTION``: the membership and moderation forms of the room page."""
 
     @tornado.web.authenticated
     async def post(self, room_id: str, action: str) -> None:
         room = await self.memberships.room_for(self.user, room_id)
-        memberships = self.memberships
+        memberships, moderation = self.memberships, self.services.moderation
         try:
-            if action == "join":
+            if action == "topic":
+                await moderation.set_topic(self.user, room, self.form("topic")["topic"])
+            elif action == "rename":
+                await moderation.rename(self.user, room, self.form("name")["name"])
+            elif action == "role":
+                form = self.form("user_id", "role")
+                if form["role"] not in (Role.MODERATOR, Role.MEMBER):
+                    raise ValidationError("A member's role is moderator or member.")
+                await moderation.set_role(self.user, room, form["user_id"], Role(form["role"]))
+            elif action == "join":
                 await memberships.join(self.user, room)
             elif action == "leave":
                 await memberships.leave(self.user, room)

@@ -21,7 +21,7 @@ from ..services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNA
 from ..services.formatting import for_reader
 from ..services.messages import MAX_BODY_LENGTH
 from ..services.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
-from ..services.rooms import MAX_ROOM_NAME_LENGTH
+from ..services.rooms import MAX_ROOM_NAME_LENGTH, MAX_TOPIC_LENGTH
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class FormLimits:
     password_min: int = MIN_PASSWORD_LENGTH
     password_max_bytes: int = MAX_PASSWORD_BYTES
     room_name_max: int = MAX_ROOM_NAME_LENGTH
+    topic_max: int = MAX_TOPIC_LENGTH
     body_max: int = MAX_BODY_LENGTH
 
 

@@ -15,7 +15,18 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chat.errors import Conflict, Unavailable
-from chat.models import NewMessage, Revision, Role, Room, RoomCounters, RoomKind, User, utcnow
+from chat.models import (
+    ModerationAction,
+    ModerationEntry,
+    NewMessage,
+    Revision,
+    Role,
+    Room,
+    RoomCounters,
+    RoomKind,
+    User,
+    utcnow,
+)
 from chat.storage import Storage, open_storage
 from tests.support.services import free_port
 from tests.support.storage import connected_storage
@@ -307,6 +318,34 @@ async def test_private_rooms_and_dms_are_never_listed_but_found_by_id_and_name(s
     assert await storage.rooms.get_by_name("DM:A:B") == direct
     assert await storage.rooms.get_by_name("nowhere") is None
     assert (public.kind, public.topic, public.listed, private.listed) == (RoomKind.PUBLIC, "", True, False)
+
+
+async def test_a_room_is_renamed_and_given_a_topic_and_a_taken_name_conflicts(storage: Storage, user: User) -> None:
+    room = await storage.rooms.add("lobby", user)
+    await storage.rooms.add("kitchen", user)
+
+    renamed = await storage.rooms.update(room.id, name="Front Hall", topic="Say hello")
+    assert renamed is not None and (renamed.name, renamed.topic) == ("Front Hall", "Say hello")
+    assert await storage.rooms.get_by_name("front hall") == renamed
+    assert await storage.rooms.get_by_name("lobby") is None
+    with pytest.raises(Conflict):
+        await storage.rooms.update(room.id, name="KITCHEN")
+    topic_only = await storage.rooms.update(room.id, topic="")
+    assert topic_only is not None and (topic_only.name, topic_only.topic) == ("Front Hall", "")
+    assert await storage.rooms.update("0" * 24, topic="nobody") is None
+
+
+async def test_moderation_is_logged_with_who_did_what_and_when_newest_first(
+    storage: Storage, room: Room, user: User
+) -> None:
+    first = ModerationEntry(room.id, user.id, "alice", ModerationAction.SET_TOPIC, "", "Be kind", utcnow())
+    second = ModerationEntry(room.id, user.id, "alice", ModerationAction.BAN, "u2", "", utcnow())
+    await storage.moderation.add(first)
+    await storage.moderation.add(second)
+    await storage.moderation.add(dataclasses.replace(first, room_id="elsewhere"))
+
+    assert await storage.moderation.list(room.id) == [second, first]
+    assert await storage.moderation.list(room.id, limit=1) == [second]
 
 
 # -- memberships and bans -----------------------------------------------------------

@@ -1,0 +1,115 @@
+"""What a room's owner and moderators may do: delete any message, rename, set the topic, name moderators.
+
+Every action is checked here (``forbidden`` to anyone else), stored in the
+room's moderation log with who did it and when, and shown live: a deleted
+message as ``message_updated``, a rename or topic as ``room_updated`` to the
+room's sockets. Rooms are cached by every process, so a change is also
+announced on a process-wide channel, and each process forgets the room.
+(Removing and banning members is :mod:`chat.services.membership`'s, which
+logs them too.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from ..models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
+from ..protocol import room_updated_frame
+from ..storage import Storage
+from .fanout import Fanout
+from .membership import MANAGERS
+from .messages import Messages
+from .rooms import Rooms, clean_room_name, clean_topic
+
+log = logging.getLogger(__name__)
+
+ROOMS_CHANNEL = "chat:rooms"
+
+
+class Moderation:
+    def __init__(self, storage: Storage, rooms: Rooms, messages: Messages, fanout: Fanout) -> None:
+        self._storage = storage
+        self._rooms = rooms
+        self._messages = messages
+        self._fanout = fanout
+
+    async def start(self) -> None:
+        await self._fanout.watch(ROOMS_CHANNEL, self._heard)
+
+    async def may_moderate(self, user: User, room: Room) -> bool:
+        if room.kind is RoomKind.DIRECT:
+            return False
+        if room.creator_id == user.id:
+            return True
+        membership = await self._storage.memberships.get(room.id, user.id)
+        return membership is not None and membership.role in MANAGERS
+
+    async def delete_message(self, actor: User, room: Room, message_id: str) -> Message:
+        """Delete anyone's message in the room."""
+        await self._require(actor, room)
+        deleted = await self._messages.delete(actor, room, message_id, as_moderator=True)
+        await self._log(actor, room, ModerationAction.DELETE_MESSAGE, target=message_id)
+        return deleted
+
+    async def rename(self, actor: User, room: Room, name: str) -> Room:
+        await self._require(actor, room)
+        name = clean_room_name(name)
+        try:
+            changed = await self._storage.rooms.update(room.id, name=name)
+        except Conflict:
+            raise ValidationError("A room with that name exists already.", field="name") from None
+        return await self._changed(actor, changed, ModerationAction.RENAME, name)
+
+    async def set_topic(self, actor: User, room: Room, topic: str) -> Room:
+        await self._require(actor, room)
+        topic = clean_topic(topic)
+        changed = await self._storage.rooms.update(room.id, topic=topic)
+        return await self._changed(actor, changed, ModerationAction.SET_TOPIC, topic)
+
+    async def set_role(self, actor: User, room: Room, user_id: str, role: Role) -> Membership:
+        """The owner names moderators (or makes them members again)."""
+        if room.creator_id != actor.id:
+            raise Forbidden("Only the room's owner names moderators.")
+        if role is Role.OWNER or user_id == room.creator_id:
+            raise ValidationError("A room has one owner: its creator.")
+        membership = await self._storage.memberships.set_role(room.id, user_id, role)
+        if membership is None:
+            raise ValidationError("Only members can be moderators.")
+        await self._log(actor, room, ModerationAction.SET_ROLE, target=user_id, detail=role.value)
+        return membership
+
+    async def log(self, room: Room) -> list[ModerationEntry]:
+        return await self._storage.moderation.list(room.id)
+
+    async def _require(self, actor: User, room: Room) -> None:
+        if not await self.may_moderate(actor, room):
+            raise Forbidden("Only the room's owner and moderators may do that.")
+
+    async def _changed(self, actor: User, room: Room | None, action: ModerationAction, detail: str) -> Room:
+        if room is None:
+            raise NotFound("the room is gone")
+        await self._log(actor, room, action, detail=detail)
+        self._rooms.forget(room.id)
+        try:
+            await self._fanout.broker.publish(ROOMS_CHANNEL, json.dumps({"type": "room_changed", "room_id": room.id}))
+        except Unavailable as exc:
+            # Stored: other processes see it when their cached copy expires (a minute at most).
+            log.warning("announcing a change to room %s failed: %s", room.id, exc)
+        await self._fanout.publish_ephemeral(room.id, room_updated_frame(room))
+        return room
+
+    async def _log(self, actor: User, room: Room, action: ModerationAction, target: str = "", detail: str = "") -> None:
+        await self._storage.moderation.add(
+            ModerationEntry(room.id, actor.id, actor.username, action, target, detail, utcnow())
+        )
+
+    def _heard(self, payload: str) -> None:
+        try:
+            room_id = json.loads(payload)["room_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping a malformed room change on %s", ROOMS_CHANNEL)
+            return
+        if isinstance(room_id, str):
+            self._rooms.forget(room_id)
