@@ -71,6 +71,8 @@ class Room:
     last_seq: int = 0
     kind: RoomKind = RoomKind.PUBLIC
     topic: str = ""
+    # When its latest message was stored (None: no message yet).
+    last_message_at: datetime.datetime | None = None
 
     @property
     def listed(self) -> bool:

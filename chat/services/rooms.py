@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cachetools import TTLCache
 
@@ -18,7 +19,17 @@ MAX_TOPIC_LENGTH = 200
 # room does not read it once per socket. A rename or a new topic is
 # announced to every process, which forgets the room (chat.services.moderation).
 ROOM_CACHE_SECONDS = 60.0
+ROOMS_PER_PAGE = 50
 ROOM_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class RoomListing:
+    rooms: list[Room]
+    members: dict[str, int]  # by room id
+    search: str
+    page: int
+    has_next: bool
 
 
 def clean_room_name(name: str) -> str:
@@ -66,8 +77,14 @@ class Rooms:
         await self._storage.memberships.add(room.id, creator, Role.OWNER)
         return room
 
-    async def list(self) -> list[Room]:
-        return await self._storage.rooms.list()
+    async def listing(self, search: str = "", page: int = 1) -> RoomListing:
+        """One page of the public rooms whose names contain ``search``, with their member counts."""
+        search = " ".join(search.split())[:MAX_ROOM_NAME_LENGTH]
+        page = max(1, page)
+        found = await self._storage.rooms.list(search, ROOMS_PER_PAGE + 1, (page - 1) * ROOMS_PER_PAGE)
+        rooms = found[:ROOMS_PER_PAGE]
+        members = await self._storage.memberships.counts([room.id for room in rooms])
+        return RoomListing(rooms, members, search, page, has_next=len(found) > ROOMS_PER_PAGE)
 
     def forget(self, room_id: str) -> None:
         """The room changed: read it again next time."""

@@ -111,8 +111,11 @@ class RoomRepository(abc.ABC):
         """Find a room by name, ignoring case."""
 
     @abc.abstractmethod
-    async def list(self) -> list[Room]:
-        """Every public room, newest first (private rooms and DMs are never listed)."""
+    async def list(self, search: str = "", limit: int = 10_000, offset: int = 0) -> list[Room]:
+        """Public rooms whose names contain ``search`` (ignoring case), newest first, a page of them.
+
+        Private rooms and DMs are never listed.
+        """
 
     @abc.abstractmethod
     async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:

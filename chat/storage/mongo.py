@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import re
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -127,6 +128,7 @@ def _room(doc: Mapping[str, Any]) -> Room:
         last_seq=doc.get("last_seq", 0),
         kind=RoomKind(doc.get("kind", RoomKind.PUBLIC.value)),
         topic=doc.get("topic", ""),
+        last_message_at=doc.get("last_message_at"),
     )
 
 
@@ -350,11 +352,18 @@ class MongoRooms(RoomRepository):
         doc = await self._storage.find_one("rooms", {"name_lower": name.lower()})
         return _room(doc) if doc else None
 
-    async def list(self) -> list[Room]:
+    async def list(self, search: str = "", limit: int = 10_000, offset: int = 0) -> list[Room]:
         # Rooms made before kinds existed have none: they are public.
-        listed = {"kind": {"$nin": [RoomKind.PRIVATE.value, RoomKind.DIRECT.value]}}
+        listed: dict[str, Any] = {"kind": {"$nin": [RoomKind.PRIVATE.value, RoomKind.DIRECT.value]}}
+        if search:
+            listed["name_lower"] = {"$regex": re.escape(search.lower())}
         with _translate_errors():
-            cursor = self._storage.db.rooms.find(listed).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+            cursor = (
+                self._storage.db.rooms.find(listed)
+                .sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+                .skip(offset)
+                .limit(limit)
+            )
             return [_room(doc) async for doc in cursor]
 
     async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
@@ -662,7 +671,10 @@ class MongoMessages(MessageRepository):
         # first writer may have died before moving it).
         highest = max((message.seq for message, _ in done), default=0)
         if highest:
-            await db.rooms.update_one({"_id": room_id, "last_seq": {"$lt": highest}}, {"$set": {"last_seq": highest}})
+            await db.rooms.update_one(
+                {"_id": room_id, "last_seq": {"$lt": highest}},
+                {"$set": {"last_seq": highest, "last_message_at": done[-1][0].created_at}},
+            )
         return done
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     last_seq INTEGER NOT NULL DEFAULT 0,
     last_rev INTEGER NOT NULL DEFAULT 0,
     kind TEXT NOT NULL DEFAULT 'public',
-    topic TEXT NOT NULL DEFAULT ''
+    topic TEXT NOT NULL DEFAULT '',
+    last_message_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS memberships (
     room_id TEXT NOT NULL,
@@ -134,6 +135,7 @@ ADDED_COLUMNS = (
     ("rooms", "last_rev", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "kind", "TEXT NOT NULL DEFAULT 'public'"),
     ("rooms", "topic", "TEXT NOT NULL DEFAULT ''"),
+    ("rooms", "last_message_at", "INTEGER"),
     ("messages", "edited_at", "INTEGER"),
     ("messages", "deleted_at", "INTEGER"),
     ("messages", "rev", "INTEGER NOT NULL DEFAULT 0"),
@@ -192,6 +194,7 @@ def _room(row: sqlite3.Row) -> Room:
         last_seq=row["last_seq"],
         kind=RoomKind(row["kind"]),
         topic=row["topic"],
+        last_message_at=_from_ms(row["last_message_at"]) if row["last_message_at"] is not None else None,
     )
 
 
@@ -477,9 +480,13 @@ class SQLiteRooms(RoomRepository):
         row = await self._db.fetchone("SELECT * FROM rooms WHERE name_lower = ?", (name.lower(),))
         return _room(row) if row else None
 
-    async def list(self) -> list[Room]:
+    async def list(self, search: str = "", limit: int = 10_000, offset: int = 0) -> list[Room]:
+        # LIKE with its wildcards escaped: the search is a plain substring.
+        pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = await self._db.fetchall(
-            "SELECT * FROM rooms WHERE kind = ? ORDER BY created_at DESC, id", (RoomKind.PUBLIC.value,)
+            "SELECT * FROM rooms WHERE kind = ? AND name_lower LIKE ? ESCAPE '\\'"
+            " ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            (RoomKind.PUBLIC.value, pattern, limit, offset),
         )
         return [_room(row) for row in rows]
 
@@ -660,6 +667,7 @@ class SQLiteMessages(MessageRepository):
                     first_sent.setdefault(_client_key(new), new)
             fresh = list(first_sent.values())
             counts = Counter(new.room_id for new in fresh)
+            now = utcnow()
             next_seq: dict[str, int] = {}
             if counts:
                 # Every room's counter in one statement: under load each hop
@@ -667,16 +675,15 @@ class SQLiteMessages(MessageRepository):
                 cases = " ".join(["WHEN ? THEN ?"] * len(counts))
                 marks = ", ".join(["?"] * len(counts))
                 async with conn.execute(
-                    f"UPDATE rooms SET last_seq = last_seq + CASE id {cases} END WHERE id IN ({marks})"
-                    " RETURNING id, last_seq",
-                    [*(v for pair in counts.items() for v in pair), *counts],
+                    f"UPDATE rooms SET last_seq = last_seq + CASE id {cases} END, last_message_at = ?"
+                    f" WHERE id IN ({marks}) RETURNING id, last_seq",
+                    [*(v for pair in counts.items() for v in pair), _to_ms(now), *counts],
                 ) as cursor:
                     for row in await cursor.fetchall():
                         next_seq[row[0]] = row[1] - counts[row[0]] + 1
                 missing = set(counts) - set(next_seq)
                 if missing:
                     raise LookupError(f"no room {sorted(missing)[0]!r}")
-            now = utcnow()
             created: dict[tuple[str, str, str], Message] = {}
             for new in fresh:
                 seq, next_seq[new.room_id] = next_seq[new.room_id], next_seq[new.room_id] + 1

@@ -157,7 +157,9 @@ class RoomsHandler(BaseHandler):
         self.redirect(f"/rooms/{room.id}")
 
     async def _render(self, error: str | None, name: str) -> None:
-        self.render_template("rooms.html", rooms=await self.rooms.list(), error=error, name=name)
+        page = read_seq("page", self.get_query_argument("page", "1"), minimum=1)
+        listing = await self.rooms.listing(self.get_query_argument("q", ""), page)
+        self.render_template("rooms.html", listing=listing, error=error, name=name)
 
 
 class RoomHandler(BaseHandler):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Callable
 
 from chat.protocol import Close
+from chat.services.rooms import ROOMS_PER_PAGE
 from tests.support.client import Browser, handshake_status
+from tests.support.server import ChatServer
+from tests.support.storage import connected_storage
 
 
 async def three_people(new_browser: Callable[[], Browser]) -> tuple[Browser, Browser, Browser, list[str]]:
@@ -122,9 +127,41 @@ async def test_a_dm_is_one_room_for_both_people_and_nobody_else(new_browser: Cal
     room_id = location.rsplit("/", 1)[1]
 
     page = (await bob.get(location)).body.decode()
-    assert f"Direct conversation with</span> {names[0]}" in page
+    assert f'Direct conversation with</span> <span id="room-name">{names[0]}</span>' in page
     assert await status_of(carol, location) == 404
     assert await handshake_status(carol, room_id) == 404
     assert room_id not in (await carol.get("/rooms")).body.decode()
     assert (await alice.get("/dm/nobody_by_that_name")).code == 404
     assert (await alice.get(f"/dm/{names[0]}")).code == 400  # not with oneself
+
+
+async def test_the_rooms_page_searches_and_pages_public_rooms_with_members_and_activity(
+    browser: Browser, chat_server: ChatServer
+) -> None:
+    await browser.register()
+    tag = uuid.uuid4().hex[:8]  # the server is shared: this test's rooms are the ones named with it
+    async with connected_storage(chat_server.database_url) as storage:
+        creator = await storage.users.add("maker_" + tag, b"$2b$04$fakehash")
+        for i in range(ROOMS_PER_PAGE + 5):
+            await storage.rooms.add(f"bulk {tag} {i:03d}", creator)
+            await asyncio.sleep(0.002)
+    lively = await browser.create_room(f"Lively place {tag}")
+    sock = await browser.socket(lively)
+    await sock.join()
+    await sock.acked(await sock.send_message("hello"))
+
+    def rows(page: str) -> int:
+        return page.count('<td><a href="/rooms/')
+
+    first = (await browser.get(f"/rooms?q={tag}")).body.decode()
+    assert rows(first) == ROOMS_PER_PAGE and 'rel="next"' in first and 'rel="prev"' not in first
+    second = (await browser.get(f"/rooms?q={tag}&page=2")).body.decode()
+    # 55 bulk rooms and the lively one: 6 on the second page.
+    assert rows(second) == 6 and 'rel="prev"' in second and 'rel="next"' not in second
+    assert f"bulk {tag} 000" in second  # the oldest last
+    found = (await browser.get(f"/rooms?q=LIVELY+PLACE+{tag.upper()}")).body.decode()
+    assert rows(found) == 1
+    row = found[found.index("Lively place") :]
+    assert "<td>1</td>" in row and "<time" in row.split("</tr>")[0]  # one member, a last message
+    assert "No room" in (await browser.get("/rooms?q=nothing-like-it")).body.decode()
+    assert (await browser.get("/rooms?page=0")).code == 400

@@ -348,6 +348,32 @@ async def test_moderation_is_logged_with_who_did_what_and_when_newest_first(
     assert await storage.moderation.list(room.id, limit=1) == [second]
 
 
+async def test_public_rooms_are_searched_by_name_and_paged(storage: Storage, user: User) -> None:
+    names = ["Cooking", "cook_book", "100% fun", "Gardening", "Book club"]
+    for name in names:
+        await storage.rooms.add(name, user)
+        await asyncio.sleep(0.002)  # each its own millisecond: newest first is then one order
+    await storage.rooms.add("secret cooking", user, RoomKind.PRIVATE)
+
+    def named(rooms: list[Room]) -> list[str]:
+        return [room.name for room in rooms]
+
+    assert named(await storage.rooms.list("COOK")) == ["cook_book", "Cooking"]
+    assert named(await storage.rooms.list("_")) == ["cook_book"]  # a plain substring, no wildcards
+    assert named(await storage.rooms.list("%")) == ["100% fun"]
+    assert named(await storage.rooms.list("(")) == []
+    assert named(await storage.rooms.list(limit=2)) == ["Book club", "Gardening"]
+    assert named(await storage.rooms.list(limit=2, offset=2)) == ["100% fun", "cook_book"]
+
+
+async def test_a_room_knows_when_its_latest_message_was_stored(storage: Storage, room: Room, user: User) -> None:
+    assert room.last_message_at is None
+    message, _ = await storage.messages.add(new_message(room, user, "c1"))
+
+    stored = await storage.rooms.get(room.id)
+    assert stored is not None and stored.last_message_at == message.created_at
+
+
 # -- memberships and bans -----------------------------------------------------------
 
 
