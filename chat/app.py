@@ -23,7 +23,7 @@ from .web.base import ChatApplication, NotFoundHandler
 from .web.cookies import SessionCookie
 from .web.proxies import TrustedProxies
 from .web.rendering import make_jinja_env
-from .web.socket import RoomSocketHandler
+from .web.socket import RoomSocketHandler, UserEventsHandler
 from .web.static import StaticFiles
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (rf"/rooms/{ROOM_ID}/ws", RoomSocketHandler),
         (rf"/rooms/{ROOM_ID}/(join|leave|invite|remove|ban|topic|rename|role)", pages.RoomActionHandler),
         (rf"/dm/{USERNAME}", pages.DirectHandler),
+        (r"/events/ws", UserEventsHandler),
         (r"/healthz", pages.HealthHandler),
         (r"/readyz", pages.ReadinessHandler),
     ]

@@ -32,6 +32,8 @@ from .services.passwords import PasswordHasher
 from .services.presence import Presence
 from .services.revocation import Revocations
 from .services.rooms import Rooms
+from .services.unread import Unread, user_channel
+from .services.userstream import UserStreams
 from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Services:
     rooms: Rooms
     memberships: Memberships
     moderation: Moderation
+    unread: Unread
+    user_streams: UserStreams
     messages: Messages
     connections: Connections
     revocations: Revocations
@@ -195,10 +199,22 @@ def build_services(
 
     memberships = Memberships(storage, rooms, announce_removal)
     moderation = Moderation(storage, rooms, messages, fanout)
+
+    async def publish_to_user(user_id: str, event: str) -> None:
+        try:
+            await backplane.broker.publish(user_channel(user_id), event)
+        except Unavailable as exc:
+            # A badge elsewhere lags until that page's stream resyncs; the marker itself is stored.
+            log.warning("telling %s's pages of a change failed: %s", user_id, exc)
+
+    unread = Unread(storage, memberships, messages, publish_to_user)
+    memberships.on_rooms_changed(unread.rooms_changed)
+    user_streams = UserStreams(fanout, unread)
     connections = Connections(
         messages=messages,
         memberships=memberships,
         moderation=moderation,
+        unread=unread,
         accounts=accounts,
         fanout=fanout,
         presence=presence,
@@ -227,6 +243,8 @@ def build_services(
         rooms=rooms,
         memberships=memberships,
         moderation=moderation,
+        unread=unread,
+        user_streams=user_streams,
         messages=messages,
         connections=connections,
         revocations=revocations,

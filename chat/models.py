@@ -88,6 +88,8 @@ class Membership:
     username: str
     role: Role
     joined_at: datetime.datetime
+    # The last seq this person has read here (moved by the client, never backwards).
+    read_seq: int = 0
 
 
 class ModerationAction(StrEnum):
@@ -195,6 +197,8 @@ class NewMessage:
     body: str
     client_id: str
     html: str = ""
+    # The users its @mentions name (for their mention counts).
+    mentions: tuple[str, ...] = ()
 
     def stored_as(self, id: str, seq: int, created_at: datetime.datetime) -> Message:
         """The message this becomes once storage has given it an id, a seq and a time."""

@@ -173,7 +173,15 @@ class DeleteFrame:
     client_id: str | None = None
 
 
-ClientFrame = SendFrame | SyncFrame | FetchFrame | TypingFrame | EditFrame | DeleteFrame
+@dataclass(frozen=True)
+class ReadFrame:
+    """The reader has seen the room's messages up to ``seq``."""
+
+    seq: int
+    client_id: str | None = None
+
+
+ClientFrame = SendFrame | SyncFrame | FetchFrame | TypingFrame | EditFrame | DeleteFrame | ReadFrame
 
 
 def _valid_client_id(value: object) -> bool:
@@ -274,6 +282,13 @@ def _parse_fetch(data: dict[str, Any], client_id: str | None) -> FetchFrame:
     return FetchFrame(before=before, limit=limit, client_id=client_id)
 
 
+def _parse_read(data: dict[str, Any], client_id: str | None) -> ReadFrame:
+    seq = data.get("seq")
+    if not valid_seq(seq):
+        raise ProtocolError(f"read needs seq: an integer from 0 to {MAX_SAFE_INTEGER}", client_id)
+    return ReadFrame(seq=seq, client_id=client_id)
+
+
 def _parse_typing(data: dict[str, Any], client_id: str | None) -> TypingFrame:
     return TypingFrame(client_id=client_id)
 
@@ -287,6 +302,7 @@ _SCHEMAS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any], str | None],
     "typing": (frozenset({"type", "client_id"}), _parse_typing),
     "edit": (frozenset({"type", "id", "body", "client_id"}), _parse_edit),
     "delete": (frozenset({"type", "id", "client_id"}), _parse_delete),
+    "read": (frozenset({"type", "seq", "client_id"}), _parse_read),
 }
 
 

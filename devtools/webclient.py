@@ -116,10 +116,16 @@ class WebClient:
         self, room_id: str, since: int | None = None, origin: str | None = None, cookie: str | None = None
     ) -> WebSocketClientConnection:
         """Open a room socket as our pages do; ``origin`` is this site's unless given ("" sends none)."""
+        return await self._connect(self.socket_url(room_id, since), origin, cookie)
+
+    async def connect_events(self) -> WebSocketClientConnection:
+        """Open the signed-in person's event stream (``/events/ws``), as the sidebar does."""
+        url = self.base_url.replace("http://", "ws://").replace("https://", "wss://") + "/events/ws"
+        return await self._connect(url, None, None)
+
+    async def _connect(self, url: str, origin: str | None, cookie: str | None) -> WebSocketClientConnection:
         headers = {"Cookie": self.cookie_header() if cookie is None else cookie}
         origin = self.origin if origin is None else origin
         if origin:
             headers["Origin"] = origin
-        return await websocket_connect(
-            HTTPRequest(self.socket_url(room_id, since), headers=headers, request_timeout=30, connect_timeout=10)
-        )
+        return await websocket_connect(HTTPRequest(url, headers=headers, request_timeout=30, connect_timeout=10))

@@ -711,7 +711,24 @@ function main() {
     }
     // Scroll once per frame, not per message: each check forces a layout.
     if (added && stick) scrollToBottom();
+    if (added) markRead();
   }
+
+  // The read marker (unread counts, chat/services/unread.py): moved when the
+  // newest messages are on screen in a visible tab, never back, never twice.
+  let readSent = 0;
+  function markRead() {
+    if (document.hidden || !nearBottom()) return;
+    const seq = messages.lastSeq;
+    if (seq > readSent && connection.send({ type: "read", seq })) readSent = seq;
+  }
+
+  let readCheck = null;
+  window.addEventListener("scroll", () => {
+    clearTimeout(readCheck);
+    readCheck = setTimeout(markRead, 200);
+  }, { passive: true });
+  document.addEventListener("visibilitychange", markRead);
 
   // The server answers a resume from too far back with `reset`: the page
   // reloads to show the latest messages, and what was not yet sent (the
@@ -777,7 +794,10 @@ function main() {
           return;
         }
         if (frame.before !== undefined) addOlder(frame); // the answer to a fetch
-        else addStored(frame.messages);
+        else {
+          addStored(frame.messages);
+          markRead();
+        }
         break;
       case "message":
       case "ack":

@@ -30,6 +30,7 @@ from .membership import Memberships
 from .messages import Messages
 from .moderation import Moderation
 from .presence import Presence
+from .unread import Unread
 
 # How long a client refused for holding too many sockets should wait.
 TOO_MANY_SOCKETS_RETRY_AFTER = 5.0
@@ -111,6 +112,7 @@ class Connections:
     messages: Messages
     memberships: Memberships
     moderation: Moderation
+    unread: Unread
     accounts: Accounts
     fanout: Fanout
     presence: Presence
@@ -270,6 +272,8 @@ class RoomConnection:
         self._hold: SendHold | None = None
         # Known to be a member of the room (checked or made so on the first send).
         self._member = False
+        # The highest read marker this socket has set.
+        self._read_seq = 0
         # A reset was sent: the client reloads, so nothing more about history is.
         self._reset_sent = False
         # Frames queued or being handled; idle (for graceful shutdown) at 0.
@@ -415,6 +419,8 @@ class RoomConnection:
                 client_id = frame.client_id
                 await self._hub.limiter.take(Action.FETCH, self.user.id)
                 await self._send_older(frame)
+            elif isinstance(frame, protocol.ReadFrame):
+                await self._mark_read(frame.seq)
             elif isinstance(frame, protocol.EditFrame | protocol.DeleteFrame):
                 client_id = frame.client_id
                 await self._revise(frame)
@@ -445,6 +451,14 @@ class RoomConnection:
                 revised = await self._hub.moderation.delete_message(self.user, self.room, frame.id)
         if revised.rev:
             await self._hub.fanout.publish_revision(revised)
+
+    async def _mark_read(self, seq: int) -> None:
+        """Move the reader's marker: never past what this socket was sent, never back, never twice."""
+        seq = min(seq, self.last_seq)
+        if seq <= self._read_seq:
+            return
+        self._read_seq = seq
+        await self._hub.unread.mark_read(self.user, self.room, seq)
 
     async def _take_history_read(self) -> None:
         await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)

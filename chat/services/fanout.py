@@ -350,6 +350,11 @@ class Fanout:
         self._watched[channel] = (on_event, on_resync)
         await self.broker.subscribe(channel)
 
+    async def unwatch(self, channel: str) -> None:
+        """Stop handing ``channel``'s payloads on (see :meth:`watch`)."""
+        if self._watched.pop(channel, None) is not None:
+            await self.broker.unsubscribe(channel)
+
     def on_control(self, kind: str, handler: ControlHandler) -> None:
         """Hand broker frames of type ``kind`` to ``handler`` instead of to the sockets."""
         self._control_handlers[kind] = handler

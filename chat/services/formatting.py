@@ -166,7 +166,14 @@ class Renderer:
         self._known: TTLCache[str, User | None] = TTLCache(maxsize=10_000, ttl=cache_seconds)
 
     async def render(self, body: str) -> str:
-        return render(body, await self.users(mentioned_names(body)))
+        return (await self.render_with_mentions(body))[0]
+
+    async def render_with_mentions(self, body: str) -> tuple[str, tuple[str, ...]]:
+        """The HTML, and the ids of the users it mentions (not those named inside code or links)."""
+        users = await self.users(mentioned_names(body))
+        rendered = render(body, users)
+        mentioned = {user.id for user in users.values() if f'data-user-id="{html.escape(user.id)}"' in rendered}
+        return rendered, tuple(sorted(mentioned))
 
     async def users(self, names: Collection[str]) -> dict[str, User]:
         found: dict[str, User] = {}

@@ -14,9 +14,10 @@ the room's channel, and each process closes the sockets it holds
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
-from ..errors import Conflict, Forbidden, NotFound, ValidationError
+from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
 from ..storage import Storage
 from .rooms import Rooms
@@ -27,6 +28,9 @@ DM_PREFIX = "dm:"
 MANAGERS = frozenset({Role.OWNER, Role.MODERATOR})
 
 AnnounceRemoval = Callable[[str, str], Awaitable[None]]
+RoomsChanged = Callable[[str], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 
 def dm_name(first: User, second: User) -> str:
@@ -39,6 +43,19 @@ class Memberships:
         self._storage = storage
         self._rooms = rooms
         self._announce_removal = announce_removal
+        self._rooms_changed: list[RoomsChanged] = []
+
+    def on_rooms_changed(self, callback: RoomsChanged) -> None:
+        """Call ``callback(user_id)`` whenever someone joins or leaves a room (their sidebar changes)."""
+        self._rooms_changed.append(callback)
+
+    async def _changed(self, *user_ids: str) -> None:
+        for user_id in user_ids:
+            for callback in self._rooms_changed:
+                try:
+                    await callback(user_id)
+                except Unavailable as exc:
+                    log.warning("announcing a change of rooms failed: %s", exc)
 
     async def room_for(self, user: User, room_id: str) -> Room:
         """The room, if ``user`` may see it.
@@ -65,13 +82,19 @@ class Memberships:
             raise NotFound(f"no room {room.id!r}")  # private rooms are joined by invitation only
         if await self._storage.bans.get(room.id, user.id) is not None:
             raise Forbidden("You were banned from this room.")
-        return await self._storage.memberships.add(room.id, user)
+        existing = await self._storage.memberships.get(room.id, user.id)
+        if existing is not None:
+            return existing
+        membership = await self._storage.memberships.add(room.id, user)
+        await self._changed(user.id)
+        return membership
 
     async def leave(self, user: User, room: Room) -> None:
         if room.kind is RoomKind.DIRECT:
             raise ValidationError("A direct conversation cannot be left.")
         if await self._storage.memberships.remove(room.id, user.id):
             await self._announce_removal(room.id, user.id)
+            await self._changed(user.id)
 
     async def invite(self, inviter: User, room: Room, username: str) -> Membership:
         """Add ``username`` to a room ``inviter`` belongs to."""
@@ -84,7 +107,9 @@ class Memberships:
             raise ValidationError(f"There is no user named {username.strip()!r}.", field="username")
         if await self._storage.bans.get(room.id, invited.id) is not None:
             raise ValidationError(f"{invited.username} is banned from this room.", field="username")
-        return await self._storage.memberships.add(room.id, invited)
+        membership = await self._storage.memberships.add(room.id, invited)
+        await self._changed(invited.id)
+        return membership
 
     async def remove(self, actor: User, room: Room, user_id: str) -> None:
         """Take ``user_id`` out of the room (the owner or a moderator may; never the owner)."""
@@ -92,6 +117,7 @@ class Memberships:
         if await self._storage.memberships.remove(room.id, user_id):
             await self._log(actor, room, ModerationAction.REMOVE_MEMBER, user_id)
             await self._announce_removal(room.id, user_id)
+            await self._changed(user_id)
 
     async def ban(self, actor: User, room: Room, user_id: str) -> None:
         """Remove ``user_id`` and keep them out (of a public room too)."""
@@ -101,6 +127,7 @@ class Memberships:
         await self._log(actor, room, ModerationAction.BAN, user_id)
         # Announced even if they were not a member: a public room's readers need not be.
         await self._announce_removal(room.id, user_id)
+        await self._changed(user_id)
 
     async def direct(self, user: User, other_username: str) -> Room:
         """The DM of ``user`` and the named user, made on first use."""
@@ -118,8 +145,10 @@ class Memberships:
                 room = await self._storage.rooms.get_by_name(name)
         if room is None or room.kind is not RoomKind.DIRECT:
             raise NotFound(f"no conversation with {other_username!r}")
-        for person in (user, other):
+        new = [person for person in (user, other) if await self._storage.memberships.get(room.id, person.id) is None]
+        for person in new:
             await self._storage.memberships.add(room.id, person)
+        await self._changed(*(person.id for person in new))
         return room
 
     async def members(self, room: Room) -> list[Membership]:

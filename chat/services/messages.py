@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from ..errors import Forbidden, NotFound, TooLarge, Unavailable, ValidationError
 from ..models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ..storage import Storage
 from .formatting import Renderer
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_LENGTH = 4000
 # The most messages one write stores together.
@@ -131,9 +134,25 @@ class Messages:
         self.history_limit = history_limit
         self._renderer = Renderer(storage.users.get_by_username)
         self._commits = GroupCommit(
-            lambda news: self._storage.messages.add_many(news),
+            self._store,
             across_rooms=lambda: self._storage.messages.batches_across_rooms,
         )
+
+    async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        results = await self._storage.messages.add_many(news)
+        mentions = [
+            (message.room_id, user_id, message.seq)
+            for new, (message, created) in zip(news, results, strict=True)
+            if created
+            for user_id in new.mentions
+        ]
+        if mentions:
+            try:
+                await self._storage.mentions.add_many(mentions)
+            except Unavailable as exc:
+                # The messages are stored and will be acked; only a mention count comes out low.
+                log.warning("recording %d mentions failed: %s", len(mentions), exc)
+        return results
 
     async def post(self, user: User, room: Room, client_id: str, body: str) -> tuple[Message, bool]:
         """Store a message durably. Returns it and whether it is new.
@@ -146,13 +165,15 @@ class Messages:
     async def prepare(self, user: User, room: Room, client_id: str, body: str) -> NewMessage:
         """Check a message and render its body (raises ValidationError or TooLarge)."""
         body = clean_body(body)
+        html, mentions = await self._renderer.render_with_mentions(body)
         return NewMessage(
             room_id=room.id,
             user_id=user.id,
             username=user.username,
             body=body,
             client_id=client_id,
-            html=await self._renderer.render(body),
+            html=html,
+            mentions=mentions,
         )
 
     def submit(self, new: NewMessage) -> Awaitable[tuple[Message, bool]]:

@@ -156,6 +156,30 @@ class MembershipRepository(abc.ABC):
     async def counts(self, room_ids: Collection[str]) -> dict[str, int]:
         """How many members each room has (rooms without members are left out)."""
 
+    @abc.abstractmethod
+    async def mark_read(self, room_id: str, user_id: str, seq: int) -> int | None:
+        """Move the member's read marker up to ``seq`` (never back); the marker after, or None if not a member."""
+
+
+class MentionRepository(abc.ABC):
+    """Which stored messages mention whom: one small record per mention, dropped once read.
+
+    Unread mentions are then counted from the reader's few records, never by
+    scanning history.
+    """
+
+    @abc.abstractmethod
+    async def add_many(self, mentions: Collection[tuple[str, str, int]]) -> None:
+        """Record ``(room_id, user_id, seq)`` mentions (recording one twice keeps one)."""
+
+    @abc.abstractmethod
+    async def counts(self, user_id: str, read_seqs: Mapping[str, int]) -> dict[str, int]:
+        """Mentions of ``user_id`` after each room's read seq, in one query (rooms without any left out)."""
+
+    @abc.abstractmethod
+    async def clear(self, room_id: str, user_id: str, up_to_seq: int) -> None:
+        """Forget the mentions of ``user_id`` in the room at or below ``up_to_seq`` (they were read)."""
+
 
 class ModerationLog(abc.ABC):
     @abc.abstractmethod
@@ -259,6 +283,7 @@ class Storage(abc.ABC):
     memberships: MembershipRepository
     bans: BanRepository
     moderation: ModerationLog
+    mentions: MentionRepository
 
     @abc.abstractmethod
     async def connect(self) -> None:

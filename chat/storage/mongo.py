@@ -52,6 +52,7 @@ from ..models import (
 from .base import (
     BanRepository,
     MembershipRepository,
+    MentionRepository,
     MessageRepository,
     ModerationLog,
     RoomRepository,
@@ -139,6 +140,7 @@ def _membership(doc: Mapping[str, Any]) -> Membership:
         username=doc["username"],
         role=Role(doc["role"]),
         joined_at=doc["joined_at"],
+        read_seq=int(doc.get("read_seq", 0)),
     )
 
 
@@ -484,6 +486,16 @@ class MongoMemberships(MembershipRepository):
             result = await self._storage.db.memberships.delete_one({"_id": _pair_id(room_id, user_id)})
         return bool(result.deleted_count)
 
+    async def mark_read(self, room_id: str, user_id: str, seq: int) -> int | None:
+        key = _pair_id(room_id, user_id)
+        with _translate_errors():
+            # Conditional, so a marker only ever moves forward, even when tabs race.
+            await self._storage.db.memberships.update_one(
+                {"_id": key, "read_seq": {"$not": {"$gte": seq}}}, {"$set": {"read_seq": seq}}
+            )
+        membership = await self.get(room_id, user_id)
+        return membership.read_seq if membership else None
+
     async def rooms_of(self, user_id: str) -> list[Membership]:
         with _translate_errors():
             cursor = self._storage.db.memberships.find({"user_id": user_id}).sort(
@@ -509,6 +521,43 @@ class MongoMemberships(MembershipRepository):
                 [{"$match": {"room_id": {"$in": ids}}}, {"$group": {"_id": "$room_id", "n": {"$sum": 1}}}]
             )
             return {doc["_id"]: int(doc["n"]) async for doc in cursor}
+
+
+class MongoMentions(MentionRepository):
+    def __init__(self, storage: MongoStorage) -> None:
+        self._storage = storage
+
+    async def add_many(self, mentions: Collection[tuple[str, str, int]]) -> None:
+        docs = [
+            {"_id": f"{user_id}:{room_id}:{seq}", "user_id": user_id, "room_id": room_id, "seq": seq}
+            for room_id, user_id, seq in mentions
+        ]
+        if not docs:
+            return
+        with _translate_errors():
+            try:
+                await self._storage.db.mentions.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                # Recorded before (a resend): those are kept once; anything else is an error.
+                if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                    raise
+
+    async def counts(self, user_id: str, read_seqs: Mapping[str, int]) -> dict[str, int]:
+        if not read_seqs:
+            return {}
+        counted: dict[str, int] = {}
+        with _translate_errors():
+            async for doc in self._storage.db.mentions.find({"user_id": user_id}, {"room_id": 1, "seq": 1}):
+                room_id = doc["room_id"]
+                if room_id in read_seqs and doc["seq"] > read_seqs[room_id]:
+                    counted[room_id] = counted.get(room_id, 0) + 1
+        return counted
+
+    async def clear(self, room_id: str, user_id: str, up_to_seq: int) -> None:
+        with _translate_errors():
+            await self._storage.db.mentions.delete_many(
+                {"user_id": user_id, "room_id": room_id, "seq": {"$lte": up_to_seq}}
+            )
 
 
 class MongoBans(BanRepository):
@@ -777,6 +826,7 @@ class MongoStorage(Storage):
         self.memberships = MongoMemberships(self)
         self.bans = MongoBans(self)
         self.moderation = MongoModerationLog(self)
+        self.mentions = MongoMentions(self)
 
     @classmethod
     def from_url(cls, url: str) -> MongoStorage:
@@ -830,6 +880,7 @@ class MongoStorage(Storage):
             await db.memberships.create_index([("user_id", ASCENDING), ("joined_at", ASCENDING)], name="user_joined")
             await db.memberships.create_index([("room_id", ASCENDING), ("joined_at", ASCENDING)], name="room_joined")
             await db.rooms.create_index([("kind", ASCENDING), ("created_at", DESCENDING)], name="kind_created")
+            await db.mentions.create_index([("user_id", ASCENDING), ("room_id", ASCENDING)], name="user_room")
             await db.moderation.create_index([("room_id", ASCENDING), ("at", DESCENDING)], name="room_at")
             await db.sessions.create_index("expires_at", name="expires_at")
             await db.sessions.create_index("user_id", name="user_id")

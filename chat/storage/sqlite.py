@@ -43,6 +43,7 @@ from ..models import (
 from .base import (
     BanRepository,
     MembershipRepository,
+    MentionRepository,
     MessageRepository,
     ModerationLog,
     RoomRepository,
@@ -88,7 +89,14 @@ CREATE TABLE IF NOT EXISTS memberships (
     username TEXT NOT NULL,
     role TEXT NOT NULL,
     joined_at INTEGER NOT NULL,
+    read_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (room_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS mentions (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id, seq)
 );
 CREATE INDEX IF NOT EXISTS memberships_user ON memberships (user_id, joined_at);
 CREATE TABLE IF NOT EXISTS moderation (
@@ -136,6 +144,7 @@ ADDED_COLUMNS = (
     ("rooms", "kind", "TEXT NOT NULL DEFAULT 'public'"),
     ("rooms", "topic", "TEXT NOT NULL DEFAULT ''"),
     ("rooms", "last_message_at", "INTEGER"),
+    ("memberships", "read_seq", "INTEGER NOT NULL DEFAULT 0"),
     ("messages", "edited_at", "INTEGER"),
     ("messages", "deleted_at", "INTEGER"),
     ("messages", "rev", "INTEGER NOT NULL DEFAULT 0"),
@@ -205,6 +214,7 @@ def _membership(row: sqlite3.Row) -> Membership:
         username=row["username"],
         role=Role(row["role"]),
         joined_at=_from_ms(row["joined_at"]),
+        read_seq=row["read_seq"],
     )
 
 
@@ -587,6 +597,18 @@ class SQLiteMemberships(MembershipRepository):
             cursor = await conn.execute("DELETE FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
             return cursor.rowcount > 0
 
+    async def mark_read(self, room_id: str, user_id: str, seq: int) -> int | None:
+        async with (
+            self._db.transaction() as conn,
+            conn.execute(
+                "UPDATE memberships SET read_seq = MAX(read_seq, ?) WHERE room_id = ? AND user_id = ?"
+                " RETURNING read_seq",
+                (seq, room_id, user_id),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
     async def rooms_of(self, user_id: str) -> list[Membership]:
         rows = await self._db.fetchall(
             "SELECT * FROM memberships WHERE user_id = ? ORDER BY joined_at, room_id", (user_id,)
@@ -608,6 +630,35 @@ class SQLiteMemberships(MembershipRepository):
             f"SELECT room_id, COUNT(*) AS n FROM memberships WHERE room_id IN ({marks}) GROUP BY room_id", tuple(ids)
         )
         return {row["room_id"]: row["n"] for row in rows}
+
+
+class SQLiteMentions(MentionRepository):
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+
+    async def add_many(self, mentions: Collection[tuple[str, str, int]]) -> None:
+        if not mentions:
+            return
+        async with self._db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO mentions (room_id, user_id, seq) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", list(mentions)
+            )
+
+    async def counts(self, user_id: str, read_seqs: Mapping[str, int]) -> dict[str, int]:
+        if not read_seqs:
+            return {}
+        rows = await self._db.fetchall("SELECT room_id, seq FROM mentions WHERE user_id = ?", (user_id,))
+        counted: dict[str, int] = {}
+        for row in rows:
+            room_id = row["room_id"]
+            if room_id in read_seqs and row["seq"] > read_seqs[room_id]:
+                counted[room_id] = counted.get(room_id, 0) + 1
+        return counted
+
+    async def clear(self, room_id: str, user_id: str, up_to_seq: int) -> None:
+        await self._db.execute(
+            "DELETE FROM mentions WHERE user_id = ? AND room_id = ? AND seq <= ?", (user_id, room_id, up_to_seq)
+        )
 
 
 class SQLiteBans(BanRepository):
@@ -786,6 +837,7 @@ class SQLiteStorage(Storage):
         self.memberships = SQLiteMemberships(self._db)
         self.bans = SQLiteBans(self._db)
         self.moderation = SQLiteModerationLog(self._db)
+        self.mentions = SQLiteMentions(self._db)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:

@@ -17,11 +17,12 @@ from typing import Any, cast
 import jinja2
 import tornado.httputil
 import tornado.web
+import tornado.websocket
 from markupsafe import Markup
 
 from ..bootstrap import Services
 from ..config import Settings
-from ..errors import ChatError, RateLimited
+from ..errors import ChatError, RateLimited, Unavailable
 from ..models import User
 from ..origins import normalize_origin, site_origin, socket_origin
 from ..protocol import refusal_for
@@ -31,6 +32,7 @@ from ..services.membership import Memberships
 from ..services.messages import Messages
 from ..services.presence import Presence
 from ..services.rooms import Rooms
+from ..services.unread import Badge
 from .cookies import SessionCookie
 from .forms import read_form
 from .proxies import TrustedProxies
@@ -217,6 +219,8 @@ class BaseHandler(AppHandler):
     """Loads the signed-in user; renders pages. Shared by page and WebSocket handlers."""
 
     session_token: str | None = None
+    # The signed-in reader's rooms with their counts, for the sidebar of a page (None: no sidebar).
+    badges: list[Badge] | None = None
 
     @property
     def session_cookie(self) -> SessionCookie:
@@ -244,6 +248,11 @@ class BaseHandler(AppHandler):
             return
         self.session_token = token
         self.current_user = resolved[1]
+        if self.request.method == "GET" and not isinstance(self, tornado.websocket.WebSocketHandler):
+            try:
+                self.badges = await self.services.unread.badges(resolved[1])
+            except Unavailable as exc:
+                log.warning("no sidebar for this page: %s", exc)  # the page itself may still render
 
     def form(self, *fields: str) -> dict[str, str]:
         """The submitted form's ``fields``, validated at the edge (see :func:`chat.web.forms.read_form`)."""
@@ -259,6 +268,7 @@ class BaseHandler(AppHandler):
             xsrf_form_html=lambda: Markup(self.xsrf_form_html()),
             static_url=self.static_url,
             request=self.request,
+            badges=self.badges,
             **context,
         )
 

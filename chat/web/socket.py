@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import tornado.web
 import tornado.websocket
@@ -14,6 +15,7 @@ from ..models import Room
 from ..protocol import Close
 from ..services import audit
 from ..services.connection import Admission, RoomConnection
+from ..services.userstream import UserStream
 from .base import BaseHandler, ChatApplication
 from .forms import read_seq
 from .transport import SocketTransport, TornadoSink
@@ -21,18 +23,16 @@ from .transport import SocketTransport, TornadoSink
 log = logging.getLogger(__name__)
 
 
-def _log_failure(future: asyncio.Future[None]) -> None:
+def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("leaving a room failed", exc_info=future.exception())
 
 
-class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
-    connection: RoomConnection | None = None
-    room: Room
+class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
+    """A WebSocket of a signed-in user from one of our pages, counted in their socket limits."""
+
     admission: Admission | None = None
     transport: SocketTransport | None = None
-    _since: int | None = None
-    _rev: int | None = None
 
     async def prepare(self) -> None:
         # Refusals happen here, before the upgrade, so clients get a plain
@@ -47,16 +47,13 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         await super().prepare()
         if self.current_user is None:
             raise tornado.web.HTTPError(401, "sign in first")
-        self.room = await self.memberships.room_for(self.user, self.path_args[0])
-        since = self.get_query_argument("since", None)
-        if since is not None:
-            self._since = read_seq("since", since)
-        rev = self.get_query_argument("rev", None)
-        if rev is not None:
-            self._rev = read_seq("rev", rev)
+        await self.prepare_socket()
         # Last, so that nothing after it can refuse the handshake and leave
         # the place taken (a taken place expires by itself anyway).
         self.admission = await self.services.connections.admit(self.user, self.client_ip)
+
+    async def prepare_socket(self) -> None:
+        """Check what this kind of socket needs from the request (raise HTTPError or a ChatError to refuse)."""
 
     def render_error(self, status_code: int, title: str, message: str) -> None:
         audit.event(
@@ -80,16 +77,36 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         # so it stays that way.
         return None
 
-    async def open(self, *args: str, **kwargs: str) -> None:
+    def make_transport(self, who: str) -> SocketTransport:
         self.set_nodelay(True)
         config = self.config
-        self.transport = transport = SocketTransport(
+        self.transport = SocketTransport(
             TornadoSink(self),
             config.ws_max_buffer_bytes,
-            f"{self.user.username} in room {self.room.id}",
+            who,
             prebuilt=config.ws_prebuilt_frames,
             batcher=cast(ChatApplication, self.application).write_batcher if config.ws_batch_writes else None,
         )
+        return self.transport
+
+
+class RoomSocketHandler(AuthenticatedSocket):
+    connection: RoomConnection | None = None
+    room: Room
+    _since: int | None = None
+    _rev: int | None = None
+
+    async def prepare_socket(self) -> None:
+        self.room = await self.memberships.room_for(self.user, self.path_args[0])
+        since = self.get_query_argument("since", None)
+        if since is not None:
+            self._since = read_seq("since", since)
+        rev = self.get_query_argument("rev", None)
+        if rev is not None:
+            self._rev = read_seq("rev", rev)
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        transport = self.make_transport(f"{self.user.username} in room {self.room.id}")
         self.connection = self.services.connections.create(
             transport, self.user, self.room, self.session_token or "", self.admission
         )
@@ -122,3 +139,30 @@ class RoomSocketHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         else:
             return
         asyncio.ensure_future(leaving).add_done_callback(_log_failure)
+
+
+class UserEventsHandler(AuthenticatedSocket):
+    """``/events/ws``: the signed-in person's badges and markers, for the sidebar of every page."""
+
+    stream: UserStream | None = None
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        transport = self.make_transport(f"{self.user.username}'s events")
+        self.stream = self.services.user_streams.create(transport, self.user)
+        try:
+            await self.stream.open()
+        except Unavailable as exc:
+            log.warning("closing an event stream: %s", exc)
+            transport.close(Close.TRY_AGAIN_LATER, "storage unavailable; reconnect shortly")
+
+    async def on_message(self, message: str | bytes) -> None:
+        pass  # the stream only speaks; what a client sends is ignored
+
+    def on_close(self) -> None:
+        work: list[Awaitable[None]] = []
+        if self.stream is not None:
+            work.append(self.stream.close())
+        if self.admission is not None:
+            work.append(self.services.connections.release(self.admission))
+        if work:
+            asyncio.ensure_future(asyncio.gather(*work)).add_done_callback(_log_failure)

@@ -21,15 +21,20 @@ from tests.support.pages import create_room, register, say
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 
-# Replaces window.WebSocket before any page script runs. Every socket the page
-# opens is kept in window.__sockets with the frames it sent.
+# Replaces window.WebSocket before any page script runs. Every room socket the
+# page opens is kept in window.__sockets with the frames it sent.
 SCRIPTED_WEBSOCKET = """
 window.__sockets = [];
+const RealWebSocket = window.WebSocket;
 class ScriptedSocket {
   static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
-  constructor(url) { this.url = url; this.readyState = 0; this.sent = []; window.__sockets.push(this); }
-  // Typing notices are not what these tests follow (test_browser_typing.py does).
-  send(data) { const frame = JSON.parse(data); if (frame.type !== "typing") this.sent.push(frame); }
+  constructor(url) {
+    // The sidebar's event stream is real (test_browser_sidebar.py follows it); room sockets are scripted.
+    if (url.endsWith("/events/ws")) return new RealWebSocket(url);
+    this.url = url; this.readyState = 0; this.sent = []; window.__sockets.push(this);
+  }
+  // Typing notices and read markers are not what these tests follow (other tests do).
+  send(data) { const frame = JSON.parse(data); if (!["typing", "read"].includes(frame.type)) this.sent.push(frame); }
   close() {}
   deliver(frame) { this.readyState = 1; this.onmessage({ data: JSON.stringify(frame) }); }
   drop(code) { this.readyState = 3; this.onclose({ code }); }

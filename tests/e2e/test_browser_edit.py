@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from playwright.async_api import Browser as Chromium
 
-from tests.support.pages import connected, create_room, register, say
+from tests.support.pages import connected, create_room, say, two_people
 from tests.support.server import ServerFactory
-from tests.support.waiting import eventually
 
 # Keeps every WebSocket the page opens in window.__sockets (real ones), so the
 # test can drop the connection the way a network does.
@@ -30,14 +27,8 @@ async def test_the_author_edits_and_deletes_and_a_reader_sees_it_live_and_after_
 ) -> None:
     server = server_factory()
     base = server.base_url
-    alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
-    await bob_ctx.add_init_script(KEEP_SOCKETS)
-    alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
-    errors: list[str] = []
-    for page in (alice, bob):
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await register(alice, base, f"alice_{uuid.uuid4().hex[:6]}")
-    await register(bob, base, f"bob_{uuid.uuid4().hex[:6]}")
+    people = await two_people(chromium, base, init_script=KEEP_SOCKETS)
+    alice, bob, bob_ctx = people.alice.page, people.bob.page, people.bob.context
     await create_room(alice, base, "Edit room")
     await bob.goto(alice.url)
     await connected(alice, bob)
@@ -85,9 +76,5 @@ async def test_the_author_edits_and_deletes_and_a_reader_sees_it_live_and_after_
     await bob.wait_for_selector(message("hello, world"))
     assert await bob.locator("li.message.deleted .body").text_content() == "message deleted"
 
-    async def no_errors() -> bool:
-        return not errors
-
-    await eventually(no_errors, 0.1, f"no page errors: {errors}")
-    await alice_ctx.close()
-    await bob_ctx.close()
+    assert people.errors == []
+    await people.close()

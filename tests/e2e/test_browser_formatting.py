@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import Page
 
-from tests.support.pages import connected, create_room, register
+from tests.support.pages import connected, create_room, two_people
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 from tests.support.xss import XSS_CORPUS
@@ -32,16 +30,8 @@ async def test_formatting_is_the_same_live_and_on_the_page_and_hostile_input_sta
 ) -> None:
     server = server_factory(CHAT_LIMIT_SENDS="500 per minute")
     base = server.base_url
-    alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
-    for context in (alice_ctx, bob_ctx):
-        await context.add_init_script(XSS_TRAP)
-    alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
-    errors: list[str] = []
-    for page in (alice, bob):
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-    bob_name = f"bob_{uuid.uuid4().hex[:6]}"
-    await register(alice, base, f"alice_{uuid.uuid4().hex[:6]}")
-    await register(bob, base, bob_name)
+    people = await two_people(chromium, base, init_script=XSS_TRAP)
+    alice, bob, bob_name = people.alice.page, people.bob.page, people.bob.name
     await create_room(alice, base, "<img src=x onerror=alert(1)> room")
     await bob.goto(alice.url)
     await connected(alice, bob)
@@ -95,6 +85,5 @@ async def test_formatting_is_the_same_live_and_on_the_page_and_hostile_input_sta
         assert all(href.startswith(("http://", "https://")) for href in hrefs), hrefs
         assert await page.locator("#messages script, #messages img, #messages iframe, #messages svg").count() == 0
     assert "<img src=x onerror=alert(1)> room" in await bob.title()  # the room's name, as text
-    assert errors == []
-    await alice_ctx.close()
-    await bob_ctx.close()
+    assert people.errors == []
+    await people.close()

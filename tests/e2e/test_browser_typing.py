@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 from playwright.async_api import Browser as Chromium
 
-from tests.support.pages import connected, create_room, register, say
+from tests.support.pages import connected, create_room, say, two_people
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 
@@ -17,11 +16,8 @@ async def test_the_others_see_who_is_typing_until_the_message_arrives_or_it_expi
 ) -> None:
     server = server_factory()
     base = server.base_url
-    alice_ctx, bob_ctx = await chromium.new_context(), await chromium.new_context()
-    alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
-    alice_name = f"alice_{uuid.uuid4().hex[:6]}"
-    await register(alice, base, alice_name)
-    await register(bob, base, f"bob_{uuid.uuid4().hex[:6]}")
+    people = await two_people(chromium, base)
+    alice, bob, alice_name = people.alice.page, people.bob.page, people.alice.name
     await create_room(alice, base, "Typing room")
     await bob.goto(alice.url)
     await connected(alice, bob)
@@ -44,3 +40,5 @@ async def test_the_others_see_who_is_typing_until_the_message_arrives_or_it_expi
 
     await eventually(gone, 15, "the notice gone by itself", interval=0.2)
     assert time.monotonic() - started > 3  # it lasts a few seconds, then goes by itself
+    assert people.errors == []
+    await people.close()

@@ -293,3 +293,29 @@ async def test_a_removed_or_banned_members_sockets_on_every_process_close_within
         for sock in socks:
             assert await sock.closed(timeout=5) == Close.REMOVED
         assert asyncio.get_running_loop().time() - started < 1.0, action
+
+
+async def test_unread_counts_reach_a_persons_stream_from_every_process(
+    cluster: Cluster,
+    open_browser: Callable[[str], Browser],
+) -> None:
+    alice, bob = open_browser(cluster.url), open_browser(cluster.url)
+    await alice.register()
+    bob_name = await bob.register()
+    room_id = await alice.create_room()
+    assert (await bob.post(f"/rooms/{room_id}/join", {})).code == 302
+    stream = await bob.events()
+    await stream.skip_to("badges")
+    # One speaker on each process: whichever one serves bob's stream, a message comes from the other.
+    first, first_on = await socket_on(alice, room_id)
+    second, _ = await socket_on(alice, room_id, avoid={first_on})
+
+    await first.acked(await first.send_message("from one process"))
+    await second.acked(await second.send_message(f"@{bob_name} from the other"))
+
+    activity = [await stream.skip_to("activity", timeout=LANDING_TIMEOUT) for _ in range(2)]
+    assert sorted((a["last_seq"], a["mention"]) for a in activity) == [(1, False), (2, True)]
+    tab, _ = await socket_on(bob, room_id, want={first_on})
+    await tab.send_json({"type": "read", "seq": 2})
+    read = await stream.skip_to("read", timeout=LANDING_TIMEOUT)
+    assert (read["read_seq"], read["mentions"]) == (2, 0)

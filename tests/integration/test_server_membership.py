@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from chat.protocol import Close
 from chat.services.rooms import ROOMS_PER_PAGE
-from tests.support.client import Browser, handshake_status
-from tests.support.server import ChatServer
+from tests.support.client import Browser, RoomSocket, handshake_status
+from tests.support.server import ChatServer, ServerFactory
 from tests.support.storage import connected_storage
 
 
@@ -165,3 +165,60 @@ async def test_the_rooms_page_searches_and_pages_public_rooms_with_members_and_a
     assert "<td>1</td>" in row and "<time" in row.split("</tr>")[0]  # one member, a last message
     assert "No room" in (await browser.get("/rooms?q=nothing-like-it")).body.decode()
     assert (await browser.get("/rooms?page=0")).code == 400
+
+
+# -- unread counts ----------------------------------------------------------------------
+
+
+async def badges_of(stream: RoomSocket) -> dict[str, dict[str, object]]:
+    frame = await stream.skip_to("badges")
+    return {room["room_id"]: room for room in frame["rooms"]}
+
+
+async def test_unread_and_mention_counts_follow_messages_markers_and_a_restart(
+    server_factory: ServerFactory, open_browser: Callable[[str], Browser]
+) -> None:
+    server = server_factory()
+    alice, bob = open_browser(server.base_url), open_browser(server.base_url)
+    await alice.register()
+    bob_name = await bob.register()
+    room_id = await alice.create_room()
+    assert (await bob.post(f"/rooms/{room_id}/join", {})).code == 302
+    stream = await bob.events()
+    assert (await badges_of(stream))[room_id] | {"title": ""} == {
+        "room_id": room_id,
+        "title": "",
+        "kind": "public",
+        "last_seq": 0,
+        "read_seq": 0,
+        "unread": 0,
+        "mentions": 0,
+    }
+
+    speaker = await alice.socket(room_id)
+    await speaker.join()
+    for body in ("one", f"hey @{bob_name}", "three"):
+        await speaker.acked(await speaker.send_message(body))
+    seen = [await stream.skip_to("activity") for _ in range(3)]
+    assert [(a["last_seq"], a["mention"], a["mine"]) for a in seen] == [
+        (1, False, False),
+        (2, True, False),
+        (3, False, False),
+    ]
+
+    # Bob reads up to 2 in a tab: every stream of his hears the marker.
+    tab = await bob.socket(room_id, since=0)
+    await tab.join()
+    await tab.send_json({"type": "read", "seq": 2})
+    read = await stream.skip_to("read")
+    assert (read["room_id"], read["read_seq"], read["mentions"]) == (room_id, 2, 0)
+    await tab.send_json({"type": "read", "seq": 1})  # behind: ignored
+    await tab.send_json({"type": "read", "seq": 99})  # ahead of what it was sent: only up to 3
+    read = await stream.skip_to("read")
+    assert read["read_seq"] == 3
+
+    await speaker.acked(await speaker.send_message(f"@{bob_name} again"))
+    server.restart()
+    bob.close_sockets()
+    after = await badges_of(await bob.events())
+    assert (after[room_id]["unread"], after[room_id]["mentions"], after[room_id]["last_seq"]) == (1, 1, 4)

@@ -413,6 +413,31 @@ async def test_a_member_changes_role_and_leaves(storage: Storage, room: Room, us
     assert await storage.memberships.rooms_of(user.id) == []
 
 
+async def test_a_read_marker_only_moves_forward_and_only_for_members(storage: Storage, room: Room, user: User) -> None:
+    await storage.memberships.add(room.id, user)
+
+    assert await storage.memberships.mark_read(room.id, user.id, 5) == 5
+    assert await storage.memberships.mark_read(room.id, user.id, 3) == 5  # another tab, behind: no step back
+    assert await storage.memberships.mark_read(room.id, user.id, 9) == 9
+    membership = await storage.memberships.get(room.id, user.id)
+    assert membership is not None and membership.read_seq == 9
+    assert await storage.memberships.mark_read(room.id, "not-a-member", 4) is None
+
+
+async def test_mentions_are_counted_after_each_rooms_marker_and_forgotten_once_read(
+    storage: Storage, room: Room, user: User
+) -> None:
+    other = await storage.rooms.add("other", user)
+    await storage.mentions.add_many([(room.id, user.id, 3), (room.id, user.id, 7), (other.id, user.id, 2)])
+    await storage.mentions.add_many([(room.id, user.id, 7), (room.id, "someone", 8)])  # a resend: kept once
+
+    assert await storage.mentions.counts(user.id, {room.id: 0, other.id: 0}) == {room.id: 2, other.id: 1}
+    assert await storage.mentions.counts(user.id, {room.id: 3}) == {room.id: 1}
+    await storage.mentions.clear(room.id, user.id, 7)
+    assert await storage.mentions.counts(user.id, {room.id: 0, other.id: 0}) == {other.id: 1}
+    assert await storage.mentions.counts("someone", {room.id: 0}) == {room.id: 1}
+
+
 async def test_a_ban_is_kept_once_and_lifted(storage: Storage, room: Room, user: User) -> None:
     bob = await storage.users.add("bob", b"$2b$04$fakehash")
 

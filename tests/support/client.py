@@ -41,6 +41,12 @@ class Browser(WebClient):
         self.sockets.append(sock)
         return sock
 
+    async def events(self) -> RoomSocket:
+        """The person's event stream (its frames read like a room socket's)."""
+        sock = RoomSocket(await self.connect_events())
+        self.sockets.append(sock)
+        return sock
+
     def close_sockets(self) -> None:
         """Close every socket this browser opened (closing one twice is harmless)."""
         for sock in self.sockets:

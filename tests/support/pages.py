@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .client import PASSWORD
 
 if TYPE_CHECKING:
     # Only the e2e tier has a browser; importing this module must not need Playwright.
-    from playwright.async_api import Page
+    from playwright.async_api import Browser as Chromium
+    from playwright.async_api import BrowserContext, Page
 
 
 async def register(page: Page, base_url: str, username: str) -> None:
@@ -38,3 +41,39 @@ async def connected(*pages: Page) -> None:
     """Wait until each room page's socket is up."""
     for page in pages:
         await page.wait_for_selector("#connection-state.state-connected")
+
+
+@dataclass
+class Person:
+    context: BrowserContext
+    page: Page
+    name: str
+
+
+@dataclass
+class TwoPeople:
+    """Alice and Bob, registered, each in a browser context of their own, and the page errors of both."""
+
+    alice: Person
+    bob: Person
+    errors: list[str] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for person in (self.alice, self.bob):
+            await person.context.close()
+
+
+async def two_people(chromium: Chromium, base_url: str, init_script: str | None = None) -> TwoPeople:
+    """Register Alice and Bob (random names) in two browser contexts; ``init_script`` runs before any page script."""
+    people = []
+    errors: list[str] = []
+    for first in ("alice", "bob"):
+        context = await chromium.new_context()
+        if init_script:
+            await context.add_init_script(init_script)
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        name = f"{first}_{uuid.uuid4().hex[:6]}"
+        await register(page, base_url, name)
+        people.append(Person(context, page, name))
+    return TwoPeople(people[0], people[1], errors)

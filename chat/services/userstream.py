@@ -1,0 +1,176 @@
+"""One person's event stream: the live badges of their sidebar, on every page they have open.
+
+The stream (``/events/ws``) sends the person's rooms with their counts when
+it opens (``badges``), then small events, never message bodies:
+
+* ``activity``: a message was stored in one of their rooms (its seq, whether
+  it was theirs, whether it mentions them);
+* ``read``: their marker moved, in this tab or another, on any process;
+* ``badges`` again when the rooms they belong to change.
+
+A stream listens to its rooms' feeds the way a room socket does (one
+subscription per room per process, however many listen), and to the
+person's own broker channel, shared by all their streams in the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+from ..errors import Unavailable
+from ..models import User
+from ..protocol import Outbound
+from .connection import Transport
+from .fanout import Fanout
+from .unread import Unread, user_channel
+
+log = logging.getLogger(__name__)
+
+
+def _dumps(frame: dict[str, object]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+class _RoomWatch:
+    """A stream's listener in one room's feed."""
+
+    __slots__ = ("room_id", "stream")
+
+    def __init__(self, stream: UserStream, room_id: str) -> None:
+        self.stream = stream
+        self.room_id = room_id
+
+    def deliver(self, seq: int | None, frame: Outbound) -> None:
+        if seq is not None:  # a stored message; typing, presence and edits are the room page's business
+            self.stream.activity(self.room_id, seq, frame.text)
+
+
+class UserStream:
+    def __init__(self, transport: Transport, user: User, hub: UserStreams) -> None:
+        self.transport = transport
+        self.user = user
+        self._hub = hub
+        self._watching: dict[str, _RoomWatch] = {}
+        self._syncing: asyncio.Task[None] | None = None
+        self.closed = False
+        # How a message frame names its author, and a mention of this user, as JSON text.
+        self._authored = f'"user_id":"{user.id}"'
+        self._mentioned = f'data-user-id=\\"{user.id}\\"'
+
+    async def open(self) -> None:
+        await self._hub.register(self)
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Follow the rooms the person belongs to now, and send their badges."""
+        badges = await self._hub.unread.badges(self.user)
+        wanted = {badge.room.id for badge in badges}
+        for room_id in wanted - self._watching.keys():
+            watch = _RoomWatch(self, room_id)
+            await self._hub.fanout.join(room_id, watch)
+            self._watching[room_id] = watch
+        for room_id in self._watching.keys() - wanted:
+            await self._hub.fanout.leave(room_id, self._watching.pop(room_id))
+        if not self.closed:
+            self.transport.send_text(_dumps({"type": "badges", "rooms": [badge.to_wire() for badge in badges]}))
+
+    def activity(self, room_id: str, seq: int, text: str) -> None:
+        if self.closed:
+            return
+        self.transport.send_text(
+            _dumps(
+                {
+                    "type": "activity",
+                    "room_id": room_id,
+                    "last_seq": seq,
+                    "mine": self._authored in text,
+                    "mention": self._mentioned in text,
+                }
+            )
+        )
+
+    def heard(self, event: str) -> None:
+        """An event on the person's channel: a marker moved (pass it on) or their rooms changed (sync)."""
+        if self.closed:
+            return
+        try:
+            kind = json.loads(event).get("type")
+        except (ValueError, AttributeError):
+            log.warning("dropping a malformed user event")
+            return
+        if kind == "read":
+            self.transport.send_text(event)
+        elif kind == "rooms_changed":
+            self.resync()
+
+    def resync(self) -> None:
+        if self._syncing is None or self._syncing.done():
+            self._syncing = asyncio.create_task(self._sync_safely())
+
+    async def _sync_safely(self) -> None:
+        try:
+            await self.sync()
+        except Unavailable as exc:
+            log.warning("refreshing the badges of %s failed: %s", self.user.username, exc)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._syncing is not None:
+            self._syncing.cancel()
+        for room_id, watch in list(self._watching.items()):
+            await self._hub.fanout.leave(room_id, watch)
+        self._watching.clear()
+        await self._hub.unregister(self)
+
+
+class UserStreams:
+    """The streams open in this process, by person, and their shared channel subscriptions."""
+
+    def __init__(self, fanout: Fanout, unread: Unread) -> None:
+        self.fanout = fanout
+        self.unread = unread
+        self._by_user: dict[str, set[UserStream]] = {}
+
+    def create(self, transport: Transport, user: User) -> UserStream:
+        return UserStream(transport, user, self)
+
+    async def register(self, stream: UserStream) -> None:
+        streams = self._by_user.setdefault(stream.user.id, set())
+        streams.add(stream)
+        if len(streams) == 1:
+            user_id = stream.user.id
+            await self.fanout.watch(
+                user_channel(user_id), self._heard_for(user_id), on_resync=self._resync_for(user_id)
+            )
+
+    async def unregister(self, stream: UserStream) -> None:
+        streams = self._by_user.get(stream.user.id)
+        if streams is None:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self._by_user[stream.user.id]
+            await self.fanout.unwatch(user_channel(stream.user.id))
+
+    def _heard_for(self, user_id: str) -> Callable[[str], None]:
+        def heard(event: str) -> None:
+            for stream in tuple(self._by_user.get(user_id, ())):
+                stream.heard(event)
+
+        return heard
+
+    def _resync_for(self, user_id: str) -> Callable[[], None]:
+        # The broker lost its subscriptions for a while: markers may have moved unheard.
+        def resync() -> None:
+            for stream in tuple(self._by_user.get(user_id, ())):
+                stream.resync()
+
+        return resync
+
+    def __len__(self) -> int:
+        return sum(len(streams) for streams in self._by_user.values())
