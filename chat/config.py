@@ -183,7 +183,7 @@ class Settings:
         default="20 per 10 seconds;200 per minute", metadata=env("CHAT_LIMIT_FETCHES", rate_limits)
     )
     limit_typing: str = field(default="10 per 30 seconds", metadata=env("CHAT_LIMIT_TYPING", rate_limits))
-    limit_handshakes: str = field(default="30 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
+    limit_handshakes: str = field(default="60 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
     limit_room_creation: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_ROOM_CREATION", rate_limits))
     limit_registrations: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_REGISTRATIONS", rate_limits))
     limit_logins: str = field(
@@ -192,7 +192,7 @@ class Settings:
     limit_login_failures: str = field(
         default="10 per 15 minutes;100 per day", metadata=env("CHAT_LIMIT_LOGIN_FAILURES", rate_limits)
     )
-    max_sockets_per_user: int = field(default=10, metadata=env("CHAT_MAX_SOCKETS_PER_USER", integer(1)))
+    max_sockets_per_user: int = field(default=20, metadata=env("CHAT_MAX_SOCKETS_PER_USER", integer(1)))
     max_sockets_per_ip: int = field(default=100, metadata=env("CHAT_MAX_SOCKETS_PER_IP", integer(1)))
     # A resume or sync sends at most this many messages; further behind, the
     # client is told to reload. History frames stay under the byte cap.

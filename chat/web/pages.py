@@ -154,6 +154,7 @@ class RoomsHandler(BaseHandler):
         except (ValidationError, RateLimited) as exc:
             await self._render(error=self.form_refusal(exc), name=name)
             return
+        await self.services.unread.rooms_changed(self.user.id)  # the creator's other pages list it too
         self.redirect(f"/rooms/{room.id}")
 
     async def _render(self, error: str | None, name: str) -> None:
