@@ -49,6 +49,8 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (rf"/rooms/{ROOM_ID}/(join|leave|invite|remove|ban|topic|rename|role)", pages.RoomActionHandler),
         (rf"/dm/{USERNAME}", pages.DirectHandler),
         (r"/events/ws", UserEventsHandler),
+        (r"/admin", pages.AdminHandler),
+        (r"/admin/(disable|enable)", pages.AdminHandler),
         (r"/healthz", pages.HealthHandler),
         (r"/readyz", pages.ReadinessHandler),
     ]

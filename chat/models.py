@@ -39,6 +39,8 @@ class User:
     created_at: datetime.datetime
     # A disabled account cannot sign in, and its sessions are ended.
     disabled: bool = False
+    # A site administrator moderates every room and disables accounts.
+    admin: bool = False
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "username": self.username}

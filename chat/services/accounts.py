@@ -21,7 +21,7 @@ from time import monotonic
 
 from cachetools import TTLCache
 
-from ..errors import Conflict, Unavailable, ValidationError
+from ..errors import Conflict, Forbidden, Unavailable, ValidationError
 from ..models import Session, User, utcnow
 from ..storage import Storage
 from . import audit
@@ -194,7 +194,23 @@ class Accounts:
 
     async def enable(self, user_id: str) -> None:
         await self._storage.users.set_disabled(user_id, False)
+        self._users.pop(user_id, None)
         audit.event("account_enabled", user=user_id)
+
+    async def set_account_enabled(self, admin: User, username: str, *, enabled: bool) -> User:
+        """A site administrator disables (or enables again) the named account; returns it."""
+        if not admin.admin:
+            raise Forbidden("Only site administrators may do that.")
+        target = await self._storage.users.get_by_username(username.strip())
+        if target is None:
+            raise ValidationError(f"There is no user named {username.strip()!r}.", field="username")
+        if target.id == admin.id:
+            raise ValidationError("Administrators do not disable themselves.", field="username")
+        if enabled:
+            await self.enable(target.id)
+        else:
+            await self.disable(target.id)
+        return target
 
     # -- sessions -----------------------------------------------------------
 

@@ -174,6 +174,8 @@ class Memberships:
             raise ValidationError("Nobody manages a direct conversation.")
         if user_id == room.creator_id or user_id == actor.id:
             raise Forbidden("The owner cannot be removed, and nobody removes themselves (leave instead).")
+        if actor.admin:
+            return
         mine = await self._storage.memberships.get(room.id, actor.id)
         if room.creator_id != actor.id and (mine is None or mine.role not in MANAGERS):
             raise Forbidden("Only the room's owner and moderators may do that.")

@@ -41,7 +41,7 @@ class Moderation:
     async def may_moderate(self, user: User, room: Room) -> bool:
         if room.kind is RoomKind.DIRECT:
             return False
-        if room.creator_id == user.id:
+        if room.creator_id == user.id or user.admin:
             return True
         membership = await self._storage.memberships.get(room.id, user.id)
         return membership is not None and membership.role in MANAGERS
@@ -70,7 +70,7 @@ class Moderation:
 
     async def set_role(self, actor: User, room: Room, user_id: str, role: Role) -> Membership:
         """The owner names moderators (or makes them members again)."""
-        if room.creator_id != actor.id:
+        if room.creator_id != actor.id and not actor.admin:
             raise Forbidden("Only the room's owner names moderators.")
         if role is Role.OWNER or user_id == room.creator_id:
             raise ValidationError("A room has one owner: its creator.")

@@ -47,6 +47,10 @@ class UserRepository(abc.ABC):
     @abc.abstractmethod
     async def set_disabled(self, user_id: str, disabled: bool) -> None: ...
 
+    @abc.abstractmethod
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        """Make or unmake a site administrator."""
+
 
 class SessionRepository(abc.ABC):
     """Server-side sessions, stored under a hash of the token the cookie carries.

@@ -97,6 +97,7 @@ def _user(doc: Mapping[str, Any]) -> User:
         password_hash=bytes(doc["password_hash"]),
         created_at=doc["created_at"],
         disabled=bool(doc.get("disabled", False)),
+        admin=bool(doc.get("admin", False)),
     )
 
 
@@ -220,6 +221,10 @@ class MongoUsers(UserRepository):
     async def set_disabled(self, user_id: str, disabled: bool) -> None:
         with _translate_errors():
             await self._storage.db.users.update_one({"_id": user_id}, {"$set": {"disabled": disabled}})
+
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        with _translate_errors():
+            await self._storage.db.users.update_one({"_id": user_id}, {"$set": {"admin": admin}})
 
 
 class MongoSessions(SessionRepository):

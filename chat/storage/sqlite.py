@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS users (
     username_lower TEXT NOT NULL UNIQUE,
     password_hash BLOB NOT NULL,
     created_at INTEGER NOT NULL,
-    disabled INTEGER NOT NULL DEFAULT 0
+    disabled INTEGER NOT NULL DEFAULT 0,
+    admin INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -139,6 +140,7 @@ CREATE TABLE IF NOT EXISTS messages (
 # Columns added after the first release, for databases created before them.
 ADDED_COLUMNS = (
     ("users", "disabled", "INTEGER NOT NULL DEFAULT 0"),
+    ("users", "admin", "INTEGER NOT NULL DEFAULT 0"),
     ("sessions", "idle_expires_at", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "last_rev", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "kind", "TEXT NOT NULL DEFAULT 'public'"),
@@ -190,6 +192,7 @@ def _user(row: sqlite3.Row) -> User:
         password_hash=bytes(row["password_hash"]),
         created_at=_from_ms(row["created_at"]),
         disabled=bool(row["disabled"]),
+        admin=bool(row["admin"]),
     )
 
 
@@ -352,6 +355,9 @@ class SQLiteUsers(UserRepository):
 
     async def set_disabled(self, user_id: str, disabled: bool) -> None:
         await self._db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        await self._db.execute("UPDATE users SET admin = ? WHERE id = ?", (int(admin), user_id))
 
 
 # A session is live while both its ends are ahead; a database from before idle

@@ -249,6 +249,32 @@ class RoomActionHandler(RoomHandler):
         self.redirect(f"/rooms/{room.id}")
 
 
+class AdminHandler(BaseHandler):
+    """``/admin``: a site administrator disables and enables accounts. Anyone else: 404, as for no page."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self._require_admin()
+        self.render_template("admin.html", error=None, done=None)
+
+    @tornado.web.authenticated
+    async def post(self, action: str) -> None:
+        self._require_admin()
+        username = self.form("username")["username"]
+        try:
+            done = await self.accounts.set_account_enabled(self.user, username, enabled=action == "enable")
+        except ValidationError as exc:
+            self.set_status(400)
+            self.render_template("admin.html", error=self.form_refusal(exc), done=None)
+            return
+        audit.event(f"admin_{action}", user=self.user.id, target=done.id, ip=self.client_ip)
+        self.render_template("admin.html", error=None, done=f"{done.username} is {action}d.")
+
+    def _require_admin(self) -> None:
+        if not self.user.admin:
+            raise tornado.web.HTTPError(404)
+
+
 class DirectHandler(BaseHandler):
     """``GET /dm/{username}``: the private conversation of the reader and that user."""
 

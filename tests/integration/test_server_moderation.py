@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from chat.protocol import Close
 from tests.support.client import Browser, RoomSocket
+from tests.support.server import ChatServer, ServerFactory
+from tests.support.storage import connected_storage
 
 
 async def room_with_people(
@@ -76,3 +79,41 @@ async def test_a_rename_and_a_topic_reach_the_room_live_and_the_rooms_page(new_b
     taken = await people["owner"].create_room("Taken name")
     clash = await people["owner"].post(f"/rooms/{taken}/rename", {"name": "the kitchen"})
     assert clash.code == 400 and "exists already" in clash.body.decode()
+
+
+async def make_admin(server: ChatServer, username: str) -> None:
+    async with connected_storage(server.database_url) as storage:
+        user = await storage.users.get_by_username(username)
+        assert user is not None
+        await storage.users.set_admin(user.id, True)
+
+
+async def test_a_site_administrator_moderates_any_room_and_disables_accounts(
+    server_factory: ServerFactory, open_browser: Callable[[str], Browser]
+) -> None:
+    # A server of its own: the administrator is named in storage, and users are cached for a while.
+    server = server_factory()
+    owner, member, admin = (open_browser(server.base_url) for _ in range(3))
+    await owner.register()
+    member_name = await member.register()
+    admin_name = await admin.register()
+    await make_admin(server, admin_name)
+    room_id = await owner.create_room()
+    sock = await member.socket(room_id)
+    hello, _ = await sock.join()
+    said = await sock.acked(await sock.send_message("spam spam spam"))
+
+    assert (await member.get("/admin")).code == 404  # to anyone else, no such page
+    assert (await admin.post(f"/rooms/{room_id}/topic", {"topic": "Moderated"})).code == 302
+    watcher = await admin.socket(room_id)
+    await watcher.join()
+    await watcher.send_json({"type": "delete", "id": said["id"], "client_id": "admin-1"})
+    assert (await watcher.skip_to("message_updated"))["message"]["deleted_at"]
+
+    page = await admin.post("/admin/disable", {"username": member_name})
+    assert page.code == 200 and f"{member_name} is disabled" in page.body.decode()
+    assert await sock.closed() == Close.SESSION_ENDED
+    assert (await admin.post("/admin/disable", {"username": admin_name})).code == 400  # never oneself
+    signed_out = await member.get(f"/rooms/{room_id}")
+    assert signed_out.code == 302 and signed_out.headers["Location"].startswith("/login")
+    assert hello["user"]["username"] == member_name

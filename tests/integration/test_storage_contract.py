@@ -264,6 +264,16 @@ async def test_a_password_can_be_replaced_and_an_account_disabled(storage: Stora
     assert found is not None and found.disabled is False
 
 
+async def test_a_user_is_made_and_unmade_a_site_administrator(storage: Storage, user: User) -> None:
+    assert user.admin is False
+    await storage.users.set_admin(user.id, True)
+    found = await storage.users.get(user.id)
+    assert found is not None and found.admin is True
+    await storage.users.set_admin(user.id, False)
+    found = await storage.users.get_by_username(user.username)
+    assert found is not None and found.admin is False
+
+
 # -- rooms -----------------------------------------------------------------
 
 
