@@ -156,13 +156,10 @@ class Memberships:
 
     async def rooms_of(self, user: User) -> list[tuple[Room, Membership]]:
         """The rooms ``user`` belongs to, with their membership, in the order joined."""
-        found: list[tuple[Room, Membership]] = []
-        for membership in await self._storage.memberships.rooms_of(user.id):
-            try:
-                found.append((await self._rooms.get(membership.room_id), membership))
-            except NotFound:
-                continue  # a membership outliving its room
-        return found
+        memberships = await self._storage.memberships.rooms_of(user.id)
+        rooms = await self._rooms.get_many([m.room_id for m in memberships])
+        # A membership outliving its room is left out.
+        return [(rooms[m.room_id], m) for m in memberships if m.room_id in rooms]
 
     async def _log(self, actor: User, room: Room, action: ModerationAction, target: str) -> None:
         await self._storage.moderation.add(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -89,6 +89,17 @@ class Rooms:
     def forget(self, room_id: str) -> None:
         """The room changed: read it again next time."""
         self._found.pop(room_id, None)
+
+    async def get_many(self, room_ids: Collection[str]) -> dict[str, Room]:
+        """The rooms among ``room_ids`` that exist, by id: the ones not remembered in one read."""
+        found = {room_id: room for room_id in room_ids if (room := self._found.get(room_id)) is not None}
+        missing = [room_id for room_id in room_ids if room_id not in found]
+        if missing:
+            read = await self._storage.rooms.get_many(missing)
+            for room_id, room in read.items():
+                self._found[room_id] = room
+            found.update(read)
+        return found
 
     async def get(self, room_id: str) -> Room:
         room = self._found.get(room_id)

@@ -111,6 +111,10 @@ class RoomRepository(abc.ABC):
     async def get(self, room_id: str) -> Room | None: ...
 
     @abc.abstractmethod
+    async def get_many(self, room_ids: Collection[str]) -> dict[str, Room]:
+        """The rooms among ``room_ids``, by id, in one query."""
+
+    @abc.abstractmethod
     async def get_by_name(self, name: str) -> Room | None:
         """Find a room by name, ignoring case."""
 

@@ -355,6 +355,13 @@ class MongoRooms(RoomRepository):
         doc = await self._storage.find_one("rooms", {"_id": room_id})
         return _room(doc) if doc else None
 
+    async def get_many(self, room_ids: Collection[str]) -> dict[str, Room]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        with _translate_errors():
+            return {doc["_id"]: _room(doc) async for doc in self._storage.db.rooms.find({"_id": {"$in": ids}})}
+
     async def get_by_name(self, name: str) -> Room | None:
         doc = await self._storage.find_one("rooms", {"name_lower": name.lower()})
         return _room(doc) if doc else None

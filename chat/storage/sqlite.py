@@ -492,6 +492,17 @@ class SQLiteRooms(RoomRepository):
         row = await self._db.fetchone("SELECT * FROM rooms WHERE id = ?", (room_id,))
         return _room(row) if row else None
 
+    async def get_many(self, room_ids: Collection[str]) -> dict[str, Room]:
+        ids = list(room_ids)
+        found: dict[str, Room] = {}
+        for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
+            chunk = ids[start : start + 500]
+            rows = await self._db.fetchall(
+                f"SELECT * FROM rooms WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk)
+            )
+            found.update((row["id"], _room(row)) for row in rows)
+        return found
+
     async def get_by_name(self, name: str) -> Room | None:
         row = await self._db.fetchone("SELECT * FROM rooms WHERE name_lower = ?", (name.lower(),))
         return _room(row) if row else None

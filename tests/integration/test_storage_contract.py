@@ -318,6 +318,15 @@ async def test_a_room_name_taken_in_another_case_raises_conflict(storage: Storag
     assert len(await storage.rooms.list()) == 1
 
 
+async def test_many_rooms_are_read_by_id_in_one_query(storage: Storage, user: User) -> None:
+    rooms = [await storage.rooms.add(f"room {i}", user) for i in range(3)]
+
+    found = await storage.rooms.get_many([rooms[0].id, rooms[2].id, "0" * 24])
+
+    assert found == {rooms[0].id: rooms[0], rooms[2].id: rooms[2]}
+    assert await storage.rooms.get_many([]) == {}
+
+
 async def test_private_rooms_and_dms_are_never_listed_but_found_by_id_and_name(storage: Storage, user: User) -> None:
     public = await storage.rooms.add("town square", user)
     private = await storage.rooms.add("the back room", user, RoomKind.PRIVATE)
