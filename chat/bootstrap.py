@@ -197,7 +197,7 @@ def build_services(
     async def announce_removal(room_id: str, user_id: str) -> None:
         await fanout.publish_control(room_id, member_removed_event(user_id))
 
-    memberships = Memberships(storage, rooms, announce_removal)
+    memberships = Memberships(storage, rooms, announce_removal, fanout.publish_ephemeral)
     moderation = Moderation(storage, rooms, messages, fanout)
 
     async def publish_to_user(user_id: str, event: str) -> None:

@@ -464,6 +464,11 @@ def typing_frame(user: User) -> str:
     return _dumps({"type": "typing", "user": user.public()})
 
 
+def membership_frame(change: str, user_id: str, username: str) -> str:
+    """Someone ``joined``, ``left``, or was ``removed`` or ``banned`` from the room."""
+    return _dumps({"type": "membership", "change": change, "user": {"id": user_id, "username": username}})
+
+
 def room_updated_frame(room: Room) -> str:
     """The room was renamed or given a topic."""
     return _dumps({"type": "room_updated", "room": {"id": room.id, "name": room.name, "topic": room.topic}})

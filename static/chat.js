@@ -186,6 +186,23 @@ class MessageList {
     return true;
   }
 
+  /** A line about the room itself ("bob joined"): shown where it happened, never stored. */
+  addNote(text) {
+    const li = document.createElement("li");
+    li.className = "note";
+    li.setAttribute("role", "status");
+    const day = document.createElement("p");
+    day.className = "day";
+    day.hidden = true;
+    const time = document.createElement("time");
+    time.dateTime = new Date().toISOString();
+    time.textContent = formatTime(time.dateTime);
+    li.append(day, time, ` ${text}`);
+    this.#list.insertBefore(li, this.#pending.values().next().value ?? null);
+    this.#layout(li);
+    this.#empty.hidden = true;
+  }
+
   /** A newer version of a message (edited, deleted): redraw it if shown, else keep it for when it is. */
   update(message) {
     const li = this.#bySeq.get(message.seq);
@@ -814,6 +831,11 @@ function main() {
       case "room_updated":
         showRoom(frame.room);
         break;
+      case "membership": {
+        const said = { joined: "joined the room", left: "left the room", removed: "was removed", banned: "was banned" };
+        if (said[frame.change]) messages.addNote(`${frame.user.username} ${said[frame.change]}`);
+        break;
+      }
       case "presence":
         renderPresence(presence, frame.users);
         break;

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
+from ..protocol import membership_frame
 from ..storage import Storage
 from .rooms import Rooms
 
@@ -28,6 +29,8 @@ DM_PREFIX = "dm:"
 MANAGERS = frozenset({Role.OWNER, Role.MODERATOR})
 
 AnnounceRemoval = Callable[[str, str], Awaitable[None]]
+# Send a frame to every socket of a room (room id, frame text).
+TellRoom = Callable[[str, str], Awaitable[None]]
 RoomsChanged = Callable[[str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,22 @@ def dm_name(first: User, second: User) -> str:
 
 
 class Memberships:
-    def __init__(self, storage: Storage, rooms: Rooms, announce_removal: AnnounceRemoval) -> None:
+    def __init__(self, storage: Storage, rooms: Rooms, announce_removal: AnnounceRemoval, tell_room: TellRoom) -> None:
         self._storage = storage
         self._rooms = rooms
         self._announce_removal = announce_removal
+        self._tell_room = tell_room
         self._rooms_changed: list[RoomsChanged] = []
+
+    async def _told(self, room: Room, change: str, user_id: str, username: str | None = None) -> None:
+        """Tell the room's sockets that someone joined, left, or was removed or banned."""
+        if username is None:
+            user = await self._storage.users.get(user_id)
+            username = user.username if user else "someone"
+        try:
+            await self._tell_room(room.id, membership_frame(change, user_id, username))
+        except Unavailable as exc:
+            log.info("telling room %s of a membership change failed: %s", room.id, exc)
 
     def on_rooms_changed(self, callback: RoomsChanged) -> None:
         """Call ``callback(user_id)`` whenever someone joins or leaves a room (their sidebar changes)."""
@@ -87,6 +101,7 @@ class Memberships:
             return existing
         membership = await self._storage.memberships.add(room.id, user)
         await self._changed(user.id)
+        await self._told(room, "joined", user.id, user.username)
         return membership
 
     async def leave(self, user: User, room: Room) -> None:
@@ -95,6 +110,7 @@ class Memberships:
         if await self._storage.memberships.remove(room.id, user.id):
             await self._announce_removal(room.id, user.id)
             await self._changed(user.id)
+            await self._told(room, "left", user.id, user.username)
 
     async def invite(self, inviter: User, room: Room, username: str) -> Membership:
         """Add ``username`` to a room ``inviter`` belongs to."""
@@ -109,6 +125,7 @@ class Memberships:
             raise ValidationError(f"{invited.username} is banned from this room.", field="username")
         membership = await self._storage.memberships.add(room.id, invited)
         await self._changed(invited.id)
+        await self._told(room, "joined", invited.id, invited.username)
         return membership
 
     async def remove(self, actor: User, room: Room, user_id: str) -> None:
@@ -118,6 +135,7 @@ class Memberships:
             await self._log(actor, room, ModerationAction.REMOVE_MEMBER, user_id)
             await self._announce_removal(room.id, user_id)
             await self._changed(user_id)
+            await self._told(room, "removed", user_id)
 
     async def ban(self, actor: User, room: Room, user_id: str) -> None:
         """Remove ``user_id`` and keep them out (of a public room too)."""
@@ -128,6 +146,7 @@ class Memberships:
         # Announced even if they were not a member: a public room's readers need not be.
         await self._announce_removal(room.id, user_id)
         await self._changed(user_id)
+        await self._told(room, "banned", user_id)
 
     async def direct(self, user: User, other_username: str) -> Room:
         """The DM of ``user`` and the named user, made on first use."""

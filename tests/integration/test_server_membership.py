@@ -59,6 +59,41 @@ async def test_a_private_rooms_socket_refuses_an_outsider_so_history_fetch_and_s
     assert await handshake_status(owner, room_id) == 101
 
 
+async def outsider_in_a_public_room(new_browser: Callable[[], Browser]) -> tuple[RoomSocket, str]:
+    """An outsider's socket in a public room, and a private room (with messages) they are not in."""
+    owner, _, outsider, _ = await three_people(new_browser)
+    private_id = await owner.create_room(private=True)
+    sock = await owner.socket(private_id)
+    await sock.join()
+    for i in range(3):
+        await sock.acked(await sock.send_message(f"secret {i}"))
+    public_id = await owner.create_room()
+    theirs = await outsider.socket(public_id)
+    await theirs.join()
+    return theirs, private_id
+
+
+async def test_fetch_cannot_reach_a_private_room_from_another_rooms_socket(new_browser: Callable[[], Browser]) -> None:
+    sock, private_id = await outsider_in_a_public_room(new_browser)
+
+    # A frame names no room: a socket only ever reads its own, and a room field is refused.
+    await sock.send_json({"type": "fetch", "before": 4, "room_id": private_id, "client_id": "peek"})
+    refused = await sock.skip_to("error")
+    assert (refused["code"], refused["client_id"]) == ("bad_request", "peek")
+    await sock.send_json({"type": "fetch", "before": 4})
+    assert (await sock.skip_to("history"))["messages"] == []
+
+
+async def test_sync_cannot_reach_a_private_room_from_another_rooms_socket(new_browser: Callable[[], Browser]) -> None:
+    sock, private_id = await outsider_in_a_public_room(new_browser)
+
+    await sock.send_json({"type": "sync", "since": 0, "room_id": private_id, "client_id": "peek"})
+    refused = await sock.skip_to("error")
+    assert (refused["code"], refused["client_id"]) == ("bad_request", "peek")
+    await sock.send_json({"type": "sync", "since": 0})
+    assert (await sock.skip_to("history"))["messages"] == []
+
+
 async def test_an_invited_member_reads_and_speaks_and_a_removed_one_is_closed_out_at_once(
     new_browser: Callable[[], Browser],
 ) -> None:
@@ -104,13 +139,19 @@ async def test_only_members_invite_and_only_the_owner_or_a_moderator_removes(
 async def test_a_banned_user_is_closed_out_of_a_public_room_and_kept_out(new_browser: Callable[[], Browser]) -> None:
     owner, troll, _, _ = await three_people(new_browser)
     room_id = await owner.create_room()
+    watcher = await owner.socket(room_id)
+    await watcher.join()
     sock = await troll.socket(room_id)
     hello, _ = await sock.join()
     await sock.acked(await sock.send_message("first!"))  # speaking joined the room
+    joined = await watcher.skip_to("membership")
+    assert (joined["change"], joined["user"]) == ("joined", hello["user"])
 
     assert (await owner.post(f"/rooms/{room_id}/ban", {"user_id": hello["user"]["id"]})).code == 302
 
     assert await sock.closed() == Close.REMOVED
+    banned = await watcher.skip_to("membership")
+    assert (banned["change"], banned["user"]) == ("banned", hello["user"])
     assert await status_of(troll, f"/rooms/{room_id}") == 403
     assert await handshake_status(troll, room_id) == 403
     assert (await troll.post(f"/rooms/{room_id}/join", {})).code == 403
