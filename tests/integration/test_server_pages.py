@@ -206,13 +206,15 @@ async def test_a_freshly_resigned_genuine_token_is_accepted(browser: Browser) ->
     assert (await copy.get("/rooms")).code == 200
 
 
-async def test_rooms_are_listed_with_creator_and_time_and_creation_redirects_to_the_room(browser: Browser) -> None:
+async def test_rooms_are_listed_with_members_activity_and_creator_and_creation_opens_the_room(browser: Browser) -> None:
     username = await browser.register()
     name = f"Lobby {uuid.uuid4().hex[:6]}"
     room_id = await browser.create_room(name)
     page = text(await browser.get("/rooms"))
+    # Name, members (the creator), no message yet, and when and by whom it was created.
     row = re.search(
-        rf'<a href="/rooms/{room_id}">{re.escape(name)}</a></td>\s*<td>{username}</td>\s*<td><time datetime="([^"]+)"',
+        rf'<a href="/rooms/{room_id}">{re.escape(name)}</a></td>\s*<td>1</td>\s*<td><span class="muted">none yet</span>'
+        rf'</td>\s*<td><time datetime="([^"]+)" data-local>[^<]*</time> <span class="muted">by {username}</span>',
         page,
     )
     assert row, page
