@@ -107,6 +107,8 @@ class Memberships:
     async def leave(self, user: User, room: Room) -> None:
         if room.kind is RoomKind.DIRECT:
             raise ValidationError("A direct conversation cannot be left.")
+        if room.creator_id == user.id:
+            raise ValidationError("The owner keeps the room: name a moderator, or ask an administrator.")
         if await self._storage.memberships.remove(room.id, user.id):
             await self._announce_removal(room.id, user.id)
             await self._changed(user.id)

@@ -264,3 +264,20 @@ async def test_unread_and_mention_counts_follow_messages_markers_and_a_restart(
     bob.close_sockets()
     after = await badges_of(await bob.events())
     assert (after[room_id]["unread"], after[room_id]["mentions"], after[room_id]["last_seq"]) == (1, 1, 4)
+
+
+async def test_a_member_leaves_and_is_closed_out_but_the_owner_keeps_the_room(
+    new_browser: Callable[[], Browser],
+) -> None:
+    owner, guest, _, names = await three_people(new_browser)
+    room_id = await owner.create_room(private=True)
+    await owner.post(f"/rooms/{room_id}/invite", {"username": names[1]})
+    sock = await guest.socket(room_id)
+    await sock.join()
+
+    left = await guest.post(f"/rooms/{room_id}/leave", {})
+    assert left.code == 302 and left.headers["Location"] == "/rooms"
+    assert await sock.closed() == Close.REMOVED
+    assert await status_of(guest, f"/rooms/{room_id}") == 404
+    refused = await owner.post(f"/rooms/{room_id}/leave", {})
+    assert refused.code == 400 and "owner keeps the room" in refused.body.decode()
