@@ -64,22 +64,27 @@ async def handshake_status(browser: Browser, room_id: str, **kwargs: Any) -> int
     return 101
 
 
-class RoomSocket:
-    """A room socket whose reads skip ``presence`` frames unless asked for them.
+# Frames about who is in the room, not about its messages: they arrive whenever
+# anyone comes or goes, so reads about messages pass them by.
+NOTICES = frozenset({"presence", "membership"})
 
-    Presence frames arrive whenever anyone joins or leaves, so tests about
-    messages read past them, and tests about presence read only them.
+
+class RoomSocket:
+    """A room socket whose reads skip notices (``presence``, ``membership``) unless asked for them.
+
+    Notices arrive whenever anyone joins or leaves, so tests about messages
+    read past them, and tests about presence or membership read only those.
     """
 
     def __init__(self, conn: WebSocketClientConnection) -> None:
         self.conn = conn
         self._buffer: list[dict[str, Any]] = []
 
-    async def _next(self, want_presence: bool, timeout: float) -> dict[str, Any]:
+    async def _next(self, wanted: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             for index, frame in enumerate(self._buffer):
-                if (frame["type"] == "presence") == want_presence:
+                if wanted(frame):
                     return self._buffer.pop(index)
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -90,22 +95,24 @@ class RoomSocket:
             self._buffer.append(json.loads(raw))
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The next frame that is not a presence frame."""
-        return await self._next(False, timeout)
+        """The next frame that is not a notice."""
+        return await self._next(lambda frame: frame["type"] not in NOTICES, timeout)
 
     async def recv_presence(self, timeout: float = 10.0) -> list[str]:
         """The usernames in the next presence frame."""
-        frame = await self._next(True, timeout)
+        frame = await self._next(lambda frame: frame["type"] == "presence", timeout)
         return [user["username"] for user in frame["users"]]
 
     async def recv_type(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        """The next (non-presence) frame, which must be of ``kind``."""
+        """The next frame that is not a notice, which must be of ``kind``."""
         frame = await self.recv(timeout)
         assert frame["type"] == kind, frame
         return frame
 
     async def skip_to(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Read (and drop) frames until one of ``kind``; return it."""
+        """Read (and drop) frames until one of ``kind`` (a notice too, if asked for); return it."""
+        if kind in NOTICES:
+            return await self._next(lambda frame: frame["type"] == kind, timeout)
         while True:
             frame = await self.recv(timeout)
             if frame["type"] == kind:
