@@ -36,6 +36,20 @@ RoomsChanged = Callable[[str], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 
+def can_moderate(user: User, room: Room, membership: Membership | None) -> bool:
+    """Whether ``user`` (a member as ``membership`` says, or not one) may moderate ``room``."""
+    if room.kind is RoomKind.DIRECT:
+        return False
+    return room.creator_id == user.id or user.admin or (membership is not None and membership.role in MANAGERS)
+
+
+async def record_moderation(
+    storage: Storage, actor: User, room: Room, action: ModerationAction, target: str = "", detail: str = ""
+) -> None:
+    """Store one moderation action in the room's log, with who did it and when."""
+    await storage.moderation.add(ModerationEntry(room.id, actor.id, actor.username, action, target, detail, utcnow()))
+
+
 def dm_name(first: User, second: User) -> str:
     low, high = sorted((first.id, second.id))
     return f"{DM_PREFIX}{low}:{high}"
@@ -183,17 +197,12 @@ class Memberships:
         return [(rooms[m.room_id], m) for m in memberships if m.room_id in rooms]
 
     async def _log(self, actor: User, room: Room, action: ModerationAction, target: str) -> None:
-        await self._storage.moderation.add(
-            ModerationEntry(room.id, actor.id, actor.username, action, target, "", utcnow())
-        )
+        await record_moderation(self._storage, actor, room, action, target)
 
     async def _require_manager(self, actor: User, room: Room, user_id: str) -> None:
         if room.kind is RoomKind.DIRECT:
             raise ValidationError("Nobody manages a direct conversation.")
         if user_id == room.creator_id or user_id == actor.id:
             raise Forbidden("The owner cannot be removed, and nobody removes themselves (leave instead).")
-        if actor.admin:
-            return
-        mine = await self._storage.memberships.get(room.id, actor.id)
-        if room.creator_id != actor.id and (mine is None or mine.role not in MANAGERS):
+        if not can_moderate(actor, room, await self._storage.memberships.get(room.id, actor.id)):
             raise Forbidden("Only the room's owner and moderators may do that.")

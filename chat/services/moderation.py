@@ -15,11 +15,11 @@ import json
 import logging
 
 from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
-from ..models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
+from ..models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, User
 from ..protocol import room_updated_frame
 from ..storage import Storage
 from .fanout import Fanout
-from .membership import MANAGERS
+from .membership import can_moderate, record_moderation
 from .messages import Messages
 from .rooms import Rooms, clean_room_name, clean_topic
 
@@ -39,12 +39,7 @@ class Moderation:
         await self._fanout.watch(ROOMS_CHANNEL, self._heard)
 
     async def may_moderate(self, user: User, room: Room) -> bool:
-        if room.kind is RoomKind.DIRECT:
-            return False
-        if room.creator_id == user.id or user.admin:
-            return True
-        membership = await self._storage.memberships.get(room.id, user.id)
-        return membership is not None and membership.role in MANAGERS
+        return can_moderate(user, room, await self._storage.memberships.get(room.id, user.id))
 
     async def delete_message(self, actor: User, room: Room, message_id: str) -> Message:
         """Delete anyone's message in the room."""
@@ -101,9 +96,7 @@ class Moderation:
         return room
 
     async def _log(self, actor: User, room: Room, action: ModerationAction, target: str = "", detail: str = "") -> None:
-        await self._storage.moderation.add(
-            ModerationEntry(room.id, actor.id, actor.username, action, target, detail, utcnow())
-        )
+        await record_moderation(self._storage, actor, room, action, target, detail)
 
     def _heard(self, payload: str) -> None:
         try:

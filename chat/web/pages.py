@@ -10,6 +10,7 @@ from ..errors import RateLimited, Unavailable, ValidationError
 from ..models import Membership, Role, Room, RoomKind, User
 from ..protocol import has_control_characters
 from ..services import audit
+from ..services.membership import can_moderate
 from .base import AppHandler, BaseHandler
 from .forms import MAX_FIELD_LENGTH, read_seq
 
@@ -182,7 +183,8 @@ class RoomHandler(BaseHandler):
         online = await self.presence.online(room.id)
         membership = await self.memberships.membership(self.user, room)
         members = await self.memberships.members(room)
-        moderator = await self.services.moderation.may_moderate(self.user, room)
+        # The membership just read decides too: no second read of it.
+        moderator = can_moderate(self.user, room, membership)
         moderation_log = await self.services.moderation.log(room) if moderator else []
         last_seq = messages[-1].seq if messages else 0
         self.set_status(status)
