@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FERRETDB_BIN ?= .cache/bin/ferretdb
+NPM ?= npm
+NODE_DEPS := node_modules/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --targets chat,baseline --room-sizes 10,100,1000 --window 8
 
-.PHONY: help run test lint format venv test-venv ferretdb bench clean
+.PHONY: help run test lint format venv test-venv node-deps ferretdb bench clean
 
 help:
 	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
@@ -15,6 +17,7 @@ help:
 	@echo "make lint      ruff (lint and format check) and mypy --strict; CI runs it before the tests"
 	@echo "make format    reformat the code with ruff"
 	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
+	@echo "make node-deps install the test suite's npm packages (axe-core for the accessibility tests; needs npm)"
 	@echo "make cluster   start the process group under supervisord behind nginx (MongoDB + Redis)"
 	@echo "make cluster-stop, make cluster-ctl ARGS=status   stop it, or talk to supervisorctl"
 	@echo "make soak      run the soak test (faults + report); SOAK_ARGS=\"--seconds 300\" to change it"
@@ -32,8 +35,14 @@ $(VENV)/.test-deps: $(VENV)/.run-deps requirements-test.txt requirements-bench.t
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	@touch $@
 
+# The JavaScript the browser tests inject (axe-core), pinned by package-lock.json.
+$(NODE_DEPS): package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund --silent
+	@touch $@
+
 venv: $(VENV)/.run-deps
 test-venv: $(VENV)/.test-deps
+node-deps: $(NODE_DEPS)
 
 run: venv
 	@$(PY) -m chat.tools.secret --ensure .env
@@ -50,6 +59,11 @@ test: test-venv
 	else \
 		echo "Go is not installed: the MongoDB-backend tests will be skipped (under CI=true they fail)."; \
 	fi
+	@if command -v $(NPM) >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory node-deps; \
+	else \
+		echo "npm is not installed: the accessibility tests will be skipped (under CI=true they fail)."; \
+	fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: test-venv
@@ -65,7 +79,7 @@ format: test-venv
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache data var test-artifacts
+	rm -rf $(VENV) .cache .pytest_cache data var test-artifacts node_modules
 
 # -- distributed mode: supervisord runs the process group, nginx balances it ---
 # Needs CHAT_DATABASE_URL=mongodb://... and CHAT_BROKER_URL=redis://... (in .env

@@ -46,6 +46,7 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (r"/rooms", pages.RoomsHandler),
         (rf"/rooms/{ROOM_ID}", pages.RoomHandler),
         (rf"/rooms/{ROOM_ID}/ws", RoomSocketHandler),
+        (rf"/rooms/{ROOM_ID}/access", pages.RoomAccessHandler),
         (rf"/rooms/{ROOM_ID}/(join|leave|invite|remove|ban|topic|rename|role)", pages.RoomActionHandler),
         (rf"/dm/{USERNAME}", pages.DirectHandler),
         (r"/events/ws", UserEventsHandler),

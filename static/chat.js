@@ -13,7 +13,9 @@
 // chat/web/rendering.py: client_config), never from copies kept here.
 
 const BACKOFF_BASE_MS = 500;
-const BACKOFF_MAX_MS = 30000;
+// Short enough that a reader never waits long once the server is back (the
+// banner also offers "Reconnect now"); full jitter spreads a restart's herd.
+const BACKOFF_MAX_MS = 10000;
 const OFFLINE_AFTER_ATTEMPTS = 6;
 // Retrying a refused send: the server's retry_after when it gives one.
 const RETRY_FALLBACK_MS = 2000;
@@ -30,6 +32,14 @@ const OLDER_ID_PREFIX = "older-";
 const REVISION_ID_PREFIX = "revise-";
 // Revisions of messages not shown yet (they may come later) kept at most.
 const MAX_EARLY_UPDATES = 1000;
+// What a pending message says while it is on its way, and while it cannot be.
+const SENDING = "Sending…";
+const WAITING = "Waiting for the connection…";
+const SESSION_ENDED_REASON = "your session ended; it is sent when you sign in again";
+// New messages read out by the live region: at most this many characters each,
+// and this many kept in it.
+const ANNOUNCE_MAX_CHARS = 200;
+const ANNOUNCE_KEEP = 5;
 
 function newClientId() {
   // randomUUID only exists in secure contexts; a page served over plain http
@@ -190,7 +200,6 @@ class MessageList {
   addNote(text) {
     const li = document.createElement("li");
     li.className = "note";
-    li.setAttribute("role", "status");
     const day = document.createElement("p");
     day.className = "day";
     day.hidden = true;
@@ -222,14 +231,43 @@ class MessageList {
   }
 
   /** Show an own message not yet stored, at the end; returns its element. */
-  addPending(message) {
+  addPending(message, status = SENDING) {
     const li = this.#render({ ...message, user_id: this.#userId }, true);
     li.dataset.sentAt = Date.now();
+    this.#setStatus(li, status);
     this.#list.appendChild(li);
     this.#layout(li);
     this.#pending.add(li);
     this.#empty.hidden = true;
     return li;
+  }
+
+  /** What every pending message says: on its way, or waiting for the connection. */
+  setPendingStatus(status) {
+    for (const li of this.#pending) this.#setStatus(li, status);
+  }
+
+  /** A failed message sent again: pending once more, at the end of the list. */
+  retry(li, status = SENDING) {
+    li.classList.remove("failed");
+    li.classList.add("pending");
+    li.querySelector(".retry").hidden = true;
+    li.removeAttribute("data-state");
+    this.#setStatus(li, status);
+    const next = li.nextElementSibling;
+    this.#list.appendChild(li);
+    this.#layout(next);
+    this.#layout(li);
+    this.#pending.add(li);
+  }
+
+  /** Take a failed message out of the list for good. */
+  discard(li) {
+    this.#pending.delete(li);
+    const next = li.nextElementSibling;
+    li.remove();
+    this.#layout(next);
+    this.#empty.hidden = this.#list.children.length > 0;
   }
 
   /** Remove a pending element: its stored version is about to be added. */
@@ -240,12 +278,24 @@ class MessageList {
     this.#layout(next);
   }
 
-  /** Keep a refused message in view, marked failed, with the reason on hover. */
-  markFailed(li, reason) {
+  /**
+   * Keep a refused message in view, marked failed with the reason in words.
+   * ``retryable``: it offers Retry and Discard (not when nothing can send it
+   * from this page, e.g. the session ended).
+   */
+  markFailed(li, reason, retryable = true) {
     this.#pending.delete(li);
     li.classList.remove("pending");
     li.classList.add("failed");
-    li.title = reason;
+    li.dataset.state = "failed";
+    this.#setStatus(li, `Not sent: ${reason}`);
+    li.querySelector(".retry").hidden = !retryable;
+  }
+
+  #setStatus(li, text) {
+    const status = li.querySelector(".status");
+    status.textContent = text;
+    status.hidden = !text;
   }
 
   /** The server renders times, days and grouping in UTC; redo them in the reader's time zone. */
@@ -276,15 +326,17 @@ class MessageList {
     li.dataset.rev = message.rev || 0;
     li.dataset.clientId = message.client_id;
     li.querySelector(".author").textContent = message.username;
+    li.querySelector(".author").title = message.username;
     const time = li.querySelector("time");
     if (message.created_at) {
       time.dateTime = message.created_at;
       time.textContent = formatTime(message.created_at);
       time.title = formatFull(message.created_at);
-    } else {
-      time.textContent = "sending…";
     }
     const deleted = Boolean(message.deleted_at);
+    // The reader's own message, stored: sent.
+    li.querySelector(".sent-mark").hidden = message.seq === undefined || message.user_id !== this.#userId;
+    if (message.seq !== undefined) this.#setStatus(li, "");
     li.classList.toggle("deleted", deleted);
     const edited = li.querySelector(".edited");
     edited.hidden = !message.edited_at || deleted;
@@ -371,6 +423,11 @@ class Outbox {
     return entry;
   }
 
+  /** The entry of ``clientId``, left in the outbox (undefined if none). */
+  peek(clientId) {
+    return this.#entries.get(clientId);
+  }
+
   /** [client_id, body] pairs, in the order they were written. */
   unsent() {
     return [...this.#entries].map(([clientId, entry]) => [clientId, entry.body]);
@@ -447,40 +504,57 @@ class RevisionCursor {
 }
 
 /**
- * The room socket: connects, reconnects with backoff, reports its state
- * ("connected", "reconnecting" or "offline") and hands on parsed frames.
+ * The room socket: connects, reconnects with backoff, reports its state and
+ * hands on parsed frames.
+ *
+ * States: "connecting" (the first attempt), "connected" (hello received),
+ * "reconnecting" (waiting to try again; the detail says when), "offline"
+ * (many attempts failed, or the browser says it is offline), and two that
+ * end it: "session-ended" and "removed".
+ *
+ * A browser does not say why a handshake was refused, so when a socket
+ * closes before hello the connection asks the server's access probe
+ * (GET /rooms/{id}/access): 401 means the session ended (signed out, or
+ * Back after signing out), 404 or 403 that this room is gone for the
+ * reader; anything else, or no answer, is an outage to ride out.
  */
 class RoomConnection {
   #url;
+  #accessUrl;
   #sessionEndedCode;
   #removedCode;
-  #onRemoved;
   #onFrame;
   #onState;
-  #onSessionEnded;
   #socket = null;
   #attempt = 0;
   #reconnectTimer = null;
   #stopped = false;
+  #state = null;
 
   /**
    * @param {object} options
    * @param {() => string} options.url called on every connect, so it resumes from the latest seq
+   * @param {string} options.accessUrl the probe that says why a handshake failed
    * @param {number} options.sessionEndedCode the close code after which reconnecting is pointless
    * @param {number} options.removedCode the close code for "no longer a member of this room" (likewise)
+   * @param {(frame: object) => void} options.onFrame
+   * @param {(state: string, detail: object) => void} options.onState
    */
-  constructor({ url, sessionEndedCode, removedCode, onFrame, onState, onSessionEnded, onRemoved }) {
+  constructor({ url, accessUrl, sessionEndedCode, removedCode, onFrame, onState }) {
     this.#url = url;
+    this.#accessUrl = accessUrl;
     this.#sessionEndedCode = sessionEndedCode;
     this.#removedCode = removedCode;
-    this.#onRemoved = onRemoved;
     this.#onFrame = onFrame;
     this.#onState = onState;
-    this.#onSessionEnded = onSessionEnded;
+  }
+
+  get state() {
+    return this.#state;
   }
 
   start() {
-    this.#onState("reconnecting");
+    this.#setState("connecting");
     this.#connect();
   }
 
@@ -498,18 +572,31 @@ class RoomConnection {
     if (this.#socket) this.#socket.close();
   }
 
-  /** The network is back: skip the backoff wait. */
+  /** Try now rather than after the backoff (the network is back, the tab is shown, the reader asked). */
   reconnectNow() {
     if (this.#socket || this.#stopped) return;
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
     this.#attempt = 0;
+    this.#setState("reconnecting", { retryAt: null });
     this.#connect();
+  }
+
+  #setState(state, detail = {}) {
+    this.#state = state;
+    this.#onState(state, detail);
+  }
+
+  #end(state) {
+    this.#stopped = true;
+    clearTimeout(this.#reconnectTimer);
+    this.#setState(state);
   }
 
   #connect() {
     const socket = new WebSocket(this.#url());
     this.#socket = socket;
+    let greeted = false;
     socket.onmessage = (event) => {
       let frame;
       try {
@@ -521,40 +608,53 @@ class RoomConnection {
       // may accept the socket and close it at once (1013, the room could not
       // be loaded), and that must keep backing off.
       if (frame.type === "hello") {
+        greeted = true;
         this.#attempt = 0;
-        this.#onState("connected");
+        this.#setState("connected");
       }
       this.#onFrame(frame);
     };
     socket.onclose = (event) => {
-      this.#socket = null;
-      if (event.code === this.#sessionEndedCode) {
-        this.#stopped = true;
-        this.#onState("offline");
-        this.#onSessionEnded();
-        return;
+      if (this.#socket === socket) this.#socket = null;
+      if (this.#stopped) return;
+      if (event.code === this.#sessionEndedCode) this.#end("session-ended");
+      else if (event.code === this.#removedCode) this.#end("removed");
+      else if (greeted) this.#scheduleReconnect();
+      else {
+        this.#whyRefused().then((ended) => {
+          if (ended) this.#end(ended);
+          else if (!this.#socket) this.#scheduleReconnect(); // unless a new attempt is under way
+        });
       }
-      if (event.code === this.#removedCode) {
-        this.#stopped = true;
-        this.#onState("offline");
-        this.#onRemoved();
-        return;
-      }
-      this.#scheduleReconnect();
     };
+  }
+
+  // Why a socket closed before hello: "session-ended", "removed", or null to keep trying.
+  async #whyRefused() {
+    try {
+      const answer = await fetch(this.#accessUrl, { cache: "no-store", credentials: "same-origin" });
+      if (answer.status === 401) return "session-ended";
+      if (answer.status === 403 || answer.status === 404) return "removed";
+    } catch {
+      // The server is not answering at all: an outage, keep trying.
+    }
+    return null;
   }
 
   #scheduleReconnect() {
     if (this.#stopped || this.#reconnectTimer) return;
     this.#attempt += 1;
-    this.#onState(this.#attempt > OFFLINE_AFTER_ATTEMPTS || !navigator.onLine ? "offline" : "reconnecting");
     // Exponential backoff with full jitter, so a restarted server is not hit
     // by every client at the same instant.
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (this.#attempt - 1));
+    const delay = Math.random() * ceiling;
+    const offline = this.#attempt > OFFLINE_AFTER_ATTEMPTS || !navigator.onLine;
+    this.#setState(offline ? "offline" : "reconnecting", { retryAt: Date.now() + delay });
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null;
+      this.#setState(this.#state, { retryAt: null }); // trying now
       this.#connect();
-    }, Math.random() * ceiling);
+    }, delay);
   }
 }
 
@@ -564,6 +664,7 @@ function renderPresence(list, users) {
     const li = document.createElement("li");
     li.dataset.userId = user.id;
     li.textContent = user.username;
+    li.title = user.username; // cut short with an ellipsis when long
     return li;
   }));
 }
@@ -592,10 +693,80 @@ function main() {
   );
   const outbox = new Outbox((clientId, body) => connection.send({ type: "send", client_id: clientId, body }));
 
-  function showState(state) {
-    stateBadge.textContent = state;
-    stateBadge.className = "state state-" + state;
+  // The connection's state, where nobody can miss it: the banner in the dock
+  // (fixed to the viewport) for anything but connected, and the small badge
+  // in the room header.
+  const banner = document.getElementById("banner");
+  const bannerText = document.getElementById("banner-text");
+  const reconnectButton = document.getElementById("reconnect-now");
+  const signInLink = document.getElementById("sign-in-again");
+  const presenceBox = document.getElementById("presence-box");
+  const presenceStale = document.getElementById("presence-stale");
+  const BADGE_TEXT = {
+    connecting: "connecting",
+    connected: "connected",
+    reconnecting: "reconnecting",
+    offline: "offline",
+    "session-ended": "signed out",
+    removed: "no access",
+  };
+  let countdown = null;
+
+  function bannerMessage(state, retryAt) {
+    const inSeconds = retryAt ? Math.max(1, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
+    const when = inSeconds ? `Trying again in ${inSeconds} s.` : "Trying now…";
+    switch (state) {
+      case "reconnecting":
+        return `Connection lost. ${when} Messages you write are kept and sent once it is back.`;
+      case "offline":
+        return `You are offline. ${when} Messages you write are kept and sent once the connection is back.`;
+      case "session-ended":
+        return "Your session has ended, so nothing more can be sent from this page. What you wrote is kept: sign in again to send it.";
+      case "removed":
+        return "You are no longer a member of this room, or it no longer exists.";
+      default:
+        return "";
+    }
+  }
+
+  function showState(state, { retryAt = null } = {}) {
+    stateBadge.textContent = BADGE_TEXT[state] ?? state;
+    stateBadge.className = `state state-${state}`;
     root.dataset.state = state;
+    const live = state === "connected";
+    // The first attempt of a page load is quick: no banner unless it fails.
+    banner.hidden = live || state === "connecting";
+    banner.dataset.state = state;
+    clearInterval(countdown);
+    const paint = () => {
+      bannerText.textContent = bannerMessage(state, retryAt);
+    };
+    paint();
+    if (retryAt) countdown = setInterval(paint, 1000);
+    reconnectButton.hidden = !(state === "reconnecting" || state === "offline");
+    signInLink.hidden = state !== "session-ended";
+    if (state === "removed") {
+      const rooms = document.createElement("a");
+      rooms.href = "/rooms";
+      rooms.textContent = "See all rooms";
+      bannerText.append(" ", rooms);
+    }
+    // Who is online is only known while connected; hello brings a fresh list.
+    presenceBox.toggleAttribute("data-stale", !live && state !== "connecting");
+    presenceStale.hidden = !presenceBox.hasAttribute("data-stale");
+    if (state === "session-ended" || state === "removed") endOfPage(state);
+    else messages.setPendingStatus(live || state === "connecting" ? SENDING : WAITING);
+  }
+
+  reconnectButton.addEventListener("click", () => connection.reconnectNow());
+
+  // New messages of others, read out one by one by a polite live region.
+  const announcer = document.getElementById("announcer");
+  function announce(text) {
+    const line = document.createElement("p");
+    line.textContent = text.length > ANNOUNCE_MAX_CHARS ? `${text.slice(0, ANNOUNCE_MAX_CHARS)}…` : text;
+    announcer.append(line);
+    while (announcer.childElementCount > ANNOUNCE_KEEP) announcer.firstElementChild.remove();
   }
 
   // Renamed, or given a topic, by its owner or a moderator.
@@ -619,18 +790,17 @@ function main() {
 
   const revisions = new RevisionCursor(parseInt(root.dataset.lastRev, 10) || 0);
 
+  const roomPath = `/rooms/${encodeURIComponent(root.dataset.roomId)}`;
   const connection = new RoomConnection({
     url: () => {
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-      const room = encodeURIComponent(root.dataset.roomId);
-      return `${scheme}//${location.host}/rooms/${room}/ws?since=${messages.lastSeq}&rev=${revisions.cursor}`;
+      return `${scheme}//${location.host}${roomPath}/ws?since=${messages.lastSeq}&rev=${revisions.cursor}`;
     },
+    accessUrl: `${roomPath}/access`,
     sessionEndedCode: config.close.sessionEnded,
     removedCode: config.close.removed,
     onFrame,
     onState: showState,
-    onSessionEnded: () => showNotice("Your session has ended. Sign in again to keep chatting."),
-    onRemoved: () => showNotice("You are no longer a member of this room."),
   });
 
   // Scroll-back: "Older messages" at the top loads the page before the
@@ -751,12 +921,41 @@ function main() {
   // reloads to show the latest messages, and what was not yet sent (the
   // composer's text too) is carried over in sessionStorage, to be sent again
   // with the same client_ids, which the server never stores twice.
-  const carryKey = `chat:unsent:${root.dataset.roomId}`;
+  // Per reader, so someone else signing in on this tab is never sent another's words.
+  const carryKey = `chat:unsent:${userId}:${root.dataset.roomId}`;
+
+  function keepUnsent() {
+    const unsent = outbox.unsent();
+    if (unsent.length || input.value) {
+      sessionStorage.setItem(carryKey, JSON.stringify({ unsent, draft: input.value }));
+    } else {
+      sessionStorage.removeItem(carryKey);
+    }
+  }
 
   function reloadKeepingUnsent() {
     connection.stop();
-    sessionStorage.setItem(carryKey, JSON.stringify({ unsent: outbox.unsent(), draft: input.value }));
+    keepUnsent();
     location.reload();
+  }
+
+  // The page can send nothing more (signed out, or no longer in the room).
+  // Signed out: what was not sent is kept (for this reader, in this tab) and
+  // sent when they sign in again and come back here, which the banner's
+  // link does; the text being typed is kept likewise.
+  let ended = false;
+  function endOfPage(state) {
+    if (ended) return;
+    ended = true;
+    const why = state === "session-ended" ? SESSION_ENDED_REASON : "you are no longer in this room";
+    for (const [clientId] of outbox.unsent()) {
+      const entry = state === "session-ended" ? outbox.peek(clientId) : outbox.take(clientId);
+      if (entry) messages.markFailed(entry.element, why, false);
+    }
+    if (state === "session-ended") {
+      keepUnsent();
+      window.addEventListener("pagehide", keepUnsent);
+    }
   }
 
   function restoreUnsent() {
@@ -793,8 +992,15 @@ function main() {
       return;
     }
     const refused = outbox.take(frame.client_id);
-    if (refused) messages.markFailed(refused.element, frame.message);
+    if (refused) {
+      failed.set(frame.client_id, refused);
+      messages.markFailed(refused.element, frame.message);
+      announce(`Message not sent: ${frame.message}`);
+    }
   }
+
+  // Refused messages, kept for Retry (same client_id: never stored twice) or Discard.
+  const failed = new Map(); // client_id -> {body, element}
 
   function onFrame(frame) {
     switch (frame.type) {
@@ -817,7 +1023,13 @@ function main() {
         }
         break;
       case "message":
+        if (frame.message.user_id !== userId && !messages.has(frame.message.seq)) {
+          announce(`${frame.message.username}: ${frame.message.deleted_at ? "message deleted" : frame.message.body}`);
+        }
+        addStored([frame.message]);
+        break;
       case "ack":
+        showNotice(""); // a "slow down" before it is over
         addStored([frame.message]);
         break;
       case "message_updated":
@@ -902,6 +1114,20 @@ function main() {
 
   document.getElementById("messages").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
+    const refused = button?.closest("li.message.failed");
+    if (refused && failed.has(refused.dataset.clientId)) {
+      const clientId = refused.dataset.clientId;
+      const { body } = failed.get(clientId);
+      failed.delete(clientId);
+      if (button.dataset.action === "retry") {
+        messages.retry(refused, connection.state === "connected" ? SENDING : WAITING);
+        outbox.add(clientId, body, refused);
+      } else {
+        messages.discard(refused);
+        input.focus();
+      }
+      return;
+    }
     const li = button?.closest("li.message[data-id]");
     if (!li) return;
     if (button.dataset.action === "edit") startEditing(li);
@@ -914,11 +1140,26 @@ function main() {
     event.preventDefault();
     const body = input.value.trim();
     if (!body) return;
+    if (connection.state === "removed") {
+      showNotice("You are no longer in this room: nothing can be sent here.");
+      return;
+    }
+    if ([...body].length > config.maxBodyLength) {
+      // static/forms.js already says by how much, under the box.
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return;
+    }
     const clientId = newClientId();
-    const element = messages.addPending({ client_id: clientId, username, body });
+    const element = messages.addPending(
+      { client_id: clientId, username, body },
+      connection.state === "connected" ? SENDING : WAITING,
+    );
     input.value = "";
+    input.dispatchEvent(new Event("input")); // the counter follows
     typingSentAt = 0; // the next keystroke starts a new message: say so at once
     outbox.add(clientId, body, element);
+    if (ended) messages.markFailed(element, SESSION_ENDED_REASON, false); // kept, and sent after signing in
     scrollToBottom();
   });
 
@@ -929,11 +1170,22 @@ function main() {
     }
   });
 
+  // Try again at once when there is reason to think it would work: the
+  // network is back, the tab is looked at again, or the page came back from
+  // the back-forward cache (its socket was closed on the way in).
   window.addEventListener("online", () => connection.reconnectNow());
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) connection.reconnectNow();
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) connection.reconnectNow();
+  });
 
   messages.localizeTimes();
   restoreUnsent();
   scrollToBottom();
+  // Ready to type; not on touch screens, where focus would pop a keyboard over the room.
+  if (!matchMedia("(pointer: coarse)").matches) input.focus({ preventScroll: true });
   connection.start();
 }
 

@@ -44,7 +44,31 @@ function paintTitle() {
     0,
   );
   document.title = total > 0 ? `(${total}) ${pageTitle}` : pageTitle;
+  toggle.textContent = total > 0 ? `Your rooms (${total})` : "Your rooms";
 }
+
+// On narrow screens the list is a panel that the "Your rooms" button in the
+// top bar opens over the page (chat.css); without this script it simply
+// stays above the page.
+const toggle = document.getElementById("sidebar-toggle");
+document.body.classList.add("sidebar-collapsible");
+
+function setOpen(open) {
+  document.body.classList.toggle("sidebar-open", open);
+  toggle.setAttribute("aria-expanded", String(open));
+}
+
+toggle.addEventListener("click", () => {
+  const open = !document.body.classList.contains("sidebar-open");
+  setOpen(open);
+  if (open) switcher.focus();
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && document.body.classList.contains("sidebar-open")) {
+    setOpen(false);
+    toggle.focus();
+  }
+});
 
 // A whole new list (the reader joined or left a room).
 function renderBadges(rooms) {

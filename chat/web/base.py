@@ -17,7 +17,6 @@ from typing import Any, cast
 import jinja2
 import tornado.httputil
 import tornado.web
-import tornado.websocket
 from markupsafe import Markup
 
 from ..bootstrap import Services
@@ -221,6 +220,8 @@ class BaseHandler(AppHandler):
     session_token: str | None = None
     # The signed-in reader's rooms with their counts, for the sidebar of a page (None: no sidebar).
     badges: list[Badge] | None = None
+    # Whether GETs answer with an HTML page (with a sidebar); sockets and JSON probes do not.
+    renders_pages: bool = True
 
     @property
     def session_cookie(self) -> SessionCookie:
@@ -248,7 +249,7 @@ class BaseHandler(AppHandler):
             return
         self.session_token = token
         self.current_user = resolved[1]
-        if self.request.method == "GET" and not isinstance(self, tornado.websocket.WebSocketHandler):
+        if self.request.method == "GET" and self.renders_pages:
             try:
                 self.badges = await self.services.unread.badges(resolved[1])
             except Unavailable as exc:

@@ -143,7 +143,7 @@ class LogoutHandler(BaseHandler):
 class RoomsHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self._render(error=None, name="")
+        await self._render(error=None, field=None, name="")
 
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -153,15 +153,15 @@ class RoomsHandler(BaseHandler):
         try:
             room = await self.rooms.create(name, self.user, kind)
         except (ValidationError, RateLimited) as exc:
-            await self._render(error=self.form_refusal(exc), name=name)
+            await self._render(error=self.form_refusal(exc), field=_field(exc), name=name)
             return
         await self.services.unread.rooms_changed(self.user.id)  # the creator's other pages list it too
         self.redirect(f"/rooms/{room.id}")
 
-    async def _render(self, error: str | None, name: str) -> None:
+    async def _render(self, error: str | None, field: str | None, name: str) -> None:
         page = read_seq("page", self.get_query_argument("page", "1"), minimum=1)
         listing = await self.rooms.listing(self.get_query_argument("q", ""), page)
-        self.render_template("rooms.html", listing=listing, error=error, name=name)
+        self.render_template("rooms.html", listing=listing, error=error, field=field, name=name)
 
 
 class RoomHandler(BaseHandler):
@@ -170,7 +170,9 @@ class RoomHandler(BaseHandler):
         room = await self.memberships.room_for(self.user, room_id)
         await self.render_room(room)
 
-    async def render_room(self, room: Room, error: str | None = None, status: int = 200) -> None:
+    async def render_room(
+        self, room: Room, error: str | None = None, field: str | None = None, status: int = 200
+    ) -> None:
         before_argument = self.get_query_argument("before", None)
         # Read before the messages: the page's socket asks for every edit after it.
         last_rev = await self.messages.stored_rev(room.id)
@@ -202,9 +204,33 @@ class RoomHandler(BaseHandler):
             moderator=moderator,
             moderation_log=moderation_log,
             error=error,
+            field=field,
             archive=before_argument is not None,
             older_before=messages[0].seq if has_more and messages else None,
         )
+
+
+class RoomAccessHandler(BaseHandler):
+    """``GET /rooms/{id}/access``: may the reader open this room's socket now?
+
+    A browser is never told why a WebSocket handshake was refused, so the
+    room page asks here after a socket closed before ``hello``: 401 means the
+    session ended (say so and offer to sign in), 404 that the room is not
+    there for the reader (deleted, private and left, removed), 403 a ban;
+    200 or an outage (503, no answer) means keep reconnecting. The same
+    checks as the handshake, in JSON, never a redirect.
+    """
+
+    renders_pages = False
+
+    async def get(self, room_id: str) -> None:
+        if self.current_user is None:
+            raise tornado.web.HTTPError(401, "sign in first")
+        await self.memberships.room_for(self.user, room_id)
+        self.finish({"access": "ok"})
+
+    def render_error(self, status_code: int, title: str, message: str) -> None:
+        self.finish({"error": title})
 
 
 def room_title(room: Room, members: list[Membership], reader: User) -> str:
@@ -245,7 +271,7 @@ class RoomActionHandler(RoomHandler):
             else:
                 await memberships.ban(self.user, room, self.form("user_id")["user_id"])
         except ValidationError as exc:
-            await self.render_room(room, error=self.form_refusal(exc), status=400)
+            await self.render_room(room, error=self.form_refusal(exc), field=_field(exc), status=400)
             return
         audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
         self.redirect(f"/rooms/{room.id}")

@@ -33,6 +33,7 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
 
     admission: Admission | None = None
     transport: SocketTransport | None = None
+    renders_pages = False
 
     async def prepare(self) -> None:
         # Refusals happen here, before the upgrade, so clients get a plain

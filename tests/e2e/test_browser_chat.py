@@ -28,7 +28,7 @@ async def test_two_users_chat_live_in_the_browser_and_html_stays_text(
     await register(bob, base, f"bob_{uuid.uuid4().hex[:6]}")
 
     await alice.fill("input[name=name]", "Browser room")
-    await alice.click("form.row button[type=submit]")
+    await alice.click("form.create-room button[type=submit]")
     await alice.wait_for_url(f"{base}/rooms/*")
     room_url = alice.url
     await bob.goto(f"{base}/rooms")

@@ -69,7 +69,7 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
     # Two messages stored for real, so the page renders them server-side.
     await register(page, server.base_url, f"carol_{uuid.uuid4().hex[:6]}")
     await page.fill("input[name=name]", f"Scripted {uuid.uuid4().hex[:4]}")
-    await page.click("form.row button[type=submit]")
+    await page.click("form.create-room button[type=submit]")
     await page.wait_for_selector("#connection-state.state-connected")
     for text in ("first", "second"):
         await say(page, text)
@@ -103,7 +103,9 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
             "removed": Close.REMOVED,
         },
     }
-    assert await page.get_attribute("#body", "maxlength") == str(MAX_BODY_LENGTH)
+    # Counted, never cut: no maxlength, the limit for the counter (static/forms.js).
+    assert await page.get_attribute("#body", "maxlength") is None
+    assert await page.get_attribute("#body", "data-max-length") == str(MAX_BODY_LENGTH)
     assert await page.evaluate("window.__sockets[0].url.endsWith('/ws?since=2&rev=0')")
     await deliver({"type": "hello", "instance": "scripted:1", "last_seq": 2, "room": {}, "user": {}})
     await page.wait_for_selector("#room[data-state=connected][data-instance='scripted:1']")
@@ -151,7 +153,10 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
     await say(page, "refused")
     refused = (await sent())[-1]
     await deliver({"type": "error", "code": "too_large", "message": "Too long", "client_id": refused["client_id"]})
-    assert await page.locator("li.message.failed >> text=refused").count() == 1
+    failed = page.locator("li.message.failed", has_text="refused")
+    assert await failed.count() == 1
+    assert await failed.locator(".status").text_content() == "Not sent: Too long"
+    assert await failed.locator("button[data-action=retry]").is_visible()
 
     # Any other close reconnects with backoff, resumes after the last seq and re-sends what is unacked.
     await page.evaluate(f"window.__sockets.at(-1).drop({int(Close.TRY_AGAIN_LATER)})")
@@ -174,8 +179,9 @@ async def test_the_client_orders_acks_retries_and_reconnects_as_the_protocol_say
 
     # The session-ended close code stops reconnecting for good.
     await page.evaluate(f"window.__sockets.at(-1).drop({int(Close.SESSION_ENDED)})")
-    await page.wait_for_selector("#room[data-state=offline]")
-    assert "session has ended" in (await page.text_content("#notice") or "")
+    await page.wait_for_selector("#room[data-state=session-ended]")
+    assert "session has ended" in (await page.text_content("#banner-text") or "")
+    assert await page.is_visible("#sign-in-again")
     await page.evaluate("window.dispatchEvent(new Event('online'))")
     await asyncio.sleep(1)
     assert await socket_count() == 3
@@ -195,7 +201,7 @@ async def test_a_reset_reloads_the_page_and_keeps_what_was_not_sent_yet(
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await register(page, server.base_url, f"dora_{uuid.uuid4().hex[:6]}")
     await page.fill("input[name=name]", f"Reset {uuid.uuid4().hex[:4]}")
-    await page.click("form.row button[type=submit]")
+    await page.click("form.create-room button[type=submit]")
     await page.wait_for_selector("#connection-state.state-connected")
     await context.add_init_script(SCRIPTED_WEBSOCKET)
     await page.reload()
@@ -296,7 +302,7 @@ async def test_messages_are_grouped_and_dated_in_the_readers_time_zone(
     assert await created.get_attribute("title")
     await context.add_init_script(SCRIPTED_WEBSOCKET)
     await page.goto(room_url)
-    await page.wait_for_selector("#room[data-state=reconnecting]")
+    await page.wait_for_selector("#room[data-state=connecting]")
 
     def at(seq: int, when: str, user_id: str) -> dict[str, Any]:
         return stored(seq, f"m{seq}", user_id=user_id) | {"created_at": when}

@@ -25,7 +25,7 @@ async def test_scrolling_up_loads_older_messages_back_to_the_first(
     username = f"reader_{uuid.uuid4().hex[:6]}"
     await register(page, server.base_url, username)
     await page.fill("input[name=name]", "Long room")
-    await page.click("form.row button[type=submit]")
+    await page.click("form.create-room button[type=submit]")
     await page.wait_for_url(f"{server.base_url}/rooms/*")
     room_id = page.url.rsplit("/", 1)[1]
     await seed_messages(server.database_url, username, room_id, (f"m{i}" for i in range(1, TOTAL + 1)))

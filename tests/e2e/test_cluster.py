@@ -160,7 +160,7 @@ async def test_two_people_chat_in_browsers_served_by_different_processes(
 
     room = f"Cluster room {uuid.uuid4().hex[:4]}"
     await alice.fill("input[name=name]", room)
-    await alice.click("form.row button[type=submit]")
+    await alice.click("form.create-room button[type=submit]")
     await alice.wait_for_url(f"{base}/rooms/*")
     await alice.wait_for_selector("#connection-state.state-connected")
     alice_instance = await alice.get_attribute("#room", "data-instance")

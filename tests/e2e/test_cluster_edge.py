@@ -108,7 +108,7 @@ async def test_back_after_signing_out_does_not_show_the_room(
     page = await context.new_page()
     await register(page, cluster.url, f"back_{uuid.uuid4().hex[:6]}")
     await page.fill("input[name=name]", f"Private {uuid.uuid4().hex[:4]}")
-    await page.click("form.row button[type=submit]")
+    await page.click("form.create-room button[type=submit]")
     await page.wait_for_url(f"{cluster.url}/rooms/*")
     await page.wait_for_selector("#connection-state.state-connected")
     secret = f"secret {uuid.uuid4().hex[:8]}"

@@ -151,7 +151,7 @@ async def test_the_browser_shows_reconnecting_keeps_unsent_messages_pending_and_
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await register(page, deployment.url, "browser_" + os.urandom(3).hex())
     await page.fill("input[name=name]", "reconnect room " + os.urandom(2).hex())
-    await page.click("form.row button[type=submit]")
+    await page.click("form.create-room button[type=submit]")
     await page.wait_for_selector("#connection-state.state-connected")
     await say(page, "before the outage")
     await page.wait_for_selector("li.message:not(.pending) >> text=before the outage")

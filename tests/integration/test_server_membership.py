@@ -57,6 +57,26 @@ async def test_a_private_rooms_socket_refuses_an_outsider_so_history_fetch_and_s
     assert await handshake_status(outsider, room_id) == 404
     assert await handshake_status(outsider, room_id, since=0) == 404
     assert await handshake_status(owner, room_id) == 101
+    # The probe a page asks after a refused handshake gives the same answer, in JSON.
+    assert await status_of(outsider, f"/rooms/{room_id}/access") == 404
+    assert await status_of(owner, f"/rooms/{room_id}/access") == 200
+
+
+async def test_the_access_probe_tells_a_page_why_its_socket_was_refused(new_browser: Callable[[], Browser]) -> None:
+    owner = new_browser()
+    await owner.register()
+    room_id = await owner.create_room()
+    answer = await owner.get(f"/rooms/{room_id}/access")
+    assert (answer.code, answer.body) == (200, b'{"access": "ok"}')
+    assert "no-store" in answer.headers["Cache-Control"]
+    # Signed out: 401, never the redirect to the sign-in page a fetch would follow to a 200.
+    stranger = new_browser()
+    signed_out = await stranger.get(f"/rooms/{room_id}/access")
+    assert (signed_out.code, signed_out.headers["Content-Type"]) == (401, "application/json; charset=UTF-8")
+    assert "Location" not in signed_out.headers
+    assert await status_of(owner, "/rooms/" + "0" * 24 + "/access") == 404
+    await owner.post("/logout", {})
+    assert await status_of(owner, f"/rooms/{room_id}/access") == 401
 
 
 async def outsider_in_a_public_room(new_browser: Callable[[], Browser]) -> tuple[RoomSocket, str]:
@@ -154,6 +174,7 @@ async def test_a_banned_user_is_closed_out_of_a_public_room_and_kept_out(new_bro
     assert (banned["change"], banned["user"]) == ("banned", hello["user"])
     assert await status_of(troll, f"/rooms/{room_id}") == 403
     assert await handshake_status(troll, room_id) == 403
+    assert await status_of(troll, f"/rooms/{room_id}/access") == 403
     assert (await troll.post(f"/rooms/{room_id}/join", {})).code == 403
 
 
@@ -168,7 +189,8 @@ async def test_a_dm_is_one_room_for_both_people_and_nobody_else(new_browser: Cal
     room_id = location.rsplit("/", 1)[1]
 
     page = (await bob.get(location)).body.decode()
-    assert f'Direct conversation with</span> <span id="room-name">{names[0]}</span>' in page
+    title = f'<span id="room-name" class="truncate" title="{names[0]}">{names[0]}</span>'
+    assert f"Direct conversation with</span> {title}" in page
     assert await status_of(carol, location) == 404
     assert await handshake_status(carol, room_id) == 404
     assert room_id not in (await carol.get("/rooms")).body.decode()
@@ -204,7 +226,7 @@ async def test_the_rooms_page_searches_and_pages_public_rooms_with_members_and_a
     assert rows(found) == 1
     table = found[found.index('<table class="rooms">') :]  # the sidebar lists the room too
     row = table[table.index("Lively place") :]
-    assert "<td>1</td>" in row and "<time" in row.split("</tr>")[0]  # one member, a last message
+    assert '<td data-label="Members">1</td>' in row and "<time" in row.split("</tr>")[0]  # one member, a last message
     assert "No room" in (await browser.get("/rooms?q=nothing-like-it")).body.decode()
     assert (await browser.get("/rooms?page=0")).code == 400
 

@@ -26,7 +26,16 @@ def text(response: HTTPResponse) -> str:
 
 
 def form_error(response: HTTPResponse) -> str:
-    match = re.search(r'<p class="form-error" role="alert">(.*?)</p>', text(response), re.S)
+    """The refusal a form came back with: under the field that caused it, or above the form."""
+    page = text(response)
+    match = re.search(r'<p id="field-(\w+)-error" class="field-error">(.*?)</p>', page, re.S)
+    if match:
+        # Tied to its field, which is marked and takes the focus.
+        (field_tag,) = re.findall(rf'<input id="field-{match.group(1)}"[^>]*>', page)
+        assert 'aria-invalid="true"' in field_tag and " autofocus" in field_tag
+        assert f"field-{match.group(1)}-error" in re.search(r'aria-describedby="([^"]*)"', field_tag).group(1)
+        return match.group(2).strip()
+    match = re.search(r'<p class="form-error" role="alert" id="form-error">(.*?)</p>', page, re.S)
     return match.group(1).strip() if match else ""
 
 
@@ -213,8 +222,10 @@ async def test_rooms_are_listed_with_members_activity_and_creator_and_creation_o
     page = text(await browser.get("/rooms"))
     # Name, members (the creator), no message yet, and when and by whom it was created.
     row = re.search(
-        rf'<a href="/rooms/{room_id}">{re.escape(name)}</a></td>\s*<td>1</td>\s*<td><span class="muted">none yet</span>'
-        rf'</td>\s*<td><time datetime="([^"]+)" data-local>[^<]*</time> <span class="muted">by {username}</span>',
+        rf'<a href="/rooms/{room_id}">{re.escape(name)}</a></td>\s*<td data-label="Members">1</td>\s*'
+        rf'<td data-label="Last message"><span class="muted">none yet</span></td>\s*'
+        rf'<td data-label="Created"><time datetime="([^"]+)" data-local>[^<]*</time> '
+        rf'<span class="muted">by {username}</span>',
         page,
     )
     assert row, page

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .client import PASSWORD
 
@@ -32,9 +32,32 @@ async def say(page: Page, text: str) -> None:
 async def create_room(page: Page, base_url: str, name: str) -> str:
     """Create a room from the rooms page and land on it; returns its id."""
     await page.fill("input[name=name]", name)
-    await page.click("form.row button[type=submit]")
+    await page.click("form.create-room button[type=submit]")
     await page.wait_for_url(f"{base_url}/rooms/*")
     return page.url.rsplit("/", 1)[1]
+
+
+@dataclass
+class Reader:
+    """One person, registered, on a room of their own that is connected; ``errors`` collects page errors."""
+
+    context: BrowserContext
+    page: Page
+    name: str
+    room_id: str
+    errors: list[str] = field(default_factory=list)
+
+
+async def alone_in_a_room(chromium: Chromium, base_url: str, first_name: str, **context_options: Any) -> Reader:
+    """Register ``first_name`` (made unique) in a new browser context, create a room and wait until it is live."""
+    context = await chromium.new_context(**context_options)
+    page = await context.new_page()
+    reader = Reader(context, page, f"{first_name}_{uuid.uuid4().hex[:6]}", "")
+    page.on("pageerror", lambda exc: reader.errors.append(str(exc)))
+    await register(page, base_url, reader.name)
+    reader.room_id = await create_room(page, base_url, f"{first_name}'s room {uuid.uuid4().hex[:4]}")
+    await connected(page)
+    return reader
 
 
 async def connected(*pages: Page) -> None:
