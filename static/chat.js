@@ -952,11 +952,12 @@ function main() {
       const entry = state === "session-ended" ? outbox.peek(clientId) : outbox.take(clientId);
       if (entry) messages.markFailed(entry.element, why, false);
     }
-    if (state === "session-ended") {
-      keepUnsent();
-      window.addEventListener("pagehide", keepUnsent);
-    }
+    if (state === "session-ended") keepUnsent();
   }
+
+  // Leaving the page (a reload, another room, signing in again) keeps what
+  // was not sent yet and the text in the box; coming back sends and restores them.
+  window.addEventListener("pagehide", keepUnsent);
 
   function restoreUnsent() {
     const carried = sessionStorage.getItem(carryKey);

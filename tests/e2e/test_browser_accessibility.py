@@ -243,10 +243,17 @@ async def test_no_horizontal_overflow_with_longest_names(
             await page.goto(f"{base}{path}")
             if path == f"/rooms/{room}":
                 await connected(page)
-            await page.screenshot(path=str(artifacts_dir / f"{label.replace(' ', '-')}.png"), full_page=True)
+            await page.screenshot(path=str(artifacts_dir / f"{label.replace(' ', '-')}.png"))
             finding = await overflow(page, label)
             if finding:
                 findings.append(finding)
+            if path == "/account":  # and the rooms panel the top bar opens
+                await page.click("#sidebar-toggle")
+                await page.wait_for_selector("#sidebar:visible")
+                await page.screenshot(path=str(artifacts_dir / "rooms-panel.png"))
+                finding = await overflow(page, "rooms panel")
+                if finding:
+                    findings.append(finding)
     finally:
         await context.close()
 

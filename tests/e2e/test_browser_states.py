@@ -41,6 +41,11 @@ async def test_a_server_outage_shows_a_banner_in_view_and_reconnect_now_gets_bac
     for n in range(30):  # enough to scroll: the room header is far off screen
         await say(page, f"line {n}")
     await page.wait_for_selector("li.message[data-seq='30']")
+    # A dense list: one-line messages under one name take a line each, not a card.
+    heights = await page.evaluate(
+        "() => [...document.querySelectorAll('li.message')].map((li) => li.getBoundingClientRect().height)"
+    )
+    assert heights[0] <= 84 and max(heights[1:]) <= 26, heights  # the first carries the day and the name
     assert await page.is_hidden("#banner")
     assert await page.is_hidden("#presence-stale")
 
@@ -262,6 +267,9 @@ async def test_forms_put_the_servers_message_on_the_field_and_focus_it(
     base = server.base_url
     context = await chromium.new_context()
     page = await context.new_page()
+    await page.goto(f"{base}/login")
+    # A form page starts in its first field.
+    assert await page.evaluate("document.activeElement.id") == "field-username"
     await page.goto(f"{base}/register")
     await page.fill("input[name=username]", "ab")
     await page.fill("input[name=password]", PASSWORD)
@@ -285,6 +293,11 @@ async def test_forms_put_the_servers_message_on_the_field_and_focus_it(
 
     # A room name past the limit is not cut: the box counts, the server refuses it by name.
     await register(page, base, f"tara_{uuid.uuid4().hex[:6]}")
+    # Elsewhere the first Tab stop skips the navigation.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("document.activeElement.id") == "main"
     long_name = "n" * 70
     await page.fill("#field-name", long_name)
     assert await page.input_value("#field-name") == long_name
@@ -295,3 +308,25 @@ async def test_forms_put_the_servers_message_on_the_field_and_focus_it(
     assert await page.evaluate("document.activeElement.id") == "field-name"
     assert await page.input_value("#field-name") == long_name
     await context.close()
+
+
+async def test_a_reload_keeps_what_was_not_sent_and_the_draft_and_sends_it_once(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    server = server_factory()
+    reader = await alone_in_a_room(chromium, server.base_url, "uma")
+    page = reader.page
+    await asyncio.to_thread(server.stop)
+    await page.wait_for_selector("#room[data-state=reconnecting]")
+    await say(page, "not sent before the reload")
+    await page.fill("#body", "half a thought")
+
+    await asyncio.to_thread(server.start)
+    await page.reload()
+    await connected(page)
+    stored = page.locator("li.message", has_text="not sent before the reload")
+    await stored.locator(".sent-mark").wait_for()
+    assert await stored.count() == 1  # sent again with its client_id: never stored twice
+    assert await page.input_value("#body") == "half a thought"
+    assert reader.errors == []
+    await reader.context.close()
