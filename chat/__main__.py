@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
+from . import logs, startup
 from .app import serve
 from .config import ConfigError, load_settings
-from .logs import install_repeat_filter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,23 +25,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to bind (default: CHAT_HOST or 127.0.0.1)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Whatever a client repeats, the log grows by one line per kind per minute.
-    install_repeat_filter()
+    # Whatever stops the process at start is one line on stderr saying what
+    # and how to fix it, before any traceback (chat/startup.py).
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        startup.fail(f"configuration error: {exc}")
+        return startup.EXIT_CONFIG
     if args.port is not None:
         settings = replace(settings, port=args.port)
     if args.host is not None:
         settings = replace(settings, host=args.host)
+    logs.configure(settings.log_format, logging.INFO)
+    try:
+        startup.check(settings)
+    except ConfigError as exc:
+        startup.fail(f"configuration error: {exc}", settings.log_format)
+        return startup.EXIT_CONFIG
+    except startup.StartupError as exc:
+        startup.fail(f"cannot start: {exc}", settings.log_format)
+        return exc.exit_code
     with (
         contextlib.suppress(KeyboardInterrupt),
         asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner,
     ):
-        runner.run(serve(settings))
+        runner.run(startup.warn_unreachable(settings))
+        try:
+            runner.run(serve(settings))
+        except OSError as exc:
+            # Taken between the check and listening (serve() waits for the
+            # database first): the same line as the check's.
+            if exc.errno not in startup.LISTEN_ERRNOS or exc.filename is not None:
+                raise
+            failure = startup.listen_error(exc, settings.host, settings.port)
+            startup.fail(f"cannot start: {failure}", settings.log_format)
+            return failure.exit_code
     return 0
 
 

@@ -13,6 +13,7 @@ import signal
 
 import tornado.httpserver
 
+from . import metrics
 from .bootstrap import Services, build_services
 from .config import Settings
 from .protocol import Close
@@ -54,6 +55,7 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (r"/admin/(disable|enable)", pages.AdminHandler),
         (r"/healthz", pages.HealthHandler),
         (r"/readyz", pages.ReadinessHandler),
+        (r"/metrics", pages.MetricsHandler),
     ]
     session_cookie = SessionCookie(settings.cookie_secrets, settings.session_max_age, settings.cookie_secure)
     return ChatApplication(
@@ -86,6 +88,11 @@ async def serve(settings: Settings) -> None:
     """Run one chat process until it is told to stop."""
     services = build_services(settings)
     await services.start()
+    metrics.watch(
+        room_sockets=lambda: len(services.connections),
+        event_streams=lambda: len(services.user_streams),
+        rooms=services.fanout.rooms_with_listeners,
+    )
     # The body limit is the app's own, nginx or not: Tornado refuses a longer
     # body (400) before reading it. No xheaders: Tornado would believe
     # X-Real-IP from anyone; ChatApplication believes trusted proxies only.

@@ -17,11 +17,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics
 from .broker import Backplane, Broker, open_backplane
 from .config import Settings
 from .errors import Unavailable
 from .protocol import MEMBER_REMOVED, PRESENCE_CHANGED, member_removed_event
 from .services.accounts import Accounts
+from .services.administration import Administration
 from .services.connection import ConnectionPolicy, Connections
 from .services.fanout import Fanout
 from .services.limits import Action, Limiter
@@ -67,6 +69,8 @@ class Services:
     revocations: Revocations
     limiter: Limiter
     executor: concurrent.futures.Executor
+    # What python -m chat.admin does; the server itself never calls it.
+    admin: Administration
     # Set on SIGTERM: /readyz answers 503 so balancers stop sending traffic.
     draining: bool = False
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -160,6 +164,7 @@ def build_services(
     expiry).
     """
     storage = storage or open_storage(settings.database_url)
+    metrics.measure_storage(storage)
     backplane = backplane or open_backplane(settings.broker_url, clock=wall_clock)
     executor = executor or concurrent.futures.ThreadPoolExecutor(
         max_workers=PASSWORD_HASHING_THREADS, thread_name_prefix="bcrypt"
@@ -250,6 +255,7 @@ def build_services(
         revocations=revocations,
         limiter=limiter,
         executor=executor,
+        admin=Administration(storage, accounts, memberships, moderation, unread, fanout),
     )
 
 

@@ -93,8 +93,14 @@ def secret_keys(name: str, raw: str) -> tuple[str, ...]:
             f"{name} is not set. `make run` creates one in .env; "
             "elsewhere generate one with `python -m chat.tools.secret` and set it."
         )
-    if any(len(key) < MIN_SECRET_LENGTH for key in keys):
-        raise ConfigError(f"each {name} key must be at least {MIN_SECRET_LENGTH} characters")
+    for number, key in enumerate(keys, start=1):
+        if len(key) < MIN_SECRET_LENGTH:
+            # Never the key itself: this line goes to logs.
+            which = f"key {number} of {len(keys)}" if len(keys) > 1 else "the key"
+            raise ConfigError(
+                f"{name}: {which} is {len(key)} characters; each must be at least {MIN_SECRET_LENGTH} characters. "
+                "Generate one with `python -m chat.tools.secret` (`make run` writes one to .env)."
+            )
     return keys
 
 
@@ -230,6 +236,10 @@ class Settings:
     ws_batch_writes: bool = field(default=True, metadata=env("CHAT_WS_BATCH_WRITES", boolean))
     # The event loop: Python's own, or uvloop (libuv), measured in docs/benchmarks.md.
     event_loop: str = field(default="asyncio", metadata=env("CHAT_EVENT_LOOP", one_of("asyncio", "uvloop")))
+    # The log: plain text lines (what `make run` shows), or one JSON object per
+    # line (time, level, logger, message, request/connection/user ids, client
+    # address) for a log collector.
+    log_format: str = field(default="text", metadata=env("CHAT_LOG_FORMAT", one_of("text", "json")))
     # The origins pages are served from (scheme, host and port), besides the
     # one a request is addressed to: behind a proxy that changes the Host or
     # the scheme (TLS ended in front of nginx), the public one goes here.

@@ -7,6 +7,7 @@ codes or protocol ``error`` frames. None of them carries Tornado types.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 
 class ChatError(Exception):
@@ -36,6 +37,32 @@ class NotFound(ChatError):
 
 class Forbidden(ChatError):
     """The caller is known but may not do this."""
+
+
+class RoomArchived(Forbidden):
+    """The room is archived: readable, but nothing new may be stored in it.
+
+    ``room_ids`` names the archived rooms a refused write touched (a batch of
+    messages may span rooms; see chat.services.messages).
+    """
+
+    MESSAGE = "This room is archived: it can be read, but nothing new can be posted."
+
+    def __init__(self, room_ids: Collection[str] = ()) -> None:
+        super().__init__(self.MESSAGE)
+        self.room_ids = frozenset(room_ids)
+
+
+class RoomGone(NotFound, LookupError):
+    """The room does not exist (any more: a site administrator may delete one).
+
+    A LookupError too, which is what storage has always raised for writes to
+    a room that is not there. ``room_ids`` names the missing rooms of a batch.
+    """
+
+    def __init__(self, room_ids: Collection[str]) -> None:
+        self.room_ids = frozenset(room_ids)
+        super().__init__(f"no room {', '.join(sorted(self.room_ids))}: it was deleted, or never existed")
 
 
 class SessionEnded(Forbidden):

@@ -75,10 +75,18 @@ class Room:
     topic: str = ""
     # When its latest message was stored (None: no message yet).
     last_message_at: datetime.datetime | None = None
+    # Set by a site administrator (python -m chat.admin room archive): the
+    # room stays readable, and nothing new is stored in it (no message, edit
+    # or deletion) until it is unarchived.
+    archived_at: datetime.datetime | None = None
 
     @property
     def listed(self) -> bool:
         return self.kind is RoomKind.PUBLIC
+
+    @property
+    def archived(self) -> bool:
+        return self.archived_at is not None
 
 
 @dataclass(frozen=True)

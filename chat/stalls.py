@@ -18,6 +18,8 @@ import threading
 import time
 import traceback
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -57,6 +59,7 @@ class StallWatch:
             if silent > self.threshold and stalled_since is None:
                 stalled_since = self._beat
                 self.stalls += 1
+                metrics.LOOP_STALLS.inc()
                 log.warning("event loop stalled for %.2fs so far; it is running:\n%s", silent, self._loop_stack())
             elif silent <= self.threshold and stalled_since is not None:
                 log.warning("event loop stall over after %.2fs", self._beat - stalled_since)

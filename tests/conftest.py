@@ -15,8 +15,9 @@ import pytest
 
 from tests.support.client import Browser
 from tests.support.logs import add_log_source, log_sources
+from tests.support.redis_cluster import RedisClusterGroup
 from tests.support.server import SHARED_SERVER_ENV, ChatServer, fresh_database_url
-from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis_binary
+from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis_binary, redis_cli_binary
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterGroup]:
+    """One 3-master Redis Cluster for the whole run, started only when a test asks for it.
+
+    Tests isolate themselves by room id (channels and keys are cluster-wide);
+    a test that kills a master starts it again with ``crash()``.
+    """
+    server, cli = redis_binary(), redis_cli_binary()
+    with RedisClusterGroup(server, cli, tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterGroup) -> str:
+    return redis_cluster.url()
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """The backplane between processes, chosen by URL scheme.
 
 ``memory://`` serves one process (the embedded default and the test double);
-``redis://`` (also ``rediss://``, ``unix://``) joins a group of processes. A
+``redis://`` (also ``rediss://``, ``unix://``) joins a group of processes, and
+``redis+cluster://host:port[,host:port...]`` spreads their rooms over the
+masters of a Redis Cluster (Redis >= 7, sharded pub/sub). A
 backplane is the broker that carries room channels plus what must be shared
 by every process of a group: presence, socket leases, and the rate limiter's
 counters (named by a ``limits`` storage URI). Backend modules are imported
@@ -33,6 +35,9 @@ __all__ = [
 ]
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+# Kept here, not imported from .redis_cluster: naming the scheme must not
+# import the Redis client.
+REDIS_CLUSTER_SCHEMES = frozenset({"redis+cluster"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,16 @@ def open_backplane(url: str, clock: Callable[[], float] = time.time) -> Backplan
 
         broker = RedisBroker(url)
         return Backplane(broker, RedisPresence(broker, clock), RedisLeases(broker, clock), _limits_uri(url))
-    raise ValueError(f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use memory:// or redis://")
+    if scheme in REDIS_CLUSTER_SCHEMES:
+        from .redis import RedisLeases, RedisPresence
+        from .redis_cluster import RedisClusterBroker, limits_uri
+
+        cluster = RedisClusterBroker(url)
+        return Backplane(cluster, RedisPresence(cluster, clock), RedisLeases(cluster, clock), limits_uri(url))
+    raise ValueError(
+        f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use memory://, redis:// (rediss://, unix://)"
+        " or redis+cluster://host:port[,host:port...]"
+    )
 
 
 def _limits_uri(url: str) -> str:

@@ -20,11 +20,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ..errors import Unavailable
@@ -195,11 +196,26 @@ class RedisBroker(Broker):
         return self._pubsub
 
 
+class RedisClientSource(Protocol):
+    """What the presence and lease stores need of a broker: its command client.
+
+    A plain Redis client (:class:`RedisBroker`) or a cluster client
+    (``chat.broker.redis_cluster``): every operation below touches one key,
+    so each runs within one hash slot on a cluster too, and the pipelines
+    that span keys are not transactions (a cluster client splits them per
+    master; each command stays atomic alone).
+    """
+
+    def require_client(self) -> Any: ...
+
+
 @contextlib.contextmanager
 def _unavailable_on_error() -> Iterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
+        # RedisClusterException is not a RedisError: a cluster client raises
+        # it when no node answers at all.
         raise Unavailable(f"Redis: {exc}") from exc
 
 
@@ -218,7 +234,7 @@ class RedisPresence(PresenceStore):
     expires too, so a room nobody visits again leaves nothing behind.
     """
 
-    def __init__(self, broker: RedisBroker, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, broker: RedisClientSource, clock: Callable[[], float] = time.time) -> None:
         self._broker = broker
         # Wall-clock seconds: expiry scores are compared across processes.
         self._clock = clock
@@ -232,6 +248,9 @@ class RedisPresence(PresenceStore):
 
     async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
         expiry = self._clock() + ttl
+        entries = list(entries)
+        if not entries:
+            return  # nothing to send (and an empty cluster pipeline still asks for the slot map)
         with _unavailable_on_error():
             async with self._broker.require_client().pipeline(transaction=False) as pipe:
                 for room_id, user in entries:
@@ -273,13 +292,14 @@ def _lease_key(pool: str) -> str:
 class RedisLeases(LeaseStore):
     """A sorted set per pool: members are holders, scores their expiry times."""
 
-    def __init__(self, broker: RedisBroker, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, broker: RedisClientSource, clock: Callable[[], float] = time.time) -> None:
         self._broker = broker
         self._clock = clock
 
     async def acquire(self, pool: str, holder: str, limit: int, ttl: float) -> bool:
         now = self._clock()
         with _unavailable_on_error():
+            # The script reads and writes only KEYS[1], as a cluster requires.
             taken = await self._broker.require_client().eval(
                 _ACQUIRE, 1, _lease_key(pool), holder, limit, now, now + ttl, int(ttl) + 1
             )
@@ -291,6 +311,9 @@ class RedisLeases(LeaseStore):
 
     async def renew(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         expiry = self._clock() + ttl
+        leases = list(leases)
+        if not leases:
+            return
         with _unavailable_on_error():
             async with self._broker.require_client().pipeline(transaction=False) as pipe:
                 for pool, holder in leases:

@@ -185,17 +185,70 @@ class Accounts:
         audit.event("password_changed", user=user.id)
         return await self.end_other_sessions(user, keep_token)
 
-    async def disable(self, user_id: str) -> None:
-        """Refuse the account's sign-ins and end all its sessions, everywhere."""
+    async def disable(self, user_id: str) -> int:
+        """Refuse the account's sign-ins and end all its sessions, everywhere. Returns how many ended."""
         await self._storage.users.set_disabled(user_id, True)
         self._users.pop(user_id, None)
         audit.event("account_disabled", user=user_id)
-        await self._announce(await self._storage.sessions.delete_for_user(user_id), user_id, "disabled")
+        ended = await self._storage.sessions.delete_for_user(user_id)
+        await self._announce(ended, user_id, "disabled")
+        return len(ended)
 
     async def enable(self, user_id: str) -> None:
         await self._storage.users.set_disabled(user_id, False)
         self._users.pop(user_id, None)
         audit.event("account_enabled", user=user_id)
+
+    # -- site administration (python -m chat.admin) ------------------------
+
+    async def create(self, username: str, password: str, *, admin: bool = False) -> User:
+        """Make an account as a site administrator does: no confirmation, no registration limit.
+
+        Conflict if the name is taken (ignoring case).
+        """
+        username = self.validate_username(username)
+        self.validate_password(password)
+        user = await self._storage.users.add(username, await self._hasher.hash(password))
+        if admin:
+            await self._storage.users.set_admin(user.id, True)
+            user = dataclasses.replace(user, admin=True)
+        audit.event("account_created", user=user.id, admin=admin or None)
+        return user
+
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        """Make or unmake a site administrator.
+
+        Processes that remember the user (``USER_CACHE_SECONDS``) see the
+        change when they read it again.
+        """
+        await self._storage.users.set_admin(user_id, admin)
+        self._users.pop(user_id, None)
+        audit.event("admin_granted" if admin else "admin_revoked", user=user_id)
+
+    async def reset_password(self, user_id: str, password: str) -> int:
+        """Set a new password without the old one, and end every session. Returns how many ended."""
+        self.validate_password(password)
+        await self._storage.users.set_password(user_id, await self._hasher.hash(password))
+        self._users.pop(user_id, None)
+        audit.event("password_reset", user=user_id)
+        ended = await self._storage.sessions.delete_for_user(user_id)
+        await self._announce(ended, user_id, "password reset")
+        return len(ended)
+
+    async def sessions_of(self, user_id: str | None = None, limit: int = 1000) -> list[Session]:
+        """The live sessions of one user (of everyone if None), newest first."""
+        return await self._storage.sessions.list_live(user_id, limit)
+
+    async def end_sessions(self, user_id: str, keys: Collection[str] | None = None) -> int:
+        """End these stored sessions of ``user_id`` (all of them if None), everywhere. Returns how many ended."""
+        if keys is None:
+            ended = await self._storage.sessions.delete_for_user(user_id)
+        else:
+            ended = list(keys)
+            for key in ended:
+                await self._storage.sessions.delete(key)
+        await self._announce(ended, user_id, "ended by an administrator")
+        return len(ended)
 
     async def set_account_enabled(self, admin: User, username: str, *, enabled: bool) -> User:
         """A site administrator disables (or enables again) the named account; returns it."""

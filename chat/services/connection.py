@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .. import protocol
+from .. import metrics, protocol
 from ..broker import LeaseStore
 from ..errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
 from ..models import Message, Room, User
@@ -149,6 +149,7 @@ class Connections:
                 audit.event(
                     "socket_refused", user=user.id, ip=client_ip, reason=f"too many sockets ({pool.split(':')[0]})"
                 )
+                metrics.LIMIT_REFUSALS.labels(f"sockets_per_{pool.split(':')[0]}").inc()
                 raise RateLimited(TOO_MANY_SOCKETS_RETRY_AFTER)
             taken.append(pool)
         admission = Admission(holder, tuple(taken))
@@ -483,6 +484,7 @@ class RoomConnection:
             self.transport.close(Close.SESSION_ENDED, "session ended")
 
     async def _send(self, frame: protocol.SendFrame) -> None:
+        read_at = time.perf_counter()
         if not await self._session_still_live():
             raise SessionEnded("your session has ended; sign in again")
         self._check_hold(frame.client_id)
@@ -506,11 +508,13 @@ class RoomConnection:
         # Queued for storage now, in this socket's order; the rest finishes
         # on its own while the next frame is handled.
         self._started()
-        completion = asyncio.create_task(self._complete(stored, frame.client_id), name=f"send-{frame.client_id}")
+        completion = asyncio.create_task(
+            self._complete(stored, frame.client_id, read_at), name=f"send-{frame.client_id}"
+        )
         self._completions.add(completion)
         completion.add_done_callback(self._completions.discard)
 
-    async def _complete(self, stored: Awaitable[tuple[Message, bool]], client_id: str) -> None:
+    async def _complete(self, stored: Awaitable[tuple[Message, bool]], client_id: str, read_at: float) -> None:
         try:
             try:
                 message, _ = await stored
@@ -521,6 +525,7 @@ class RoomConnection:
                 return
             if not self.closed:
                 self.transport.send_text(protocol.ack_frame(message))
+                metrics.SEND_TO_ACK.observe(time.perf_counter() - read_at)
             # Publish even if this socket closed meanwhile (the message is
             # stored, the room must see it), and even for a resend of a
             # stored message: the process that stored it may have died before

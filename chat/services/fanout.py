@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .. import metrics
 from ..broker import RESYNC, Broker, BrokerClosed, Event, room_channel
 from ..errors import Unavailable
 from ..models import Message, RoomCounters
@@ -237,6 +238,8 @@ class RoomFeed:
         self._drain()
 
     def _broadcast(self, seq: int | None, frame: Outbound) -> None:
+        if seq is not None and self.listeners:
+            metrics.observe_delivery(frame.text, len(self.listeners))
         for listener in tuple(self.listeners):
             try:
                 listener.deliver(seq, frame)
@@ -375,6 +378,10 @@ class Fanout:
         for feed in self._feeds.values():
             feed.close()
         self._feeds.clear()
+
+    def rooms_with_listeners(self) -> int:
+        """How many rooms this process delivers to (a feed with at least one socket)."""
+        return sum(1 for feed in self._feeds.values() if feed.listeners)
 
     def local_listeners(self, room_id: str) -> int:
         feed = self._feeds.get(room_id)
@@ -573,6 +580,7 @@ class Fanout:
 
     def _route(self, event: Event) -> None:
         if event is RESYNC:
+            metrics.BROKER_RESYNCS.inc()
             ready = [each for each in self._feeds.values() if each.ready.is_set()]
             for each in ready:
                 each.resync()

@@ -23,6 +23,7 @@ from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
+from .. import metrics
 from ..errors import RateLimited
 from . import audit
 
@@ -76,6 +77,7 @@ class Limiter:
             if not allowed:
                 retry_after = await self._retry_after(item, action, key)
                 audit.event("limit_hit", action=action.value, key=":".join(key), retry_after=round(retry_after, 1))
+                metrics.LIMIT_REFUSALS.labels(action.value).inc()
                 raise RateLimited(retry_after)
 
     async def record(self, action: Action, *key: str) -> None:

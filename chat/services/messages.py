@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from ..errors import Forbidden, NotFound, TooLarge, Unavailable, ValidationError
+from .. import metrics
+from ..errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
 from ..models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ..storage import Storage
 from .formatting import Renderer
@@ -20,7 +21,9 @@ MAX_BATCH = 64
 # retry (with its client_id, which finds the message if it was stored after all).
 MAX_WAIT_SECONDS = 5.0
 
-Store = Callable[[Sequence[NewMessage]], Awaitable[list[tuple[Message, bool]]]]
+# Stores a batch: for each message, what it became (and whether it is new),
+# or the error that refused that one alone (the rest of the batch is stored).
+Store = Callable[[Sequence[NewMessage]], Awaitable[Sequence[tuple[Message, bool] | ChatError]]]
 
 
 def clean_body(body: str) -> str:
@@ -118,7 +121,11 @@ class GroupCommit:
                             future.set_exception(exc)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, ChatError):
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             del self._writers[lane]
@@ -138,11 +145,23 @@ class Messages:
             across_rooms=lambda: self._storage.messages.batches_across_rooms,
         )
 
-    async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
-        results = await self._storage.messages.add_many(news)
+    async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool] | ChatError]:
+        try:
+            stored = await self._storage.messages.add_many(news)
+        except (RoomArchived, RoomGone) as exc:
+            # A batch of several rooms (SQLite) stores the others' messages
+            # still; only the senders to archived or deleted rooms are refused.
+            others = [new for new in news if new.room_id not in exc.room_ids]
+            if not others:
+                raise
+            stored_others = iter(await self._store(others))
+            refusal = type(exc)
+            return [refusal([new.room_id]) if new.room_id in exc.room_ids else next(stored_others) for new in news]
+        results: list[tuple[Message, bool] | ChatError] = list(stored)
+        metrics.MESSAGES_STORED.inc(sum(1 for _, created in stored if created))
         mentions = [
             (message.room_id, user_id, message.seq)
-            for new, (message, created) in zip(news, results, strict=True)
+            for new, (message, created) in zip(news, stored, strict=True)
             if created
             for user_id in new.mentions
         ]
@@ -163,7 +182,11 @@ class Messages:
         return await self.submit(await self.prepare(user, room, client_id, body))
 
     async def prepare(self, user: User, room: Room, client_id: str, body: str) -> NewMessage:
-        """Check a message and render its body (raises ValidationError or TooLarge)."""
+        """Check a message and render its body (raises ValidationError or TooLarge).
+
+        Whether the room is archived is storage's to say when it stores: a
+        socket's copy of the room is as old as the socket.
+        """
         body = clean_body(body)
         html, mentions = await self._renderer.render_with_mentions(body)
         return NewMessage(
@@ -221,7 +244,7 @@ class Messages:
         return (await self.counters([room_id])).get(room_id, RoomCounters()).rev
 
     async def edit(self, user: User, room: Room, message_id: str, body: str) -> Message:
-        """Replace the body of ``user``'s own message; Forbidden for anyone else's."""
+        """Replace the body of ``user``'s own message; Forbidden for anyone else's (RoomArchived: storage's word)."""
         message = await self._own(user, room, message_id)
         if message.deleted_at is not None:
             raise ValidationError("that message was deleted", field="body")

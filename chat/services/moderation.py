@@ -86,14 +86,23 @@ class Moderation:
         if room is None:
             raise NotFound("the room is gone")
         await self._log(actor, room, action, detail=detail)
-        self._rooms.forget(room.id)
-        try:
-            await self._fanout.broker.publish(ROOMS_CHANNEL, json.dumps({"type": "room_changed", "room_id": room.id}))
-        except Unavailable as exc:
-            # Stored: other processes see it when their cached copy expires (a minute at most).
-            log.warning("announcing a change to room %s failed: %s", room.id, exc)
+        await self.announce_changed(room.id)
         await self._fanout.publish_ephemeral(room.id, room_updated_frame(room))
         return room
+
+    async def announce_changed(self, room_id: str) -> bool:
+        """The stored room changed (renamed, archived, deleted): every process forgets its copy.
+
+        Returns False if the broker could not be told: other processes then
+        see the change when their cached copy expires (a minute at most).
+        """
+        self._rooms.forget(room_id)
+        try:
+            await self._fanout.broker.publish(ROOMS_CHANNEL, json.dumps({"type": "room_changed", "room_id": room_id}))
+        except Unavailable as exc:
+            log.warning("announcing a change to room %s failed: %s", room_id, exc)
+            return False
+        return True
 
     async def _log(self, actor: User, room: Room, action: ModerationAction, target: str = "", detail: str = "") -> None:
         await record_moderation(self._storage, actor, room, action, target, detail)

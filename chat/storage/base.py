@@ -29,6 +29,14 @@ from ..models import (
 )
 
 
+def room_of(messages: Sequence[Message]) -> str:
+    """The one room ``messages`` belong to (what :meth:`MessageRepository.restore` takes); ValueError if several."""
+    room_ids = {message.room_id for message in messages}
+    if len(room_ids) != 1:
+        raise ValueError("restore takes the messages of one room")
+    return room_ids.pop()
+
+
 class UserRepository(abc.ABC):
     @abc.abstractmethod
     async def add(self, username: str, password_hash: bytes) -> User:
@@ -50,6 +58,10 @@ class UserRepository(abc.ABC):
     @abc.abstractmethod
     async def set_admin(self, user_id: str, admin: bool) -> None:
         """Make or unmake a site administrator."""
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """How many accounts there are (disabled ones too)."""
 
 
 class SessionRepository(abc.ABC):
@@ -101,6 +113,14 @@ class SessionRepository(abc.ABC):
     async def purge_expired(self) -> int:
         """Delete expired sessions, either way (no TTL indexes: FerretDB v1 lacks them)."""
 
+    @abc.abstractmethod
+    async def list_live(self, user_id: str | None = None, limit: int = 1000) -> list[Session]:
+        """The live sessions of ``user_id`` (of everyone if None), newest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def count_live(self) -> int:
+        """How many sessions are live now."""
+
 
 class RoomRepository(abc.ABC):
     @abc.abstractmethod
@@ -128,6 +148,27 @@ class RoomRepository(abc.ABC):
     @abc.abstractmethod
     async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
         """Rename a room and/or set its topic; None if there is no such room, Conflict if the name is taken."""
+
+    @abc.abstractmethod
+    async def set_archived(self, room_id: str, archived_at: datetime.datetime | None) -> Room | None:
+        """Archive a room as of ``archived_at`` (None: unarchive it); the room after, or None if there is none.
+
+        While a room is archived, :meth:`MessageRepository.add_many` and
+        :meth:`MessageRepository.revise` refuse it with RoomArchived.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, room_id: str) -> bool:
+        """Delete a room with everything in it: messages, memberships, bans, mentions, moderation log.
+
+        Whether the room existed. Messages cannot be added to it from the
+        moment this starts; a deletion interrupted part-way (a crash, an
+        outage) is finished by deleting again.
+        """
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """How many rooms there are, of every kind (DMs too)."""
 
 
 class MembershipRepository(abc.ABC):
@@ -233,7 +274,10 @@ class MessageRepository(abc.ABC):
         All of one room unless ``batches_across_rooms``. A room's seqs follow
         each other (unless another process writes in between). What raises
         may have stored some of them: the senders retry with their
-        client_ids, which finds those.
+        client_ids, which finds those. A batch touching an archived room
+        stores nothing and raises RoomArchived naming the archived rooms;
+        one touching a room that does not exist, RoomGone (a LookupError)
+        naming the missing ones.
         """
 
     @abc.abstractmethod
@@ -268,7 +312,7 @@ class MessageRepository(abc.ABC):
 
     @abc.abstractmethod
     async def revise(self, revision: Revision) -> Message | None:
-        """Apply an edit or a deletion; None if the room has no such message.
+        """Apply an edit or a deletion; None if the room has no such message, RoomArchived if it is archived.
 
         The message gets the room's next rev (counters.rev moves first, so a
         reader that saw the counter at R before this finished is sent it
@@ -279,6 +323,24 @@ class MessageRepository(abc.ABC):
     @abc.abstractmethod
     async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
         """Messages revised after ``rev``, by ascending rev, at most ``limit``, and whether more follow."""
+
+    @abc.abstractmethod
+    async def restore(self, messages: Sequence[Message]) -> int:
+        """Store messages exactly as they were (an import): seq, times, edits, deletion, rev and html kept.
+
+        For one room that exists (RoomGone otherwise), archived or not. A
+        seq the room holds already is skipped, as is a message whose
+        ``(user_id, client_id)`` it holds, so restoring twice stores nothing
+        the second time. The room's seq and rev counters and its latest
+        message time move up to cover what was stored (never down). The
+        stored messages get ids of the backend's own making (the given ids
+        may be taken: an import next to the room it was exported from).
+        Returns how many were stored.
+        """
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """How many messages are stored, in every room (deleted ones keep their place and count)."""
 
 
 class Storage(abc.ABC):

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import re
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
@@ -31,7 +32,7 @@ from pymongo.errors import (
 )
 from pymongo.uri_parser import parse_uri
 
-from ..errors import Conflict, Unavailable
+from ..errors import Conflict, RoomArchived, RoomGone, Unavailable
 from ..models import (
     Ban,
     Membership,
@@ -59,6 +60,7 @@ from .base import (
     SessionRepository,
     Storage,
     UserRepository,
+    room_of,
 )
 
 # How long an operation waits for a reachable server before the caller gets
@@ -131,6 +133,7 @@ def _room(doc: Mapping[str, Any]) -> Room:
         kind=RoomKind(doc.get("kind", RoomKind.PUBLIC.value)),
         topic=doc.get("topic", ""),
         last_message_at=doc.get("last_message_at"),
+        archived_at=doc.get("archived_at"),
     )
 
 
@@ -150,10 +153,16 @@ def _pair_id(room_id: str, user_id: str) -> str:
     return f"{room_id}:{user_id}"
 
 
-def message_id(new: NewMessage) -> str:
+def message_id(new: NewMessage | Message) -> str:
     """The ``_id`` of a message: the same for every send of one client_id by one user in one room."""
     key = "\0".join((new.room_id, new.user_id, new.client_id))
     return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+# Not archived: the field is absent (unarchiving removes it).
+NOT_ARCHIVED = {"archived_at": {"$exists": False}}
+# What a room holds besides its own document, deleted with it.
+ROOM_CONTENTS = ("messages", "memberships", "bans", "mentions", "moderation")
 
 
 def _document(message: Message) -> dict[str, Any]:
@@ -225,6 +234,9 @@ class MongoUsers(UserRepository):
     async def set_admin(self, user_id: str, admin: bool) -> None:
         with _translate_errors():
             await self._storage.db.users.update_one({"_id": user_id}, {"$set": {"admin": admin}})
+
+    async def count(self) -> int:
+        return await self._storage.count("users", {})
 
 
 class MongoSessions(SessionRepository):
@@ -319,6 +331,17 @@ class MongoSessions(SessionRepository):
             )
         return int(result.deleted_count)
 
+    async def list_live(self, user_id: str | None = None, limit: int = 1000) -> list[Session]:
+        query = _live(utcnow())
+        if user_id is not None:
+            query["user_id"] = user_id
+        with _translate_errors():
+            cursor = self._storage.db.sessions.find(query).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+            return [_session(doc) async for doc in cursor.limit(limit)]
+
+    async def count_live(self) -> int:
+        return await self._storage.count("sessions", _live(utcnow()))
+
 
 class MongoRooms(RoomRepository):
     def __init__(self, storage: MongoStorage) -> None:
@@ -404,6 +427,29 @@ class MongoRooms(RoomRepository):
                     raise taken from None
                 raise
         return await self.get(room_id)
+
+    async def set_archived(self, room_id: str, archived_at: datetime.datetime | None) -> Room | None:
+        change = {"$set": {"archived_at": archived_at}} if archived_at is not None else {"$unset": {"archived_at": ""}}
+        with _translate_errors():
+            await self._storage.db.rooms.update_one({"_id": room_id}, change)
+        return await self.get(room_id)
+
+    async def delete(self, room_id: str) -> bool:
+        # No transactions (FerretDB v1): archived first, so no message lands
+        # while the contents go, and the room's document last, so a deletion
+        # cut short is found and finished by the next one.
+        db = self._storage.db
+        with _translate_errors():
+            found = await db.rooms.update_one({"_id": room_id}, {"$set": {"archived_at": utcnow()}})
+            if not found.matched_count:
+                return False
+            for collection in ROOM_CONTENTS:
+                await db[collection].delete_many({"room_id": room_id})
+            await db.rooms.delete_one({"_id": room_id})
+        return True
+
+    async def count(self) -> int:
+        return await self._storage.count("rooms", {})
 
 
 class MongoModerationLog(ModerationLog):
@@ -692,7 +738,10 @@ class MongoMessages(MessageRepository):
         room_id = news[0].room_id
         room = await db.rooms.find_one({"_id": room_id})
         if room is None:
-            raise LookupError(f"no room {room_id!r}")
+            raise RoomGone([room_id])
+        if room.get("archived_at") is not None:
+            # Read anyway for its seq: refusing here costs nothing.
+            raise RoomArchived([room_id])
         seq = int(room.get("last_seq", 0)) + 1
         results: list[tuple[Message, bool] | None] = [None] * len(news)
         waiting = list(range(len(news)))  # indexes into news, in order
@@ -787,11 +836,13 @@ class MongoMessages(MessageRepository):
             if await db.messages.find_one(where, {"_id": 1}) is None:
                 return None
             room = await db.rooms.find_one_and_update(
-                {"_id": revision.room_id},
+                {"_id": revision.room_id, **NOT_ARCHIVED},
                 {"$inc": {"last_rev": 1}},
                 return_document=ReturnDocument.AFTER,
             )
             if room is None:
+                if await db.rooms.find_one({"_id": revision.room_id, "archived_at": {"$exists": True}}, {"_id": 1}):
+                    raise RoomArchived([revision.room_id])
                 return None
             rev = int(room["last_rev"])
             doc = await db.messages.find_one_and_update(
@@ -822,6 +873,51 @@ class MongoMessages(MessageRepository):
             )
             docs = [doc async for doc in cursor]
         return [_message(doc) for doc in docs[:limit]], len(docs) > limit
+
+    async def restore(self, messages: Sequence[Message]) -> int:
+        if not messages:
+            return 0
+        room_id = room_of(messages)
+        db = self._storage.db
+        docs = []
+        for message in messages:
+            # The _id a send of it would have had here (see message_id), not the exported one.
+            doc = _document(replace(message, id=message_id(message)))
+            changes = {"edited_at": message.edited_at, "deleted_at": message.deleted_at, "rev": message.rev or None}
+            doc.update((key, value) for key, value in changes.items() if value is not None)
+            docs.append(doc)
+        with _translate_errors():
+            async with self._writers.turn(room_id):
+                if await db.rooms.find_one({"_id": room_id}, {"_id": 1}) is None:
+                    raise RoomGone([room_id])
+                try:
+                    await db.messages.insert_many(docs, ordered=False)
+                    stored = len(docs)
+                except BulkWriteError as exc:
+                    # Held already (a seq, or the same user's client_id): kept as it is.
+                    errors = exc.details.get("writeErrors", [])
+                    if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                        raise
+                    stored = len(docs) - len(errors)
+                # The counters follow what the room now holds (a skipped
+                # message's seq may not be stored at all), never moving down.
+                newest = await db.messages.find_one({"room_id": room_id}, sort=[("seq", DESCENDING)])
+                latest_rev = await db.messages.find_one({"room_id": room_id}, {"rev": 1}, sort=[("rev", DESCENDING)])
+                if newest is not None:
+                    await db.rooms.update_one(
+                        {"_id": room_id},
+                        {
+                            "$max": {
+                                "last_seq": int(newest["seq"]),
+                                "last_rev": int((latest_rev or {}).get("rev", 0)),
+                                "last_message_at": newest["created_at"],
+                            }
+                        },
+                    )
+        return stored
+
+    async def count(self) -> int:
+        return await self._storage.count("messages", {})
 
 
 class MongoStorage(Storage):
@@ -864,6 +960,10 @@ class MongoStorage(Storage):
                 await self.db[collection].insert_one(document)
         except Conflict:
             raise Conflict(conflict) from None
+
+    async def count(self, collection: str, query: Mapping[str, Any]) -> int:
+        with _translate_errors():
+            return int(await self.db[collection].count_documents(query))
 
     async def find_one(self, collection: str, query: Mapping[str, Any]) -> Mapping[str, Any] | None:
         with _translate_errors():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from ..errors import Conflict, Unavailable
+from ..errors import Conflict, RoomArchived, RoomGone, Unavailable
 from ..models import (
     Ban,
     Membership,
@@ -50,6 +50,7 @@ from .base import (
     SessionRepository,
     Storage,
     UserRepository,
+    room_of,
 )
 
 SCHEMA = """
@@ -146,6 +147,7 @@ ADDED_COLUMNS = (
     ("rooms", "kind", "TEXT NOT NULL DEFAULT 'public'"),
     ("rooms", "topic", "TEXT NOT NULL DEFAULT ''"),
     ("rooms", "last_message_at", "INTEGER"),
+    ("rooms", "archived_at", "INTEGER"),
     ("memberships", "read_seq", "INTEGER NOT NULL DEFAULT 0"),
     ("messages", "edited_at", "INTEGER"),
     ("messages", "deleted_at", "INTEGER"),
@@ -207,6 +209,7 @@ def _room(row: sqlite3.Row) -> Room:
         kind=RoomKind(row["kind"]),
         topic=row["topic"],
         last_message_at=_from_ms(row["last_message_at"]) if row["last_message_at"] is not None else None,
+        archived_at=_from_ms(row["archived_at"]) if row["archived_at"] is not None else None,
     )
 
 
@@ -297,6 +300,11 @@ class _Database:
             async with self._require(self._reader).execute(sql, params) as cursor:
                 return await cursor.fetchone()
 
+    async def count(self, sql: str, params: tuple[object, ...] = ()) -> int:
+        """The one number a ``SELECT COUNT(*) ...`` answers."""
+        row = await self.fetchone(sql, params)
+        return int(row[0]) if row else 0
+
     async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with _translate_errors():
             async with self._require(self._reader).execute(sql, params) as cursor:
@@ -358,6 +366,9 @@ class SQLiteUsers(UserRepository):
 
     async def set_admin(self, user_id: str, admin: bool) -> None:
         await self._db.execute("UPDATE users SET admin = ? WHERE id = ?", (int(admin), user_id))
+
+    async def count(self) -> int:
+        return await self._db.count("SELECT COUNT(*) FROM users")
 
 
 # A session is live while both its ends are ahead; a database from before idle
@@ -466,6 +477,23 @@ class SQLiteSessions(SessionRepository):
             )
             return cursor.rowcount
 
+    async def list_live(self, user_id: str | None = None, limit: int = 1000) -> list[Session]:
+        now = _to_ms(utcnow())
+        whose, params = ("AND user_id = ?", (user_id,)) if user_id is not None else ("", ())
+        rows = await self._db.fetchall(
+            f"SELECT * FROM sessions WHERE {_LIVE} {whose} ORDER BY created_at DESC, id LIMIT ?",
+            (now, now, *params, limit),
+        )
+        return [_session(row) for row in rows]
+
+    async def count_live(self) -> int:
+        now = _to_ms(utcnow())
+        return await self._db.count(f"SELECT COUNT(*) FROM sessions WHERE {_LIVE}", (now, now))
+
+
+# What a room holds besides its own row, deleted with it.
+ROOM_CONTENTS = ("messages", "memberships", "bans", "mentions", "moderation")
+
 
 class SQLiteRooms(RoomRepository):
     def __init__(self, db: _Database) -> None:
@@ -532,6 +560,22 @@ class SQLiteRooms(RoomRepository):
             except Conflict:
                 raise Conflict(f"a room named {name!r} exists already") from None
         return await self.get(room_id)
+
+    async def set_archived(self, room_id: str, archived_at: datetime.datetime | None) -> Room | None:
+        at = _to_ms(archived_at) if archived_at is not None else None
+        await self._db.execute("UPDATE rooms SET archived_at = ? WHERE id = ?", (at, room_id))
+        return await self.get(room_id)
+
+    async def delete(self, room_id: str) -> bool:
+        # One transaction: the room and its contents go together, or not at all.
+        async with self._db.transaction() as conn:
+            for table in ROOM_CONTENTS:
+                await conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
+            cursor = await conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+            return cursor.rowcount > 0
+
+    async def count(self) -> int:
+        return await self._db.count("SELECT COUNT(*) FROM rooms")
 
 
 class SQLiteModerationLog(ModerationLog):
@@ -744,14 +788,22 @@ class SQLiteMessages(MessageRepository):
                 marks = ", ".join(["?"] * len(counts))
                 async with conn.execute(
                     f"UPDATE rooms SET last_seq = last_seq + CASE id {cases} END, last_message_at = ?"
-                    f" WHERE id IN ({marks}) RETURNING id, last_seq",
+                    f" WHERE id IN ({marks}) AND archived_at IS NULL RETURNING id, last_seq",
                     [*(v for pair in counts.items() for v in pair), _to_ms(now), *counts],
                 ) as cursor:
                     for row in await cursor.fetchall():
                         next_seq[row[0]] = row[1] - counts[row[0]] + 1
                 missing = set(counts) - set(next_seq)
                 if missing:
-                    raise LookupError(f"no room {sorted(missing)[0]!r}")
+                    # Rare, so only now asked which are archived; raising rolls the counters back.
+                    marks = ",".join("?" * len(missing))
+                    async with conn.execute(
+                        f"SELECT id FROM rooms WHERE id IN ({marks}) AND archived_at IS NOT NULL", tuple(missing)
+                    ) as cursor:
+                        archived = {row[0] for row in await cursor.fetchall()}
+                    if archived:
+                        raise RoomArchived(archived)
+                    raise RoomGone(missing)
             created: dict[tuple[str, str, str], Message] = {}
             for new in fresh:
                 seq, next_seq[new.room_id] = next_seq[new.room_id], next_seq[new.room_id] + 1
@@ -821,10 +873,15 @@ class SQLiteMessages(MessageRepository):
                 if await cursor.fetchone() is None:
                     return None
             async with conn.execute(
-                "UPDATE rooms SET last_rev = last_rev + 1 WHERE id = ? RETURNING last_rev", (revision.room_id,)
+                "UPDATE rooms SET last_rev = last_rev + 1 WHERE id = ? AND archived_at IS NULL RETURNING last_rev",
+                (revision.room_id,),
             ) as cursor:
                 row = await cursor.fetchone()
             if row is None:
+                async with conn.execute("SELECT archived_at FROM rooms WHERE id = ?", (revision.room_id,)) as cursor:
+                    room = await cursor.fetchone()
+                if room is not None and room[0] is not None:
+                    raise RoomArchived([revision.room_id])
                 return None
             at = _to_ms(revision.at)
             if revision.body is None:
@@ -842,6 +899,53 @@ class SQLiteMessages(MessageRepository):
             "SELECT * FROM messages WHERE room_id = ? AND rev > ? ORDER BY rev LIMIT ?", (room_id, rev, limit + 1)
         )
         return [_message(row) for row in rows[:limit]], len(rows) > limit
+
+    async def restore(self, messages: Sequence[Message]) -> int:
+        if not messages:
+            return 0
+        room_id = room_of(messages)
+        async with self._db.transaction() as conn:
+            async with conn.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)) as cursor:
+                if await cursor.fetchone() is None:
+                    raise RoomGone([room_id])
+            # DO NOTHING on any unique key: a seq or a (user, client_id) the room holds already.
+            cursor = await conn.executemany(
+                "INSERT INTO messages (id, room_id, seq, user_id, username, body, created_at, client_id,"
+                " edited_at, deleted_at, rev, html) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (
+                        new_id(),
+                        m.room_id,
+                        m.seq,
+                        m.user_id,
+                        m.username,
+                        m.body,
+                        _to_ms(m.created_at),
+                        m.client_id,
+                        _to_ms(m.edited_at) if m.edited_at is not None else None,
+                        _to_ms(m.deleted_at) if m.deleted_at is not None else None,
+                        m.rev,
+                        m.html,
+                    )
+                    for m in messages
+                ],
+            )
+            stored = max(cursor.rowcount, 0)
+            # The counters follow what the room now holds (a skipped message's
+            # seq may not be stored at all), never moving down.
+            await conn.execute(
+                "UPDATE rooms SET"
+                " last_seq = MAX(last_seq, COALESCE((SELECT MAX(seq) FROM messages WHERE room_id = :room), 0)),"
+                " last_rev = MAX(last_rev, COALESCE((SELECT MAX(rev) FROM messages WHERE room_id = :room), 0)),"
+                " last_message_at = NULLIF(MAX(COALESCE(last_message_at, 0), COALESCE((SELECT created_at"
+                " FROM messages WHERE room_id = :room ORDER BY seq DESC LIMIT 1), 0)), 0)"
+                " WHERE id = :room",
+                {"room": room_id},
+            )
+        return stored
+
+    async def count(self) -> int:
+        return await self._db.count("SELECT COUNT(*) FROM messages")
 
 
 class SQLiteStorage(Storage):

@@ -257,8 +257,10 @@ def _check_distributed_settings() -> None:
         raise ClusterError(f"configuration error: {exc}") from None
     if not settings.database_url.startswith(("mongodb://", "mongodb+srv://")):
         raise ClusterError("a cluster needs CHAT_DATABASE_URL=mongodb://... (SQLite belongs to one process)")
-    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ClusterError("a cluster needs CHAT_BROKER_URL=redis://... (memory:// reaches one process only)")
+    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+        raise ClusterError(
+            "a cluster needs CHAT_BROKER_URL=redis://... or redis+cluster://... (memory:// reaches one process only)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import tornado.httputil
 import tornado.web
 from markupsafe import Markup
 
+from .. import logs
 from ..bootstrap import Services
 from ..config import Settings
 from ..errors import ChatError, RateLimited, Unavailable
@@ -99,6 +100,8 @@ class ChatApplication(tornado.web.Application):
         peer = str(request.remote_ip)
         request.remote_ip = self.proxies.client_ip(peer, request.headers)
         request.protocol = self.proxies.scheme(peer, request.headers, request.protocol)
+        # Every line logged about this request (the access line too) carries its id and client.
+        logs.bind_request(request.remote_ip)
         return super().find_handler(request, **kwargs)
 
 
@@ -249,6 +252,7 @@ class BaseHandler(AppHandler):
             return
         self.session_token = token
         self.current_user = resolved[1]
+        logs.bind(user_id=resolved[1].id)
         if self.request.method == "GET" and self.renders_pages:
             try:
                 self.badges = await self.services.unread.badges(resolved[1])
@@ -292,6 +296,7 @@ class BaseHandler(AppHandler):
         if self.session_token:
             await self.accounts.end_session(self.session_token)
         token = await self.accounts.start_session(user)
+        logs.bind(user_id=user.id)
         self.set_cookie(self.session_cookie.name, self.session_cookie.encode(token), **self.session_cookie.attributes())
 
     def form_refusal(self, exc: ChatError) -> str:

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
+from .. import metrics
 from ..errors import RateLimited, Unavailable, ValidationError
 from ..models import Membership, Role, Room, RoomKind, User
 from ..protocol import has_control_characters
@@ -325,6 +326,21 @@ class HealthHandler(AppHandler):
             self.finish({"status": "ok", "instance": self.config.instance})
         else:
             self.finish({"status": "ok"})
+
+
+class MetricsHandler(AppHandler):
+    """``/metrics``: this process's metrics for Prometheus (chat/metrics.py).
+
+    For the deployment's own machines only (``CHAT_TRUSTED_PROXIES``); to
+    anyone else there is no such page. nginx never passes it on either:
+    Prometheus scrapes each process on its own port.
+    """
+
+    def get(self) -> None:
+        if not self.from_trusted_network:
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", metrics.CONTENT_TYPE_LATEST)
+        self.finish(metrics.exposition())
 
 
 class ReadinessHandler(AppHandler):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
 import tornado.web
 import tornado.websocket
 
+from .. import logs, metrics
 from ..errors import Unavailable
 from ..models import Room
 from ..protocol import Close
@@ -34,6 +35,8 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
     admission: Admission | None = None
     transport: SocketTransport | None = None
     renders_pages = False
+    # The ids this socket's log lines carry (request, connection, user, client).
+    log_context: Mapping[str, str] | None = None
 
     async def prepare(self) -> None:
         # Refusals happen here, before the upgrade, so clients get a plain
@@ -52,11 +55,23 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
         # Last, so that nothing after it can refuse the handshake and leave
         # the place taken (a taken place expires by itself anyway).
         self.admission = await self.services.connections.admit(self.user, self.client_ip)
+        # This socket's id on every line logged about it: the handshake's
+        # access line, open(), and each frame's on_message(), which Tornado
+        # runs in tasks started from this one (they copy its context).
+        self.log_context = logs.bind(connection_id=logs.new_id())
 
     async def prepare_socket(self) -> None:
         """Check what this kind of socket needs from the request (raise HTTPError or a ChatError to refuse)."""
 
+    def on_connection_close(self) -> None:
+        # Tornado may call this from whatever noticed the close (the fan-out
+        # dropping a slow socket, say): log on_close() as this socket's, and
+        # leave the caller's context as it was.
+        with logs.bound(self.log_context or logs.current_context()):
+            super().on_connection_close()
+
     def render_error(self, status_code: int, title: str, message: str) -> None:
+        metrics.HANDSHAKES_REFUSED.labels(str(status_code)).inc()
         audit.event(
             "handshake_refused",
             status=status_code,

@@ -33,6 +33,7 @@ from typing import Protocol
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from .. import metrics
 from ..protocol import Close, Outbound
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class SocketTransport:
         # resumes with `since`, and the room does not wait for it meanwhile.
         # The backlog is dropped when Tornado gives up on the close handshake.
         self.too_slow = True
+        metrics.SLOW_CONSUMERS.inc()
         self._queued.clear()  # nothing more for a client that does not read
         log.warning(
             "closing the socket of %s: too slow, %d bytes not yet sent (cap %d)",

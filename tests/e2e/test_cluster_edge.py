@@ -61,6 +61,13 @@ async def test_health_probes_are_not_public_through_nginx(cluster: Cluster) -> N
         assert status == 200 and b"instance" in body, path
 
 
+async def test_metrics_are_never_served_through_nginx(cluster: Cluster) -> None:
+    head = f"GET /metrics HTTP/1.1\r\nHost: {host(cluster)}\r\nConnection: close"
+    for source in (PUBLIC, None):  # not even to the machine itself: Prometheus scrapes each process
+        status, _, body = await raw_request(cluster.url, head, source=source)
+        assert status == 404 and b"chat_" not in body
+
+
 async def test_a_client_cannot_choose_the_address_the_app_sees(cluster: Cluster) -> None:
     # Checklist 23: nginx overwrites X-Real-IP and X-Forwarded-For with the
     # address it saw; the processes believe nginx (loopback) only.

@@ -1,8 +1,11 @@
 """One contract suite for :class:`chat.broker.Broker`, run against every backend.
 
-Each test gets a fresh, connected broker: the in-process ``memory://`` one or
-a :class:`~chat.broker.redis.RedisBroker` on the session's redis-server.
-Redis channels are server-wide, so every test names its channels with a uuid.
+Each test gets a fresh, connected broker: the in-process ``memory://`` one, a
+:class:`~chat.broker.redis.RedisBroker` on the session's redis-server, or a
+:class:`~chat.broker.redis_cluster.RedisClusterBroker` on the session's
+3-master Redis Cluster. Channels are server-wide (cluster-wide), so every test
+names its channels with a uuid. Outages of one cluster master are tested in
+``test_broker_cluster.py``.
 
 The Redis-only tests at the end stop and restart the session's redis-server
 (same port) with ``outage()``, which restarts it even when the test fails, so
@@ -12,7 +15,6 @@ later tests find it up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -21,20 +23,27 @@ import pytest
 from chat.broker import RESYNC, Broker, BrokerClosed, Event, open_backplane
 from chat.broker.redis import RedisBroker
 from chat.errors import Unavailable
+from tests.support.brokers import RECOVERY_TIMEOUT, Collector, publish_until_received
 from tests.support.services import RedisServer
 from tests.support.waiting import eventually
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "redis+cluster"]
+# The fixture that names each backend's URL (memory needs none).
+URL_FIXTURES = {"redis": "redis_url", "redis+cluster": "redis_cluster_url"}
 # Bounds every single wait for an event; generous, a healthy run takes milliseconds.
 EVENT_TIMEOUT = 5.0
-# How long Redis may take to come back and the broker to notice and resubscribe.
-RECOVERY_TIMEOUT = 20.0
 
 
 @pytest.fixture(params=BACKENDS)
 def broker_url(request: pytest.FixtureRequest) -> str:
-    # getfixturevalue keeps redis-server out of the memory runs entirely.
-    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    # getfixturevalue keeps Redis out of the runs that do not need it entirely.
+    return "memory://" if request.param == "memory" else request.getfixturevalue(URL_FIXTURES[request.param])
+
+
+@pytest.fixture(params=["redis", "redis+cluster"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """A backend several processes can share."""
+    return request.getfixturevalue(URL_FIXTURES[request.param])
 
 
 @pytest.fixture
@@ -73,54 +82,6 @@ async def next_payload_event(broker: Broker, timeout: float = EVENT_TIMEOUT) -> 
         event = await next_event(broker, timeout)
         if event is not RESYNC:
             return event
-
-
-class Collector:
-    """Reads a broker's events in the background, as the fan-out listener does."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.events: list[Event] = []
-        self.closed = False
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                self.events.append(await self.broker.next_published())
-        except BrokerClosed:
-            self.closed = True
-
-    def payloads(self, on: str) -> list[str]:
-        return [event.payload for event in self.events if event.channel == on]
-
-    @property
-    def resyncs(self) -> int:
-        return sum(1 for event in self.events if event is RESYNC)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-async def publish_until_received(
-    publisher: Broker, collector: Collector, on: str, payload: str, timeout: float = RECOVERY_TIMEOUT
-) -> None:
-    """Publish ``payload`` on ``on`` again and again until ``collector`` has it.
-
-    Publishing may fail while the server is still coming back, and a publish
-    that lands before the subscriber has resubscribed is gone (at most once).
-    """
-
-    async def arrived_or_published_again() -> bool:
-        if payload in collector.payloads(on):
-            return True
-        with contextlib.suppress(Unavailable):
-            await publisher.publish(on, payload)
-        return False
-
-    await eventually(arrived_or_published_again, timeout, f"{payload!r} arriving on {on}", interval=0.1)
 
 
 # -- delivery -------------------------------------------------------------------
@@ -164,7 +125,9 @@ async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
     assert await next_payload_event(broker) == Event(channel=staying, payload="sentinel")
 
 
-async def test_two_channels_interleave_in_publish_order_each_event_naming_its_channel(broker: Broker) -> None:
+async def test_two_channels_interleave_in_publish_order_each_event_naming_its_channel(
+    broker: Broker, broker_url: str
+) -> None:
     first, second = channel("first"), channel("second")
     await broker.subscribe(first)
     await broker.subscribe(second)
@@ -173,8 +136,15 @@ async def test_two_channels_interleave_in_publish_order_each_event_naming_its_ch
     for on, payload in sent:
         await broker.publish(on, payload)
 
-    received = [await next_payload_event(broker) for _ in sent]
-    assert [(event.channel, event.payload) for event in received] == sent
+    received = [(event.channel, event.payload) for event in [await next_payload_event(broker) for _ in sent]]
+    if broker_url.startswith("redis+cluster"):
+        # Sharded pub/sub orders each channel, not channels on two masters
+        # (two connections): the fan-out only needs each room in order.
+        for on in (first, second):
+            assert [each for each in received if each[0] == on] == [each for each in sent if each[0] == on]
+        assert sorted(received) == sorted(sent)
+    else:
+        assert received == sent
 
 
 async def test_unicode_payloads_round_trip_unchanged(broker: Broker) -> None:
@@ -214,22 +184,22 @@ async def test_disconnect_wakes_a_next_published_that_waits_for_a_first_channel(
 # -- Redis only: several processes, and Redis going away ------------------------
 
 
-async def test_two_processes_subscribed_to_one_channel_both_receive_what_one_publishes(
-    redis_only: RedisBroker, redis_url: str
-) -> None:
-    other = open_backplane(redis_url).broker
+async def test_two_processes_subscribed_to_one_channel_both_receive_what_one_publishes(shared_url: str) -> None:
+    one, other = open_backplane(shared_url).broker, open_backplane(shared_url).broker
+    await one.connect()
     await other.connect()
     try:
         room = channel()
-        await redis_only.subscribe(room)
+        await one.subscribe(room)
         await other.subscribe(room)
 
-        await redis_only.publish(room, "to everyone")
+        await one.publish(room, "to everyone")
 
-        assert await next_payload_event(redis_only) == Event(channel=room, payload="to everyone")
+        assert await next_payload_event(one) == Event(channel=room, payload="to everyone")
         assert await next_payload_event(other) == Event(channel=room, payload="to everyone")
     finally:
         await other.disconnect()
+        await one.disconnect()
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """One contract suite for :class:`chat.broker.PresenceStore`, run against every backend.
 
 Each test gets the store that goes with a fresh, connected broker: the
-in-process :class:`~chat.broker.MemoryPresence` or a
-:class:`~chat.broker.redis.RedisPresence` on the session's redis-server.
-Redis keys are server-wide, so every test uses fresh room ids.
+in-process :class:`~chat.broker.MemoryPresence`, or a
+:class:`~chat.broker.redis.RedisPresence` on the session's redis-server or on
+its 3-master Redis Cluster. Redis keys are server-wide (cluster-wide), so every
+test uses fresh room ids.
 
 Both stores read expiry times from a :class:`FakeClock` the tests move by
 hand. Redis also gives each key a real ``EXPIRE`` of ``int(ttl) + 1`` seconds,
@@ -21,7 +22,8 @@ from chat.broker import PresenceStore, open_backplane
 from chat.models import OnlineUser
 from tests.support.clock import FakeClock
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "redis+cluster"]
+URL_FIXTURES = {"redis": "redis_url", "redis+cluster": "redis_cluster_url"}
 TTL = 30.0
 
 ALICE = OnlineUser(username="alice", id="u-alice")
@@ -31,7 +33,7 @@ CAROL = OnlineUser(username="carol", id="u-carol")
 
 @pytest.fixture(params=BACKENDS)
 def broker_url(request: pytest.FixtureRequest) -> str:
-    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    return "memory://" if request.param == "memory" else request.getfixturevalue(URL_FIXTURES[request.param])
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from chat.errors import Conflict, Unavailable
+from chat.errors import Conflict, RoomArchived, Unavailable
 from chat.models import (
+    Message,
     ModerationAction,
     ModerationEntry,
     NewMessage,
@@ -895,6 +896,181 @@ async def test_a_new_storage_on_the_same_database_sees_earlier_data(storage_url:
         assert next_message.seq == 2
 
 
+# -- site administration: counts, sessions listed, rooms archived, deleted, restored --
+
+
+async def test_users_rooms_messages_and_live_sessions_are_counted(storage: Storage, room: Room, user: User) -> None:
+    bob = await storage.users.add("bob", b"hash")
+    await storage.rooms.add("other", bob, RoomKind.PRIVATE)
+    await post_many(storage, room, user, 3)
+    await storage.sessions.add("live", user.id, utc_in(3600))
+    await storage.sessions.add("expired", user.id, utc_in(-1))
+    await storage.sessions.add("idled-out", bob.id, utc_in(3600), idle_expires_at=utc_in(-1))
+
+    assert await storage.users.count() == 2
+    assert await storage.rooms.count() == 2
+    assert await storage.messages.count() == 3
+    assert await storage.sessions.count_live() == 1
+
+
+async def test_live_sessions_are_listed_newest_first_for_one_user_or_everyone(storage: Storage, user: User) -> None:
+    bob = await storage.users.add("bob", b"hash")
+    for session_id, owner in (("a-old", user), ("b-only", bob), ("a-new", user)):
+        await storage.sessions.add(session_id, owner.id, utc_in(3600))
+        await asyncio.sleep(0.005)  # created_at has millisecond precision
+    await storage.sessions.add("a-expired", user.id, utc_in(-1))
+
+    assert [s.id for s in await storage.sessions.list_live(user.id)] == ["a-new", "a-old"]
+    assert [s.id for s in await storage.sessions.list_live()] == ["a-new", "b-only", "a-old"]
+    assert [s.id for s in await storage.sessions.list_live(limit=1)] == ["a-new"]
+    listed = (await storage.sessions.list_live(bob.id))[0]
+    assert listed == await storage.sessions.get("b-only")
+    assert await storage.sessions.list_live("0" * 24) == []
+
+
+async def test_an_archived_room_is_readable_and_refuses_new_messages_and_revisions(
+    storage: Storage, room: Room, user: User
+) -> None:
+    first, _ = await storage.messages.add(new_message(room, user, "c1", "before"))
+    at = utcnow()
+
+    archived = await storage.rooms.set_archived(room.id, at)
+
+    assert archived is not None and archived.archived_at == at and archived.archived
+    assert (await storage.rooms.get(room.id)) == archived
+    with pytest.raises(RoomArchived) as refused:
+        await storage.messages.add(new_message(room, user, "c2", "after"))
+    assert refused.value.room_ids == {room.id}
+    with pytest.raises(RoomArchived):
+        await storage.messages.revise(Revision(room.id, first.id, "edited", utcnow()))
+    with pytest.raises(RoomArchived):
+        await storage.messages.revise(Revision(room.id, first.id, None, utcnow()))
+    stored, _ = await storage.messages.after(room.id, 0, 10)
+    assert stored == [first]
+    assert await storage.messages.counters([room.id]) == {room.id: RoomCounters(seq=1, rev=0)}
+
+    unarchived = await storage.rooms.set_archived(room.id, None)
+
+    assert unarchived is not None and unarchived.archived_at is None
+    second, created = await storage.messages.add(new_message(room, user, "c2", "after"))
+    assert created and second.seq == 2
+    assert await storage.rooms.set_archived("0" * 24, utcnow()) is None
+
+
+async def test_a_room_is_deleted_with_everything_in_it_and_nothing_else(
+    storage: Storage, room: Room, user: User
+) -> None:
+    other = await storage.rooms.add("other", user)
+    bob = await storage.users.add("bob", b"hash")
+    for target in (room, other):
+        await storage.memberships.add(target.id, user, Role.OWNER)
+        await storage.bans.add(target.id, bob.id, user.id)
+        await storage.mentions.add_many([(target.id, user.id, 1)])
+        await storage.moderation.add(
+            ModerationEntry(target.id, user.id, user.username, ModerationAction.BAN, bob.id, "", utcnow())
+        )
+        await post_many(storage, target, user, 2)
+
+    assert await storage.rooms.delete(room.id) is True
+
+    assert await storage.rooms.get(room.id) is None
+    assert await storage.rooms.get_by_name(room.name) is None
+    assert await storage.messages.after(room.id, 0, 10) == ([], False)
+    assert await storage.memberships.get(room.id, user.id) is None
+    assert await storage.bans.get(room.id, bob.id) is None
+    assert await storage.moderation.list(room.id) == []
+    assert await storage.mentions.counts(user.id, {room.id: 0, other.id: 0}) == {other.id: 1}
+    assert len((await storage.messages.after(other.id, 0, 10))[0]) == 2
+    assert await storage.memberships.get(other.id, user.id) is not None
+    assert await storage.bans.get(other.id, bob.id) is not None
+    assert len(await storage.moderation.list(other.id)) == 1
+    assert await storage.rooms.delete(room.id) is False
+    with pytest.raises(LookupError):
+        await storage.messages.add(new_message(room, user, "late"))
+    # The name is free again.
+    assert (await storage.rooms.add(room.name, user)).id != room.id
+
+
+def exported(room: Room, user: User, seq: int, **changes: object) -> Message:
+    """A message as an export carries it, for ``room``."""
+    message = Message(
+        id=f"exported-{seq}",
+        room_id=room.id,
+        seq=seq,
+        user_id=user.id,
+        username=user.username,
+        body=f"message {seq}",
+        created_at=datetime.datetime(2025, 1, 2, 3, 4, seq, 567000, tzinfo=datetime.UTC),
+        client_id=f"client-{seq}",
+        html=f"<p>message {seq}</p>",
+    )
+    return dataclasses.replace(message, **changes)  # type: ignore[arg-type]
+
+
+async def test_restored_messages_keep_seqs_times_edits_and_deletions(storage: Storage, room: Room, user: User) -> None:
+    edited_at = datetime.datetime(2025, 1, 3, tzinfo=datetime.UTC)
+    messages = [
+        exported(room, user, 1),
+        exported(room, user, 2, body="changed", edited_at=edited_at, rev=2),
+        exported(room, user, 3, body="", html="", deleted_at=edited_at, rev=1),
+    ]
+
+    assert await storage.messages.restore(messages) == 3
+
+    stored, more = await storage.messages.after(room.id, 0, 10)
+    assert not more
+    keep = ("seq", "user_id", "username", "body", "html", "created_at", "client_id", "edited_at", "deleted_at", "rev")
+    assert [[getattr(m, f) for f in keep] for m in stored] == [[getattr(m, f) for f in keep] for m in messages]
+    assert await storage.messages.counters([room.id]) == {room.id: RoomCounters(seq=3, rev=2)}
+    found = await storage.rooms.get(room.id)
+    assert found is not None and found.last_message_at == messages[-1].created_at
+    # What comes next follows on: the next seq, the next rev.
+    fourth, _ = await storage.messages.add(new_message(room, user, "c4", "live"))
+    assert fourth.seq == 4
+    revised = await storage.messages.revise(Revision(room.id, stored[0].id, "edited live", utcnow()))
+    assert revised is not None and revised.rev == 3
+
+
+async def test_restoring_again_stores_nothing_and_never_moves_counters_down(
+    storage: Storage, room: Room, user: User
+) -> None:
+    messages = [exported(room, user, seq) for seq in (1, 2, 3)]
+    assert await storage.messages.restore(messages[:2]) == 2
+
+    assert await storage.messages.restore(messages) == 1
+    assert await storage.messages.restore(messages) == 0
+    # The same client_id again under another seq is the same message: skipped.
+    assert await storage.messages.restore([exported(room, user, 9, client_id="client-1")]) == 0
+
+    stored, _ = await storage.messages.after(room.id, 0, 10)
+    assert [m.seq for m in stored] == [1, 2, 3]
+    assert await storage.messages.counters([room.id]) == {room.id: RoomCounters(seq=3, rev=0)}
+    assert await storage.messages.restore([]) == 0
+
+
+async def test_restoring_works_in_an_archived_room_and_never_in_an_unknown_one(
+    storage: Storage, room: Room, user: User
+) -> None:
+    await storage.rooms.set_archived(room.id, utcnow())
+
+    assert await storage.messages.restore([exported(room, user, 1)]) == 1
+    with pytest.raises(LookupError):
+        await storage.messages.restore([dataclasses.replace(exported(room, user, 1), room_id="0" * 24)])
+
+
+async def test_a_room_restored_next_to_its_original_gets_ids_of_its_own(
+    storage: Storage, room: Room, user: User
+) -> None:
+    original, _ = await storage.messages.add(new_message(room, user, "c1", "hello"))
+    copy = await storage.rooms.add("copy", user)
+
+    assert await storage.messages.restore([dataclasses.replace(original, room_id=copy.id)]) == 1
+
+    [restored], _ = await storage.messages.after(copy.id, 0, 10)
+    assert restored.id != original.id and restored.body == "hello"
+    assert await storage.messages.get(room.id, original.id) == original
+
+
 # -- backend specifics -----------------------------------------------------
 
 
@@ -980,3 +1156,17 @@ async def test_sqlite_stores_a_batch_of_several_rooms_with_each_rooms_seqs_in_or
         with pytest.raises(LookupError):
             await storage.messages.add_many([new_message(a, user, "a4"), new_message(ghost, user, "g1")])
         assert (await storage.messages.add(new_message(a, user, "a4")))[0].seq == 4  # nothing of that batch stayed
+
+
+async def test_sqlite_refuses_a_batch_touching_an_archived_room_naming_it_and_storing_nothing(sqlite_url: str) -> None:
+    async with connected_storage(sqlite_url) as storage:
+        user = await storage.users.add("alice", b"hash")
+        a, b = await storage.rooms.add("a", user), await storage.rooms.add("b", user)
+        await storage.rooms.set_archived(b.id, utcnow())
+
+        with pytest.raises(RoomArchived) as refused:
+            await storage.messages.add_many([new_message(a, user, "a1"), new_message(b, user, "b1")])
+
+        assert refused.value.room_ids == {b.id}
+        assert await storage.messages.counters([a.id, b.id]) == {a.id: RoomCounters(), b.id: RoomCounters()}
+        assert (await storage.messages.add(new_message(a, user, "a1")))[0].seq == 1

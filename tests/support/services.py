@@ -7,6 +7,7 @@ except under CI=true, where it fails them: CI must run everything.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from devtools.services import (
     ferretdb_path,
     free_port,
     free_port_range,
+    locate,
     nginx_path,
     redis_server_path,
     wait_for_port,
@@ -34,6 +36,7 @@ __all__ = [
     "missing_service",
     "nginx_binary",
     "redis_binary",
+    "redis_cli_binary",
     "wait_for_port",
 ]
 
@@ -58,6 +61,12 @@ def ferretdb_binary() -> str:
 
 def redis_binary() -> str:
     return find_binary(redis_server_path(), "redis-server", "install it with `apt-get install redis-server`")
+
+
+def redis_cli_binary() -> str:
+    # Debian's redis-server package brings redis-cli (through redis-tools).
+    path = locate("redis-cli", "CHAT_REDIS_CLI_BIN", [Path("/usr/bin/redis-cli")])
+    return find_binary(path, "redis-cli", "install it with `apt-get install redis-server`")
 
 
 def nginx_binary() -> str:

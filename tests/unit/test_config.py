@@ -434,6 +434,7 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_WS_PREBUILT_FRAMES": "false",
         "CHAT_WS_BATCH_WRITES": "false",
         "CHAT_EVENT_LOOP": "uvloop",
+        "CHAT_LOG_FORMAT": "json",
         "CHAT_ALLOWED_ORIGINS": "https://a.example",
         "CHAT_TRUSTED_PROXIES": "10.0.0.0/8",
         "CHAT_DEBUG": "true",

@@ -138,3 +138,19 @@ def test_the_container_binds_all_interfaces_and_trusts_only_the_compose_network(
     network = ipaddress.ip_network(subnet.group(1))
     assert any(network.subnet_of(t) for t in trusted if t.version == network.version)
     assert all(t.is_private or t.is_loopback for t in trusted)
+
+
+def test_nginx_never_serves_metrics() -> None:
+    site = render_site_config(processes=2, base_port=9001, listen="127.0.0.1:9000")
+    location = re.search(r"location = /metrics \{(.*?)\n    \}", site, re.S)
+    assert location and location.group(1).strip() == "return 404;"
+
+
+def test_the_replica_set_override_names_three_members_in_one_set_and_the_app_uses_them() -> None:
+    override = (ROOT / "docker-compose.replica-set.yml").read_text()
+    members = re.findall(r'\{_id: \d, host: "([\w-]+:27017)"\}', override)
+    assert members == ["mongo:27017", "mongo2:27017", "mongo3:27017"]
+    assert override.count('command: ["mongod", "--replSet", "rs0", "--bind_ip_all"]') == 3
+    url = re.search(r'CHAT_DATABASE_URL: "([^"]+)"', override)
+    assert url and url.group(1).startswith("mongodb://" + ",".join(members) + "/chat?")
+    assert all(option in url.group(1) for option in ("replicaSet=rs0", "w=majority", "journal=true"))

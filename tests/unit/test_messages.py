@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from chat.errors import TooLarge, ValidationError
-from chat.models import Room, User
+from chat.errors import NotFound, RoomArchived, TooLarge, ValidationError
+from chat.models import Room, User, utcnow
 from chat.services.messages import MAX_BODY_LENGTH, Messages, clean_body
 from chat.storage import Storage
 
@@ -130,3 +132,51 @@ async def test_the_page_before_a_seq_is_the_seqs_just_below_it(messages: Message
     assert await page(3, 10) == ([1, 2], False)
     assert await page(1, 10) == ([], False)
     assert await page(100, 2) == ([], True)  # past the newest: nothing stored there
+
+
+# -- archived rooms --------------------------------------------------------------
+
+
+async def test_an_archived_room_refuses_posts_edits_and_deletions_with_a_clear_error(
+    messages: Messages, memory_storage: Storage, user: User, room: Room
+) -> None:
+    message, _ = await messages.post(user, room, "c1", "before")
+    archived = await memory_storage.rooms.set_archived(room.id, utcnow())
+    assert archived is not None
+
+    for attempt in (
+        messages.post(user, archived, "c2", "after"),
+        messages.edit(user, archived, message.id, "edited"),
+        messages.delete(user, archived, message.id),
+    ):
+        with pytest.raises(RoomArchived, match="archived: it can be read, but nothing new can be posted"):
+            await attempt
+
+
+async def test_a_copy_of_the_room_from_before_it_was_archived_is_refused_by_storage(
+    messages: Messages, memory_storage: Storage, user: User, room: Room
+) -> None:
+    await memory_storage.rooms.set_archived(room.id, utcnow())
+
+    with pytest.raises(RoomArchived):
+        await messages.post(user, room, "c1", "stale room")  # ``room`` says it is not archived
+
+    assert await messages.stored_seq(room.id) == 0
+
+
+async def test_one_write_for_several_rooms_refuses_only_the_senders_to_archived_or_deleted_rooms(
+    messages: Messages, memory_storage: Storage, user: User, room: Room
+) -> None:
+    archived = await memory_storage.rooms.add("archived", user)
+    deleted = await memory_storage.rooms.add("deleted", user)
+    await memory_storage.rooms.set_archived(archived.id, utcnow())
+    targets = (room, archived, deleted, room)
+    news = [await messages.prepare(user, target, f"c{n}", "hi") for n, target in enumerate(targets)]
+    await memory_storage.rooms.delete(deleted.id)
+
+    # Submitted together: SQLite stores every room's waiting messages in one write.
+    results = await asyncio.gather(*(messages.submit(new) for new in news), return_exceptions=True)
+
+    assert [type(result).__name__ for result in results] == ["tuple", "RoomArchived", "RoomGone", "tuple"]
+    assert [result[0].seq for result in results if isinstance(result, tuple)] == [1, 2]
+    assert isinstance(results[2], NotFound)
