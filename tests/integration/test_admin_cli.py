@@ -30,6 +30,7 @@ from tests.support.client import Browser
 from tests.support.server import TEST_SECRET, ServerFactory
 from tests.support.services import PROJECT_ROOT, free_port
 from tests.support.storage import connected_storage
+from tests.support.waiting import eventually
 
 PASSWORD = "correct horse battery"
 
@@ -484,6 +485,18 @@ async def test_with_redis_disabling_closes_the_users_open_sockets_on_the_server_
     )
     assert deleted.status == 0, deleted
     assert await doomed.closed(timeout=2) == Close.REMOVED  # its members' sockets in it close
+
+    # Archived: every server forgets its copy, and the page is for reading only.
+    quiet_id = await browser.create_room("quiet")
+    assert (await browser.get(f"/rooms/{quiet_id}")).code == 200  # cached by the server now
+    archived = await run_admin_async(server.database_url, "room", "archive", quiet_id, CHAT_BROKER_URL=redis_url)
+    assert archived.status == 0, archived
+
+    async def read_only() -> bool:
+        page = (await browser.get(f"/rooms/{quiet_id}")).body.decode()
+        return "This room is archived" in page and 'id="composer"' not in page and 'data-archive="true"' in page
+
+    await eventually(read_only, 2, "the archived room's page read-only")
 
     disabled = await run_admin_async(server.database_url, "user", "disable", username, CHAT_BROKER_URL=redis_url)
     assert disabled.status == 0, disabled
