@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FERRETDB_BIN ?= .cache/bin/ferretdb
+TOXIPROXY_BIN ?= .cache/bin/toxiproxy-server
 NPM ?= npm
 NODE_DEPS := node_modules/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --targets chat,baseline --room-sizes 10,100,1000 --window 8
 
-.PHONY: help run test lint format venv test-venv node-deps ferretdb bench clean
+.PHONY: help run test lint format venv test-venv node-deps ferretdb toxiproxy bench clean
 
 help:
 	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
@@ -17,6 +18,7 @@ help:
 	@echo "make lint      ruff (lint and format check) and mypy --strict; CI runs it before the tests"
 	@echo "make format    reformat the code with ruff"
 	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
+	@echo "make toxiproxy build Toxiproxy, the fault-injecting proxy the network-fault tests use (needs Go)"
 	@echo "make node-deps install the test suite's npm packages (axe-core for the accessibility tests; needs npm)"
 	@echo "make cluster   start the process group under supervisord behind nginx (MongoDB + Redis)"
 	@echo "make cluster-stop, make cluster-ctl ARGS=status   stop it, or talk to supervisorctl"
@@ -53,11 +55,16 @@ $(FERRETDB_BIN):
 
 ferretdb: $(FERRETDB_BIN)
 
+$(TOXIPROXY_BIN):
+	bash .ci/install-toxiproxy $(TOXIPROXY_BIN)
+
+toxiproxy: $(TOXIPROXY_BIN)
+
 test: test-venv
 	@if command -v go >/dev/null 2>&1; then \
-		$(MAKE) --no-print-directory ferretdb; \
+		$(MAKE) --no-print-directory ferretdb toxiproxy; \
 	else \
-		echo "Go is not installed: the MongoDB-backend tests will be skipped (under CI=true they fail)."; \
+		echo "Go is not installed: the MongoDB-backend and network-fault tests will be skipped (under CI=true they fail)."; \
 	fi
 	@if command -v $(NPM) >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory node-deps; \

@@ -1,4 +1,4 @@
-"""Start and stop throwaway backing services (FerretDB, Redis) on free loopback ports.
+"""Start and stop throwaway backing services (FerretDB, Redis, Toxiproxy) on free loopback ports.
 
 Used by the soak tool and the tests; each instance keeps its files in a
 directory of its own and can be stopped and started again on the same port,
@@ -7,21 +7,28 @@ which is how outages are simulated.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from chat.config import PROJECT_ROOT
 
 FERRETDB_INSTALL_HINT = (
     "run `make ferretdb` (builds FerretDB v1.24.2 with Go into .cache/bin/ferretdb) or set CHAT_FERRETDB_BIN"
+)
+
+TOXIPROXY_INSTALL_HINT = (
+    "run `make toxiproxy` (builds Toxiproxy v2.5.0 with Go into .cache/bin/toxiproxy-server) or set CHAT_TOXIPROXY_BIN"
 )
 
 
@@ -38,6 +45,10 @@ def locate(name: str, env_var: str, candidates: list[Path]) -> str | None:
 
 def ferretdb_path() -> str | None:
     return locate("ferretdb", "CHAT_FERRETDB_BIN", [PROJECT_ROOT / ".cache" / "bin" / "ferretdb"])
+
+
+def toxiproxy_path() -> str | None:
+    return locate("toxiproxy-server", "CHAT_TOXIPROXY_BIN", [PROJECT_ROOT / ".cache" / "bin" / "toxiproxy-server"])
 
 
 def redis_server_path() -> str | None:
@@ -244,3 +255,115 @@ class RedisServer(ServiceProcess):
             "--dir",
             str(self.data_dir),
         ]
+
+
+class ToxiproxyError(RuntimeError):
+    """Toxiproxy's API refused a request; the message has its answer."""
+
+
+class Toxiproxy(ServiceProcess):
+    """A Toxiproxy server: TCP proxies on loopback whose traffic can be made to misbehave.
+
+    Driven through its HTTP API (``port`` is the API's); each proxy listens on
+    a port of its own and forwards to an upstream. Toxics act on the
+    connections a proxy already carries as well as on new ones, in one
+    direction (``downstream``: from the upstream back to the client, or
+    ``upstream``). Those used here:
+
+    - ``latency``: ``{"latency": ms, "jitter": ms}`` added to every chunk of data
+    - ``bandwidth``: ``{"rate": KB/s}``
+    - ``timeout``: ``{"timeout": 0}`` drops all data and closes nothing, so the
+      connection hangs; removing the toxic closes the connections it hung
+    - ``reset_peer``: ``{"timeout": ms}`` resets (TCP RST) a connection once
+      data arrives on it, after that long
+
+    Proxies live in the server's memory: a restart forgets them.
+    """
+
+    name = "toxiproxy-server"
+    log_name = "toxiproxy.log"
+
+    def command(self) -> list[str]:
+        return [self.binary, "-host", "127.0.0.1", "-port", str(self.port)]
+
+    def ready(self) -> bool:
+        try:
+            self.request("GET", "/version")
+        except OSError:
+            return False
+        return True
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One API call; its JSON answer (None for an empty one)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data is not None else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise ToxiproxyError(f"{method} {path}: {exc.code} {exc.read().decode(errors='replace')}") from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")  # /version answers plain text
+
+    def create_proxy(self, name: str, upstream_port: int, listen_port: int | None = None) -> int:
+        """A proxy named ``name`` from a free loopback port to 127.0.0.1:``upstream_port``; its port."""
+        port = listen_port or free_port()
+        self.request(
+            "POST",
+            "/proxies",
+            {"name": name, "listen": f"127.0.0.1:{port}", "upstream": f"127.0.0.1:{upstream_port}", "enabled": True},
+        )
+        return port
+
+    def add_toxic(
+        self,
+        proxy: str,
+        kind: str,
+        attributes: dict[str, Any],
+        *,
+        stream: str = "downstream",
+        name: str | None = None,
+        toxicity: float = 1.0,
+    ) -> str:
+        """Add a toxic of ``kind`` to ``proxy``'s ``stream``; its name (for :meth:`remove_toxic`)."""
+        name = name or f"{kind}_{stream}"
+        self.request(
+            "POST",
+            f"/proxies/{proxy}/toxics",
+            {"name": name, "type": kind, "stream": stream, "toxicity": toxicity, "attributes": attributes},
+        )
+        return name
+
+    def remove_toxic(self, proxy: str, name: str) -> None:
+        self.request("DELETE", f"/proxies/{proxy}/toxics/{name}")
+
+    def toxics(self, proxy: str) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = self.request("GET", f"/proxies/{proxy}/toxics")
+        return answer
+
+    def reset(self) -> None:
+        """Every proxy enabled again, every toxic gone."""
+        self.request("POST", "/reset")
+
+    @contextmanager
+    def toxic(
+        self, proxy: str, kind: str, attributes: dict[str, Any], *, streams: tuple[str, ...] = ("downstream",)
+    ) -> Iterator[None]:
+        """The toxic on each of ``streams`` for the body of the ``with``; removed even if the body raises."""
+        added: list[str] = []
+        try:
+            for stream in streams:
+                added.append(self.add_toxic(proxy, kind, attributes, stream=stream))
+            yield
+        finally:
+            for name in added:
+                self.remove_toxic(proxy, name)

@@ -50,13 +50,16 @@ from chat.tools.cluster import Cluster
 
 from .services import (
     FERRETDB_INSTALL_HINT,
+    TOXIPROXY_INSTALL_HINT,
     FerretDB,
     RedisServer,
+    Toxiproxy,
     ferretdb_path,
     free_port,
     free_port_range,
     nginx_path,
     redis_server_path,
+    toxiproxy_path,
 )
 from .webclient import WebClient
 
@@ -342,20 +345,29 @@ class SoakReport:
 
 
 class Deployment:
-    """A whole deployment on this machine: Redis, FerretDB, supervisord + 2 chat processes, nginx."""
+    """A whole deployment on this machine: Redis, FerretDB, supervisord + 2 chat processes, nginx.
 
-    def __init__(self, work_dir: Path, processes: int = 2, env: dict[str, str] | None = None) -> None:
+    With ``toxiproxy=True`` the chat processes reach Redis and the database
+    through a Toxiproxy (proxies named ``redis`` and ``database``), so tests
+    can add network faults between them: see :class:`devtools.services.Toxiproxy`.
+    """
+
+    def __init__(
+        self, work_dir: Path, processes: int = 2, env: dict[str, str] | None = None, *, toxiproxy: bool = False
+    ) -> None:
         missing = [
             hint
             for path, hint in (
                 (ferretdb_path(), f"ferretdb: {FERRETDB_INSTALL_HINT}"),
                 (redis_server_path(), "redis-server: apt-get install redis-server"),
                 (nginx_path(), "nginx: apt-get install nginx"),
+                *([(toxiproxy_path(), f"toxiproxy-server: {TOXIPROXY_INSTALL_HINT}")] if toxiproxy else []),
             )
             if path is None
         ]
         if missing:
             raise RuntimeError("missing: " + "; ".join(missing))
+        self.toxiproxy = Toxiproxy(str(toxiproxy_path()), work_dir / "toxiproxy") if toxiproxy else None
         # How long a "db" fault keeps the database down (a random length in this range).
         self.db_outage_seconds = (1.0, 3.0)
         self.redis = RedisServer(str(redis_server_path()), work_dir / "redis")
@@ -391,8 +403,15 @@ class Deployment:
         try:
             self.redis.start()
             self.database.start()
-            self.cluster.env["CHAT_DATABASE_URL"] = self.database.url("chat") + "?serverSelectionTimeoutMS=2000"
-            self.cluster.env["CHAT_BROKER_URL"] = self.redis.url()
+            database_port, redis_port = self.database.port, self.redis.port
+            if self.toxiproxy is not None:
+                self.toxiproxy.start()
+                database_port = self.toxiproxy.create_proxy("database", self.database.port)
+                redis_port = self.toxiproxy.create_proxy("redis", self.redis.port)
+            self.cluster.env["CHAT_DATABASE_URL"] = (
+                f"mongodb://127.0.0.1:{database_port}/chat?serverSelectionTimeoutMS=2000"
+            )
+            self.cluster.env["CHAT_BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
             self.cluster.start()
         except BaseException:
             # Whatever did start must not outlive a failed start.
@@ -403,6 +422,8 @@ class Deployment:
     def stop(self) -> None:
         """Stop everything; safe on a deployment that started only in part, or not at all."""
         self.cluster.stop()
+        if self.toxiproxy is not None:
+            self.toxiproxy.stop()
         self.database.stop()
         self.redis.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import tornado.web
@@ -16,6 +17,8 @@ from .base import AppHandler, BaseHandler
 from .forms import MAX_FIELD_LENGTH, read_seq
 
 DEFAULT_NEXT = "/rooms"
+# How long /readyz waits for each of the database and the broker to answer.
+READINESS_PROBE_SECONDS = 1.5
 
 
 def safe_next(target: str | None) -> str:
@@ -353,10 +356,14 @@ class ReadinessHandler(AppHandler):
         checks: dict[str, str] = {}
         for name, probe in (("database", self.services.storage.ping), ("broker", self.services.broker.ping)):
             try:
-                await probe()
+                # A hung connection answers only when its client library gives
+                # up (5 to 15 s); a prober wants its answer sooner than that.
+                await asyncio.wait_for(probe(), READINESS_PROBE_SECONDS)
                 checks[name] = "ok"
             except Unavailable as exc:
                 checks[name] = f"unavailable: {exc}"
+            except TimeoutError:
+                checks[name] = f"unavailable: no answer within {READINESS_PROBE_SECONDS:g} s"
         if self.services.draining:
             checks["process"] = "shutting down"
         ready = all(value == "ok" for value in checks.values())

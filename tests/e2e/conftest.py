@@ -28,6 +28,7 @@ from tests.support.services import (
     free_port_range,
     nginx_binary,
     redis_binary,
+    toxiproxy_binary,
 )
 
 ARTIFACTS = Path(os.environ.get("CHAT_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
@@ -124,11 +125,20 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield deployed
 
 
+@pytest.fixture(scope="module")
+def proxied_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A whole deployment whose chat processes reach Redis and FerretDB through Toxiproxy (network faults)."""
+    ferretdb_binary(), redis_binary(), nginx_binary(), toxiproxy_binary()  # skip or fail early, naming the install
+    with Deployment(Path(tmp_path_factory.mktemp("proxied-deployment")), toxiproxy=True) as deployed:
+        yield deployed
+
+
 @pytest.fixture(autouse=True)
 def _attach_cluster_logs(request: pytest.FixtureRequest) -> None:
     # Only where a test uses the cluster: asking for it would start one.
     for name in ("cluster", "strict_cluster"):
         if name in request.fixturenames:
             add_log_source(request, name, request.getfixturevalue(name).log_tail)
-    if "deployment" in request.fixturenames:
-        add_log_source(request, "deployment", request.getfixturevalue("deployment").cluster.log_tail)
+    for name in ("deployment", "proxied_deployment"):
+        if name in request.fixturenames:
+            add_log_source(request, name, request.getfixturevalue(name).cluster.log_tail)

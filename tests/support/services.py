@@ -14,14 +14,17 @@ import pytest
 from chat.config import PROJECT_ROOT
 from devtools.services import (
     FERRETDB_INSTALL_HINT,
+    TOXIPROXY_INSTALL_HINT,
     FerretDB,
     RedisServer,
+    Toxiproxy,
     ferretdb_path,
     free_port,
     free_port_range,
     locate,
     nginx_path,
     redis_server_path,
+    toxiproxy_path,
     wait_for_port,
 )
 
@@ -29,6 +32,7 @@ __all__ = [
     "PROJECT_ROOT",
     "FerretDB",
     "RedisServer",
+    "Toxiproxy",
     "ferretdb_binary",
     "find_binary",
     "free_port",
@@ -37,6 +41,7 @@ __all__ = [
     "nginx_binary",
     "redis_binary",
     "redis_cli_binary",
+    "toxiproxy_binary",
     "wait_for_port",
 ]
 
@@ -71,3 +76,7 @@ def redis_cli_binary() -> str:
 
 def nginx_binary() -> str:
     return find_binary(nginx_path(), "nginx", "install it with `apt-get install nginx`")
+
+
+def toxiproxy_binary() -> str:
+    return find_binary(toxiproxy_path(), "toxiproxy-server", TOXIPROXY_INSTALL_HINT)
