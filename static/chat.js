@@ -698,6 +698,7 @@ function main() {
   // in the room header.
   const banner = document.getElementById("banner");
   const bannerText = document.getElementById("banner-text");
+  const bannerWhen = document.getElementById("banner-when");
   const reconnectButton = document.getElementById("reconnect-now");
   const signInLink = document.getElementById("sign-in-again");
   const presenceBox = document.getElementById("presence-box");
@@ -712,14 +713,12 @@ function main() {
   };
   let countdown = null;
 
-  function bannerMessage(state, retryAt) {
-    const inSeconds = retryAt ? Math.max(1, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
-    const when = inSeconds ? `Trying again in ${inSeconds} s.` : "Trying now…";
+  function bannerMessage(state) {
     switch (state) {
       case "reconnecting":
-        return `Connection lost. ${when} Messages you write are kept and sent once it is back.`;
+        return "Connection lost. Messages you write are kept and sent once it is back.";
       case "offline":
-        return `You are offline. ${when} Messages you write are kept and sent once the connection is back.`;
+        return "You are offline. Messages you write are kept and sent once the connection is back.";
       case "session-ended":
         return "Your session has ended, so nothing more can be sent from this page. What you wrote is kept: sign in again to send it.";
       case "removed":
@@ -738,11 +737,14 @@ function main() {
     banner.hidden = live || state === "connecting";
     banner.dataset.state = state;
     clearInterval(countdown);
-    const paint = () => {
-      bannerText.textContent = bannerMessage(state, retryAt);
+    bannerText.textContent = bannerMessage(state);
+    const retrying = state === "reconnecting" || state === "offline";
+    const paintWhen = () => {
+      const inSeconds = retryAt ? Math.max(1, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
+      bannerWhen.textContent = !retrying ? "" : inSeconds ? `Trying again in ${inSeconds} s.` : "Trying now…";
     };
-    paint();
-    if (retryAt) countdown = setInterval(paint, 1000);
+    paintWhen();
+    if (retryAt) countdown = setInterval(paintWhen, 1000);
     reconnectButton.hidden = !(state === "reconnecting" || state === "offline");
     signInLink.hidden = state !== "session-ended";
     if (state === "removed") {
