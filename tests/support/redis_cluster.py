@@ -1,6 +1,6 @@
 """A throwaway Redis Cluster: three masters on free loopback ports, no replicas, no persistence.
 
-Each master is a :class:`~devtools.services.ServiceProcess`, so one can be
+Each master is a :class:`~devtools.services.RedisServer` in cluster mode, so one can be
 killed (SIGKILL) and started again on the same ports and ``nodes.conf``, and
 then rejoins the cluster with the slots it had. With no replicas nothing fails
 over: while a master is down its slots are unserved, which is the outage the
@@ -19,7 +19,7 @@ from typing import Self
 import redis
 from redis.crc import key_slot
 
-from devtools.services import ServiceProcess, free_port
+from devtools.services import RedisServer, free_port
 
 # Seconds a master may be unreachable before the others call it failed. Short,
 # so a killed master is noticed (and forgiven when back: Redis waits twice
@@ -29,11 +29,10 @@ NODE_TIMEOUT_MS = 2000
 READY_TIMEOUT = 30.0
 
 
-class RedisClusterNode(ServiceProcess):
-    """One master: cluster mode on, its bus on a free port of its own (not port + 10000)."""
+class RedisClusterNode(RedisServer):
+    """One master: a throwaway redis-server in cluster mode, its bus on a free port of its own (not port + 10000)."""
 
     name = "redis-server (cluster node)"
-    log_name = "redis.log"
 
     def __init__(self, binary: str, data_dir: Path) -> None:
         super().__init__(binary, data_dir)
@@ -45,11 +44,7 @@ class RedisClusterNode(ServiceProcess):
 
     def command(self) -> list[str]:
         return [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
+            *super().command(),
             "--cluster-enabled",
             "yes",
             "--cluster-port",
@@ -58,12 +53,6 @@ class RedisClusterNode(ServiceProcess):
             str(self.data_dir / "nodes.conf"),
             "--cluster-node-timeout",
             str(NODE_TIMEOUT_MS),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.data_dir),
         ]
 
     def client(self) -> redis.Redis:
