@@ -72,9 +72,10 @@ async def test_a_server_outage_shows_a_banner_in_view_and_reconnect_now_gets_bac
     # beat a pointer click (the banner then goes away, as it should), and
     # pressing it while connected does nothing.
     await page.evaluate("document.getElementById('reconnect-now').click()")
-    await page.wait_for_selector("#room[data-state=connected]", timeout=5000)
+    await page.wait_for_selector("#room[data-state=connected]", timeout=15000)
     reconnected_in = time.monotonic() - back
-    assert reconnected_in < 3, f"Reconnect now took {reconnected_in:.1f} s"
+    # Far below the 10 s backoff ceiling even on a loaded CI machine.
+    assert reconnected_in < 8, f"Reconnect now took {reconnected_in:.1f} s"
     assert await page.is_hidden("#banner")
     # The waiting message went out on the new connection and is marked sent.
     stored = page.locator("li.message[data-seq='31']", has_text="written while down")
