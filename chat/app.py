@@ -12,6 +12,7 @@ import logging
 import signal
 
 import tornado.httpserver
+import tornado.web
 
 from . import metrics
 from .bootstrap import Services, build_services
@@ -36,14 +37,15 @@ IDLE_CONNECTION_SECONDS = 120.0
 BODY_TIMEOUT_SECONDS = 30.0
 
 
-def make_app(settings: Settings, services: Services) -> ChatApplication:
-    handlers = [
+def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+    """The URL table: each path pattern and the handler that answers it."""
+    return [
         (r"/", pages.IndexHandler),
         (r"/register", pages.RegisterHandler),
         (r"/login", pages.LoginHandler),
         (r"/logout", pages.LogoutHandler),
         (r"/account", pages.AccountHandler),
-        (r"/account/(password|sign-out-others)", pages.AccountHandler),
+        (r"/account/(password|sign-out-others)", pages.AccountActionHandler),
         (r"/rooms", pages.RoomsHandler),
         (rf"/rooms/{ROOM_ID}", pages.RoomHandler),
         (rf"/rooms/{ROOM_ID}/ws", RoomSocketHandler),
@@ -52,14 +54,17 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
         (rf"/dm/{USERNAME}", pages.DirectHandler),
         (r"/events/ws", UserEventsHandler),
         (r"/admin", pages.AdminHandler),
-        (r"/admin/(disable|enable)", pages.AdminHandler),
+        (r"/admin/(disable|enable)", pages.AdminActionHandler),
         (r"/healthz", pages.HealthHandler),
         (r"/readyz", pages.ReadinessHandler),
         (r"/metrics", pages.MetricsHandler),
     ]
+
+
+def make_app(settings: Settings, services: Services) -> ChatApplication:
     session_cookie = SessionCookie(settings.cookie_secrets, settings.session_max_age, settings.cookie_secure)
     return ChatApplication(
-        handlers,
+        routes(),
         services=services,
         jinja=make_jinja_env(settings),
         session_cookie=session_cookie,

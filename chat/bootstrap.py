@@ -202,8 +202,8 @@ def build_services(
     async def announce_removal(room_id: str, user_id: str) -> None:
         await fanout.publish_control(room_id, member_removed_event(user_id))
 
-    memberships = Memberships(storage, rooms, announce_removal, fanout.publish_ephemeral)
-    moderation = Moderation(storage, rooms, messages, fanout)
+    memberships = Memberships(storage, rooms, announce_removal, fanout.publish_ephemeral, limiter)
+    moderation = Moderation(storage, rooms, messages, fanout, limiter)
 
     async def publish_to_user(user_id: str, event: str) -> None:
         try:
@@ -268,6 +268,8 @@ def limit_rules(settings: Settings) -> dict[Action, str]:
         Action.TYPING: settings.limit_typing,
         Action.HANDSHAKE: settings.limit_handshakes,
         Action.ROOM_CREATION: settings.limit_room_creation,
+        Action.ROOM_CHANGE: settings.limit_room_changes,
+        Action.DM_CREATION: settings.limit_dm_creation,
         Action.REGISTRATION: settings.limit_registrations,
         Action.LOGIN: settings.limit_logins,
         Action.LOGIN_FAILURE: settings.limit_login_failures,

@@ -191,6 +191,12 @@ class Settings:
     limit_typing: str = field(default="10 per 30 seconds", metadata=env("CHAT_LIMIT_TYPING", rate_limits))
     limit_handshakes: str = field(default="60 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
     limit_room_creation: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_ROOM_CREATION", rate_limits))
+    # Renames and topics (each is announced to every socket of the room and logged).
+    limit_room_changes: str = field(
+        default="10 per minute;60 per hour", metadata=env("CHAT_LIMIT_ROOM_CHANGES", rate_limits)
+    )
+    # New direct conversations (each lands in the other person's sidebar).
+    limit_dm_creation: str = field(default="30 per hour", metadata=env("CHAT_LIMIT_DM_CREATION", rate_limits))
     limit_registrations: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_REGISTRATIONS", rate_limits))
     limit_logins: str = field(
         default="5 per 10 seconds;30 per minute;300 per hour", metadata=env("CHAT_LIMIT_LOGINS", rate_limits)

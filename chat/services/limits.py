@@ -40,6 +40,8 @@ class Action(StrEnum):
     TYPING = "typing"  # typing notices, per user
     HANDSHAKE = "handshake"  # per user
     ROOM_CREATION = "room"  # per user
+    ROOM_CHANGE = "room-change"  # renames and topics, per user
+    DM_CREATION = "dm"  # new direct conversations, per user
     REGISTRATION = "register"  # per client address
     LOGIN = "login"  # attempts per client address
     LOGIN_FAILURE = "login-failure"  # per account name

@@ -21,6 +21,7 @@ from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
 from ..protocol import membership_frame
 from ..storage import Storage
+from .limits import Action, Limiter
 from .rooms import Rooms
 
 # A DM's room name: both user ids in order, so both people find the same room.
@@ -56,9 +57,17 @@ def dm_name(first: User, second: User) -> str:
 
 
 class Memberships:
-    def __init__(self, storage: Storage, rooms: Rooms, announce_removal: AnnounceRemoval, tell_room: TellRoom) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        rooms: Rooms,
+        announce_removal: AnnounceRemoval,
+        tell_room: TellRoom,
+        limiter: Limiter | None = None,
+    ) -> None:
         self._storage = storage
         self._rooms = rooms
+        self._limiter = limiter
         self._announce_removal = announce_removal
         self._tell_room = tell_room
         self._rooms_changed: list[RoomsChanged] = []
@@ -164,16 +173,34 @@ class Memberships:
         await self._changed(user_id)
         await self._told(room, "banned", user_id)
 
-    async def direct(self, user: User, other_username: str) -> Room:
-        """The DM of ``user`` and the named user, made on first use."""
+    async def find_direct(self, user: User, other_username: str) -> tuple[User, Room | None]:
+        """The named user, and the DM of ``user`` with them if it exists (None: not made yet).
+
+        Changes nothing. NotFound for an unknown or disabled user,
+        ValidationError for ``user`` themselves.
+        """
         other = await self._storage.users.get_by_username(other_username)
         if other is None or other.disabled:
             raise NotFound(f"no user {other_username!r}")
         if other.id == user.id:
             raise ValidationError("A direct conversation needs someone else.")
+        room = await self._storage.rooms.get_by_name(dm_name(user, other))
+        if room is None or room.kind is not RoomKind.DIRECT:
+            return other, None
+        if await self._storage.memberships.get(room.id, user.id) is None:
+            return other, None
+        return other, room
+
+    async def direct(self, user: User, other_username: str) -> Room:
+        """The DM of ``user`` and the named user, made on first use (limited per user: it lands in a sidebar)."""
+        other, found = await self.find_direct(user, other_username)
+        if found is not None:
+            return found
         name = dm_name(user, other)
         room = await self._storage.rooms.get_by_name(name)
         if room is None:
+            if self._limiter is not None:
+                await self._limiter.take(Action.DM_CREATION, user.id)
             try:
                 room = await self._storage.rooms.add(name, user, RoomKind.DIRECT)
             except Conflict:  # the other person opened it at the same moment

@@ -19,6 +19,7 @@ from ..models import Membership, Message, ModerationAction, ModerationEntry, Rol
 from ..protocol import room_updated_frame
 from ..storage import Storage
 from .fanout import Fanout
+from .limits import Action, Limiter
 from .membership import can_moderate, record_moderation
 from .messages import Messages
 from .rooms import Rooms, clean_room_name, clean_topic
@@ -29,8 +30,11 @@ ROOMS_CHANNEL = "chat:rooms"
 
 
 class Moderation:
-    def __init__(self, storage: Storage, rooms: Rooms, messages: Messages, fanout: Fanout) -> None:
+    def __init__(
+        self, storage: Storage, rooms: Rooms, messages: Messages, fanout: Fanout, limiter: Limiter | None = None
+    ) -> None:
         self._storage = storage
+        self._limiter = limiter
         self._rooms = rooms
         self._messages = messages
         self._fanout = fanout
@@ -51,6 +55,7 @@ class Moderation:
     async def rename(self, actor: User, room: Room, name: str) -> Room:
         await self._require(actor, room)
         name = clean_room_name(name)
+        await self._take_change(actor)
         try:
             changed = await self._storage.rooms.update(room.id, name=name)
         except Conflict:
@@ -60,6 +65,7 @@ class Moderation:
     async def set_topic(self, actor: User, room: Room, topic: str) -> Room:
         await self._require(actor, room)
         topic = clean_topic(topic)
+        await self._take_change(actor)
         changed = await self._storage.rooms.update(room.id, topic=topic)
         return await self._changed(actor, changed, ModerationAction.SET_TOPIC, topic)
 
@@ -77,6 +83,11 @@ class Moderation:
 
     async def log(self, room: Room) -> list[ModerationEntry]:
         return await self._storage.moderation.list(room.id)
+
+    async def _take_change(self, actor: User) -> None:
+        # Every rename or topic reaches each socket of the room and the log: limited like sends.
+        if self._limiter is not None:
+            await self._limiter.take(Action.ROOM_CHANGE, actor.id)
 
     async def _require(self, actor: User, room: Room) -> None:
         if not await self.may_moderate(actor, room):

@@ -185,7 +185,25 @@ class AppHandler(tornado.web.RequestHandler):
         if self.config.cookie_secure or self.request.protocol == "https":
             self.set_header("Strict-Transport-Security", HSTS)
 
+    async def head(self, *args: str) -> None:
+        """The ``GET`` answer without its body (Tornado leaves it out): what monitors and link checkers ask."""
+        if not self.answers("GET"):
+            raise tornado.web.HTTPError(405)
+        answered = self.get(*args)
+        if answered is not None:
+            await answered
+
+    def answers(self, method: str) -> bool:
+        """Whether this handler implements ``method`` (HEAD wherever GET is)."""
+        if method == "HEAD":
+            method = "GET"
+        implemented = getattr(type(self), method.lower(), None)
+        return implemented is not None and implemented is not getattr(tornado.web.RequestHandler, method.lower())
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            # RFC 9110: a 405 says which methods the resource does answer.
+            self.set_header("Allow", ", ".join(m for m in ("GET", "HEAD", "POST") if self.answers(m)))
         exc = _exception(kwargs)
         refusal = refusal_for(exc) if exc is not None else None
         if refusal is not None:

@@ -98,11 +98,15 @@ def _field(exc: Exception) -> str | None:
 
 
 class AccountHandler(BaseHandler):
-    """Your account: change the password, sign out everywhere else."""
+    """``GET /account``: change the password, sign out everywhere else (the forms post below)."""
 
     @tornado.web.authenticated
     def get(self) -> None:
         self.render_template("account.html", error=None, field=None, notice=None)
+
+
+class AccountActionHandler(BaseHandler):
+    """``POST /account/password`` and ``POST /account/sign-out-others``."""
 
     @tornado.web.authenticated
     async def post(self, action: str) -> None:
@@ -117,6 +121,7 @@ class AccountHandler(BaseHandler):
                 await self.sign_in(self.user)
                 notice = f"Password changed. {_sessions(ended)} signed out."
             else:
+                self.form()
                 notice = f"{_sessions(await self.accounts.end_other_sessions(self.user, token))} signed out."
         except (ValidationError, RateLimited) as exc:
             error = self.form_refusal(exc)
@@ -168,11 +173,8 @@ class RoomsHandler(BaseHandler):
         self.render_template("rooms.html", listing=listing, error=error, field=field, name=name)
 
 
-class RoomHandler(BaseHandler):
-    @tornado.web.authenticated
-    async def get(self, room_id: str) -> None:
-        room = await self.memberships.room_for(self.user, room_id)
-        await self.render_room(room)
+class RoomPageHandler(BaseHandler):
+    """What renders a room's page: the page itself, and its forms when one is refused."""
 
     async def render_room(
         self, room: Room, error: str | None = None, field: str | None = None, status: int = 200
@@ -214,6 +216,13 @@ class RoomHandler(BaseHandler):
         )
 
 
+class RoomHandler(RoomPageHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        room = await self.memberships.room_for(self.user, room_id)
+        await self.render_room(room)
+
+
 class RoomAccessHandler(BaseHandler):
     """``GET /rooms/{id}/access``: may the reader open this room's socket now?
 
@@ -245,7 +254,7 @@ def room_title(room: Room, members: list[Membership], reader: User) -> str:
     return room.name
 
 
-class RoomActionHandler(RoomHandler):
+class RoomActionHandler(RoomPageHandler):
     """``POST /rooms/{id}/ACTION``: the membership and moderation forms of the room page."""
 
     @tornado.web.authenticated
@@ -274,24 +283,38 @@ class RoomActionHandler(RoomHandler):
                 await memberships.remove(self.user, room, self.form("user_id")["user_id"])
             else:
                 await memberships.ban(self.user, room, self.form("user_id")["user_id"])
-        except ValidationError as exc:
-            await self.render_room(room, error=self.form_refusal(exc), field=_field(exc), status=400)
+        except (ValidationError, RateLimited) as exc:
+            error = self.form_refusal(exc)  # 400, or 429 with Retry-After
+            await self.render_room(room, error=error, field=_field(exc), status=self.get_status())
             return
         audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
         self.redirect(f"/rooms/{room.id}")
 
 
-class AdminHandler(BaseHandler):
-    """``/admin``: a site administrator disables and enables accounts. Anyone else: 404, as for no page."""
+class AdminPage(BaseHandler):
+    """What the administration pages share: anyone but a site administrator finds no page here.
 
-    @tornado.web.authenticated
-    async def get(self) -> None:
-        self._require_admin()
+    A 404, not a redirect to sign in: the page's existence is nobody else's business.
+    """
+
+    def require_admin(self) -> None:
+        if self.current_user is None or not self.user.admin:
+            raise tornado.web.HTTPError(404)
+
+
+class AdminHandler(AdminPage):
+    """``GET /admin``: a site administrator disables and enables accounts."""
+
+    def get(self) -> None:
+        self.require_admin()
         self.render_template("admin.html", error=None, done=None)
 
-    @tornado.web.authenticated
+
+class AdminActionHandler(AdminPage):
+    """``POST /admin/disable`` and ``POST /admin/enable``."""
+
     async def post(self, action: str) -> None:
-        self._require_admin()
+        self.require_admin()
         username = self.form("username")["username"]
         try:
             done = await self.accounts.set_account_enabled(self.user, username, enabled=action == "enable")
@@ -302,17 +325,32 @@ class AdminHandler(BaseHandler):
         audit.event(f"admin_{action}", user=self.user.id, target=done.id, ip=self.client_ip)
         self.render_template("admin.html", error=None, done=f"{done.username} is {action}d.")
 
-    def _require_admin(self) -> None:
-        if not self.user.admin:
-            raise tornado.web.HTTPError(404)
-
 
 class DirectHandler(BaseHandler):
-    """``GET /dm/{username}``: the private conversation of the reader and that user."""
+    """``/dm/{username}``: the private conversation of the reader and that user.
+
+    ``GET`` only finds it: an existing conversation redirects to its room, a
+    new one is offered on a page whose form ``POST`` s here to make it. A link
+    (or another site) can never create rooms or fill someone's sidebar.
+    """
 
     @tornado.web.authenticated
     async def get(self, username: str) -> None:
-        room = await self.memberships.direct(self.user, username)
+        other, room = await self.memberships.find_direct(self.user, username)
+        if room is not None:
+            self.redirect(f"/rooms/{room.id}")
+            return
+        self.render_template("direct.html", other=other, error=None)
+
+    @tornado.web.authenticated
+    async def post(self, username: str) -> None:
+        self.form()
+        try:
+            room = await self.memberships.direct(self.user, username)
+        except RateLimited as exc:
+            other, _ = await self.memberships.find_direct(self.user, username)
+            self.render_template("direct.html", other=other, error=self.form_refusal(exc))
+            return
         self.redirect(f"/rooms/{room.id}")
 
 

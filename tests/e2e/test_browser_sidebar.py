@@ -35,6 +35,8 @@ async def test_badges_and_the_title_count_update_live_across_rooms_and_a_dm(
         await bob.goto(f"{base}/rooms/{rooms[name]}")
         await bob.click("text=Join room")
     await bob.goto(f"{base}/dm/{alice_name}")
+    await bob.click("text=Start the conversation")
+    await bob.wait_for_url(f"{base}/rooms/*")
     dm_url = bob.url
     await bob.goto(f"{base}/rooms")
     for name in ("Alpha", "Beta", "Gamma"):

@@ -537,3 +537,103 @@ async def test_operator_shaped_frames_get_error_frames_and_store_nothing(
     await sock.send_json({"type": "sync", "since": 0})
     assert (await sock.recv_type("history"))["messages"] == []
     assert chat_server.uncaught_errors() == []
+
+
+# -- every route, every method (second review, finding 5) -----------------------
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
+def concrete_paths(room_id: str, username: str) -> list[str]:
+    """A path for every entry of the URL table (each alternative of a choice), so a new route is swept too."""
+    from chat.app import ROOM_ID, USERNAME, routes
+
+    paths = []
+    for pattern, _ in routes():
+        path = pattern.replace(ROOM_ID, room_id).replace(USERNAME, username)
+        choice = re.search(r"\(([a-z|-]+)\)", path)
+        alternatives = choice.group(1).split("|") if choice else [""]
+        paths += [path.replace(choice.group(0), alternative) if choice else path for alternative in alternatives]
+    return paths
+
+
+async def test_every_route_answers_every_method_without_a_500(
+    server: ChatServer, browser: Browser, new_browser: Callable
+) -> None:
+    await browser.register()
+    room_id = await browser.create_room()
+    other = await new_browser().register()
+    stranger: Browser = new_browser()
+    await stranger.get("/login")  # an XSRF cookie, so its POSTs get past the token check
+    answers: dict[tuple[str, str, str], int] = {}
+    for path in concrete_paths(room_id, other):
+        for method in METHODS:
+            for who, client in (("member", browser), ("stranger", stranger)):
+                if path == "/logout" and method == "POST":
+                    continue  # would sign the member out mid-sweep (its own tests cover it)
+                body = urlencode({"_xsrf": client.xsrf_token() or ""}) if method in ("POST", "PUT", "PATCH") else None
+                response = await client.request(method, path, body=body)
+                answers[(who, method, path)] = response.code
+    failed = {key: code for key, code in answers.items() if code >= 500}
+    assert not failed, failed
+    assert not server.uncaught_errors()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/account/password",
+        "/account/sign-out-others",
+        "/rooms/{room}/join",
+        "/rooms/{room}/leave",
+        "/rooms/{room}/invite",
+        "/rooms/{room}/remove",
+        "/rooms/{room}/ban",
+        "/rooms/{room}/topic",
+        "/rooms/{room}/rename",
+        "/rooms/{room}/role",
+        "/admin/disable",
+        "/admin/enable",
+        "/logout",
+    ],
+)
+async def test_a_get_of_a_form_action_is_405_and_says_post(browser: Browser, path: str) -> None:
+    await browser.register()
+    room_id = await browser.create_room()
+    response = await browser.get(path.format(room=room_id))
+    assert response.code == 405
+    assert response.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("path", ["/account", "/admin"])
+async def test_a_post_to_a_page_without_a_form_is_405(browser: Browser, path: str) -> None:
+    await browser.register()
+    response = await browser.post(path, {})
+    assert response.code == 405
+    assert "POST" not in response.headers["Allow"]
+
+
+async def test_monitors_get_200_to_head_where_get_answers(browser: Browser, new_browser: Callable) -> None:
+    anonymous: Browser = new_browser()
+    for path in ("/login", "/register", "/healthz", "/readyz", "/static/chat.css"):
+        response = await anonymous.request("HEAD", path)
+        assert (response.code, response.body) == (200, b""), path
+    await browser.register()
+    room_id = await browser.create_room()
+    for path in ("/rooms", f"/rooms/{room_id}", "/account"):
+        get, head = await browser.get(path), await browser.request("HEAD", path)
+        assert (head.code, head.body) == (200, b""), path
+        assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    assert (await anonymous.request("HEAD", "/rooms")).code == 302  # as GET: sign in first
+
+
+async def test_the_admin_page_is_not_found_for_anyone_but_an_administrator(
+    browser: Browser, new_browser: Callable
+) -> None:
+    anonymous: Browser = new_browser()
+    for path in ("/admin", "/admin/disable"):
+        response = await (anonymous.get(path) if path == "/admin" else anonymous.post(path, {"username": "x"}))
+        assert response.code == 404, path  # not a redirect to sign in: the page is nobody else's business
+    await browser.register()
+    assert (await browser.get("/admin")).code == 404
+    assert (await browser.post("/admin/disable", {"username": "x"})).code == 404

@@ -181,8 +181,13 @@ async def test_a_banned_user_is_closed_out_of_a_public_room_and_kept_out(new_bro
 async def test_a_dm_is_one_room_for_both_people_and_nobody_else(new_browser: Callable[[], Browser]) -> None:
     alice, bob, carol, names = await three_people(new_browser)
 
-    first = await alice.get(f"/dm/{names[1]}")
-    second = await bob.get(f"/dm/{names[0]}")
+    # A GET only offers it (no state changes on GET): nothing is made yet.
+    offer = await alice.get(f"/dm/{names[1]}")
+    assert offer.code == 200 and f'action="/dm/{names[1]}"' in offer.body.decode()
+    assert (await bob.get(f"/dm/{names[0]}")).code == 200
+    assert (await alice.post(f"/dm/{names[1]}", {}, xsrf=False)).code == 403  # a form of ours, with its token
+    first = await alice.post(f"/dm/{names[1]}", {})
+    second = await bob.get(f"/dm/{names[0]}")  # made: a GET now finds it
     assert first.code == second.code == 302
     location = first.headers["Location"]
     assert location == second.headers["Location"] and location.startswith("/rooms/")
@@ -195,7 +200,9 @@ async def test_a_dm_is_one_room_for_both_people_and_nobody_else(new_browser: Cal
     assert await handshake_status(carol, room_id) == 404
     assert room_id not in (await carol.get("/rooms")).body.decode()
     assert (await alice.get("/dm/nobody_by_that_name")).code == 404
+    assert (await alice.post("/dm/nobody_by_that_name", {})).code == 404
     assert (await alice.get(f"/dm/{names[0]}")).code == 400  # not with oneself
+    assert (await alice.post(f"/dm/{names[0]}", {})).code == 400
 
 
 async def test_the_rooms_page_searches_and_pages_public_rooms_with_members_and_activity(

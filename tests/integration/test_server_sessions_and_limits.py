@@ -187,6 +187,30 @@ async def test_room_creation_is_limited_per_user_with_a_429_and_retry_after(
     assert b"Too many requests" in refused.body
 
 
+async def test_renames_topics_and_new_direct_conversations_are_limited_per_user(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_ROOM_CHANGES="3 per hour", CHAT_LIMIT_DM_CREATION="2 per hour")
+    browser, _, room_id = await signed_in(server, open_browser)
+    others = [await open_browser(server.base_url).register() for _ in range(3)]
+
+    changes = [
+        await browser.post(f"/rooms/{room_id}/rename", {"name": "renamed once"}),
+        await browser.post(f"/rooms/{room_id}/topic", {"topic": "a topic"}),
+        await browser.post(f"/rooms/{room_id}/rename", {"name": "renamed twice"}),
+        await browser.post(f"/rooms/{room_id}/topic", {"topic": "one too many"}),
+    ]
+    assert [response.code for response in changes] == [302, 302, 302, 429]
+    assert int(changes[-1].headers["Retry-After"]) > 0
+    assert "one too many" not in (await browser.get(f"/rooms/{room_id}")).body.decode()
+
+    started = [await browser.post(f"/dm/{name}", {}) for name in others]
+    assert [response.code for response in started] == [302, 302, 429]
+    # Opening one that exists is not starting one.
+    assert (await browser.post(f"/dm/{others[0]}", {})).code == 302
+    assert (await browser.get(f"/dm/{others[2]}")).code == 200  # still only offered
+
+
 async def test_registrations_from_one_address_are_limited(
     server_factory: ServerFactory, open_browser: OpenBrowser
 ) -> None:
