@@ -200,7 +200,7 @@ def build_services(
     rooms = Rooms(storage, limiter)
 
     async def announce_removal(room_id: str, user_id: str) -> None:
-        await fanout.publish_control(room_id, member_removed_event(user_id))
+        await fanout.announce(room_id, member_removed_event(user_id))
 
     memberships = Memberships(storage, rooms, announce_removal, fanout.publish_ephemeral, limiter)
     moderation = Moderation(storage, rooms, messages, fanout, limiter)
@@ -214,7 +214,7 @@ def build_services(
 
     unread = Unread(storage, memberships, messages, publish_to_user)
     memberships.on_rooms_changed(unread.rooms_changed)
-    user_streams = UserStreams(fanout, unread)
+    user_streams = UserStreams(fanout, unread, accounts, memberships)
     connections = Connections(
         messages=messages,
         memberships=memberships,
@@ -236,7 +236,7 @@ def build_services(
         clock=clock,
     )
     fanout.on_control(MEMBER_REMOVED, connections.member_removed)
-    revocations = Revocations(fanout, connections, accounts, settings.session_recheck_seconds)
+    revocations = Revocations(fanout, (connections, user_streams), accounts, settings.session_recheck_seconds)
     accounts.on_sessions_ended(revocations.announce)
     return Services(
         settings=settings,

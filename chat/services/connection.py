@@ -204,6 +204,22 @@ class Connections:
         for connection in [c for c in self._open if c.room.id == room_id and c.user.id == user_id]:
             connection.removed()
 
+    async def recheck_access(self) -> int:
+        """Close the sockets of people who may no longer read their room; returns how many.
+
+        The broker's ``member_removed`` closes them at once; this catches a
+        removal or ban whose announcement was lost (a broker outage), run
+        with the periodic session re-check (chat.services.revocation).
+        """
+        open_now = [c for c in self._open if not c.closed]
+        if not open_now:
+            return 0
+        readable = await self.memberships.readable({(c.room.id, c.user.id) for c in open_now})
+        cut = [c for c in open_now if (c.room.id, c.user.id) not in readable]
+        for connection in cut:
+            connection.removed()
+        return len(cut)
+
     def __iter__(self) -> Iterator[RoomConnection]:
         return iter(tuple(self._open))
 
@@ -415,11 +431,13 @@ class RoomConnection:
             frame = protocol.parse_client_frame(text)
             if isinstance(frame, protocol.SyncFrame):
                 await self._take_history_read()
-                await self._send_history(frame.since, frame.rev)
+                if await self._still_readable():
+                    await self._send_history(frame.since, frame.rev)
             elif isinstance(frame, protocol.FetchFrame):
                 client_id = frame.client_id
                 await self._hub.limiter.take(Action.FETCH, self.user.id)
-                await self._send_older(frame)
+                if await self._still_readable():
+                    await self._send_older(frame)
             elif isinstance(frame, protocol.ReadFrame):
                 await self._mark_read(frame.seq)
             elif isinstance(frame, protocol.EditFrame | protocol.DeleteFrame):
@@ -437,8 +455,8 @@ class RoomConnection:
 
     async def _revise(self, frame: protocol.EditFrame | protocol.DeleteFrame) -> None:
         """Edit or delete an own message; the room (this socket too) is told with ``message_updated``."""
-        if not await self._session_still_live():
-            raise SessionEnded("your session has ended; sign in again")
+        if not await self._still_allowed():
+            return
         # Counted as sends: an edit costs the room what a message does.
         await self._hub.limiter.take(Action.SEND, self.user.id)
         messages = self._hub.messages
@@ -485,8 +503,8 @@ class RoomConnection:
 
     async def _send(self, frame: protocol.SendFrame) -> None:
         read_at = time.perf_counter()
-        if not await self._session_still_live():
-            raise SessionEnded("your session has ended; sign in again")
+        if not await self._still_allowed():
+            return
         self._check_hold(frame.client_id)
         try:
             await self._hub.limiter.take(Action.SEND, self.user.id)
@@ -553,14 +571,35 @@ class RoomConnection:
         if self._hold is None:
             self._hold = SendHold(client_id, error, self._hub.clock() + retry_after)
 
-    async def _session_still_live(self) -> bool:
+    async def _still_allowed(self) -> bool:
+        """Before acting for the client: is its session live, and the room still its to read?
+
+        Asked at most every ``session_recheck_seconds`` (between two asks the
+        broker's announcements and the periodic re-check close the socket).
+        Raises SessionEnded; a room no longer readable closes the socket
+        (``removed``) and returns False.
+        """
         now = self._hub.clock()
         if now - self._session_checked_at < self._hub.policy.session_recheck_seconds:
             return True
-        live = await self._hub.accounts.is_live(self._session_token)
-        if live:
-            self._session_checked_at = now
-        return live
+        if not await self._hub.accounts.is_live(self._session_token):
+            raise SessionEnded("your session has ended; sign in again")
+        if not await self._still_readable():
+            return False
+        self._session_checked_at = now
+        return True
+
+    async def _still_readable(self) -> bool:
+        """Whether the user may still read the room (else the socket is closed as removed).
+
+        Asked before every history read (a removed member's scroll-back must
+        not outlive a lost announcement) and with the session before sends.
+        """
+        pair = (self.room.id, self.user.id)
+        if pair in await self._hub.memberships.readable([pair]):
+            return True
+        self.removed()
+        return False
 
     async def _send_history(self, since: int | None, rev: int | None = None) -> None:
         """History after ``since`` (the latest page without it), then the revisions after ``rev``.

@@ -545,6 +545,24 @@ class Fanout:
         """Send a control event to every process serving the room (this one included)."""
         await self.broker.publish(room_channel(room_id), event)
 
+    async def announce(self, room_id: str, event: str) -> None:
+        """A control event every process serving the room must hear (a removal); never raises.
+
+        This process acts on it at once (its own copy would come back through
+        the broker, or not at all while the broker is down); the publish is
+        retried in the background through an outage. Handlers of such events
+        must not mind hearing one twice.
+        """
+        handler = self._control_handlers.get(frame_routing(event).kind)
+        if handler is not None:
+            handler(room_id, event)
+        channel = room_channel(room_id)
+        try:
+            await self.broker.publish(channel, event)
+        except Unavailable as exc:
+            log.warning("announcing on %s failed (%s); retrying in the background", channel, exc)
+            self._spawn(self._republish(channel, event))
+
     async def publish_ephemeral(self, room_id: str, frame: str) -> None:
         """Send a frame without seq (a typing notice) to every socket of the room, on every process.
 

@@ -7,15 +7,19 @@ exactly as a room that does not exist does. Members of a private room invite
 others by username; a DM is the one room of two people, made on first use.
 
 Leaving, being removed or being banned ends that person's sockets in the
-room on every process at once: ``announce_removal`` publishes the fact on
-the room's channel, and each process closes the sockets it holds
-(chat.services.connection).
+room on every process at once: ``announce_removal`` closes this process's
+and publishes the fact on the room's channel (retrying through a broker
+outage), and each process closes the sockets it holds
+(chat.services.connection). A removal stored while the announcement could
+not go out still takes effect: every process re-checks the memberships of
+its open sockets periodically and after the broker comes back
+(:meth:`Memberships.readable`, chat.services.revocation).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
 from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
@@ -28,7 +32,10 @@ from .rooms import Rooms
 DM_PREFIX = "dm:"
 # Roles that may remove, ban and (later) moderate.
 MANAGERS = frozenset({Role.OWNER, Role.MODERATOR})
+# Memberships or bans looked up in one query at most.
+PAIRS_PER_QUERY = 200
 
+# Close a person's sockets in a room on every process (room id, user id); never raises.
 AnnounceRemoval = Callable[[str, str], Awaitable[None]]
 # Send a frame to every socket of a room (room id, frame text).
 TellRoom = Callable[[str, str], Awaitable[None]]
@@ -49,6 +56,12 @@ async def record_moderation(
 ) -> None:
     """Store one moderation action in the room's log, with who did it and when."""
     await storage.moderation.add(ModerationEntry(room.id, actor.id, actor.username, action, target, detail, utcnow()))
+
+
+def _chunks(pairs: Sequence[tuple[str, str]]) -> Iterator[Sequence[tuple[str, str]]]:
+    # One query per chunk: SQLite caps the parameters of a statement.
+    for start in range(0, len(pairs), PAIRS_PER_QUERY):
+        yield pairs[start : start + PAIRS_PER_QUERY]
 
 
 def dm_name(first: User, second: User) -> str:
@@ -110,6 +123,24 @@ class Memberships:
             raise NotFound(f"no room {room_id!r}")
         return room
 
+    async def readable(self, pairs: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (room id, user id) pairs may still be read: a public room unless banned, else a member's.
+
+        For re-checking open sockets in bulk (a removal or ban whose
+        announcement was lost): a few queries, whatever the number of pairs.
+        A room that no longer exists is readable by nobody.
+        """
+        wanted = list(pairs)
+        rooms = await self._rooms.get_many({room_id for room_id, _ in wanted})
+        public = [pair for pair in wanted if pair[0] in rooms and rooms[pair[0]].listed]
+        private = [pair for pair in wanted if pair[0] in rooms and not rooms[pair[0]].listed]
+        readable: set[tuple[str, str]] = set()
+        for chunk in _chunks(private):
+            readable.update(await self._storage.memberships.get_many(chunk))
+        banned = {pair for pair in public if await self._storage.bans.get(*pair) is not None}
+        readable.update(pair for pair in public if pair not in banned)
+        return readable
+
     async def membership(self, user: User, room: Room) -> Membership | None:
         return await self._storage.memberships.get(room.id, user.id)
 
@@ -156,10 +187,14 @@ class Memberships:
     async def remove(self, actor: User, room: Room, user_id: str) -> None:
         """Take ``user_id`` out of the room (the owner or a moderator may; never the owner)."""
         await self._require_manager(actor, room, user_id)
-        if await self._storage.memberships.remove(room.id, user_id):
+        removed = await self._storage.memberships.remove(room.id, user_id)
+        if removed:
             await self._log(actor, room, ModerationAction.REMOVE_MEMBER, user_id)
-            await self._announce_removal(room.id, user_id)
-            await self._changed(user_id)
+        # Announced (and their sidebars told) even when they were gone already:
+        # asking again after an outage must still cut them off everywhere.
+        await self._announce_removal(room.id, user_id)
+        await self._changed(user_id)
+        if removed:
             await self._told(room, "removed", user_id)
 
     async def ban(self, actor: User, room: Room, user_id: str) -> None:

@@ -1,12 +1,15 @@
-"""Ending a session ends its sockets, on every process.
+"""Ending a session ends its sockets, on every process; so does losing a room.
 
 When accounts end sessions (sign-out, sign-out everywhere, a password change,
-a disabled account), this service closes the matching local sockets at once
-and announces the session keys on the process-wide control channel; every
-other process closes its own. Pub/sub is at most once, so each process also
-re-checks the sessions of its open sockets against storage every
-``recheck_seconds`` (which is also how expiry and idle timeouts reach sockets
-that only read), and at once after the broker reconnects.
+a disabled account), this service closes the matching local sockets (room
+sockets and event streams alike) at once and announces the session keys on
+the process-wide control channel; every other process closes its own.
+
+Pub/sub is at most once, so each process also re-checks its open sockets
+against storage every ``recheck_seconds``, and at once after the broker
+reconnects: their sessions (which is also how expiry and idle timeouts reach
+sockets that only read), and whether their people may still read their
+rooms (a removal or a ban announced while the broker was down).
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Collection, Coroutine, Sequence
+from typing import Any, Protocol
 
 from ..errors import Unavailable
 from .accounts import Accounts
-from .connection import Connections
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)
@@ -32,12 +34,29 @@ ANNOUNCE_FOR_SECONDS = 30.0
 # The periodic re-check never runs more often than this (a recheck setting of
 # 0 means "before every send", not "poll storage in a loop").
 MIN_RECHECK_SECONDS = 1.0
+# While the broker is down, re-checks come at least this often.
+OUTAGE_RECHECK_SECONDS = 5.0
+
+
+class SessionSockets(Protocol):
+    """One kind of this process's sockets that belong to a session (room sockets, event streams)."""
+
+    def session_keys(self) -> set[str]:
+        """The stored keys of the sessions behind the open sockets."""
+
+    def end_sessions(self, keys: Collection[str]) -> int:
+        """Close the sockets of these sessions; returns how many."""
+
+    async def recheck_access(self) -> int:
+        """Close (or narrow) the sockets whose people may no longer read their rooms; returns how many."""
 
 
 class Revocations:
-    def __init__(self, fanout: Fanout, connections: Connections, accounts: Accounts, recheck_seconds: float) -> None:
+    def __init__(
+        self, fanout: Fanout, sockets: Sequence[SessionSockets], accounts: Accounts, recheck_seconds: float
+    ) -> None:
         self._fanout = fanout
-        self._connections = connections
+        self._sockets = tuple(sockets)
         self._accounts = accounts
         self.recheck_seconds = recheck_seconds
         self._tasks: set[asyncio.Task[None]] = set()
@@ -54,7 +73,7 @@ class Revocations:
 
     async def announce(self, keys: list[str]) -> None:
         """Close the sockets of these sessions here, and tell every other process."""
-        self._connections.end_sessions(set(keys))
+        self._end_sessions(set(keys))
         event = json.dumps({"type": SESSIONS_ENDED, "sessions": keys}, separators=(",", ":"))
         try:
             await self._fanout.broker.publish(CONTROL_CHANNEL, event)
@@ -70,7 +89,10 @@ class Revocations:
             log.warning("dropping a malformed control event")
             return
         if isinstance(keys, list):
-            self._connections.end_sessions({key for key in keys if isinstance(key, str)})
+            self._end_sessions({key for key in keys if isinstance(key, str)})
+
+    def _end_sessions(self, keys: set[str]) -> int:
+        return sum(sockets.end_sessions(keys) for sockets in self._sockets)
 
     async def _announce_later(self, event: str) -> None:
         loop = asyncio.get_running_loop()
@@ -85,24 +107,39 @@ class Revocations:
                 delay = min(delay * 2, 5.0)
 
     async def _recheck_loop(self) -> None:
+        interval = max(self.recheck_seconds, MIN_RECHECK_SECONDS)
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            # Woken early after a broker reconnect: announcements may be lost.
+            woken = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck_now.wait(), max(self.recheck_seconds, MIN_RECHECK_SECONDS))
+                await asyncio.wait_for(self._recheck_now.wait(), min(interval, OUTAGE_RECHECK_SECONDS))
+                woken = True
             self._recheck_now.clear()
-            await self.recheck()
+            # Early after a broker reconnect (announcements may be lost), and
+            # often while the broker is down: no announcement reaches this
+            # process then, but the fan-out still delivers from storage.
+            if woken or not self._fanout.broker.receiving or loop.time() - last >= interval:
+                last = loop.time()
+                await self.recheck()
 
     async def recheck(self) -> int:
-        """Close sockets whose sessions are no longer live; returns how many."""
-        keys = self._connections.session_keys()
-        if not keys:
-            return 0
-        try:
-            live = await self._accounts.live_sessions(keys)
-        except Unavailable as exc:
-            log.warning("session re-check failed: %s", exc)
-            return 0
-        return self._connections.end_sessions(keys - live)
+        """Close sockets whose sessions are no longer live, or whose rooms are no longer theirs; returns how many."""
+        closed = 0
+        keys = set().union(*(sockets.session_keys() for sockets in self._sockets))
+        if keys:
+            try:
+                live = await self._accounts.live_sessions(keys)
+            except Unavailable as exc:
+                log.warning("session re-check failed: %s", exc)
+            else:
+                closed += self._end_sessions(keys - live)
+        for sockets in self._sockets:
+            try:
+                closed += await sockets.recheck_access()
+            except Unavailable as exc:
+                log.warning("membership re-check failed: %s", exc)
+        return closed
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

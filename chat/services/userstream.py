@@ -11,6 +11,13 @@ it opens (``badges``), then small events, never message bodies:
 A stream listens to its rooms' feeds the way a room socket does (one
 subscription per room per process, however many listen), and to the
 person's own broker channel, shared by all their streams in the process.
+
+A stream belongs to the session that opened it, as a room socket does: when
+the session ends (signed out, signed out elsewhere, a new password, a
+disabled account, the idle or absolute timeout) the stream is closed like
+the session's room sockets (chat.services.revocation), and it re-reads its
+rooms only while the session is live, so a copied cookie's stream never
+learns a room the person joins afterwards.
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from ..errors import Unavailable
+from .. import protocol
+from ..errors import SessionEnded, Unavailable
 from ..models import User
-from ..protocol import Outbound
+from ..protocol import Close, Outbound
+from .accounts import Accounts, session_key
 from .connection import Transport
 from .fanout import Fanout
+from .membership import Memberships
 from .unread import Unread, user_channel
 
 log = logging.getLogger(__name__)
@@ -49,13 +59,16 @@ class _RoomWatch:
 
 
 class UserStream:
-    def __init__(self, transport: Transport, user: User, hub: UserStreams) -> None:
+    def __init__(self, transport: Transport, user: User, session_token: str, hub: UserStreams) -> None:
         self.transport = transport
         self.user = user
+        self.session_key = session_key(session_token)
         self._hub = hub
         self._watching: dict[str, _RoomWatch] = {}
         self._syncing: asyncio.Task[None] | None = None
         self.closed = False
+        # The session ended: nothing more is sent while the socket closes.
+        self.ended = False
         # How a message frame names its author, and a mention of this user, as JSON text.
         self._authored = f'"user_id":"{user.id}"'
         self._mentioned = f'data-user-id=\\"{user.id}\\"'
@@ -64,8 +77,23 @@ class UserStream:
         await self._hub.register(self)
         await self.sync()
 
-    async def sync(self) -> None:
-        """Follow the rooms the person belongs to now, and send their badges."""
+    @property
+    def silent(self) -> bool:
+        return self.closed or self.ended
+
+    def rooms(self) -> list[str]:
+        """The rooms this stream follows."""
+        return list(self._watching)
+
+    async def sync(self, check_session: bool = False) -> None:
+        """Follow the rooms the person belongs to now, and send their badges.
+
+        ``check_session``: first make sure the session is still live (a
+        resync comes from an event, long after the handshake checked it).
+        """
+        if check_session and not await self._hub.accounts.live_sessions({self.session_key}):
+            self.end_session()
+            return
         badges = await self._hub.unread.badges(self.user)
         wanted = {badge.room.id for badge in badges}
         for room_id in wanted - self._watching.keys():
@@ -74,11 +102,22 @@ class UserStream:
             self._watching[room_id] = watch
         for room_id in self._watching.keys() - wanted:
             await self._hub.fanout.leave(room_id, self._watching.pop(room_id))
-        if not self.closed:
+        if not self.silent:
             self.transport.send_text(_dumps({"type": "badges", "rooms": [badge.to_wire() for badge in badges]}))
 
+    def end_session(self) -> None:
+        """The session behind this stream ended: say so and close (the page does not reconnect)."""
+        if self.silent:
+            return
+        self.ended = True
+        exc = SessionEnded("your session has ended; sign in again")
+        refusal = protocol.refusal_for(exc)
+        assert refusal is not None
+        self.transport.send_text(protocol.error_frame_for(exc, refusal, None))
+        self.transport.close(Close.SESSION_ENDED, "session ended")
+
     def activity(self, room_id: str, seq: int, text: str) -> None:
-        if self.closed:
+        if self.silent:
             return
         self.transport.send_text(
             _dumps(
@@ -94,7 +133,7 @@ class UserStream:
 
     def heard(self, event: str) -> None:
         """An event on the person's channel: a marker moved (pass it on) or their rooms changed (sync)."""
-        if self.closed:
+        if self.silent:
             return
         try:
             kind = json.loads(event).get("type")
@@ -112,7 +151,7 @@ class UserStream:
 
     async def _sync_safely(self) -> None:
         try:
-            await self.sync()
+            await self.sync(check_session=True)
         except Unavailable as exc:
             log.warning("refreshing the badges of %s failed: %s", self.user.username, exc)
 
@@ -131,13 +170,42 @@ class UserStream:
 class UserStreams:
     """The streams open in this process, by person, and their shared channel subscriptions."""
 
-    def __init__(self, fanout: Fanout, unread: Unread) -> None:
+    def __init__(self, fanout: Fanout, unread: Unread, accounts: Accounts, memberships: Memberships) -> None:
         self.fanout = fanout
         self.unread = unread
+        self.accounts = accounts
+        self.memberships = memberships
         self._by_user: dict[str, set[UserStream]] = {}
 
-    def create(self, transport: Transport, user: User) -> UserStream:
-        return UserStream(transport, user, self)
+    def create(self, transport: Transport, user: User, session_token: str) -> UserStream:
+        return UserStream(transport, user, session_token, self)
+
+    def _streams(self) -> list[UserStream]:
+        return [stream for streams in self._by_user.values() for stream in streams]
+
+    def session_keys(self) -> set[str]:
+        return {stream.session_key for stream in self._streams() if not stream.silent}
+
+    def end_sessions(self, keys: Collection[str]) -> int:
+        """Close, with "session ended", every stream of these sessions. Returns how many."""
+        ending = [stream for stream in self._streams() if stream.session_key in keys and not stream.silent]
+        for stream in ending:
+            stream.end_session()
+        return len(ending)
+
+    async def recheck_access(self) -> int:
+        """Stop following rooms the person may no longer read (a removal whose announcement was lost).
+
+        Returns how many streams were refreshed.
+        """
+        following = {(room_id, stream.user.id): stream for stream in self._streams() for room_id in stream.rooms()}
+        if not following:
+            return 0
+        readable = await self.memberships.readable(following.keys())
+        stale = {stream for pair, stream in following.items() if pair not in readable and not stream.silent}
+        for stream in stale:
+            stream.resync()
+        return len(stale)
 
     async def register(self, stream: UserStream) -> None:
         streams = self._by_user.setdefault(stream.user.id, set())

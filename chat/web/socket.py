@@ -164,7 +164,7 @@ class UserEventsHandler(AuthenticatedSocket):
 
     async def open(self, *args: str, **kwargs: str) -> None:
         transport = self.make_transport(f"{self.user.username}'s events")
-        self.stream = self.services.user_streams.create(transport, self.user)
+        self.stream = self.services.user_streams.create(transport, self.user, self.session_token or "")
         try:
             await self.stream.open()
         except Unavailable as exc:

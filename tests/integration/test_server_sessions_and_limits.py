@@ -52,17 +52,21 @@ async def test_signing_out_closes_the_open_sockets_of_that_session_within_a_seco
     first, second = await browser.socket(room_id), await browser.socket(room_id)
     await first.join()
     await second.join()
+    stream = await browser.events()  # the sidebar's event stream belongs to the session too
+    await stream.skip_to("badges")
     elsewhere = await second_session(server, open_browser, username)
     kept = await elsewhere.socket(room_id)
     await kept.join()
+    kept_stream = await elsewhere.events()
+    await kept_stream.skip_to("badges")
 
     started = time.monotonic()
     await browser.logout()
-    closes = await asyncio.gather(first.closed(timeout=5), second.closed(timeout=5))
+    closes = await asyncio.gather(first.closed(timeout=5), second.closed(timeout=5), stream.closed(timeout=5))
     elapsed = time.monotonic() - started
 
-    assert closes == [1008, 1008] and elapsed < 1.0, (closes, elapsed)
-    assert kept.conn.close_code is None  # the other session is untouched
+    assert closes == [1008, 1008, 1008] and elapsed < 1.0, (closes, elapsed)
+    assert kept.conn.close_code is None and kept_stream.conn.close_code is None  # the other session is untouched
     await kept.acked(await kept.send_message("still here"))
     assert len(audit_lines(server, "session_ended")) == 1
 
@@ -75,11 +79,14 @@ async def test_signing_out_everywhere_else_ends_the_other_sessions_pages_and_soc
     elsewhere = await second_session(server, open_browser, username)
     sock = await elsewhere.socket(room_id)
     await sock.join()
+    stream = await elsewhere.events()
+    await stream.skip_to("badges")
 
     response = await browser.post("/account/sign-out-others", {})
 
     assert response.code == 200 and b"1 other session was signed out" in response.body
     assert await sock.closed(timeout=2) == 1008
+    assert await stream.closed(timeout=2) == 1008
     assert (await elsewhere.get("/rooms")).code == 302  # to the sign-in page
     assert (await browser.get("/rooms")).code == 200
 
@@ -92,6 +99,8 @@ async def test_changing_the_password_ends_the_other_sessions_and_needs_the_curre
     elsewhere = await second_session(server, open_browser, username)
     sock = await elsewhere.socket(room_id)
     await sock.join()
+    stream = await elsewhere.events()
+    await stream.skip_to("badges")
     new = "a brand new passphrase"
 
     wrong = await browser.post("/account/password", {"current": "not it", "password": new, "confirm": new})
@@ -101,6 +110,7 @@ async def test_changing_the_password_ends_the_other_sessions_and_needs_the_curre
     changed = await browser.post("/account/password", {"current": PASSWORD, "password": new, "confirm": new})
     assert changed.code == 200 and b"Password changed" in changed.body
     assert await sock.closed(timeout=2) == 1008
+    assert await stream.closed(timeout=2) == 1008
     assert (await browser.get("/rooms")).code == 200
     assert (await open_browser(server.base_url).login(username, new)).code == 302
     assert (await open_browser(server.base_url).login(username, PASSWORD)).code == 400
@@ -113,9 +123,12 @@ async def test_an_idle_session_ends_and_so_does_a_socket_that_only_reads(
     browser, _, room_id = await signed_in(server, open_browser)
     sock = await browser.socket(room_id)
     await sock.join()
+    stream = await browser.events()
+    await stream.skip_to("badges")
 
     # Nobody does anything: the periodic re-check finds the session idle.
     assert await sock.closed(timeout=6) == 1008
+    assert await stream.closed(timeout=2) == 1008
     assert (await browser.get("/rooms")).code == 302
 
 

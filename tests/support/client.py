@@ -160,12 +160,19 @@ class RoomSocket:
 
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the server to close the socket, reading past any frames; return the close code."""
+        await self.frames_until_closed(timeout)
+        return self.conn.close_code
+
+    async def frames_until_closed(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Every frame the server sends until it closes the socket (within ``timeout``)."""
+        frames = []
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             message = await asyncio.wait_for(self.conn.read_message(), remaining)
             if message is None:
-                return self.conn.close_code
+                return frames
+            frames.append(json.loads(message))
 
     def close(self) -> None:
         self.conn.close()

@@ -416,6 +416,8 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_LIMIT_TYPING": "10 per second",
         "CHAT_LIMIT_HANDSHAKES": "4 per second",
         "CHAT_LIMIT_ROOM_CREATION": "5 per second",
+        "CHAT_LIMIT_ROOM_CHANGES": "11 per second",
+        "CHAT_LIMIT_DM_CREATION": "12 per second",
         "CHAT_LIMIT_REGISTRATIONS": "6 per second",
         "CHAT_LIMIT_LOGINS": "7 per second",
         "CHAT_LIMIT_LOGIN_FAILURES": "8 per second",
