@@ -154,29 +154,54 @@ class Accounts:
         account = name.lower()
         if self._limiter is not None:
             await self._limiter.take(Action.LOGIN, client_ip)
-        locked = self._limiter is not None and not await self._limiter.allows(Action.LOGIN_FAILURE, account)
+        locked = not await self._reserve_attempt(account)
         user = await self._storage.users.get_by_username(name) if name else None
         usable = user is not None and not user.disabled and not locked
         ok = await self._hasher.verify(password, user.password_hash if user is not None and usable else None)
         if user is None or not usable or not ok:
-            if self._limiter is not None and not locked:
-                await self._limiter.record(Action.LOGIN_FAILURE, account)
             # A name that matches no account is not logged: people type
             # passwords into the username box.
             reason = "locked" if locked else "disabled" if user is not None and user.disabled else "wrong"
             audit.event("sign_in_failed", user=user.id if user else None, reason=reason, ip=client_ip)
             raise ValidationError(WRONG_CREDENTIALS)
-        if self._limiter is not None:
-            await self._limiter.reset(Action.LOGIN_FAILURE, account)
+        await self._forget_failures(account)
         return user
 
-    async def change_password(self, user: User, current: str, new: str, confirmation: str, keep_token: str) -> int:
-        """Replace ``user``'s password; end every other session. Returns how many ended."""
+    async def _reserve_attempt(self, account: str) -> bool:
+        """Count a password check of ``account`` as a failure before it runs; False if the account is locked.
+
+        Counted first, not after: the check takes a while in a thread, and
+        attempts sent together would otherwise all be checked past the lock.
+        A success forgets the count (:meth:`_forget_failures`).
+        """
+        return self._limiter is None or await self._limiter.try_take(Action.LOGIN_FAILURE, account)
+
+    async def _forget_failures(self, account: str) -> None:
+        if self._limiter is not None:
+            await self._limiter.reset(Action.LOGIN_FAILURE, account)
+
+    async def change_password(
+        self, user: User, current: str, new: str, confirmation: str, keep_token: str, client_ip: str = ""
+    ) -> int:
+        """Replace ``user``'s password; end every other session. Returns how many ended.
+
+        The current password is checked as a sign-in checks one, under the
+        same limits (attempts per address, failures per account, the lock):
+        a stolen session cookie must not be a way to guess the password.
+        """
+        if self._limiter is not None:
+            await self._limiter.take(Action.LOGIN, client_ip)
+        account = user.username.lower()
+        locked = not await self._reserve_attempt(account)
         # The stored hash, not the one in ``user``: that may be a cached copy
         # from before a change made through another process.
         stored = await self._storage.users.get(user.id)
-        if stored is None or not await self._hasher.verify(current, stored.password_hash):
+        usable = stored is not None and not locked
+        ok = await self._hasher.verify(current, stored.password_hash if stored is not None and usable else None)
+        if not usable or not ok:
+            audit.event("password_check_failed", user=user.id, reason="locked" if locked else "wrong", ip=client_ip)
             raise ValidationError("That is not your current password.", field="current")
+        await self._forget_failures(account)
         self.validate_password(new)
         if new != confirmation:
             raise ValidationError("The two new passwords do not match.", field="confirm")

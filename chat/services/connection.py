@@ -146,9 +146,8 @@ class Connections:
                 granted = True
             if not granted:
                 await self.release(Admission(holder, tuple(taken)))
-                audit.event(
-                    "socket_refused", user=user.id, ip=client_ip, reason=f"too many sockets ({pool.split(':')[0]})"
-                )
+                reason = f"too many sockets ({pool.split(':')[0]})"
+                audit.throttled("socket_refused", user.id, client_ip, user=user.id, ip=client_ip, reason=reason)
                 metrics.LIMIT_REFUSALS.labels(f"sockets_per_{pool.split(':')[0]}").inc()
                 raise RateLimited(TOO_MANY_SOCKETS_RETRY_AFTER)
             taken.append(pool)

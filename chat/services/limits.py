@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
+from functools import partial
+from typing import TypeVar
 
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -28,6 +30,8 @@ from ..errors import RateLimited
 from . import audit
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Action(StrEnum):
@@ -70,30 +74,42 @@ class Limiter:
 
     async def take(self, action: Action, *key: str) -> None:
         """Count one ``action`` by ``key``; raise :class:`RateLimited` if over a rule."""
+        if not await self.try_take(action, *key):
+            retry_after = await self._longest_wait(action, key)
+            who = ":".join(key)
+            audit.throttled(
+                "limit_hit", action.value, who, action=action.value, key=who, retry_after=round(retry_after, 1)
+            )
+            metrics.LIMIT_REFUSALS.labels(action.value).inc()
+            raise RateLimited(retry_after)
+
+    async def try_take(self, action: Action, *key: str) -> bool:
+        """Count one ``action`` by ``key`` if every rule allows it; whether it did (nothing logged)."""
         for item in self._rules[action]:
             try:
-                allowed = await self._strategy.hit(item, action.value, *key)
+                allowed = await self._with_retry(partial(self._strategy.hit, item, action.value, *key))
             except Exception as exc:  # the store is down: fail open
                 log.warning("rate limiter unavailable (%s); letting %s through", exc, action.value)
-                return
+                return True
             if not allowed:
-                retry_after = await self._retry_after(item, action, key)
-                audit.event("limit_hit", action=action.value, key=":".join(key), retry_after=round(retry_after, 1))
-                metrics.LIMIT_REFUSALS.labels(action.value).inc()
-                raise RateLimited(retry_after)
+                return False
+        return True
 
     async def record(self, action: Action, *key: str) -> None:
         """Count one ``action`` without refusing it (e.g. a failed sign-in, refused already)."""
         try:
             for item in self._rules[action]:
-                await self._strategy.hit(item, action.value, *key)
+                await self._with_retry(partial(self._strategy.hit, item, action.value, *key))
         except Exception as exc:
             log.warning("rate limiter unavailable (%s); %s not counted", exc, action.value)
 
     async def allows(self, action: Action, *key: str) -> bool:
         """Whether one more ``action`` would be allowed, without counting it."""
         try:
-            return all([await self._strategy.test(item, action.value, *key) for item in self._rules[action]])
+            for item in self._rules[action]:
+                if not await self._with_retry(partial(self._strategy.test, item, action.value, *key)):
+                    return False
+            return True
         except Exception as exc:
             log.warning("rate limiter unavailable (%s); allowing %s", exc, action.value)
             return True
@@ -102,9 +118,34 @@ class Limiter:
         """Forget the count (e.g. login failures after a success)."""
         try:
             for item in self._rules[action]:
-                await self._strategy.clear(item, action.value, *key)
+                await self._with_retry(partial(self._strategy.clear, item, action.value, *key))
         except Exception as exc:
             log.warning("rate limiter unavailable (%s); could not reset %s", exc, action.value)
+
+    @staticmethod
+    async def _with_retry(call: Callable[[], Awaitable[T]]) -> T:
+        """One call to the store, tried once more if it fails.
+
+        After Redis restarts, each pooled connection fails the first time it
+        is used again; failing open on that would let an action through
+        against a limit that is being counted perfectly well.
+        """
+        try:
+            return await call()
+        except Exception:
+            return await call()
+
+    async def _longest_wait(self, action: Action, key: tuple[str, ...]) -> float:
+        """How long until every rule of ``action`` allows ``key`` again."""
+        waits = []
+        for item in self._rules[action]:
+            try:
+                if await self._strategy.test(item, action.value, *key):
+                    continue
+            except Exception:
+                return float(item.get_expiry())
+            waits.append(await self._retry_after(item, action, key))
+        return max(waits, default=0.05)
 
     async def _retry_after(self, item: RateLimitItem, action: Action, key: tuple[str, ...]) -> float:
         try:

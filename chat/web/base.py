@@ -266,7 +266,7 @@ class BaseHandler(AppHandler):
             # Tampered, foreign, expired or signed out: the visitor is simply
             # signed out. Worth a line: a stream of these is someone guessing.
             reason = "bad signature or expired" if token is None else "no live session"
-            audit.event("session_cookie_refused", reason=reason, ip=self.client_ip)
+            audit.throttled("session_cookie_refused", self.client_ip, reason=reason, ip=self.client_ip)
             return
         self.session_token = token
         self.current_user = resolved[1]

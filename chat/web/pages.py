@@ -115,7 +115,12 @@ class AccountActionHandler(BaseHandler):
             if action == "password":
                 form = self.form("current", "password", "confirm")
                 ended = await self.accounts.change_password(
-                    self.user, form["current"], form["password"], form["confirm"], keep_token=token
+                    self.user,
+                    form["current"],
+                    form["password"],
+                    form["confirm"],
+                    keep_token=token,
+                    client_ip=self.client_ip,
                 )
                 # A new session id after the change, too (the old cookie is dead).
                 await self.sign_in(self.user)

@@ -72,8 +72,10 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
 
     def render_error(self, status_code: int, title: str, message: str) -> None:
         metrics.HANDSHAKES_REFUSED.labels(str(status_code)).inc()
-        audit.event(
+        audit.throttled(
             "handshake_refused",
+            self.client_ip,
+            str(status_code),
             status=status_code,
             user=self.user.id if self.current_user else None,
             ip=self.client_ip,

@@ -262,6 +262,72 @@ async def test_a_locked_account_answers_the_right_password_exactly_like_a_wrong_
     assert PASSWORD not in server.logs()
 
 
+async def test_sign_ins_sent_all_at_once_cannot_get_past_the_lock(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_LOGIN_FAILURES="10 per 15 minutes")
+    _, username, _ = await signed_in(server, open_browser)
+    attacker = open_browser(server.base_url)
+    for _ in range(9):
+        assert (await attacker.login(username, "guess")).code == 400
+
+    burst = [attacker.login(username, f"guess {i}") for i in range(6)] + [attacker.login(username, PASSWORD)]
+    answers = await asyncio.gather(*burst)
+
+    # One check was left before the lock: at most one of the seven was checked.
+    checked = [line for line in audit_lines(server, "sign_in_failed") if "reason=wrong" in line]
+    signed_in_now = [r for r in answers if r.code == 302]
+    assert len(checked) - 9 + len(signed_in_now) <= 1
+    assert len([line for line in audit_lines(server, "sign_in_failed") if "reason=locked" in line]) >= 6
+
+
+async def test_the_current_password_cannot_be_guessed_through_the_password_form(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    # A stolen session cookie must not be a way to find the password.
+    server = server_factory(CHAT_LIMIT_LOGIN_FAILURES="10 per 15 minutes")
+    browser, username, _ = await signed_in(server, open_browser)
+    new = "a brand new passphrase"
+    for i in range(10):
+        guess = await browser.post("/account/password", {"current": f"guess {i}", "password": new, "confirm": new})
+        assert guess.code == 400
+
+    right = await browser.post("/account/password", {"current": PASSWORD, "password": new, "confirm": new})
+
+    assert right.code == 400 and b"not your current password" in right.body  # locked, answered as wrong
+    assert (await open_browser(server.base_url).login(username, new)).code == 400
+    assert any("reason=locked" in line for line in audit_lines(server, "password_check_failed"))
+
+
+async def test_password_form_attempts_count_against_the_address(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_LOGINS="3 per minute")
+    browser, _, _ = await signed_in(server, open_browser)
+    new = "a brand new passphrase"
+    answers = [
+        await browser.post("/account/password", {"current": f"guess {i}", "password": new, "confirm": new})
+        for i in range(4)
+    ]
+    assert [r.code for r in answers] == [400, 400, 400, 429]
+    assert int(answers[-1].headers["Retry-After"]) > 0
+
+
+async def test_a_flood_of_refused_frames_writes_a_line_not_a_line_each(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    server = server_factory(CHAT_LIMIT_TYPING="10 per 30 seconds")
+    browser, _, room_id = await signed_in(server, open_browser)
+    sock = await browser.socket(room_id)
+    await sock.join()
+    for _ in range(3000):
+        await sock.send_json({"type": "typing"})
+    await sock.acked(await sock.send_message("after the flood"), timeout=30)  # frames are handled in order
+
+    assert len(audit_lines(server, "limit_hit")) == 1
+    assert len(server.logs().splitlines()) < 100
+
+
 async def test_sign_in_attempts_from_one_address_are_limited(
     server_factory: ServerFactory, open_browser: OpenBrowser
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from chat.errors import RateLimited, ValidationError
 from chat.models import User
+from chat.services import audit
 from chat.services.accounts import Accounts
 from chat.services.limits import Action, Limiter
 from chat.services.passwords import PasswordHasher
@@ -165,3 +166,101 @@ async def test_hashes_past_the_admission_bound_are_refused_at_once_not_queued(
     release.set()
     assert await asyncio.gather(*running) == [False, False]
     assert await hasher.verify(PASSWORD, None) is False  # admissions are given back
+
+
+# -- second review: the lock under a burst, the password form, stale connections, the log
+
+
+async def test_attempts_sent_together_cannot_get_past_the_lock(
+    guarded: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await guarded.register("alice", PASSWORD, PASSWORD, "192.0.2.9")
+    await fail(guarded, 2)  # one failure left before the lock (3 per 15 minutes)
+    checked: list[bool] = []
+    verify = guarded._hasher.verify
+
+    async def counting(password: str, password_hash: bytes | None) -> bool:
+        checked.append(password_hash is not None)  # None: the dummy hash, no account checked
+        return await verify(password, password_hash)
+
+    monkeypatch.setattr(guarded._hasher, "verify", counting)
+
+    attempts = [guarded.authenticate("alice", "wrong password", "192.0.2.1") for _ in range(6)]
+    attempts.append(guarded.authenticate("alice", PASSWORD, "192.0.2.1"))
+    outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+
+    assert checked.count(True) == 1  # one check against the account; the rest found it locked
+    assert all(isinstance(outcome, ValidationError) for outcome in outcomes)
+
+
+async def test_wrong_current_passwords_count_toward_the_same_lock_as_sign_ins(guarded: Accounts) -> None:
+    user = await guarded.register("alice", PASSWORD, PASSWORD, "192.0.2.9")
+    token = await guarded.start_session(user)
+    for _ in range(3):
+        with pytest.raises(ValidationError):
+            await guarded.change_password(user, "a guess", "new password!", "new password!", token, "192.0.2.1")
+
+    with pytest.raises(ValidationError) as locked:  # the right one, answered as a wrong one
+        await guarded.change_password(user, PASSWORD, "new password!", "new password!", token, "192.0.2.1")
+    assert locked.value.message == "That is not your current password."
+    with pytest.raises(ValidationError):
+        await guarded.authenticate("alice", PASSWORD, "192.0.2.1")  # the account is locked for sign-ins too
+
+
+async def test_password_changes_count_as_sign_in_attempts_of_their_address(
+    memory_storage: Storage, hasher: PasswordHasher, wall_clock: FakeClock
+) -> None:
+    rules = {"login": "2 per minute", "login-failure": "10 per 15 minutes", "register": "10 per minute"}
+    accounts = Accounts(memory_storage, hasher, session_max_age=3600, limiter=limiter(wall_clock, **rules))
+    user = await accounts.register("alice", PASSWORD, PASSWORD)
+    token = await accounts.start_session(user)
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            await accounts.change_password(user, "a guess", "new password!", "new password!", token, "192.0.2.1")
+
+    with pytest.raises(RateLimited):
+        await accounts.change_password(user, "a guess", "new password!", "new password!", token, "192.0.2.1")
+
+
+async def test_a_store_call_failing_once_is_retried_not_let_through(
+    wall_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a Redis restart each pooled connection fails once: failing open
+    # then let a send through against a full window.
+    limits = limiter(wall_clock, send="1 per minute")
+    await limits.take(Action.SEND, "alice")
+    hit = limits._strategy.hit
+    failures = iter([ConnectionError("Connection closed by server.")])
+
+    async def stale_once(*args: object) -> bool:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await hit(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(limits._strategy, "hit", stale_once)
+
+    with pytest.raises(RateLimited):
+        await limits.take(Action.SEND, "alice")
+
+
+async def test_refusals_are_logged_once_a_minute_per_action_and_key_with_how_many_were_left_out(
+    wall_clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(audit, "_throttle", audit.Throttle(clock=wall_clock))
+    limits = limiter(wall_clock, typing="10 per hour")
+    caplog.set_level("INFO", logger="chat.audit")
+    for _ in range(10):
+        await limits.take(Action.TYPING, "mallory")
+
+    for _ in range(3000):
+        with pytest.raises(RateLimited):
+            await limits.take(Action.TYPING, "mallory")
+    lines = [record.getMessage() for record in caplog.records if record.name == "chat.audit"]
+    assert len(lines) == 1 and lines[0].startswith("limit_hit action=typing key=mallory")
+
+    wall_clock.advance(61)
+    with pytest.raises(RateLimited):
+        await limits.take(Action.TYPING, "mallory")
+    lines = [record.getMessage() for record in caplog.records if record.name == "chat.audit"]
+    assert len(lines) == 2 and "repeats=2999" in lines[1]
