@@ -231,11 +231,17 @@ class Administration:
         return user
 
     async def room(self, reference: str) -> Room:
-        """The room with this id, or else with this name (ignoring case, as names are unique)."""
-        room = await self._storage.rooms.get(reference) or await self._storage.rooms.get_by_name(reference)
-        if room is None:
+        """The room with this id, or else the one with this name (ignoring case)."""
+        room = await self._storage.rooms.get(reference)
+        if room is not None:
+            return room
+        named = await self._storage.rooms.named(reference)
+        if not named:
             raise NotFound(f"no room with the id or name {reference!r}")
-        return room
+        if len(named) > 1:  # private rooms may share a name, with each other and with a public room
+            ids = ", ".join(room.id for room in named)
+            raise ValidationError(f"{len(named)} rooms are named {reference!r}: give the id of one ({ids})")
+        return named[0]
 
     # -- accounts -----------------------------------------------------------
 
@@ -330,7 +336,7 @@ class Administration:
         told = await self._moderation.announce_changed(room.id)
         try:
             for member in members:
-                await self._fanout.publish_control(room.id, member_removed_event(member.user_id))
+                await self._fanout.announce(room.id, member_removed_event(member.user_id))
                 await self._unread.rooms_changed(member.user_id)
         except Unavailable as exc:
             # Deleted all the same: their sockets fail on their next send, and pages reload to a 404.
@@ -350,16 +356,17 @@ class Administration:
                 return
 
     async def import_target(self, exported: ExportedRoom, into: str | None, owner: str | None) -> ImportTarget:
-        """The room an import fills: the one of that name if it exists (a re-run), else a new one."""
+        """The room an import fills: the one of that name and kind if it exists (a re-run), else a new one."""
         if exported.kind is RoomKind.DIRECT:
             raise ValidationError("direct conversations are not imported (they belong to their two people)")
         name = clean_room_name(into if into is not None else exported.name)
         self._authors.clear()
-        existing = await self._storage.rooms.get_by_name(name)
-        if existing is not None:
-            if existing.kind is not exported.kind:
-                raise Conflict(f"a {existing.kind.value} room named {existing.name!r} exists already")
-            return ImportTarget(existing, created=False)
+        # A room of another kind is no obstacle: only public rooms' names are unique (RoomRepository.add).
+        existing = [room for room in await self._storage.rooms.named(name) if room.kind is exported.kind]
+        if len(existing) > 1:
+            raise Conflict(f"{len(existing)} {exported.kind.value} rooms are named {name!r}: import --into a new name")
+        if existing:
+            return ImportTarget(existing[0], created=False)
         owner_name = owner if owner is not None else exported.creator
         creator = await self._storage.users.get_by_username(owner_name)
         if creator is None:

@@ -73,6 +73,8 @@ class Rooms:
         try:
             room = await self._storage.rooms.add(name, creator, kind)
         except Conflict:
+            # Only ever a public room's name: a private room's is reserved against nobody (storage's
+            # RoomRepository.add), or this answer would tell an outsider it exists.
             raise ValidationError("A room with that name exists already.", field="name") from None
         await self._storage.memberships.add(room.id, creator, Role.OWNER)
         return room

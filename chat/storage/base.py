@@ -125,7 +125,15 @@ class SessionRepository(abc.ABC):
 class RoomRepository(abc.ABC):
     @abc.abstractmethod
     async def add(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
-        """Create a room. Raises Conflict if the name is taken, ignoring case (whatever the kinds)."""
+        """Create a room. Raises Conflict if its name is taken, ignoring case, by a room whose name is unique.
+
+        Public rooms and DMs have unique names: no two of them share one,
+        ignoring case (a public name is public knowledge anyway, and a DM is
+        found by its name). A private room's name is reserved against
+        nobody, or refusing it would tell an outsider the private room
+        exists: a private room may share its name with any room, and any
+        room with a private room.
+        """
 
     @abc.abstractmethod
     async def get(self, room_id: str) -> Room | None: ...
@@ -136,7 +144,11 @@ class RoomRepository(abc.ABC):
 
     @abc.abstractmethod
     async def get_by_name(self, name: str) -> Room | None:
-        """Find a room by name, ignoring case."""
+        """The public room or DM of this name, ignoring case; never a private room (see :meth:`add`)."""
+
+    @abc.abstractmethod
+    async def named(self, name: str) -> list[Room]:
+        """Every room of this name, ignoring case, of every kind, oldest first (for site administrators)."""
 
     @abc.abstractmethod
     async def list(self, search: str = "", limit: int = 10_000, offset: int = 0) -> list[Room]:
@@ -147,7 +159,11 @@ class RoomRepository(abc.ABC):
 
     @abc.abstractmethod
     async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
-        """Rename a room and/or set its topic; None if there is no such room, Conflict if the name is taken."""
+        """Rename a room and/or set its topic; None if there is no such room, Conflict if the name is taken.
+
+        Taken as :meth:`add` means it: a private room can take any name, and
+        any room a private room's name. A room keeps its kind.
+        """
 
     @abc.abstractmethod
     async def set_archived(self, room_id: str, archived_at: datetime.datetime | None) -> Room | None:

@@ -76,6 +76,9 @@ DEFAULT_WRITE_CONCERN = {"w": "majority", "journal": True}
 MAX_SEQ_ATTEMPTS = 50
 # MongoDB's (and FerretDB's) error code for a unique index refusing a write.
 DUPLICATE_KEY = 11000
+# Dropping an index that is not there (another process dropped it first).
+INDEX_NOT_FOUND = 27
+NAMESPACE_NOT_FOUND = 26
 
 
 @contextlib.contextmanager
@@ -135,6 +138,18 @@ def _room(doc: Mapping[str, Any]) -> Room:
         last_message_at=doc.get("last_message_at"),
         archived_at=doc.get("archived_at"),
     )
+
+
+def _name_key(name: str, kind: RoomKind, room_id: str) -> str:
+    """What a room holds in ``name_key``, the field its unique index is on (see RoomRepository.add).
+
+    A public room or DM holds its name, lower-cased; a private room a key of
+    its own, so that it reserves no name. FerretDB v1 has no partial indexes
+    (``partialFilterExpression`` is not implemented), which would otherwise
+    leave private rooms out of the index. The key is in upper case, which no
+    lower-cased name contains, so it never clashes with a name.
+    """
+    return f"PRIVATE {room_id}" if kind is RoomKind.PRIVATE else name.lower()
 
 
 def _membership(doc: Mapping[str, Any]) -> Membership:
@@ -362,6 +377,7 @@ class MongoRooms(RoomRepository):
                 "_id": room.id,
                 "name": name,
                 "name_lower": name.lower(),
+                "name_key": _name_key(name, kind, room.id),
                 "creator_id": creator.id,
                 "creator_username": creator.username,
                 "created_at": room.created_at,
@@ -386,8 +402,16 @@ class MongoRooms(RoomRepository):
             return {doc["_id"]: _room(doc) async for doc in self._storage.db.rooms.find({"_id": {"$in": ids}})}
 
     async def get_by_name(self, name: str) -> Room | None:
-        doc = await self._storage.find_one("rooms", {"name_lower": name.lower()})
+        # A private room's key is no name: it is not found.
+        doc = await self._storage.find_one("rooms", {"name_key": name.lower()})
         return _room(doc) if doc else None
+
+    async def named(self, name: str) -> list[Room]:
+        with _translate_errors():
+            cursor = self._storage.db.rooms.find({"name_lower": name.lower()}).sort(
+                [("created_at", ASCENDING), ("_id", ASCENDING)]
+            )
+            return [_room(doc) async for doc in cursor]
 
     async def list(self, search: str = "", limit: int = 10_000, offset: int = 0) -> list[Room]:
         # Rooms made before kinds existed have none: they are public.
@@ -405,14 +429,17 @@ class MongoRooms(RoomRepository):
 
     async def update(self, room_id: str, *, name: str | None = None, topic: str | None = None) -> Room | None:
         changes: dict[str, Any] = {}
-        if name is not None:
-            changes.update(name=name, name_lower=name.lower())
         if topic is not None:
             changes["topic"] = topic
         taken = Conflict(f"a room named {name!r} exists already")
         if name is not None:
-            holder = await self.get_by_name(name)
-            if holder is not None and holder.id != room_id:
+            # The key depends on the room's kind, which a rename keeps.
+            room = await self.get(room_id)
+            if room is None:
+                return None
+            key = _name_key(name, room.kind, room_id)
+            changes.update(name=name, name_lower=name.lower(), name_key=key)
+            if await self._storage.find_one("rooms", {"name_key": key, "_id": {"$ne": room_id}}) is not None:
                 raise taken
         if changes:
             try:
@@ -978,7 +1005,13 @@ class MongoStorage(Storage):
         db = self._client[self.database_name]
         with _translate_errors():
             await db.users.create_index("username_lower", unique=True, name="username_lower_unique")
-            await db.rooms.create_index("name_lower", unique=True, name="name_lower_unique")
+            await self._key_room_names(db)
+            # Sparse: a room stored by an earlier version (still running in a
+            # rolling upgrade) has no key yet, and two such must not clash on
+            # MongoDB (FerretDB v1 never indexes a missing field, and accepts
+            # but ignores sparse).
+            await db.rooms.create_index("name_key", unique=True, sparse=True, name="name_key_unique")
+            await self._drop_index(db.rooms, "name_lower_unique")  # every name was unique: private ones too
             await db.rooms.create_index([("created_at", DESCENDING)], name="created_at")
             await db.messages.create_index(
                 [("room_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="room_seq_unique"
@@ -997,6 +1030,23 @@ class MongoStorage(Storage):
             await db.sessions.create_index("expires_at", name="expires_at")
             await db.sessions.create_index("user_id", name="user_id")
         self._indexed = True
+
+    @staticmethod
+    async def _key_room_names(db: Any) -> None:
+        """Give rooms stored before ``name_key`` existed theirs: idempotent, and safe for two processes at once."""
+        async for doc in db.rooms.find({"name_key": {"$exists": False}}, {"name": 1, "kind": 1}):
+            key = _name_key(doc["name"], RoomKind(doc.get("kind", RoomKind.PUBLIC.value)), doc["_id"])
+            # Only if still keyless: a process already upgraded may have renamed the room meanwhile.
+            await db.rooms.update_one({"_id": doc["_id"], "name_key": {"$exists": False}}, {"$set": {"name_key": key}})
+
+    @staticmethod
+    async def _drop_index(collection: Any, name: str) -> None:
+        """Drop the index if it is there (another process starting at once may have dropped it first)."""
+        try:
+            await collection.drop_index(name)
+        except OperationFailure as exc:
+            if exc.code not in {INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND}:
+                raise
 
     async def close(self) -> None:
         if self._client is not None:

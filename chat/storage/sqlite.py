@@ -53,7 +53,29 @@ from .base import (
     room_of,
 )
 
-SCHEMA = """
+# A room's name is unique among public rooms and DMs only (rooms_unique_names
+# below): a private room's name must not tell outsiders it exists. The table
+# stands apart because an upgrade builds it afresh (_Database._upgrade_room_names).
+ROOMS_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_lower TEXT NOT NULL,
+    creator_id TEXT NOT NULL,
+    creator_username TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    last_rev INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL DEFAULT 'public',
+    topic TEXT NOT NULL DEFAULT '',
+    last_message_at INTEGER,
+    archived_at INTEGER
+);
+"""
+
+SCHEMA = (
+    ROOMS_TABLE.format(table="rooms")
+    + """
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     username TEXT NOT NULL,
@@ -72,19 +94,6 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
 CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
-CREATE TABLE IF NOT EXISTS rooms (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    name_lower TEXT NOT NULL UNIQUE,
-    creator_id TEXT NOT NULL,
-    creator_username TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    last_rev INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL DEFAULT 'public',
-    topic TEXT NOT NULL DEFAULT '',
-    last_message_at INTEGER
-);
 CREATE TABLE IF NOT EXISTS memberships (
     room_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -136,6 +145,7 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (room_id, user_id, client_id)
 );
 """
+)
 
 
 # Columns added after the first release, for databases created before them.
@@ -158,6 +168,7 @@ ADDED_COLUMNS = (
 LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS messages_room_rev ON messages (room_id, rev);
 CREATE INDEX IF NOT EXISTS rooms_kind_created ON rooms (kind, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS rooms_unique_names ON rooms (name_lower) WHERE kind <> 'private';
 """
 
 
@@ -265,6 +276,7 @@ class _Database:
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._writer.executescript(SCHEMA)
             await self._add_missing_columns(self._writer)
+            await self._upgrade_room_names()
             await self._writer.executescript(LATE_INDEXES)
             # An in-memory database is private to its connection, so there the
             # writer serves reads too.
@@ -277,6 +289,27 @@ class _Database:
                 present = {row["name"] for row in await cursor.fetchall()}
             if column not in present:
                 await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+    async def _upgrade_room_names(self) -> None:
+        """Free the names of private rooms in a database made when every room's name was unique.
+
+        SQLite cannot drop a column's UNIQUE constraint, so such a rooms table
+        is copied into one made afresh, in one transaction; LATE_INDEXES then
+        makes the indexes (the dropped table took its own along).
+        """
+        async with self.transaction() as conn:
+            async with conn.execute(
+                "SELECT 1 FROM pragma_index_list('rooms') AS idx JOIN pragma_index_info(idx.name) AS col"
+                " WHERE idx.origin = 'u' AND col.name = 'name_lower'"
+            ) as cursor:
+                if await cursor.fetchone() is None:
+                    return
+            async with conn.execute("SELECT name FROM pragma_table_info('rooms')") as cursor:
+                columns = ", ".join(row["name"] for row in await cursor.fetchall())
+            await conn.execute(ROOMS_TABLE.format(table="rooms_upgraded"))
+            await conn.execute(f"INSERT INTO rooms_upgraded ({columns}) SELECT {columns} FROM rooms")
+            await conn.execute("DROP TABLE rooms")
+            await conn.execute("ALTER TABLE rooms_upgraded RENAME TO rooms")
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -532,8 +565,15 @@ class SQLiteRooms(RoomRepository):
         return found
 
     async def get_by_name(self, name: str) -> Room | None:
-        row = await self._db.fetchone("SELECT * FROM rooms WHERE name_lower = ?", (name.lower(),))
+        # The very condition of rooms_unique_names, so that SQLite looks the name up in it.
+        row = await self._db.fetchone("SELECT * FROM rooms WHERE name_lower = ? AND kind <> 'private'", (name.lower(),))
         return _room(row) if row else None
+
+    async def named(self, name: str) -> list[Room]:
+        rows = await self._db.fetchall(
+            "SELECT * FROM rooms WHERE name_lower = ? ORDER BY created_at, id", (name.lower(),)
+        )
+        return [_room(row) for row in rows]
 
     async def list(self, search: str = "", limit: int = 10_000, offset: int = 0) -> list[Room]:
         # LIKE with its wildcards escaped: the search is a plain substring.

@@ -310,3 +310,35 @@ async def test_a_member_leaves_and_is_closed_out_but_the_owner_keeps_the_room(
     assert await status_of(guest, f"/rooms/{room_id}") == 404
     refused = await owner.post(f"/rooms/{room_id}/leave", {})
     assert refused.code == 400 and "owner keeps the room" in refused.body.decode()
+
+
+# -- room names ----------------------------------------------------------------------
+
+
+async def test_an_outsider_may_take_a_private_rooms_name_but_never_a_public_ones(
+    new_browser: Callable[[], Browser],
+) -> None:
+    owner, _, outsider, _ = await three_people(new_browser)
+    tag = uuid.uuid4().hex[:8]  # the server is shared: names of this test's own
+    hideout = await owner.create_room(f"Hideout {tag}", private=True)
+    attic = await owner.create_room(f"Attic {tag}", private=True)
+
+    # Refusing the name would tell them the private room exists: they get a room of their own.
+    made = await outsider.post("/rooms", {"name": f"hideout {tag}"})
+    assert made.code == 302 and made.headers["Location"] != f"/rooms/{hideout}"
+    theirs = await outsider.create_room()
+    assert (await outsider.post(f"/rooms/{theirs}/rename", {"name": f"ATTIC {tag}"})).code == 302
+    page = (await outsider.get(f"/rooms/{theirs}")).body.decode()
+    assert f"ATTIC {tag}" in page
+
+    # A public room's name is public knowledge, and stays its own.
+    for refused in (
+        await outsider.post("/rooms", {"name": f"HIDEOUT {tag}"}),
+        await owner.post("/rooms", {"name": f"attic {tag}"}),
+        await outsider.post(f"/rooms/{theirs}/rename", {"name": f"Hideout {tag}"}),
+    ):
+        assert refused.code == 400 and "exists already" in refused.body.decode()
+    # The private rooms are as they were: their members' own, a 404 to anyone else.
+    assert f"Hideout {tag}" in (await owner.get(f"/rooms/{hideout}")).body.decode()
+    assert await status_of(owner, f"/rooms/{attic}") == 200
+    assert await status_of(outsider, f"/rooms/{hideout}") == await status_of(outsider, f"/rooms/{attic}") == 404

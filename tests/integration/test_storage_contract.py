@@ -11,8 +11,10 @@ import dataclasses
 import datetime
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from chat.errors import Conflict, RoomArchived, Unavailable
 from chat.models import (
@@ -328,7 +330,9 @@ async def test_many_rooms_are_read_by_id_in_one_query(storage: Storage, user: Us
     assert await storage.rooms.get_many([]) == {}
 
 
-async def test_private_rooms_and_dms_are_never_listed_but_found_by_id_and_name(storage: Storage, user: User) -> None:
+async def test_private_rooms_and_dms_are_never_listed_but_found_by_id_and_dms_by_name(
+    storage: Storage, user: User
+) -> None:
     public = await storage.rooms.add("town square", user)
     private = await storage.rooms.add("the back room", user, RoomKind.PRIVATE)
     direct = await storage.rooms.add("dm:a:b", user, RoomKind.DIRECT)
@@ -337,6 +341,7 @@ async def test_private_rooms_and_dms_are_never_listed_but_found_by_id_and_name(s
     assert await storage.rooms.get(private.id) == private and private.kind is RoomKind.PRIVATE
     assert await storage.rooms.get_by_name("DM:A:B") == direct
     assert await storage.rooms.get_by_name("nowhere") is None
+    assert await storage.rooms.get_by_name("the back room") is None  # its name is no unique handle
     assert (public.kind, public.topic, public.listed, private.listed) == (RoomKind.PUBLIC, "", True, False)
 
 
@@ -353,6 +358,82 @@ async def test_a_room_is_renamed_and_given_a_topic_and_a_taken_name_conflicts(st
     topic_only = await storage.rooms.update(room.id, topic="")
     assert topic_only is not None and (topic_only.name, topic_only.topic) == ("Front Hall", "")
     assert await storage.rooms.update("0" * 24, topic="nobody") is None
+
+
+async def test_a_new_public_room_takes_a_private_rooms_name(storage: Storage, user: User) -> None:
+    private = await storage.rooms.add("Hideout", user, RoomKind.PRIVATE)
+
+    public = await storage.rooms.add("hideout", user)
+
+    assert await storage.rooms.get_by_name("HIDEOUT") == public
+    assert await storage.rooms.get(private.id) == private
+    assert [room.id for room in await storage.rooms.list("hideout")] == [public.id]
+
+
+async def test_a_public_room_is_renamed_to_a_private_rooms_name(storage: Storage, user: User) -> None:
+    private = await storage.rooms.add("Attic", user, RoomKind.PRIVATE)
+    public = await storage.rooms.add("lobby", user)
+
+    renamed = await storage.rooms.update(public.id, name="ATTIC")
+
+    assert renamed is not None and (renamed.name, renamed.kind) == ("ATTIC", RoomKind.PUBLIC)
+    assert await storage.rooms.get_by_name("attic") == renamed
+    assert await storage.rooms.get(private.id) == private
+
+
+async def test_a_private_room_shares_its_name_with_a_public_room_and_other_private_rooms(
+    storage: Storage, user: User
+) -> None:
+    public = await storage.rooms.add("Kitchen", user)
+    first = await storage.rooms.add("kitchen", user, RoomKind.PRIVATE)
+    await asyncio.sleep(0.002)  # named() is oldest first: each its own millisecond
+    second = await storage.rooms.add("KITCHEN", user, RoomKind.PRIVATE)
+    await asyncio.sleep(0.002)
+    third = await storage.rooms.add("pantry", user, RoomKind.PRIVATE)
+
+    renamed = await storage.rooms.update(third.id, name="Kitchen", topic="Snacks")
+
+    assert renamed is not None and (renamed.name, renamed.kind, renamed.topic) == (
+        "Kitchen",
+        RoomKind.PRIVATE,
+        "Snacks",
+    )
+    assert await storage.rooms.get_by_name("kitchen") == public
+    assert [room.id for room in await storage.rooms.named("kitChen")] == [public.id, first.id, second.id, third.id]
+    assert [room.id for room in await storage.rooms.list("kitchen")] == [public.id]
+    assert await storage.rooms.named("nowhere") == []
+
+
+async def test_public_rooms_still_never_share_a_name_whatever_private_rooms_are_called(
+    storage: Storage, user: User
+) -> None:
+    await storage.rooms.add("Cellar", user, RoomKind.PRIVATE)
+    public = await storage.rooms.add("cellar", user)
+    other = await storage.rooms.add("garden", user)
+
+    with pytest.raises(Conflict):
+        await storage.rooms.add("CELLAR", user)
+    with pytest.raises(Conflict):
+        await storage.rooms.update(other.id, name="Cellar")
+    assert await storage.rooms.get(other.id) == other
+    assert await storage.rooms.get_by_name("cellar") == public
+
+
+async def test_a_dm_is_found_by_its_name_and_made_once_even_by_two_at_the_same_moment(
+    storage: Storage, user: User
+) -> None:
+    decoy = await storage.rooms.add("dm:a:b", user, RoomKind.PRIVATE)  # storage takes any name
+
+    made = await asyncio.gather(
+        storage.rooms.add("dm:a:b", user, RoomKind.DIRECT),
+        storage.rooms.add("dm:a:b", user, RoomKind.DIRECT),
+        return_exceptions=True,
+    )
+
+    [direct] = [room for room in made if isinstance(room, Room)]
+    assert [type(refused) for refused in made if not isinstance(refused, Room)] == [Conflict]
+    assert await storage.rooms.get_by_name("DM:A:B") == direct and direct.kind is RoomKind.DIRECT
+    assert {room.id for room in await storage.rooms.named("dm:a:b")} == {decoy.id, direct.id}
 
 
 async def test_moderation_is_logged_with_who_did_what_and_when_newest_first(
@@ -408,6 +489,7 @@ async def test_a_membership_is_added_once_and_read_by_room_and_by_user(
     owner = await storage.memberships.add(room.id, user, Role.OWNER)
     again = await storage.memberships.add(room.id, user)  # already a member: unchanged
     await storage.memberships.add(room.id, bob)
+    await asyncio.sleep(0.002)  # joined in one millisecond, rooms_of would order bob's two by random ids
     await storage.memberships.add(other.id, bob, Role.OWNER)
 
     assert again == owner and owner.role is Role.OWNER and owner.username == "alice"
@@ -1085,9 +1167,52 @@ async def test_mongodb_creates_the_unique_indexes(mongo_url: str) -> None:
         rooms = _index_keys(await store.db.rooms.index_information())
 
     assert users[(("username_lower", 1),)].get("unique") is True
-    assert rooms[(("name_lower", 1),)].get("unique") is True
+    assert rooms[(("name_key", 1),)].get("unique") is True
+    assert (("name_lower", 1),) not in rooms  # private rooms' names are not unique
     assert messages[(("room_id", 1), ("seq", 1))].get("unique") is True
     assert messages[(("room_id", 1), ("user_id", 1), ("client_id", 1))].get("unique") is True
+
+
+async def test_mongodb_upgrades_a_database_where_every_rooms_name_was_unique(mongo_url: str) -> None:
+    # As an earlier version left it: a unique index on every room's lower-cased name, and no name_key.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    try:
+        old = client.get_default_database()
+        await old.rooms.create_index("name_lower", unique=True, name="name_lower_unique")
+        made = {"creator_id": "u0", "creator_username": "founder", "created_at": utcnow(), "last_seq": 0}
+        await old.rooms.insert_many(
+            [
+                {"_id": "r-public", "name": "Lobby", "name_lower": "lobby", "kind": "public", **made},
+                {"_id": "r-private", "name": "Hideout", "name_lower": "hideout", "kind": "private", **made},
+                {"_id": "r-direct", "name": "dm:a:b", "name_lower": "dm:a:b", "kind": "direct", **made},
+                {"_id": "r-kindless", "name": "Old Times", "name_lower": "old times", **made},  # before kinds: public
+            ]
+        )
+    finally:
+        await client.close()
+
+    first, second = open_storage(mongo_url), open_storage(mongo_url)
+    try:
+        await asyncio.gather(first.connect(), second.connect())  # two processes starting at once
+        alice = await first.users.add("alice", b"hash")
+
+        assert (await first.rooms.add("HIDEOUT", alice)).kind is RoomKind.PUBLIC
+        hidden = await second.rooms.add("lobby", alice, RoomKind.PRIVATE)
+        renamed = await first.rooms.update("r-private", name="Lobby")
+        assert renamed is not None and renamed.kind is RoomKind.PRIVATE
+        for taken in ("LOBBY", "old times", "dm:A:B"):
+            with pytest.raises(Conflict):
+                await second.rooms.add(taken, alice, RoomKind.DIRECT if taken.startswith("dm") else RoomKind.PUBLIC)
+        direct, kindless = await first.rooms.get_by_name("DM:A:B"), await first.rooms.get_by_name("OLD TIMES")
+        assert (direct and direct.id, kindless and kindless.id) == ("r-direct", "r-kindless")
+        rooms = _index_keys(await first.db.rooms.index_information())
+    finally:
+        await first.close()
+        await second.close()
+
+    assert rooms[(("name_key", 1),)].get("unique") is True and (("name_lower", 1),) not in rooms
+    async with connected_storage(mongo_url) as again:  # the next start finds nothing left to do
+        assert {room.id for room in await again.rooms.named("lobby")} == {"r-public", "r-private", hidden.id}
 
 
 async def test_mongodb_on_a_closed_port_raises_unavailable_quickly() -> None:

@@ -1,12 +1,16 @@
-"""A SQLite file made by an earlier version opens with the columns added since."""
+"""A SQLite file made by an earlier version opens with the columns added since, and private rooms' names freed."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import sqlite3
 from pathlib import Path
 
-from chat.models import Revision, RoomCounters, utcnow
+import pytest
+
+from chat.errors import Conflict
+from chat.models import Revision, RoomCounters, RoomKind, utcnow
 from chat.storage.sqlite import SQLiteStorage
 
 OLD_SCHEMA = """
@@ -68,3 +72,62 @@ async def test_messages_stored_before_edits_and_rendering_open_unrevised_and_can
     assert before is not None and (before.rev, before.html, before.edited_at) == (0, "", None)
     assert edited is not None and (edited.rev, edited.html) == (1, "<p>hello</p>")
     assert counters == {"r1": RoomCounters(seq=1, rev=1)}
+
+
+# The rooms table as it was when every room's name was unique, private ones too.
+OLD_ROOMS = """
+CREATE TABLE rooms (id TEXT PRIMARY KEY, name TEXT NOT NULL, name_lower TEXT NOT NULL UNIQUE,
+                    creator_id TEXT NOT NULL, creator_username TEXT NOT NULL, created_at INTEGER NOT NULL,
+                    last_seq INTEGER NOT NULL DEFAULT 0, last_rev INTEGER NOT NULL DEFAULT 0,
+                    kind TEXT NOT NULL DEFAULT 'public', topic TEXT NOT NULL DEFAULT '', last_message_at INTEGER,
+                    archived_at INTEGER);
+CREATE INDEX rooms_kind_created ON rooms (kind, created_at);
+"""
+
+
+def _stored_rooms(path: Path) -> dict[str, dict[str, object]]:
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return {row["id"]: dict(row) for row in db.execute("SELECT * FROM rooms")}
+
+
+async def test_private_rooms_of_an_old_database_stop_reserving_their_names_and_keep_everything_else(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    now_ms = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_ROOMS)
+        old.executemany(
+            "INSERT INTO rooms VALUES (?, ?, ?, 'u1', 'alice', ?, ?, 0, ?, ?, NULL, ?)",
+            [
+                ("r-public", "Lobby", "lobby", now_ms, 0, "public", "", None),
+                ("r-private", "Hideout", "hideout", now_ms, 7, "private", "Plans", now_ms),
+                ("r-direct", "dm:a:b", "dm:a:b", now_ms, 0, "direct", "", None),
+            ],
+        )
+    before = _stored_rooms(path)
+
+    first, second = SQLiteStorage(str(path)), SQLiteStorage(str(path))
+    try:
+        await asyncio.gather(first.connect(), second.connect())  # two starts at once: one upgrades
+        alice = await first.users.add("alice", b"hash")
+        public = await first.rooms.add("HIDEOUT", alice)
+        hidden = await first.rooms.add("lobby", alice, RoomKind.PRIVATE)
+        with pytest.raises(Conflict):
+            await first.rooms.add("LOBBY", alice)
+        direct = await first.rooms.get_by_name("DM:A:B")
+        named = await first.rooms.named("lobby")
+    finally:
+        await first.close()
+        await second.close()
+
+    assert (public.kind, direct and direct.id) == (RoomKind.PUBLIC, "r-direct")
+    assert {room.id for room in named} == {"r-public", hidden.id}
+    after = _stored_rooms(path)
+    assert {room_id: after[room_id] for room_id in before} == before
+    with sqlite3.connect(path) as upgraded:
+        indexes = {row[1]: row for row in upgraded.execute("PRAGMA index_list(rooms)")}
+    assert "rooms_kind_created" in indexes
+    assert indexes["rooms_unique_names"][2:] == (1, "c", 1)  # unique, made by CREATE INDEX, partial
+    assert all(origin != "u" for _, _, _, origin, _ in indexes.values())  # no UNIQUE constraint left
