@@ -137,7 +137,9 @@ class Memberships:
         readable: set[tuple[str, str]] = set()
         for chunk in _chunks(private):
             readable.update(await self._storage.memberships.get_many(chunk))
-        banned = {pair for pair in public if await self._storage.bans.get(*pair) is not None}
+        banned: set[tuple[str, str]] = set()
+        for chunk in _chunks(public):
+            banned.update(await self._storage.bans.get_many(chunk))
         readable.update(pair for pair in public if pair not in banned)
         return readable
 

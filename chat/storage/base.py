@@ -264,6 +264,10 @@ class BanRepository(abc.ABC):
     async def get(self, room_id: str, user_id: str) -> Ban | None: ...
 
     @abc.abstractmethod
+    async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Ban]:
+        """The bans among these (room id, user id) pairs, in one query."""
+
+    @abc.abstractmethod
     async def remove(self, room_id: str, user_id: str) -> bool: ...
 
 

@@ -645,6 +645,10 @@ class MongoMentions(MentionRepository):
             )
 
 
+def _ban(doc: Mapping[str, Any]) -> Ban:
+    return Ban(doc["room_id"], doc["user_id"], doc["by"], doc["at"])
+
+
 class MongoBans(BanRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
@@ -672,7 +676,15 @@ class MongoBans(BanRepository):
 
     async def get(self, room_id: str, user_id: str) -> Ban | None:
         doc = await self._storage.find_one("bans", {"_id": _pair_id(room_id, user_id)})
-        return Ban(doc["room_id"], doc["user_id"], doc["by"], doc["at"]) if doc else None
+        return _ban(doc) if doc else None
+
+    async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Ban]:
+        ids = [_pair_id(room_id, user_id) for room_id, user_id in keys]
+        if not ids:
+            return {}
+        with _translate_errors():
+            found = [_ban(doc) async for doc in self._storage.db.bans.find({"_id": {"$in": ids}})]
+        return {(ban.room_id, ban.user_id): ban for ban in found}
 
     async def remove(self, room_id: str, user_id: str) -> bool:
         with _translate_errors():

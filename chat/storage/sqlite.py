@@ -762,6 +762,10 @@ class SQLiteMentions(MentionRepository):
         )
 
 
+def _ban(row: sqlite3.Row) -> Ban:
+    return Ban(row["room_id"], row["user_id"], row["by_user_id"], _from_ms(row["at"]))
+
+
 class SQLiteBans(BanRepository):
     def __init__(self, db: _Database) -> None:
         self._db = db
@@ -778,7 +782,15 @@ class SQLiteBans(BanRepository):
 
     async def get(self, room_id: str, user_id: str) -> Ban | None:
         row = await self._db.fetchone("SELECT * FROM bans WHERE room_id = ? AND user_id = ?", (room_id, user_id))
-        return Ban(row["room_id"], row["user_id"], row["by_user_id"], _from_ms(row["at"])) if row else None
+        return _ban(row) if row else None
+
+    async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Ban]:
+        pairs = list(keys)
+        if not pairs:
+            return {}
+        where = " OR ".join(["(room_id = ? AND user_id = ?)"] * len(pairs))
+        rows = await self._db.fetchall(f"SELECT * FROM bans WHERE {where}", tuple(v for pair in pairs for v in pair))
+        return {(row["room_id"], row["user_id"]): _ban(row) for row in rows}
 
     async def remove(self, room_id: str, user_id: str) -> bool:
         async with self._db.transaction() as conn:

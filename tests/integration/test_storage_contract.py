@@ -554,6 +554,16 @@ async def test_a_ban_is_kept_once_and_lifted(storage: Storage, room: Room, user:
     assert await storage.bans.get(room.id, bob.id) is None
 
 
+async def test_bans_are_read_many_pairs_at_once(storage: Storage, room: Room, user: User) -> None:
+    bob = await storage.users.add("bob", b"$2b$04$fakehash")
+    other = await storage.rooms.add("elsewhere", user)
+    ban = await storage.bans.add(other.id, bob.id, user.id)
+
+    pairs = [(room.id, bob.id), (other.id, bob.id), (other.id, user.id), ("no-such-room", bob.id)]
+    assert await storage.bans.get_many(pairs) == {(other.id, bob.id): ban}
+    assert await storage.bans.get_many([]) == {}
+
+
 # -- messages: seq and idempotency ------------------------------------------
 
 
