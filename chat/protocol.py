@@ -9,8 +9,10 @@ so that the socket, the pages and the tools agree on them.
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -319,16 +321,48 @@ class Outbound:
     others write those bytes as they are.
     """
 
-    __slots__ = ("author", "encoded", "text")
+    __slots__ = ("author", "encoded", "facts", "text")
 
     def __init__(self, text: str, author: str | None = None) -> None:
         self.text = text
         self.encoded: bytes | None = None
         # The user a notice is about (typing), who is not sent it.
         self.author = author
+        # A message frame's author and mentions, read once for every stream (see message_facts).
+        self.facts: MessageFacts | None = None
 
     def __repr__(self) -> str:
         return f"Outbound({self.text[:60]!r})"
+
+
+class MessageFacts(NamedTuple):
+    """What the event streams need to know of a stored message."""
+
+    author: str
+    # The users its rendered @mentions name.
+    mentioned: frozenset[str]
+
+
+# A mention span as the renderer makes it (chat.services.formatting.mention_span).
+# Text can hold `data-user-id="..."` (the sanitiser leaves quotes in text alone)
+# but never an element: every "<" of text is escaped, and the sanitiser lets no
+# other element carry the attribute.
+_MENTION_ID = re.compile(r'<span class="mention" data-user-id="([^"]*)">')
+
+
+def message_facts(frame: Outbound) -> MessageFacts:
+    """The author of the message a ``message`` frame carries and whom it mentions (read once per frame).
+
+    Read from the message's fields, never by searching the frame's text, which
+    holds whatever the sender typed. The mentions are the spans the server's
+    renderer made for the users it resolved: what the stored mention records
+    of the message were made from.
+    """
+    if frame.facts is None:
+        message = json.loads(frame.text)["message"]
+        mentioned = frozenset(html.unescape(user_id) for user_id in _MENTION_ID.findall(message.get("html") or ""))
+        frame.facts = MessageFacts(str(message["user_id"]), mentioned)
+    return frame.facts
 
 
 def _dumps(frame: dict[str, Any]) -> str:

@@ -149,6 +149,11 @@ def render(body: str, mentions: Mapping[str, User] | None = None) -> str:
     return str(_SANITISER.clean(_MARKDOWN.render(body, {"mentions": mentions or {}}))).strip()
 
 
+def mention_span(user_id: str) -> str:
+    """How a mention of ``user_id`` opens in rendered HTML (text can hold anything but this: "<" is escaped)."""
+    return f'<span class="mention" data-user-id="{html.escape(user_id)}">'
+
+
 def for_reader(rendered: str, reader_id: str) -> str:
     """Mark the mentions of ``reader_id`` in rendered HTML (``mention-me``), for the page the server renders."""
     mine = f'class="mention" data-user-id="{html.escape(reader_id)}"'
@@ -172,7 +177,9 @@ class Renderer:
         """The HTML, and the ids of the users it mentions (not those named inside code or links)."""
         users = await self.users(mentioned_names(body))
         rendered = render(body, users)
-        mentioned = {user.id for user in users.values() if f'data-user-id="{html.escape(user.id)}"' in rendered}
+        # The span itself, not just its attribute: the sanitiser leaves quotes in
+        # text as they are (`data-user-id="..."` can be typed), but never a "<".
+        mentioned = {user.id for user in users.values() if mention_span(user.id) in rendered}
         return rendered, tuple(sorted(mentioned))
 
     async def users(self, names: Collection[str]) -> dict[str, User]:

@@ -4,7 +4,8 @@ The stream (``/events/ws``) sends the person's rooms with their counts when
 it opens (``badges``), then small events, never message bodies:
 
 * ``activity``: a message was stored in one of their rooms (its seq, whether
-  it was theirs, whether it mentions them);
+  it was theirs, whether it mentions them: read from the message's author and
+  rendered mentions, never from the text a sender typed);
 * ``read``: their marker moved, in this tab or another, on any process;
 * ``badges`` again when the rooms they belong to change.
 
@@ -55,7 +56,7 @@ class _RoomWatch:
 
     def deliver(self, seq: int | None, frame: Outbound) -> None:
         if seq is not None:  # a stored message; typing, presence and edits are the room page's business
-            self.stream.activity(self.room_id, seq, frame.text)
+            self.stream.activity(self.room_id, seq, frame)
 
 
 class UserStream:
@@ -69,9 +70,6 @@ class UserStream:
         self.closed = False
         # The session ended: nothing more is sent while the socket closes.
         self.ended = False
-        # How a message frame names its author, and a mention of this user, as JSON text.
-        self._authored = f'"user_id":"{user.id}"'
-        self._mentioned = f'data-user-id=\\"{user.id}\\"'
 
     async def open(self) -> None:
         await self._hub.register(self)
@@ -116,8 +114,13 @@ class UserStream:
         self.transport.send_text(protocol.error_frame_for(exc, refusal, None))
         self.transport.close(Close.SESSION_ENDED, "session ended")
 
-    def activity(self, room_id: str, seq: int, text: str) -> None:
+    def activity(self, room_id: str, seq: int, frame: Outbound) -> None:
         if self.silent:
+            return
+        try:
+            facts = protocol.message_facts(frame)
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping the activity of a malformed message frame in room %s", room_id)
             return
         self.transport.send_text(
             _dumps(
@@ -125,8 +128,8 @@ class UserStream:
                     "type": "activity",
                     "room_id": room_id,
                     "last_seq": seq,
-                    "mine": self._authored in text,
-                    "mention": self._mentioned in text,
+                    "mine": facts.author == self.user.id,
+                    "mention": self.user.id in facts.mentioned,
                 }
             )
         )

@@ -295,6 +295,29 @@ async def test_unread_and_mention_counts_follow_messages_markers_and_a_restart(
     assert (after[room_id]["unread"], after[room_id]["mentions"], after[room_id]["last_seq"]) == (1, 1, 4)
 
 
+async def test_a_mention_alert_comes_from_a_real_mention_never_from_text_that_looks_like_one(
+    new_browser: Callable[[], Browser],
+) -> None:
+    alice, bob = new_browser(), new_browser()
+    await alice.register()
+    bob_name = await bob.register()
+    room_id = await alice.create_room()
+    assert (await bob.post(f"/rooms/{room_id}/join", {})).code == 302
+    bob_id = (await (await bob.socket(room_id)).join())[0]["user"]["id"]
+    stream = await bob.events()
+    await stream.skip_to("badges")
+    speaker = await alice.socket(room_id)
+    await speaker.join()
+
+    forged = f'data-user-id="{bob_id}" <span class="mention" data-user-id="{bob_id}">x</span> "user_id":"{bob_id}"'
+    for body in (forged, f'`@{bob_name}` in code, data-user-id="{bob_id}"', f"hey @{bob_name}"):
+        await speaker.acked(await speaker.send_message(body))
+    seen = [await stream.skip_to("activity") for _ in range(3)]
+
+    assert [(a["mention"], a["mine"]) for a in seen] == [(False, False), (False, False), (True, False)]
+    assert (await badges_of(await bob.events()))[room_id]["mentions"] == 1
+
+
 async def test_a_member_leaves_and_is_closed_out_but_the_owner_keeps_the_room(
     new_browser: Callable[[], Browser],
 ) -> None:

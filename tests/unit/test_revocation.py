@@ -13,7 +13,7 @@ import pytest
 from chat.bootstrap import Services
 from chat.errors import Unavailable
 from chat.models import Room, RoomKind, User
-from chat.protocol import Close
+from chat.protocol import Close, Outbound
 from chat.services.accounts import session_key
 from chat.services.connection import RoomConnection
 from chat.services.userstream import UserStream
@@ -86,7 +86,7 @@ async def test_signing_out_closes_the_sessions_event_stream_at_once(
     assert transport.of_type("error")[-1]["code"] == "forbidden"
     assert not ended(kept)
     sent = len(transport.sent)
-    stream.activity("any-room", 7, "{}")
+    stream.activity("any-room", 7, Outbound('{"type":"message","message":{"user_id":"x","html":""}}'))
     stream.heard(json.dumps({"type": "read", "room_id": "any-room", "read_seq": 7, "mentions": 0}))
     assert len(transport.sent) == sent  # nothing more while the socket closes
 
