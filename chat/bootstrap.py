@@ -189,7 +189,9 @@ def build_services(
         heartbeat=settings.presence_heartbeat_seconds,
     )
     fanout.on_control(PRESENCE_CHANGED, presence.changed)
-    limiter = Limiter(backplane.limits_uri, limit_rules(settings), clock=wall_clock)
+    limiter = Limiter(
+        backplane.limits_uri, limit_rules(settings), clock=wall_clock, ipv6_prefix=settings.ipv6_prefix_length
+    )
     accounts = Accounts(
         storage,
         PasswordHasher(settings.bcrypt_rounds, executor, max_in_flight=settings.bcrypt_max_in_flight),

@@ -59,7 +59,7 @@ def boolean(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _bounded(kind: type[int] | type[float], minimum: float) -> Parser:
+def _bounded(kind: type[int] | type[float], minimum: float, maximum: float = math.inf) -> Parser:
     def parse(name: str, raw: str) -> int | float:
         try:
             value = kind(raw)
@@ -69,13 +69,15 @@ def _bounded(kind: type[int] | type[float], minimum: float) -> Parser:
             raise ConfigError(f"{name} must be a finite number, got {raw!r}")
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+        if value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {raw!r}")
         return value
 
     return parse
 
 
-def integer(minimum: int) -> Parser:
-    return _bounded(int, minimum)
+def integer(minimum: int, maximum: int | None = None) -> Parser:
+    return _bounded(int, minimum, math.inf if maximum is None else maximum)
 
 
 def number(minimum: float) -> Parser:
@@ -206,6 +208,9 @@ class Settings:
     )
     max_sockets_per_user: int = field(default=20, metadata=env("CHAT_MAX_SOCKETS_PER_USER", integer(1)))
     max_sockets_per_ip: int = field(default=100, metadata=env("CHAT_MAX_SOCKETS_PER_IP", integer(1)))
+    # Per-address limits count an IPv6 client by this prefix (one /64 is
+    # usually one home or one machine, and it holds 2^64 addresses).
+    ipv6_prefix_length: int = field(default=64, metadata=env("CHAT_IPV6_PREFIX_LENGTH", integer(16, 128)))
     # A resume or sync sends at most this many messages; further behind, the
     # client is told to reload. History frames stay under the byte cap.
     resume_max_messages: int = field(default=300, metadata=env("CHAT_RESUME_MAX_MESSAGES", integer(1)))

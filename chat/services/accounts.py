@@ -129,7 +129,7 @@ class Accounts:
         if password != confirmation:
             raise ValidationError("The two passwords do not match.", field="confirm")
         if self._limiter is not None:
-            await self._limiter.take(Action.REGISTRATION, client_ip)
+            await self._limiter.take(Action.REGISTRATION, self._limiter.address(client_ip))
         # Cheap early answer for the common case; the unique index decides races.
         if await self._storage.users.get_by_username(username) is not None:
             raise ValidationError("That username is taken.", field="username")
@@ -153,7 +153,7 @@ class Accounts:
         name = username.strip()
         account = name.lower()
         if self._limiter is not None:
-            await self._limiter.take(Action.LOGIN, client_ip)
+            await self._limiter.take(Action.LOGIN, self._limiter.address(client_ip))
         locked = not await self._reserve_attempt(account)
         user = await self._storage.users.get_by_username(name) if name else None
         usable = user is not None and not user.disabled and not locked
@@ -190,7 +190,7 @@ class Accounts:
         a stolen session cookie must not be a way to guess the password.
         """
         if self._limiter is not None:
-            await self._limiter.take(Action.LOGIN, client_ip)
+            await self._limiter.take(Action.LOGIN, self._limiter.address(client_ip))
         account = user.username.lower()
         locked = not await self._reserve_attempt(account)
         # The stored hash, not the one in ``user``: that may be a cached copy

@@ -133,7 +133,7 @@ class Connections:
         holder = f"{self.policy.instance}:{uuid.uuid4().hex}"
         wanted = (
             (f"user:{user.id}", self.policy.max_sockets_per_user),
-            (f"ip:{client_ip}", self.policy.max_sockets_per_ip),
+            (f"ip:{self.limiter.address(client_ip)}", self.policy.max_sockets_per_ip),
         )
         taken: list[str] = []
         for pool, limit in wanted:

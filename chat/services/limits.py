@@ -14,6 +14,7 @@ restarts would be worse than a minute without limits.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,6 +52,24 @@ class Action(StrEnum):
     LOGIN_FAILURE = "login-failure"  # per account name
 
 
+def address_key(ip: str, ipv6_prefix: int = 64) -> str:
+    """Whose actions a client address counts as: an IPv6 address by its network, an IPv4 one alone.
+
+    An IPv6 client usually holds a whole /64 and can pick a new address from
+    it for every request, so counting addresses one by one would not limit it
+    at all. An IPv4-mapped IPv6 address counts as the IPv4 address it maps.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an address (a test's name, a unix socket): counted as it is
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    return str(address)
+
+
 def parse_rules(spec: str) -> list[RateLimitItem]:
     """``"20 per 10 seconds;100 per minute"`` -> items; ValueError if malformed."""
     items = parse_many(spec)
@@ -65,12 +84,18 @@ class Limiter:
         storage_uri: str,
         rules: Mapping[Action, str],
         clock: Callable[[], float] = time.time,
+        ipv6_prefix: int = 64,
     ) -> None:
+        self.ipv6_prefix = ipv6_prefix
         options = {"implementation": "redispy"} if "redis" in storage_uri.split("://")[0] else {}
         self._strategy = MovingWindowRateLimiter(storage_from_string(storage_uri, **options))
         self._rules = {action: parse_rules(spec) for action, spec in rules.items()}
         # Wall-clock seconds, as the library's windows use.
         self._clock = clock
+
+    def address(self, client_ip: str) -> str:
+        """The key a client address is counted under in per-address limits (see :func:`address_key`)."""
+        return address_key(client_ip, self.ipv6_prefix)
 
     async def take(self, action: Action, *key: str) -> None:
         """Count one ``action`` by ``key``; raise :class:`RateLimited` if over a rule."""

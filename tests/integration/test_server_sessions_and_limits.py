@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import Callable
+from urllib.parse import urlencode
 
 from tornado.httpclient import HTTPResponse
 
@@ -236,6 +238,34 @@ async def test_registrations_from_one_address_are_limited(
     )
 
     assert refused.code == 429 and int(refused.headers["Retry-After"]) > 0
+
+
+async def test_ipv6_clients_are_counted_by_their_64_for_registrations_and_sign_ins(
+    server_factory: ServerFactory, open_browser: OpenBrowser
+) -> None:
+    # The test server trusts loopback as its proxy, so the forwarded address is the client's.
+    server = server_factory(CHAT_LIMIT_REGISTRATIONS="10 per hour", CHAT_LIMIT_LOGINS="5 per minute")
+
+    async def register_from(address: str) -> int:
+        visitor = open_browser(server.base_url)
+        await visitor.get("/register")
+        form = {"username": f"v6_{uuid.uuid4().hex[:8]}", "password": PASSWORD, "confirm": PASSWORD}
+        body = urlencode({**form, "_xsrf": visitor.xsrf_token() or ""})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": address}
+        return (await visitor.request("POST", "/register", body=body, headers=headers)).code
+
+    codes = [await register_from(f"2001:db8:7:1:{i:x}::1") for i in range(12)]  # 12 addresses of one /64
+    assert codes == [302] * 10 + [429, 429]
+    assert await register_from("2001:db8:7:2::1") == 302  # another /64 is another client
+
+    async def sign_in_from(address: str) -> int:
+        visitor = open_browser(server.base_url)
+        await visitor.get("/login")
+        body = urlencode({"username": "nobody_v6", "password": "guess", "_xsrf": visitor.xsrf_token() or ""})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": address}
+        return (await visitor.request("POST", "/login", body=body, headers=headers)).code
+
+    assert [await sign_in_from(f"2001:db8:9:1::{i:x}") for i in range(1, 7)] == [400] * 5 + [429]
 
 
 def form_error(response: HTTPResponse) -> str:

@@ -540,6 +540,18 @@ async def test_sockets_are_admitted_up_to_the_limits_per_user_and_per_address(
     await services.connections.admit(alice, "192.0.2.9")
 
 
+@pytest.mark.parametrize("chat_settings", [{"max_sockets_per_user": 10, "max_sockets_per_ip": 3}], indirect=True)
+async def test_sockets_from_one_ipv6_network_share_the_per_address_limit(
+    services: Services, member: tuple[User, str]
+) -> None:
+    for host in range(3):
+        await services.connections.admit(member[0], f"2001:db8:5:1::{host + 1:x}")
+
+    with pytest.raises(RateLimited):
+        await services.connections.admit(member[0], "2001:db8:5:1:ffff::9")  # the same /64
+    await services.connections.admit(member[0], "2001:db8:5:2::1")  # another network
+
+
 async def test_a_resume_from_beyond_the_stored_history_tells_the_client_to_reload(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:

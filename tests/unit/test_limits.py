@@ -264,3 +264,31 @@ async def test_refusals_are_logged_once_a_minute_per_action_and_key_with_how_man
         await limits.take(Action.TYPING, "mallory")
     lines = [record.getMessage() for record in caplog.records if record.name == "chat.audit"]
     assert len(lines) == 2 and "repeats=2999" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix", "counted_as"),
+    [
+        ("192.0.2.7", 64, "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", 64, "2001:db8:1:2::/64"),  # the same /64: one client
+        ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),
+        ("2001:db8:1:2:aaaa::1", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2:aaaa::1", 128, "2001:db8:1:2:aaaa::1/128"),
+        ("::ffff:192.0.2.7", 64, "192.0.2.7"),  # IPv4-mapped: the IPv4 client it is
+        ("not-an-address", 64, "not-an-address"),
+    ],
+)
+def test_ipv6_clients_are_counted_by_their_network(ip: str, prefix: int, counted_as: str) -> None:
+    from chat.services.limits import address_key
+
+    assert address_key(ip, prefix) == counted_as
+
+
+async def test_registrations_from_one_ipv6_network_share_one_limit(guarded: Accounts) -> None:
+    await guarded.register("alice", PASSWORD, PASSWORD, "2001:db8:0:1::a")
+    await guarded.register("bob", PASSWORD, PASSWORD, "2001:db8:0:1::b")
+
+    with pytest.raises(RateLimited):
+        await guarded.register("carol", PASSWORD, PASSWORD, "2001:db8:0:1:ffff::c")
+    assert isinstance(await guarded.register("dave", PASSWORD, PASSWORD, "2001:db8:0:2::a"), User)
