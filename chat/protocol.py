@@ -58,6 +58,17 @@ class Close(IntEnum):
     TRY_AGAIN_LATER = 1013  # storage unavailable, or the client read too slowly: back off, resume
     # Application codes (4000-4999, RFC 6455 section 7.4.2):
     REMOVED = 4403  # left, removed or banned: this room is no longer the client's; do not reconnect
+    PROTOCOL_ERROR = 1002  # the client closed with a code no endpoint may send
+
+
+def sendable_close_code(code: int) -> bool:
+    """Whether ``code`` may travel in a close frame (RFC 6455 section 7.4, and the IANA registry).
+
+    1004 is reserved, 1005, 1006 and 1015 only ever describe a close locally,
+    other codes under 3000 are unassigned; 3000-4999 belong to libraries and
+    applications.
+    """
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or 3000 <= code <= 4999
 
 
 class ErrorCode(StrEnum):

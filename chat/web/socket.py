@@ -13,7 +13,7 @@ import tornado.websocket
 from .. import logs, metrics
 from ..errors import Unavailable
 from ..models import Room
-from ..protocol import Close
+from ..protocol import Close, sendable_close_code
 from ..services import audit
 from ..services.connection import Admission, RoomConnection
 from ..services.userstream import UserStream
@@ -27,6 +27,20 @@ log = logging.getLogger(__name__)
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("leaving a room failed", exc_info=future.exception())
+
+
+class _ConformingProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's protocol, but a client's close code is echoed only when it may be sent at all.
+
+    Tornado answers a close frame with the client's own code (RFC 6455
+    section 5.5.1), even 1005 or 1006, which no endpoint may put on the wire;
+    a client that sends one has broken the protocol, and is told so (1002).
+    """
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if code is not None and not sendable_close_code(code):
+            code, reason = Close.PROTOCOL_ERROR, "invalid close code"
+        super().close(code, reason)
 
 
 class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
@@ -87,6 +101,12 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         # Tornado asks again after prepare(); the answer is the same.
         return self.origin_allowed(origin)
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+            return _ConformingProtocol(self, protocol.mask_outgoing, protocol.params)
+        return protocol
 
     def get_compression_options(self) -> None:
         # permessage-deflate stays off: compressing secrets next to

@@ -8,10 +8,12 @@ here trust only 127.0.0.1 as a proxy, so a client connecting from
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import re
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, urlencode
@@ -20,7 +22,16 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.support.client import Browser, handshake_status, raw_request
+from tests.support.client import (
+    OP_CLOSE,
+    Browser,
+    client_frame,
+    close_code,
+    handshake_status,
+    raw_request,
+    raw_websocket,
+    read_frame,
+)
 from tests.support.logs import add_log_source
 from tests.support.server import SHARED_SERVER_ENV, ChatServer, ServerFactory
 from tests.support.waiting import eventually
@@ -309,6 +320,25 @@ async def test_the_https_origin_counts_as_ours_only_when_a_trusted_proxy_says_ht
 
 
 # -- WebSocket transport (checklist 14, 18) -----------------------------------------
+
+
+@pytest.mark.parametrize(("sent", "echoed"), [(1005, 1002), (1006, 1002), (1015, 1002), (999, 1002), (1000, 1000)])
+async def test_a_close_code_no_endpoint_may_send_is_never_echoed(
+    server: ChatServer, browser: Browser, sent: int, echoed: int
+) -> None:
+    await browser.register()
+    room_id = await browser.create_room()
+    reader, writer = await raw_websocket(server.base_url, room_id, browser.cookie_header())
+    try:
+        writer.write(client_frame(OP_CLOSE, struct.pack("!H", sent)))
+        await writer.drain()
+        while True:  # hello, history and presence come first
+            opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+            if opcode == OP_CLOSE:
+                break
+    finally:
+        writer.close()
+    assert close_code(payload)[0] == echoed
 
 
 async def test_permessage_deflate_is_never_negotiated(browser: Browser) -> None:
