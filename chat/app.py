@@ -19,12 +19,14 @@ from .bootstrap import Services, build_services
 from .config import Settings
 from .protocol import Close
 from .services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH
+from .services.limits import address_key
 from .stalls import StallWatch
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler
 from .web.cookies import SessionCookie
 from .web.proxies import TrustedProxies
 from .web.rendering import make_jinja_env
+from .web.server import GuardedHTTPServer
 from .web.socket import RoomSocketHandler, UserEventsHandler
 from .web.static import StaticFiles
 
@@ -35,6 +37,9 @@ USERNAME = rf"([{USERNAME_CHARACTERS}]{{1,{USERNAME_MAX_LENGTH}}})"
 # Longer than nginx's keep-alive to the processes, so nginx closes first.
 IDLE_CONNECTION_SECONDS = 120.0
 BODY_TIMEOUT_SECONDS = 30.0
+# A body over the form limit is read and thrown away up to this size, so the
+# browser that sent it sees the 413 page instead of a reset connection.
+MAX_DRAINED_BODY_BYTES = 8 * 1024 * 1024
 
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -98,17 +103,28 @@ async def serve(settings: Settings) -> None:
         event_streams=lambda: len(services.user_streams),
         rooms=services.fanout.rooms_with_listeners,
     )
-    # The body limit is the app's own, nginx or not: Tornado refuses a longer
-    # body (400) before reading it. No xheaders: Tornado would believe
-    # X-Real-IP from anyone; ChatApplication believes trusted proxies only.
-    server = tornado.httpserver.HTTPServer(
-        make_app(settings, services),
-        max_body_size=settings.max_body_bytes,
-        # A client reached without nginx in front must not hold a connection
-        # open by trickling bytes: idle keep-alive connections and slow
-        # request bodies are cut (WebSockets keep to their own pings).
+    # The body limit is the app's own, nginx or not (ChatApplication.find_handler).
+    # No xheaders: Tornado would believe X-Real-IP from anyone;
+    # ChatApplication believes trusted proxies only.
+    app = make_app(settings, services)
+    server = GuardedHTTPServer(
+        app,
+        # Bodies up to this are read, and one over the form limit is drained
+        # and answered with a 413 page (ChatApplication.find_handler); past it
+        # the connection is closed.
+        max_body_size=MAX_DRAINED_BODY_BYTES,
+        # A client must not hold a connection open by trickling bytes: idle
+        # keep-alive connections and slow request bodies are cut (WebSockets
+        # keep to their own pings); see GuardedHTTPServer for clients that
+        # reach a process port without nginx in front.
         idle_connection_timeout=IDLE_CONNECTION_SECONDS,
         body_timeout=BODY_TIMEOUT_SECONDS,
+    )
+    server.guard(
+        app.proxies,
+        lambda ip: address_key(ip, settings.ipv6_prefix_length),
+        settings.max_connections_per_ip,
+        settings.header_timeout_seconds,
     )
     server.listen(settings.port, settings.host)
     stalls = StallWatch(settings.loop_stall_seconds) if settings.loop_stall_seconds > 0 else None

@@ -208,6 +208,11 @@ class Settings:
     )
     max_sockets_per_user: int = field(default=20, metadata=env("CHAT_MAX_SOCKETS_PER_USER", integer(1)))
     max_sockets_per_ip: int = field(default=100, metadata=env("CHAT_MAX_SOCKETS_PER_IP", integer(1)))
+    # Connections one client (outside CHAT_TRUSTED_PROXIES) holds open at once
+    # on a process port, and how long it has to send a request's headers:
+    # protection against clients that hold connections without nginx in front.
+    max_connections_per_ip: int = field(default=200, metadata=env("CHAT_MAX_CONNECTIONS_PER_IP", integer(1)))
+    header_timeout_seconds: float = field(default=10.0, metadata=env("CHAT_HEADER_TIMEOUT_SECONDS", number(0.1)))
     # Per-address limits count an IPv6 client by this prefix (one /64 is
     # usually one home or one machine, and it holds 2^64 addresses).
     ipv6_prefix_length: int = field(default=64, metadata=env("CHAT_IPV6_PREFIX_LENGTH", integer(16, 128)))

@@ -102,6 +102,16 @@ class ChatApplication(tornado.web.Application):
         request.protocol = self.proxies.scheme(peer, request.headers, request.protocol)
         # Every line logged about this request (the access line too) carries its id and client.
         logs.bind_request(request.remote_ip)
+        # The body limit, before the body is read: a form over it is read and
+        # thrown away and answered with a page saying so (a browser whose
+        # upload is cut off shows a reset connection, not our answer).
+        limit = self.services.settings.max_body_bytes
+        declared = request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return self.get_handler_delegate(request, TooLargeHandler)
+        set_max_body_size = getattr(request.connection, "set_max_body_size", None)
+        if set_max_body_size is not None:
+            set_max_body_size(limit)  # a chunked body stops at the limit too
         return super().find_handler(request, **kwargs)
 
 
@@ -336,3 +346,23 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:
         await super().prepare()
         raise tornado.web.HTTPError(404)
+
+
+@tornado.web.stream_request_body
+class TooLargeHandler(BaseHandler):
+    """A request whose body is over the limit: the body is read and thrown away, then a 413 page."""
+
+    def check_xsrf_cookie(self) -> None:
+        # Nothing is done with the request; its token is in the body nobody reads.
+        pass
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
+
+    def _refuse(self, *args: str) -> None:
+        limit = self.config.max_body_bytes // 1024
+        raise tornado.web.HTTPError(
+            413, f"That was more than a form can send (at most {limit} KiB). Go back and send less at once."
+        )
+
+    get = post = put = patch = delete = options = _refuse

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -481,7 +482,22 @@ async def test_a_body_over_64_kib_is_refused_before_it_is_read(server: ChatServe
     body = urlencode({"username": "u" * 70_000, "password": "p" * 12, "confirm": "p" * 12}).encode()
     head = head.replace("104857600", str(len(body)))
     status, _, page = await raw_request(server.base_url, head, body)
-    assert status == 400 and len(page) < 10_000
+    assert status == 413 and len(page) < 10_000  # read and thrown away, never handled
+
+
+async def test_a_form_over_the_limit_gets_a_page_that_says_so_and_does_nothing(
+    browser: Browser, new_browser: Callable
+) -> None:
+    # Second review, finding 12: the connection used to be closed, which a browser shows as a reset.
+    username = f"big_{uuid.uuid4().hex[:6]}"
+    form = {"username": username, "password": "p" * 12, "confirm": "p" * 12, "padding": "x" * 100_000}
+    response = await browser.post("/register", form)
+
+    assert response.code == 413
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "more than a form can send (at most 64 KiB)" in response.body.decode()
+    assert (await new_browser().login(username, "p" * 12)).code == 400  # nothing was registered
+    assert (await browser.get("/login")).code == 200  # and the server carries on
 
 
 async def test_a_long_field_under_the_body_limit_is_refused_without_being_echoed(browser: Browser) -> None:
@@ -667,3 +683,40 @@ async def test_the_admin_page_is_not_found_for_anyone_but_an_administrator(
     await browser.register()
     assert (await browser.get("/admin")).code == 404
     assert (await browser.post("/admin/disable", {"username": "x"})).code == 404
+
+
+async def test_a_client_without_nginx_in_front_cannot_hold_connections_with_partial_requests(
+    server_factory: ServerFactory,
+) -> None:
+    # Second review, finding 12: a process port held a partial request for 120 s, and 2,000 of them at once.
+    server = server_factory(**FAST, CHAT_MAX_CONNECTIONS_PER_IP="5", CHAT_HEADER_TIMEOUT_SECONDS="1")
+    port = server.port
+    partial = f"GET /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()  # never finished
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        writer.write(partial)
+        await writer.drain()
+        return reader, writer
+
+    held = [await connect(PUBLIC) for _ in range(5)]
+    trusted = await connect("127.0.0.1")  # the proxy (nginx) has its own limits and timeouts
+    one_too_many_reader, one_too_many = await connect(PUBLIC)
+    with contextlib.suppress(ConnectionResetError):  # closed with the request unread: a reset
+        assert await asyncio.wait_for(one_too_many_reader.read(), 5) == b""  # closed at once
+    one_too_many.close()
+
+    started = asyncio.get_running_loop().time()
+    for reader, writer in held:
+        assert await asyncio.wait_for(reader.read(), 5) in (b"", b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        writer.close()
+    assert asyncio.get_running_loop().time() - started < 3  # cut after the header timeout, not 120 s
+
+    trusted_reader, trusted_writer = trusted
+    with pytest.raises(TimeoutError):  # the trusted proxy's connection is left alone
+        await asyncio.wait_for(trusted_reader.read(1), 1)
+    trusted_writer.close()
+    status, _, _ = await raw_request(
+        server.base_url, f"GET /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close", source=PUBLIC
+    )
+    assert status == 200  # the client's places are free again

@@ -424,6 +424,8 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_MAX_SOCKETS_PER_USER": "3",
         "CHAT_MAX_SOCKETS_PER_IP": "4",
         "CHAT_IPV6_PREFIX_LENGTH": "56",
+        "CHAT_MAX_CONNECTIONS_PER_IP": "7",
+        "CHAT_HEADER_TIMEOUT_SECONDS": "3",
         "CHAT_RESUME_MAX_MESSAGES": "9",
         "CHAT_HISTORY_FRAME_MAX_BYTES": "20000",
         "CHAT_PRESENCE_TTL_SECONDS": "9",
