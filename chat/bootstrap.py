@@ -32,6 +32,7 @@ from .services.messages import Messages
 from .services.moderation import Moderation
 from .services.passwords import PasswordHasher
 from .services.presence import Presence
+from .services.rendering_pool import RenderPool
 from .services.revocation import Revocations
 from .services.rooms import Rooms
 from .services.unread import Unread, user_channel
@@ -71,6 +72,8 @@ class Services:
     executor: concurrent.futures.Executor
     # What python -m chat.admin does; the server itself never calls it.
     admin: Administration
+    # Renders Markdown off the event loop; its workers start on the first body that needs one.
+    render_pool: RenderPool | None = None
     # Set on SIGTERM: /readyz answers 503 so balancers stop sending traffic.
     draining: bool = False
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -131,6 +134,8 @@ class Services:
         await self.broker.disconnect()
         await self.storage.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.render_pool is not None:
+            await self.render_pool.close()
 
 
 async def _connect_storage(storage: Storage) -> None:
@@ -169,7 +174,8 @@ def build_services(
     executor = executor or concurrent.futures.ThreadPoolExecutor(
         max_workers=PASSWORD_HASHING_THREADS, thread_name_prefix="bcrypt"
     )
-    messages = Messages(storage, settings.history_limit)
+    render_pool = RenderPool()
+    messages = Messages(storage, settings.history_limit, render_pool=render_pool)
     fanout = Fanout(
         backplane.broker,
         messages.backfill,
@@ -257,6 +263,7 @@ def build_services(
         revocations=revocations,
         limiter=limiter,
         executor=executor,
+        render_pool=render_pool,
         admin=Administration(storage, accounts, memberships, moderation, unread, fanout),
     )
 

@@ -12,21 +12,34 @@ https only: explicit ones, ``<autolinks>`` and bare URLs (linkify). Every
 link opens in a new tab with ``rel="noopener noreferrer nofollow"``. Then nh3
 (ammonia) keeps only the tags and attributes listed here, as a second line of
 defence should the Markdown layer ever let something through.
+
+Rendering a body costs time linear in its length, about 60 ms at worst for
+4,000 characters (``[*`` repeated; bracketed bare links like ``[http://``
+cost the square of the length until linkify's scheme search was bounded,
+0.13 s then). The server still renders Markdown in worker processes, on a
+time budget (:class:`Renderer` with a :class:`RenderPool`), so that neither a
+slow body nor a parser bug found later can hold its event loop; a body over
+budget is stored as plain text (:func:`render_plain`).
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 import nh3
 from cachetools import TTLCache
 from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from ..models import User
 from .accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
+from .rendering_pool import RenderFailed, RenderPool
+
+log = logging.getLogger(__name__)
 
 # @name not preceded by a word character (an e-mail address is not a mention).
 MENTION = re.compile(rf"(?<![\w@])@([{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}})")
@@ -40,6 +53,11 @@ LINK_SCHEMES = ("http://", "https://")
 # Markdown (about 0.3 ms) would change nothing. Most chat lines are like this.
 PLAIN = re.compile(r"(?:[^\W_]|[ ,;'\"?])*")
 LINK_REL = "noopener noreferrer nofollow"
+# A scheme is the run of scheme characters just before "://", and linkify
+# knows none longer than "mailto": a link's is found in this many characters
+# of text before it.
+SCHEME_LOOKBEHIND = 32
+_SCHEME = re.compile(r"(?:^|[^a-z0-9.+-])([a-z][a-z0-9.+-]*)$", re.IGNORECASE)
 
 _SANITISER = nh3.Cleaner(
     tags={"p", "br", "em", "strong", "code", "pre", "blockquote", "ul", "ol", "li", "a", "span"},
@@ -62,10 +80,51 @@ class _ChatMarkdown(MarkdownIt):
 def _markdown() -> MarkdownIt:
     md = _ChatMarkdown("commonmark", {"html": False, "linkify": True, "breaks": True})
     md.enable("linkify")
+    md.inline.ruler.at("linkify", _linkify_within_bounds)
     # Typed as text in a chat, and meant as text: "# 1 fan", "---", ![...](tracking pixel).
     md.disable(["heading", "lheading", "hr", "image", "reference"])
     md.core.ruler.after("linkify", "mentions", _mark_mentions)
     return md
+
+
+def _linkify_within_bounds(state: StateInline, silent: bool) -> bool:
+    """A bare ``scheme://`` link, as markdown-it's own rule finds it, in time linear in the body.
+
+    Its rule looks for the scheme with a regular expression over all the text
+    pending since the last token, once per "://": a body of nothing but
+    ``[http://`` (no token ever ends the pending text) cost the square of its
+    length, 0.13 s for 4,000 characters. The scheme ends where the pending
+    text ends, so searching its last SCHEME_LOOKBEHIND characters finds the
+    same one; a run of scheme characters that fills them all is longer than
+    any scheme, so no link, as the library would conclude too.
+    """
+    src, pos = state.src, state.pos
+    if state.linkLevel > 0 or state.md.linkify is None or not src.startswith("://", pos):
+        return False
+    pending = state.pending
+    # search(text, start) never matches "^" at start > 0: a run that fills the window finds nothing.
+    scheme = _SCHEME.search(pending, max(0, len(pending) - SCHEME_LOOKBEHIND))
+    if scheme is None:
+        return False
+    proto = scheme.group(1)
+    link = state.md.linkify.match_at_start(src[pos - len(proto) :])
+    if not link:
+        return False
+    url = link.url.rstrip("*")  # a trailing "*" closes emphasis, as in markdown-it
+    href = state.md.normalizeLink(url)
+    if not state.md.validateLink(href):
+        return False
+    if not silent:
+        state.pending = pending[: -len(proto)]
+        opening = state.push("link_open", "a", 1)
+        opening.attrs = {"href": href}
+        opening.markup, opening.info = "linkify", "auto"
+        text = state.push("text", "", 0)
+        text.content = state.md.normalizeLinkText(url)
+        closing = state.push("link_close", "a", -1)
+        closing.markup, closing.info = "linkify", "auto"
+    state.pos += len(url) - len(proto)
+    return True
 
 
 def _mark_mentions(state: object) -> None:
@@ -100,13 +159,15 @@ def _split_mentions(token: Token, users: Mapping[str, User]) -> Iterable[Token]:
         if at > start:
             yield _text(text[start:at])
         span = Token("html_inline", "", 0)
-        span.content = (
-            f'<span class="mention" data-user-id="{html.escape(user.id)}">@{html.escape(user.username)}</span>'
-        )
+        span.content = _mention_html(user)
         yield span
         start = at + 1 + length
     if start < len(text):
         yield _text(text[start:])
+
+
+def _mention_html(user: User) -> str:
+    return f"{mention_span(user.id)}@{html.escape(user.username)}</span>"
 
 
 def _text(content: str) -> Token:
@@ -145,13 +206,47 @@ _MARKDOWN = _markdown()
 def render(body: str, mentions: Mapping[str, User] | None = None) -> str:
     """``body`` as sanitised HTML; ``mentions`` maps lower-case names to the users they highlight."""
     if PLAIN.fullmatch(body):
-        return f"<p>{body}</p>" if body else ""
-    return str(_SANITISER.clean(_MARKDOWN.render(body, {"mentions": mentions or {}}))).strip()
+        return _plain_paragraph(body)
+    return _render_markdown(body, mentions or {})
+
+
+def _plain_paragraph(body: str) -> str:
+    return f"<p>{body}</p>" if body else ""
+
+
+def _render_markdown(body: str, mentions: Mapping[str, User]) -> str:
+    return str(_SANITISER.clean(_MARKDOWN.render(body, {"mentions": mentions}))).strip()
 
 
 def mention_span(user_id: str) -> str:
     """How a mention of ``user_id`` opens in rendered HTML (text can hold anything but this: "<" is escaped)."""
     return f'<span class="mention" data-user-id="{html.escape(user_id)}">'
+
+
+def render_plain(body: str, mentions: Mapping[str, User] | None = None) -> str:
+    """``body`` as text: paragraphs at blank lines, line breaks, mentions; no Markdown and no links.
+
+    What a body gets when its Markdown could not be rendered in time
+    (:class:`Renderer`): the message is stored and reads as typed, only
+    unformatted. Plain lines come out as :func:`render` makes them.
+    """
+    users = mentions or {}
+    paragraphs: list[list[str]] = [[]]
+    for line in body.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd").split("\n"):
+        line = line.strip(" \t")
+        if line:
+            paragraphs[-1].append(_plain_line(line, users))
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    marked = "\n".join("<p>" + "<br>\n".join(lines) + "</p>" for lines in paragraphs if lines)
+    return str(_SANITISER.clean(marked)).strip()
+
+
+def _plain_line(line: str, users: Mapping[str, User]) -> str:
+    if not users or "@" not in line:
+        return html.escape(line, quote=False)
+    pieces = _split_mentions(_text(line), users)
+    return "".join(p.content if p.type == "html_inline" else html.escape(p.content, quote=False) for p in pieces)
 
 
 def for_reader(rendered: str, reader_id: str) -> str:
@@ -164,11 +259,20 @@ FindUser = Callable[[str], Awaitable[User | None]]
 
 
 class Renderer:
-    """Renders bodies with their mentions resolved, remembering looked-up names for a minute."""
+    """Renders bodies with their mentions resolved, remembering looked-up names for a minute.
 
-    def __init__(self, find_user: FindUser, cache_seconds: float = MENTION_CACHE_SECONDS) -> None:
+    With a ``pool``, bodies that need Markdown are rendered in its worker
+    processes, off the event loop; one it cannot render in time is rendered
+    as plain text (:func:`render_plain`), never lost. Plain lines, most of
+    what people send, are rendered here: it costs a regular expression.
+    """
+
+    def __init__(
+        self, find_user: FindUser, cache_seconds: float = MENTION_CACHE_SECONDS, pool: RenderPool | None = None
+    ) -> None:
         self._find_user = find_user
         self._known: TTLCache[str, User | None] = TTLCache(maxsize=10_000, ttl=cache_seconds)
+        self._pool = pool
 
     async def render(self, body: str) -> str:
         return (await self.render_with_mentions(body))[0]
@@ -176,11 +280,22 @@ class Renderer:
     async def render_with_mentions(self, body: str) -> tuple[str, tuple[str, ...]]:
         """The HTML, and the ids of the users it mentions (not those named inside code or links)."""
         users = await self.users(mentioned_names(body))
-        rendered = render(body, users)
+        rendered = await self._render(body, users)
         # The span itself, not just its attribute: the sanitiser leaves quotes in
         # text as they are (`data-user-id="..."` can be typed), but never a "<".
         mentioned = {user.id for user in users.values() if mention_span(user.id) in rendered}
         return rendered, tuple(sorted(mentioned))
+
+    async def _render(self, body: str, users: Mapping[str, User]) -> str:
+        if PLAIN.fullmatch(body):
+            return _plain_paragraph(body)
+        if self._pool is None:
+            return _render_markdown(body, users)
+        try:
+            return await self._pool.render(body, users)
+        except RenderFailed as exc:
+            log.warning("a %d-character message is stored as plain text: %s", len(body), exc)
+            return render_plain(body, users)
 
     async def users(self, names: Collection[str]) -> dict[str, User]:
         found: dict[str, User] = {}

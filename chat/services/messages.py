@@ -11,6 +11,7 @@ from ..errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, Too
 from ..models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ..storage import Storage
 from .formatting import Renderer
+from .rendering_pool import RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,11 @@ class GroupCommit:
 
 
 class Messages:
-    def __init__(self, storage: Storage, history_limit: int = 50) -> None:
+    def __init__(self, storage: Storage, history_limit: int = 50, render_pool: RenderPool | None = None) -> None:
         self._storage = storage
         self.history_limit = history_limit
-        self._renderer = Renderer(storage.users.get_by_username)
+        # Without a pool (tests, tools), Markdown is rendered on the loop.
+        self._renderer = Renderer(storage.users.get_by_username, pool=render_pool)
         self._commits = GroupCommit(
             self._store,
             across_rooms=lambda: self._storage.messages.batches_across_rooms,

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
+import logging
+import os
 import re
+import signal
+import time
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from markdown_it.rules_inline import linkify as markdown_it_linkify
 
 from chat.models import User
 from chat.services import formatting
-from chat.services.formatting import Renderer, for_reader, mentioned_names, render
+from chat.services.formatting import Renderer, for_reader, mentioned_names, render, render_plain
+from chat.services.rendering_pool import RenderPool
 from tests.support.xss import XSS_CORPUS
 
 MOMENT = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -177,3 +186,140 @@ def test_whatever_is_typed_renders_to_allowed_markup_only(body: str) -> None:
 def test_plain_lines_take_a_shortcut_that_renders_what_markdown_would(body: str) -> None:
     body = body.strip()
     assert render(body) == str(formatting._SANITISER.clean(formatting._MARKDOWN.render(body, {"mentions": {}}))).strip()
+
+
+# -- bounded work ----------------------------------------------------------------------
+
+
+def test_text_full_of_bracketed_schemes_renders_in_time_linear_in_its_length() -> None:
+    # 64 KiB of "[http://" took 10.8 s when linkify searched all the pending
+    # text for each scheme (the square of the length); linear, it takes 0.4 s.
+    body = "[http://" * 8192
+    started = time.perf_counter()
+    render(body)
+    assert time.perf_counter() - started < 3.0
+
+
+# markdown-it-py's own rule, as it was before ours replaced it.
+_LIBRARY_LINKIFY = formatting._markdown()
+_LIBRARY_LINKIFY.inline.ruler.at("linkify", markdown_it_linkify)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [*"[]()*_`:/ \n@<>-.+1a", "://", "http", "HTTPS", "ftp", "mailto", "\u017f", "a" * 40, "x.co", "x.co/_a_"]
+        ),
+        max_size=40,
+    ).map("".join)
+)
+# Where only the inline rule links the whole URL (the later pass would make emphasis of "_a_").
+@example("see https://x.co/_a_ and *b*")
+@example("a.b+c-d:http://x.co/_x_")
+@example("*https://x.co/a*b*")
+@example("x" * 27 + " http://y.co/_z_")
+@example("x" * 40 + "http://y.co/_z_")
+def test_bare_links_are_the_ones_markdown_it_finds(body: str) -> None:
+    env = {"mentions": MENTIONS}
+    assert formatting._MARKDOWN.render(body, dict(env)) == _LIBRARY_LINKIFY.render(body, dict(env))
+
+
+# -- the plain-text fallback -----------------------------------------------------------
+
+
+def test_plain_text_keeps_paragraphs_line_breaks_and_mentions_and_nothing_else() -> None:
+    body = "**not bold** see http://example.com <b>x</b> & [y](https://e.com)\r\nhi @bob\n\n\n  second\tpara  "
+    assert render_plain(body, MENTIONS) == (
+        "<p>**not bold** see http://example.com &lt;b&gt;x&lt;/b&gt; &amp; [y](https://e.com)<br>\n"
+        f'hi <span class="mention" data-user-id="{BOB.id}">@Bob</span></p>\n'
+        "<p>second\tpara</p>"
+    )
+
+
+@pytest.mark.parametrize("body", XSS_CORPUS)
+def test_every_payload_of_the_xss_corpus_stays_text_as_plain_text_too(body: str) -> None:
+    html = render_plain(body, MENTIONS)
+    assert_inert(html)
+    assert "<a " not in html and "<script" not in html.lower()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(categories=["L", "N", "Zs"], include_characters=",;'\"?"), max_size=30),
+        max_size=5,
+    ),
+    st.sampled_from(["\n", "\n\n"]),
+)
+def test_plain_lines_come_out_of_the_fallback_as_markdown_renders_them(lines: list[str], newline: str) -> None:
+    body = newline.join(line.strip() for line in lines).strip()
+    assert render_plain(body, MENTIONS) == render(body, MENTIONS)
+
+
+# -- rendering off the event loop ------------------------------------------------------
+
+
+async def find_bob(name: str) -> User | None:
+    return BOB if name == "bob" else None
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[RenderPool]:
+    started = RenderPool(workers=2, budget=10.0)
+    try:
+        yield started
+    finally:
+        await started.close()
+    assert started.pids == []
+
+
+async def test_a_worker_renders_what_render_makes_and_plain_lines_need_none(pool: RenderPool) -> None:
+    renderer = Renderer(find_bob, pool=pool)
+    assert await renderer.render("just a plain line, hi bob") == "<p>just a plain line, hi bob</p>"
+    assert pool.pids == []  # plain lines never start a worker
+
+    bodies = ["**hi** @bob", "see https://example.com/x", "- one\n- two", "`code` _em_", "[http://" * 500, "[*" * 2000]
+    rendered = await asyncio.gather(*(renderer.render_with_mentions(body) for body in bodies))
+
+    assert rendered[0] == (render("**hi** @bob", MENTIONS), (BOB.id,))
+    assert [html for html, _ in rendered] == [render(body, MENTIONS) for body in bodies]
+    assert 1 <= len(pool.pids) <= 2  # six bodies at once, two workers at most
+
+
+async def test_a_render_over_budget_is_stored_as_plain_text_and_its_worker_replaced(
+    pool: RenderPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    renderer = Renderer(find_bob, pool=pool)
+    assert await renderer.render("*warm*") == "<p><em>warm</em></p>"
+    (stuck,) = pool.pids
+    pool.budget = 0.3
+    # A worker that never answers: as a render that would never end.
+    os.kill(stuck, signal.SIGSTOP)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="chat.services.formatting"):
+        html, mentioned = await renderer.render_with_mentions("**hi** @bob <b>\nsee http://example.com")
+    elapsed = time.perf_counter() - started
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+
+    assert html == render_plain("**hi** @bob <b>\nsee http://example.com", MENTIONS)
+    assert mentioned == (BOB.id,)
+    assert [record.getMessage() for record in caplog.records] == [
+        "a 38-character message is stored as plain text: rendering took over 0.3s; its worker was killed"
+    ]
+    assert 0.3 <= elapsed < 2.0
+    assert ticks >= 10  # the loop went on meanwhile
+    pool.budget = 10.0
+    assert await renderer.render("**back**") == "<p><strong>back</strong></p>"
+    assert stuck not in pool.pids
