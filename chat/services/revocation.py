@@ -121,7 +121,11 @@ class Revocations:
             # process then, but the fan-out still delivers from storage.
             if woken or not self._fanout.broker.receiving or loop.time() - last >= interval:
                 last = loop.time()
-                await self.recheck()
+                try:
+                    await self.recheck()
+                except Exception:
+                    # A bug here must not end the re-checks for the life of the process.
+                    log.exception("re-checking open sockets failed")
 
     async def recheck(self) -> int:
         """Close sockets whose sessions are no longer live, or whose rooms are no longer theirs; returns how many."""

@@ -29,9 +29,9 @@ import logging
 from collections.abc import Callable, Collection
 
 from .. import protocol
-from ..errors import SessionEnded, Unavailable
+from ..errors import Unavailable
 from ..models import User
-from ..protocol import Close, Outbound
+from ..protocol import Close, ErrorCode, Outbound
 from .accounts import Accounts, session_key
 from .connection import Transport
 from .fanout import Fanout
@@ -108,10 +108,7 @@ class UserStream:
         if self.silent:
             return
         self.ended = True
-        exc = SessionEnded("your session has ended; sign in again")
-        refusal = protocol.refusal_for(exc)
-        assert refusal is not None
-        self.transport.send_text(protocol.error_frame_for(exc, refusal, None))
+        self.transport.send_text(protocol.error_frame(ErrorCode.FORBIDDEN, "your session has ended; sign in again"))
         self.transport.close(Close.SESSION_ENDED, "session ended")
 
     def activity(self, room_id: str, seq: int, frame: Outbound) -> None:

@@ -116,14 +116,20 @@ async def test_after_signing_out_a_copied_cookies_stream_learns_no_new_private_r
         assert stream.conn.close_code == 1008
 
 
-async def test_a_removal_while_redis_is_down_answers_and_cuts_the_member_off_everywhere(
-    cluster: Cluster, cluster_redis: RedisServer, open_browser: Callable[[str], Browser]
-) -> None:
-    owner, member = open_browser(cluster.url), open_browser(cluster.url)
+async def private_room_of_two(owner: Browser, member: Browser) -> str:
+    """Both register; the owner makes a private room and invites the member. Returns its id."""
     await owner.register()
     member_name = await member.register()
     private_id = await owner.create_room(private=True)
     assert (await owner.post(f"/rooms/{private_id}/invite", {"username": member_name})).code == 302
+    return private_id
+
+
+async def test_a_removal_while_redis_is_down_answers_and_cuts_the_member_off_everywhere(
+    cluster: Cluster, cluster_redis: RedisServer, open_browser: Callable[[str], Browser]
+) -> None:
+    owner, member = open_browser(cluster.url), open_browser(cluster.url)
+    private_id = await private_room_of_two(owner, member)
     first, second = cluster.ports[:2]
     here = await on_process(member, first).socket(private_id)  # where the owner removes them
     reading = await on_process(member, second).socket(private_id)  # scrolls back meanwhile
@@ -153,10 +159,7 @@ async def test_a_removal_announced_while_redis_was_down_takes_effect_when_it_is_
     cluster: Cluster, cluster_redis: RedisServer, open_browser: Callable[[str], Browser]
 ) -> None:
     owner, member = open_browser(cluster.url), open_browser(cluster.url)
-    await owner.register()
-    member_name = await member.register()
-    private_id = await owner.create_room(private=True)
-    assert (await owner.post(f"/rooms/{private_id}/invite", {"username": member_name})).code == 302
+    private_id = await private_room_of_two(owner, member)
     socks = [await on_process(member, port).socket(private_id) for port in cluster.ports]
     member_id = (await socks[0].join())[0]["user"]["id"]
     await socks[1].join()

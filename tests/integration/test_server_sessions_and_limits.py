@@ -246,26 +246,24 @@ async def test_ipv6_clients_are_counted_by_their_64_for_registrations_and_sign_i
     # The test server trusts loopback as its proxy, so the forwarded address is the client's.
     server = server_factory(CHAT_LIMIT_REGISTRATIONS="10 per hour", CHAT_LIMIT_LOGINS="5 per minute")
 
-    async def register_from(address: str) -> int:
+    async def post_from(address: str, path: str, form: dict[str, str]) -> int:
         visitor = open_browser(server.base_url)
-        await visitor.get("/register")
-        form = {"username": f"v6_{uuid.uuid4().hex[:8]}", "password": PASSWORD, "confirm": PASSWORD}
+        await visitor.get(path)  # the form's XSRF cookie
         body = urlencode({**form, "_xsrf": visitor.xsrf_token() or ""})
         headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": address}
-        return (await visitor.request("POST", "/register", body=body, headers=headers)).code
+        return (await visitor.request("POST", path, body=body, headers=headers)).code
 
-    codes = [await register_from(f"2001:db8:7:1:{i:x}::1") for i in range(12)]  # 12 addresses of one /64
+    def registration() -> dict[str, str]:
+        return {"username": f"v6_{uuid.uuid4().hex[:8]}", "password": PASSWORD, "confirm": PASSWORD}
+
+    # 12 addresses of one /64, then one of another /64 (another client).
+    codes = [await post_from(f"2001:db8:7:1:{i:x}::1", "/register", registration()) for i in range(12)]
     assert codes == [302] * 10 + [429, 429]
-    assert await register_from("2001:db8:7:2::1") == 302  # another /64 is another client
+    assert await post_from("2001:db8:7:2::1", "/register", registration()) == 302
 
-    async def sign_in_from(address: str) -> int:
-        visitor = open_browser(server.base_url)
-        await visitor.get("/login")
-        body = urlencode({"username": "nobody_v6", "password": "guess", "_xsrf": visitor.xsrf_token() or ""})
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": address}
-        return (await visitor.request("POST", "/login", body=body, headers=headers)).code
-
-    assert [await sign_in_from(f"2001:db8:9:1::{i:x}") for i in range(1, 7)] == [400] * 5 + [429]
+    guess = {"username": "nobody_v6", "password": "guess"}
+    codes = [await post_from(f"2001:db8:9:1::{i:x}", "/login", guess) for i in range(1, 7)]
+    assert codes == [400] * 5 + [429]
 
 
 def form_error(response: HTTPResponse) -> str:
