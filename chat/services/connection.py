@@ -517,8 +517,13 @@ class RoomConnection:
             if self.room.listed:
                 await self._hub.memberships.join(self.user, self.room)
             self._member = True
+        # A socket closed while this send was being rendered (a Markdown body
+        # renders in a worker process) still stores it: the person sent it and
+        # went on, maybe to another room. One closed while it waited for a
+        # place is dropped: the client re-sends what was not acked.
+        closed_before = self.closed
         await self._sends_in_flight.acquire()
-        if self.closed:  # closed while waiting for a place: the client re-sends it
+        if self.closed and not closed_before:
             self._sends_in_flight.release()
             return
         stored = self._hub.messages.submit(new)

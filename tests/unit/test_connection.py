@@ -618,6 +618,32 @@ async def test_closing_drops_the_frames_not_yet_handed_to_storage_and_lets_the_o
     assert [m.client_id for m in stored] == ["in-hand"]  # the client re-sends "queued"
 
 
+async def test_a_send_whose_socket_closes_while_it_renders_is_stored_all_the_same(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch, messages: Messages, chat_room: Room
+) -> None:
+    # A Markdown body renders in a worker process; a person who sends it and
+    # goes to another page at once must still find it in the room.
+    connection, _ = await connect()
+    rendering, release = asyncio.Event(), asyncio.Event()
+    prepare = messages.prepare
+
+    async def slow_prepare(*args: Any) -> NewMessage:
+        rendering.set()
+        await release.wait()
+        return await prepare(*args)
+
+    monkeypatch.setattr(messages, "prepare", slow_prepare)
+    await connection.submit(send("rendering", "**bold** and gone"))
+    await asyncio.wait_for(rendering.wait(), 2)
+
+    await connection.close()
+    release.set()
+    await asyncio.wait_for(connection.wait_idle(), 2)
+
+    stored, _ = await messages.recent(chat_room.id)
+    assert [m.client_id for m in stored] == ["rendering"]
+
+
 async def test_a_clients_sends_do_not_wait_for_each_others_acks_and_keep_their_order(
     connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
