@@ -173,6 +173,17 @@ class Messages:
             except Unavailable as exc:
                 # The messages are stored and will be acked; only a mention count comes out low.
                 log.warning("recording %d mentions failed: %s", len(mentions), exc)
+        # Writing a message is reading the room up to it: its author never
+        # finds their own words unread, even from a tab closed right after sending.
+        read_up_to: dict[tuple[str, str], int] = {}
+        for message, created in stored:
+            if created:
+                key = (message.room_id, message.user_id)
+                read_up_to[key] = max(read_up_to.get(key, 0), message.seq)
+        try:
+            await self._storage.memberships.advance_read_many(read_up_to)
+        except Unavailable as exc:
+            log.warning("moving %d authors' read markers failed: %s", len(read_up_to), exc)
         return results
 
     async def post(self, user: User, room: Room, client_id: str, body: str) -> tuple[Message, bool]:

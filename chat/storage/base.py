@@ -225,6 +225,13 @@ class MembershipRepository(abc.ABC):
     async def mark_read(self, room_id: str, user_id: str, seq: int) -> int | None:
         """Move the member's read marker up to ``seq`` (never back); the marker after, or None if not a member."""
 
+    @abc.abstractmethod
+    async def advance_read_many(self, markers: Mapping[tuple[str, str], int]) -> None:
+        """Move many members' markers, by (room id, user id), up to their seqs (never back), in one write.
+
+        Pairs that are no membership are left alone.
+        """
+
 
 class MentionRepository(abc.ABC):
     """Which stored messages mention whom: one small record per mention, dropped once read.

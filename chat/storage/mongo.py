@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequen
 from dataclasses import replace
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -580,6 +580,19 @@ class MongoMemberships(MembershipRepository):
             )
         membership = await self.get(room_id, user_id)
         return membership.read_seq if membership else None
+
+    async def advance_read_many(self, markers: Mapping[tuple[str, str], int]) -> None:
+        if not markers:
+            return
+        updates = [
+            # Conditional, as in mark_read: a marker only ever moves forward.
+            UpdateOne(
+                {"_id": _pair_id(room_id, user_id), "read_seq": {"$not": {"$gte": seq}}}, {"$set": {"read_seq": seq}}
+            )
+            for (room_id, user_id), seq in markers.items()
+        ]
+        with _translate_errors():
+            await self._storage.db.memberships.bulk_write(updates, ordered=False)
 
     async def rooms_of(self, user_id: str) -> list[Membership]:
         with _translate_errors():

@@ -710,6 +710,15 @@ class SQLiteMemberships(MembershipRepository):
             row = await cursor.fetchone()
         return row[0] if row else None
 
+    async def advance_read_many(self, markers: Mapping[tuple[str, str], int]) -> None:
+        if not markers:
+            return
+        async with self._db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE memberships SET read_seq = MAX(read_seq, ?) WHERE room_id = ? AND user_id = ?",
+                [(seq, room_id, user_id) for (room_id, user_id), seq in markers.items()],
+            )
+
     async def rooms_of(self, user_id: str) -> list[Membership]:
         rows = await self._db.fetchall(
             "SELECT * FROM memberships WHERE user_id = ? ORDER BY joined_at, room_id", (user_id,)

@@ -528,6 +528,27 @@ async def test_a_read_marker_only_moves_forward_and_only_for_members(storage: St
     assert await storage.memberships.mark_read(room.id, "not-a-member", 4) is None
 
 
+async def test_many_read_markers_move_forward_in_one_write(storage: Storage, room: Room, user: User) -> None:
+    other = await storage.rooms.add("elsewhere", user)
+    bob = await storage.users.add("bob", b"$2b$04$fakehash")
+    for room_id, person in ((room.id, user), (other.id, user), (room.id, bob)):
+        await storage.memberships.add(room_id, person)
+    await storage.memberships.mark_read(room.id, bob.id, 8)
+
+    await storage.memberships.advance_read_many(
+        {(room.id, user.id): 4, (other.id, user.id): 2, (room.id, bob.id): 5, (room.id, "not-a-member"): 3}
+    )
+
+    markers = await storage.memberships.get_many([(room.id, user.id), (other.id, user.id), (room.id, bob.id)])
+    assert {key: m.read_seq for key, m in markers.items()} == {
+        (room.id, user.id): 4,
+        (other.id, user.id): 2,
+        (room.id, bob.id): 8,  # never back
+    }
+    assert await storage.memberships.get(room.id, "not-a-member") is None
+    await storage.memberships.advance_read_many({})
+
+
 async def test_mentions_are_counted_after_each_rooms_marker_and_forgotten_once_read(
     storage: Storage, room: Room, user: User
 ) -> None:

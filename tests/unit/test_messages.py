@@ -77,6 +77,21 @@ async def test_posting_the_same_client_id_again_returns_the_original(
     assert (await messages.recent(room.id)) == ([original], False)
 
 
+async def test_writing_a_message_reads_the_room_up_to_it_for_its_author(
+    messages: Messages, user: User, room: Room, memory_storage: Storage
+) -> None:
+    # A script, or a tab closed right after sending, never sends `read`: own words are never unread.
+    bob = await memory_storage.users.add("bob", b"not-a-real-hash")
+    for person in (user, bob):
+        await memory_storage.memberships.add(room.id, person)
+    await messages.post(bob, room, "b1", "first")
+    await messages.post(user, room, "a1", "hello")
+    await messages.post(user, room, "a2", "again")
+
+    markers = await memory_storage.memberships.get_many([(room.id, user.id), (room.id, bob.id)])
+    assert (markers[(room.id, user.id)].read_seq, markers[(room.id, bob.id)].read_seq) == (3, 1)
+
+
 async def test_an_invalid_body_stores_nothing(messages: Messages, user: User, room: Room) -> None:
     with pytest.raises(ValidationError):
         await messages.post(user, room, "c1", "   ")
