@@ -10,11 +10,12 @@ NODE_DEPS := node_modules/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --targets chat,baseline --room-sizes 10,100,1000 --window 8
 
-.PHONY: help run test lint format venv test-venv node-deps ferretdb toxiproxy bench clean
+.PHONY: help run test test-fast lint format venv test-venv node-deps ferretdb toxiproxy bench clean
 
 help:
 	@echo "make run       start one chat server on the embedded default (SQLite + in-process broker)"
 	@echo "make test      install what the tests need and run them all"
+	@echo "make test-fast the inner loop: unit and integration tests, no browsers, process groups, soaks or slow ones"
 	@echo "make lint      ruff (lint and format check) and mypy --strict; CI runs it before the tests"
 	@echo "make format    reformat the code with ruff"
 	@echo "make ferretdb  build the FerretDB server the MongoDB tests use (needs Go)"
@@ -72,6 +73,13 @@ test: test-venv
 		echo "npm is not installed: the accessibility tests will be skipped (under CI=true they fail)."; \
 	fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: unit and integration tests without browsers, process groups,
+# soaks and the slow ones (CI runs them all with `make test`).
+FAST_MARKERS := not browser and not cluster and not soak and not slow
+
+test-fast: test-venv
+	$(PY) -m pytest tests/unit tests/integration -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 lint: test-venv
 	$(VENV)/bin/ruff check .

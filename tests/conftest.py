@@ -104,6 +104,27 @@ async def open_browser() -> AsyncIterator[Callable[[str], Browser]]:
         browser.close_sockets()
 
 
+# Fixtures that make a test one of a kind, so that `make test-fast` can leave it out.
+KIND_OF_FIXTURE = {
+    "chromium": "browser",
+    "cluster": "cluster",
+    "strict_cluster": "cluster",
+    "deployment": "cluster",
+    "proxied_deployment": "cluster",
+}
+SOAK_MODULES = ("test_stress.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they start: a browser, a process group, a long load (see setup.cfg's markers)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        for kind in {KIND_OF_FIXTURE[name] for name in fixtures if name in KIND_OF_FIXTURE}:
+            item.add_marker(kind)
+        if item.path.name in SOAK_MODULES or "soak" in item.name:
+            item.add_marker("soak")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield

@@ -10,10 +10,22 @@ from tests.support.client import Browser
 from tests.support.logs import add_log_source
 from tests.support.server import SHARED_SERVER_ENV, ChatServer, fresh_database_url
 
+# Server-level tests run on SQLite: how storage behaves is proven on both
+# backends by the storage contract suite. A module whose tests exercise a
+# backend's own path through the server (its write path, its start-up) lists
+# both in SERVER_BACKENDS.
+DEFAULT_SERVER_BACKENDS = ("sqlite",)
 
-@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "chat_server" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "SERVER_BACKENDS", DEFAULT_SERVER_BACKENDS)
+        metafunc.parametrize("chat_server", backends, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def chat_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
-    """One server per backend per test module."""
+    """One server per backend per test module (see SERVER_BACKENDS)."""
     tmp_dir = tmp_path_factory.mktemp(f"server-{request.param}")
     with ChatServer(fresh_database_url(request.param, request, tmp_dir), tmp_dir, **SHARED_SERVER_ENV) as server:
         yield server

@@ -13,12 +13,22 @@ from tests.support.storage import seed_messages
 TOTAL = 1000
 
 
-@pytest.fixture
-async def long_room(browser: Browser, chat_server: ChatServer) -> str:
+async def room_of(browser: Browser, chat_server: ChatServer, count: int) -> str:
     username = await browser.register()
     room_id = await browser.create_room()
-    await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(1, TOTAL + 1)))
+    await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(1, count + 1)))
     return room_id
+
+
+@pytest.fixture
+async def long_room(browser: Browser, chat_server: ChatServer) -> str:
+    return await room_of(browser, chat_server, TOTAL)
+
+
+@pytest.fixture
+async def short_room(browser: Browser, chat_server: ChatServer) -> str:
+    """Enough history for the refusals: they never page through it."""
+    return await room_of(browser, chat_server, 5)
 
 
 async def test_fetch_scrolls_back_through_1000_messages_to_the_first(browser: Browser, long_room: str) -> None:
@@ -73,9 +83,9 @@ async def test_fetch_never_hands_out_messages_ahead_of_the_live_stream(browser: 
     ],
 )
 async def test_a_bad_fetch_is_a_bad_request_and_the_socket_keeps_working(
-    browser: Browser, long_room: str, frame: dict[str, object]
+    browser: Browser, short_room: str, frame: dict[str, object]
 ) -> None:
-    sock = await browser.socket(long_room)
+    sock = await browser.socket(short_room)
     await sock.join()
 
     await sock.send_json({**frame, "client_id": "f1"})
@@ -111,6 +121,6 @@ async def test_older_messages_page_back_to_the_first_without_javascript(browser:
 
 
 @pytest.mark.parametrize("before", ["0", "-1", "abc", "1e3", "9" * 40, ""])
-async def test_a_bad_before_is_a_400_page(browser: Browser, long_room: str, before: str) -> None:
-    response = await browser.get(f"/rooms/{long_room}?before={before}")
+async def test_a_bad_before_is_a_400_page(browser: Browser, short_room: str, before: str) -> None:
+    response = await browser.get(f"/rooms/{short_room}?before={before}")
     assert response.code == 400

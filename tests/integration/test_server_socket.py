@@ -13,6 +13,10 @@ from tests.support.client import Browser, RoomSocket, handshake_status
 from tests.support.server import ChatServer, ServerFactory
 from tests.support.storage import seed_messages
 
+# The live protocol over each backend's own write path (SQLite's one writer,
+# MongoDB's room writers and unique-index races).
+SERVER_BACKENDS = ("sqlite", "mongodb")
+
 
 async def signed_in_pair(new_browser: Callable[[], Browser]) -> tuple[Browser, Browser, str]:
     alice, bob = new_browser(), new_browser()
