@@ -18,8 +18,8 @@ from . import metrics
 from .bootstrap import Services, build_services
 from .config import Settings
 from .protocol import Close
-from .services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH
-from .services.limits import address_key
+from .services.identity.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH
+from .services.operations.limits import address_key
 from .stalls import StallWatch
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler

@@ -22,21 +22,21 @@ from .broker import Backplane, Broker, open_backplane
 from .config import Settings
 from .errors import Unavailable
 from .protocol import MEMBER_REMOVED, PRESENCE_CHANGED, member_removed_event
-from .services.accounts import Accounts
-from .services.administration import Administration
-from .services.connection import ConnectionPolicy, Connections
-from .services.fanout import Fanout
-from .services.limits import Action, Limiter
-from .services.membership import Memberships
-from .services.messages import Messages
-from .services.moderation import Moderation
-from .services.passwords import PasswordHasher
-from .services.presence import Presence
-from .services.rendering_pool import RenderPool
-from .services.revocation import Revocations
-from .services.rooms import Rooms
-from .services.unread import Unread, user_channel
-from .services.userstream import UserStreams
+from .services.conversation.messages import Messages
+from .services.conversation.rendering_pool import RenderPool
+from .services.identity.accounts import Accounts
+from .services.identity.passwords import PasswordHasher
+from .services.identity.revocation import Revocations
+from .services.operations.administration import Administration
+from .services.operations.limits import Action, Limiter
+from .services.realtime.connection import ConnectionPolicy, Connections
+from .services.realtime.fanout import Fanout
+from .services.realtime.presence import Presence
+from .services.realtime.userstream import UserStreams
+from .services.rooms.catalog import Rooms
+from .services.rooms.membership import Memberships
+from .services.rooms.moderation import Moderation
+from .services.rooms.unread import Unread, user_channel
 from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)

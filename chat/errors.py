@@ -43,7 +43,7 @@ class RoomArchived(Forbidden):
     """The room is archived: readable, but nothing new may be stored in it.
 
     ``room_ids`` names the archived rooms a refused write touched (a batch of
-    messages may span rooms; see chat.services.messages).
+    messages may span rooms; see chat.services.conversation.messages).
     """
 
     MESSAGE = "This room is archived: it can be read, but nothing new can be posted."

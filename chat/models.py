@@ -153,7 +153,7 @@ class Message:
     # deleted (0: never). Readers keep the copy with the highest rev, and a
     # client resuming after rev R is sent the messages revised after it.
     rev: int = 0
-    # The body rendered (chat.services.formatting) when stored or edited;
+    # The body rendered (chat.services.conversation.formatting) when stored or edited;
     # empty for messages stored before rendering existed: show the body as text.
     html: str = ""
 

@@ -354,7 +354,7 @@ class MessageFacts(NamedTuple):
     mentioned: frozenset[str]
 
 
-# A mention span as the renderer makes it (chat.services.formatting.mention_span).
+# A mention span as the renderer makes it (chat.services.conversation.formatting.mention_span).
 # Text can hold `data-user-id="..."` (the sanitiser leaves quotes in text alone)
 # but never an element: every "<" of text is escaped, and the sanitiser lets no
 # other element carry the attribute.

@@ -23,8 +23,9 @@ from ..bootstrap import Services, build_services
 from ..config import ConfigError, Settings, load_settings
 from ..errors import ChatError, Conflict, NotFound, Unavailable, ValidationError
 from ..models import Message, isoformat, utcnow
-from ..services.accounts import USER_CACHE_SECONDS
-from ..services.administration import (
+from ..services.identity.accounts import USER_CACHE_SECONDS
+from ..services.identity.revocation import MIN_RECHECK_SECONDS
+from ..services.operations.administration import (
     TRANSFER_PAGE,
     Administration,
     ExportedRoom,
@@ -33,8 +34,7 @@ from ..services.administration import (
     parse_room_record,
     room_record,
 )
-from ..services.revocation import MIN_RECHECK_SECONDS
-from ..services.rooms import ROOM_CACHE_SECONDS
+from ..services.rooms.catalog import ROOM_CACHE_SECONDS
 
 PROG = "python -m chat.admin"
 

@@ -2,7 +2,7 @@
 
 Deliberately broadcaster-sized: connect, subscribe, publish and one stream of
 published events. Each process runs a single listener (see
-:mod:`chat.services.fanout`) that reads :meth:`Broker.next_published` and fans
+:mod:`chat.services.realtime.fanout`) that reads :meth:`Broker.next_published` and fans
 out to its local sockets, so a process holds one subscription per room no
 matter how many sockets are in it.
 """

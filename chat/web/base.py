@@ -26,13 +26,13 @@ from ..errors import ChatError, RateLimited, Unavailable
 from ..models import User
 from ..origins import normalize_origin, site_origin, socket_origin
 from ..protocol import refusal_for
-from ..services import audit
-from ..services.accounts import Accounts
-from ..services.membership import Memberships
-from ..services.messages import Messages
-from ..services.presence import Presence
-from ..services.rooms import Rooms
-from ..services.unread import Badge
+from ..services.conversation.messages import Messages
+from ..services.identity.accounts import Accounts
+from ..services.operations import audit
+from ..services.realtime.presence import Presence
+from ..services.rooms.catalog import Rooms
+from ..services.rooms.membership import Memberships
+from ..services.rooms.unread import Badge
 from .cookies import SessionCookie
 from .forms import read_form
 from .proxies import TrustedProxies

@@ -11,8 +11,8 @@ from .. import metrics
 from ..errors import RateLimited, Unavailable, ValidationError
 from ..models import Membership, Role, Room, RoomKind, User
 from ..protocol import has_control_characters
-from ..services import audit
-from ..services.membership import can_moderate
+from ..services.operations import audit
+from ..services.rooms.membership import can_moderate
 from .base import AppHandler, BaseHandler
 from .forms import MAX_FIELD_LENGTH, read_seq
 

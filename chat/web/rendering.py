@@ -17,11 +17,11 @@ import jinja2
 from ..config import Settings
 from ..models import Message, isoformat
 from ..protocol import FETCH_DEFAULT_LIMIT, Close
-from ..services.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
-from ..services.formatting import for_reader
-from ..services.messages import MAX_BODY_LENGTH
-from ..services.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
-from ..services.rooms import MAX_ROOM_NAME_LENGTH, MAX_TOPIC_LENGTH
+from ..services.conversation.formatting import for_reader
+from ..services.conversation.messages import MAX_BODY_LENGTH
+from ..services.identity.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
+from ..services.identity.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
+from ..services.rooms.catalog import MAX_ROOM_NAME_LENGTH, MAX_TOPIC_LENGTH
 
 
 @dataclass(frozen=True)

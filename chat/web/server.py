@@ -14,7 +14,7 @@ deployment without nginx) meets clients itself, so for peers outside
 
 A WebSocket leaves this count once upgraded (its stream belongs to the
 socket then); sockets are capped per user and per address by their own
-limits (chat.services.connection).
+limits (chat.services.realtime.connection).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.iostream
 
-from ..services import audit
+from ..services.operations import audit
 from .proxies import TrustedProxies
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from .. import logs, metrics
 from ..errors import Unavailable
 from ..models import Room
 from ..protocol import Close, sendable_close_code
-from ..services import audit
-from ..services.connection import Admission, RoomConnection
-from ..services.userstream import UserStream
+from ..services.operations import audit
+from ..services.realtime.connection import Admission, RoomConnection
+from ..services.realtime.userstream import UserStream
 from .base import BaseHandler, ChatApplication
 from .forms import read_seq
 from .transport import SocketTransport, TornadoSink

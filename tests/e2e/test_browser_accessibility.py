@@ -27,7 +27,7 @@ MATRIX = [
     for scheme in ("light", "dark")
 ]
 
-# The longest names the site accepts (chat.services.accounts and chat.services.rooms).
+# The longest names the site accepts (chat.services.identity.accounts and chat.services.rooms.catalog).
 USERNAME_MAX = 32
 ROOM_NAME_MAX = 64
 LONG_WORD = "unbreakable" * 27 + "end"  # 300 characters, no place to wrap

@@ -15,7 +15,7 @@ from typing import Any
 from playwright.async_api import Browser as Chromium
 
 from chat.protocol import FETCH_DEFAULT_LIMIT, Close
-from chat.services.messages import MAX_BODY_LENGTH
+from chat.services.conversation.messages import MAX_BODY_LENGTH
 from chat.web.rendering import GROUP_WITHIN
 from tests.support.pages import create_room, register, say
 from tests.support.server import ServerFactory

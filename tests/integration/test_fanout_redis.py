@@ -2,7 +2,7 @@
 
 Each "process" is simulated in this one test process as an independent stack:
 its own :class:`~chat.broker.redis.RedisBroker` (own connections to the
-session's redis-server) and its own :class:`~chat.services.fanout.Fanout`.
+session's redis-server) and its own :class:`~chat.services.realtime.fanout.Fanout`.
 Both stacks share one SQLite storage, as processes of a cluster share one
 database. Listeners stand in for sockets and just record what they get.
 
@@ -21,9 +21,9 @@ from chat.broker import open_backplane
 from chat.broker.redis import RedisBroker
 from chat.models import Message, Room, User
 from chat.protocol import PRESENCE_CHANGED, message_frame
-from chat.services.fanout import Fanout
-from chat.services.messages import Messages
-from chat.services.presence import Presence
+from chat.services.conversation.messages import Messages
+from chat.services.realtime.fanout import Fanout
+from chat.services.realtime.presence import Presence
 from chat.storage import Storage
 from tests.support.fakes import RecordingListener
 from tests.support.services import RedisServer

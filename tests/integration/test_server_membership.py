@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 from chat.protocol import Close
-from chat.services.rooms import ROOMS_PER_PAGE
+from chat.services.rooms.catalog import ROOMS_PER_PAGE
 from tests.support.client import Browser, RoomSocket, handshake_status
 from tests.support.server import ChatServer, ServerFactory
 from tests.support.storage import connected_storage

@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from chat.services.messages import MAX_BODY_LENGTH
+from chat.services.conversation.messages import MAX_BODY_LENGTH
 from tests.support.client import Browser
 from tests.support.server import ServerFactory
 from tests.support.storage import connected_storage

@@ -11,9 +11,9 @@ import pytest
 from chat.bootstrap import Services, build_services
 from chat.config import Settings
 from chat.models import Room, User
-from chat.services.accounts import Accounts
-from chat.services.messages import Messages
-from chat.services.passwords import PasswordHasher
+from chat.services.conversation.messages import Messages
+from chat.services.identity.accounts import Accounts
+from chat.services.identity.passwords import PasswordHasher
 from chat.storage import Storage, open_storage
 from tests.support.clock import FakeClock
 

@@ -11,8 +11,8 @@ import pytest
 
 from chat.errors import ValidationError
 from chat.models import Session, User
-from chat.services.accounts import Accounts, session_key
-from chat.services.passwords import PasswordHasher
+from chat.services.identity.accounts import Accounts, session_key
+from chat.services.identity.passwords import PasswordHasher
 from chat.storage import Storage
 from tests.support.waiting import eventually
 

@@ -13,11 +13,11 @@ from chat.bootstrap import Services
 from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
 from chat.protocol import Close, Outbound
-from chat.services.accounts import Accounts, session_key
-from chat.services.connection import SEND_HOLD_GRACE_SECONDS, RoomConnection
-from chat.services.fanout import Fanout
-from chat.services.messages import Messages
-from chat.services.presence import Presence
+from chat.services.conversation.messages import Messages
+from chat.services.identity.accounts import Accounts, session_key
+from chat.services.realtime.connection import SEND_HOLD_GRACE_SECONDS, RoomConnection
+from chat.services.realtime.fanout import Fanout
+from chat.services.realtime.presence import Presence
 from chat.storage import Storage
 from tests.support.clock import FakeClock
 from tests.support.fakes import FakeTransport

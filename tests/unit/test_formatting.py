@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from markdown_it.rules_inline import linkify as markdown_it_linkify
 
 from chat.models import User
-from chat.services import formatting
-from chat.services.formatting import Renderer, for_reader, mentioned_names, render, render_plain
-from chat.services.rendering_pool import RenderPool
+from chat.services.conversation import formatting
+from chat.services.conversation.formatting import Renderer, for_reader, mentioned_names, render, render_plain
+from chat.services.conversation.rendering_pool import RenderPool
 from tests.support.xss import XSS_CORPUS
 
 MOMENT = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -306,7 +306,7 @@ async def test_a_render_over_budget_is_stored_as_plain_text_and_its_worker_repla
 
     ticker = asyncio.create_task(tick())
     started = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="chat.services.formatting"):
+    with caplog.at_level(logging.WARNING, logger="chat.services.conversation.formatting"):
         html, mentioned = await renderer.render_with_mentions("**hi** @bob <b>\nsee http://example.com")
     elapsed = time.perf_counter() - started
     ticker.cancel()

@@ -10,7 +10,7 @@ import pytest
 
 from chat.errors import Unavailable
 from chat.models import Message, NewMessage
-from chat.services.messages import GroupCommit
+from chat.services.conversation.messages import GroupCommit
 
 MOMENT = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 

@@ -8,7 +8,7 @@ import pytest
 
 from chat.errors import NotFound, RoomArchived, TooLarge, ValidationError
 from chat.models import Room, User, utcnow
-from chat.services.messages import MAX_BODY_LENGTH, Messages, clean_body
+from chat.services.conversation.messages import MAX_BODY_LENGTH, Messages, clean_body
 from chat.storage import Storage
 
 # -- clean_body --------------------------------------------------------------

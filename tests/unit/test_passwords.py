@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import bcrypt
 import pytest
 
-from chat.services.passwords import MAX_PASSWORD_BYTES, PasswordHasher
+from chat.services.identity.passwords import MAX_PASSWORD_BYTES, PasswordHasher
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from chat.bootstrap import Services
 from chat.errors import Unavailable
 from chat.models import Room, RoomKind, User
 from chat.protocol import Close, Outbound
-from chat.services.accounts import session_key
-from chat.services.connection import RoomConnection
-from chat.services.userstream import UserStream
+from chat.services.identity.accounts import session_key
+from chat.services.realtime.connection import RoomConnection
+from chat.services.realtime.userstream import UserStream
 from chat.storage import Storage
 from tests.support.fakes import FakeTransport
 

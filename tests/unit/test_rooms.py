@@ -6,7 +6,7 @@ import pytest
 
 from chat.errors import NotFound
 from chat.models import Room
-from chat.services.rooms import ROOM_CACHE_SECONDS, Rooms
+from chat.services.rooms.catalog import ROOM_CACHE_SECONDS, Rooms
 from chat.storage import Storage
 from tests.support.clock import FakeClock
 

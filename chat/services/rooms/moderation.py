@@ -5,7 +5,7 @@ room's moderation log with who did it and when, and shown live: a deleted
 message as ``message_updated``, a rename or topic as ``room_updated`` to the
 room's sockets. Rooms are cached by every process, so a change is also
 announced on a process-wide channel, and each process forgets the room.
-(Removing and banning members is :mod:`chat.services.membership`'s, which
+(Removing and banning members is :mod:`chat.services.rooms.membership`'s, which
 logs them too.)
 """
 
@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import logging
 
-from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
-from ..models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, User
-from ..protocol import room_updated_frame
-from ..storage import Storage
-from .fanout import Fanout
-from .limits import Action, Limiter
+from ...errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from ...models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, User
+from ...protocol import room_updated_frame
+from ...storage import Storage
+from ..conversation.messages import Messages
+from ..operations.limits import Action, Limiter
+from ..realtime.fanout import Fanout
+from .catalog import Rooms, clean_room_name, clean_topic
 from .membership import can_moderate, record_moderation
-from .messages import Messages
-from .rooms import Rooms, clean_room_name, clean_topic
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,20 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .. import metrics, protocol
-from ..broker import LeaseStore
-from ..errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
-from ..models import Message, Room, User
-from ..protocol import Close, Outbound
-from . import audit
-from .accounts import Accounts, session_key
+from ... import metrics, protocol
+from ...broker import LeaseStore
+from ...errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
+from ...models import Message, Room, User
+from ...protocol import Close, Outbound
+from ..conversation.messages import Messages
+from ..identity.accounts import Accounts, session_key
+from ..operations import audit
+from ..operations.limits import Action, Limiter
+from ..rooms.membership import Memberships
+from ..rooms.moderation import Moderation
+from ..rooms.unread import Unread
 from .fanout import Fanout, Recent
-from .limits import Action, Limiter
-from .membership import Memberships
-from .messages import Messages
-from .moderation import Moderation
 from .presence import Presence
-from .unread import Unread
 
 # How long a client refused for holding too many sockets should wait.
 TOO_MANY_SOCKETS_RETRY_AFTER = 5.0
@@ -208,7 +208,7 @@ class Connections:
 
         The broker's ``member_removed`` closes them at once; this catches a
         removal or ban whose announcement was lost (a broker outage), run
-        with the periodic session re-check (chat.services.revocation).
+        with the periodic session re-check (chat.services.identity.revocation).
         """
         open_now = [c for c in self._open if not c.closed]
         if not open_now:

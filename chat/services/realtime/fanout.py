@@ -39,11 +39,11 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .. import metrics
-from ..broker import RESYNC, Broker, BrokerClosed, Event, room_channel
-from ..errors import Unavailable
-from ..models import Message, RoomCounters
-from ..protocol import (
+from ... import metrics
+from ...broker import RESYNC, Broker, BrokerClosed, Event, room_channel
+from ...errors import Unavailable
+from ...models import Message, RoomCounters
+from ...protocol import (
     UPDATES_MAX,
     Outbound,
     frame_routing,

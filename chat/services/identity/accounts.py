@@ -21,12 +21,12 @@ from time import monotonic
 
 from cachetools import TTLCache
 
-from ..errors import Conflict, Forbidden, Unavailable, ValidationError
-from ..models import Session, User, utcnow
-from ..storage import Storage
-from . import audit
-from .batching import BatchedLookup
-from .limits import Action, Limiter
+from ...errors import Conflict, Forbidden, Unavailable, ValidationError
+from ...models import Session, User, utcnow
+from ...storage import Storage
+from ..batching import BatchedLookup
+from ..operations import audit
+from ..operations.limits import Action, Limiter
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
 USERNAME_MIN_LENGTH = 3

@@ -32,19 +32,19 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Conflict, NotFound, Unavailable, ValidationError
-from ..models import Message, Role, Room, RoomKind, Session, User, isoformat, utcnow
-from ..protocol import member_removed_event
-from ..storage import Storage
+from ...errors import Conflict, NotFound, Unavailable, ValidationError
+from ...models import Message, Role, Room, RoomKind, Session, User, isoformat, utcnow
+from ...protocol import member_removed_event
+from ...storage import Storage
+from ..conversation.formatting import Renderer
+from ..conversation.messages import MAX_BODY_LENGTH
+from ..identity.accounts import Accounts
+from ..realtime.fanout import Fanout
+from ..rooms.catalog import MAX_TOPIC_LENGTH, clean_room_name
+from ..rooms.membership import Memberships
+from ..rooms.moderation import Moderation
+from ..rooms.unread import Unread
 from . import audit
-from .accounts import Accounts
-from .fanout import Fanout
-from .formatting import Renderer
-from .membership import Memberships
-from .messages import MAX_BODY_LENGTH
-from .moderation import Moderation
-from .rooms import MAX_TOPIC_LENGTH, clean_room_name
-from .unread import Unread
 
 EXPORT_FORMAT = "chat.room"
 EXPORT_VERSION = 1

@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from .. import metrics
-from ..errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
-from ..models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
-from ..storage import Storage
+from ... import metrics
+from ...errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
+from ...models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
+from ...storage import Storage
 from .formatting import Renderer
 from .rendering_pool import RenderPool
 
@@ -115,7 +115,7 @@ class GroupCommit:
                     if isinstance(exc, Unavailable):
                         # What queued behind a failed write fails with it: a
                         # sender's later message must not be stored before the
-                        # one it resends (chat.services.connection.SendHold).
+                        # one it resends (chat.services.realtime.connection.SendHold).
                         batch += self._queues.pop(lane, [])
                     for _, future in batch:
                         if not future.done():

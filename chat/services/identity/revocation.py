@@ -21,9 +21,9 @@ import logging
 from collections.abc import Collection, Coroutine, Sequence
 from typing import Any, Protocol
 
-from ..errors import Unavailable
+from ...errors import Unavailable
+from ..realtime.fanout import Fanout
 from .accounts import Accounts
-from .fanout import Fanout
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import bcrypt
 
-from ..errors import RateLimited
+from ...errors import RateLimited
 
 # bcrypt ignores everything past 72 bytes, so longer passwords are refused
 # rather than silently truncated.

@@ -8,7 +8,7 @@ the HTML back; a render over its budget gets its worker killed (a thread
 could not be) and the caller a :class:`RenderFailed`, and the next render
 starts a fresh worker.
 
-Workers are fresh interpreters (``python -m chat.services.rendering_pool``),
+Workers are fresh interpreters (``python -m chat.services.conversation.rendering_pool``),
 never forks of the server: the server has threads (bcrypt, aiosqlite), and a
 fork would copy their locks in whatever state they were. They start on the
 first body that needs one, not before, so a process (or a test) that renders
@@ -34,13 +34,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..models import User
+from ...models import User
 
 # At most this many renders at once, one per worker: a flood of slow bodies
 # takes at most these cores, never the loop's.
 RENDER_WORKERS = 2
 # The worst body found takes about 60 ms (4,000 characters, see
-# chat.services.formatting); one that takes this long is no Markdown meant for people.
+# chat.services.conversation.formatting); one that takes this long is no Markdown meant for people.
 RENDER_BUDGET_SECONDS = 1.0
 # Importing markdown-it and nh3 takes about 0.2 s; a loaded machine is slower.
 WORKER_START_SECONDS = 10.0
@@ -136,7 +136,9 @@ class RenderPool:
         return [worker.pid for worker in (*self._idle, *self._busy)]
 
     async def render(self, body: str, mentions: Mapping[str, User]) -> str:
-        """``body`` rendered by :func:`chat.services.formatting.render` in a worker; RenderFailed if it could not be.
+        """``body`` rendered by :func:`~chat.services.conversation.formatting.render` in a worker.
+
+        RenderFailed if it could not be.
 
         Waiting for a free worker has a budget too: a flood of slow bodies
         delays any other body by a budget at most (then it fails).

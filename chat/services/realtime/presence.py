@@ -26,10 +26,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable
 
-from ..broker import PresenceStore
-from ..errors import Unavailable
-from ..models import OnlineUser, User
-from ..protocol import PRESENCE_CHANGED, control_event, presence_frame
+from ...broker import PresenceStore
+from ...errors import Unavailable
+from ...models import OnlineUser, User
+from ...protocol import PRESENCE_CHANGED, control_event, presence_frame
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)

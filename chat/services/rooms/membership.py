@@ -10,10 +10,10 @@ Leaving, being removed or being banned ends that person's sockets in the
 room on every process at once: ``announce_removal`` closes this process's
 and publishes the fact on the room's channel (retrying through a broker
 outage), and each process closes the sockets it holds
-(chat.services.connection). A removal stored while the announcement could
+(chat.services.realtime.connection). A removal stored while the announcement could
 not go out still takes effect: every process re-checks the memberships of
 its open sockets periodically and after the broker comes back
-(:meth:`Memberships.readable`, chat.services.revocation).
+(:meth:`Memberships.readable`, chat.services.identity.revocation).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
-from ..errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
-from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
-from ..protocol import membership_frame
-from ..storage import Storage
-from .limits import Action, Limiter
-from .rooms import Rooms
+from ...errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from ...models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
+from ...protocol import membership_frame
+from ...storage import Storage
+from ..operations.limits import Action, Limiter
+from .catalog import Rooms
 
 # A DM's room name: both user ids in order, so both people find the same room.
 DM_PREFIX = "dm:"

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from ..errors import Conflict, NotFound, ValidationError
-from ..models import Role, Room, RoomKind, User
-from ..storage import Storage
-from .limits import Action, Limiter
+from ...errors import Conflict, NotFound, ValidationError
+from ...models import Role, Room, RoomKind, User
+from ...storage import Storage
+from ..operations.limits import Action, Limiter
 
 MAX_ROOM_NAME_LENGTH = 64
 MAX_TOPIC_LENGTH = 200
 # A room found is remembered this long, so that a storm of handshakes into a
 # room does not read it once per socket. A rename or a new topic is
-# announced to every process, which forgets the room (chat.services.moderation).
+# announced to every process, which forgets the room (chat.services.rooms.moderation).
 ROOM_CACHE_SECONDS = 60.0
 ROOMS_PER_PAGE = 50
 ROOM_CACHE_SIZE = 10_000
@@ -41,7 +41,7 @@ def clean_room_name(name: str) -> str:
         raise ValidationError(f"Room names are at most {MAX_ROOM_NAME_LENGTH} characters.", field="name")
     if not name.isprintable():
         raise ValidationError("Room names cannot contain control characters.", field="name")
-    if name.lower().startswith("dm:"):  # reserved for direct conversations (chat.services.membership)
+    if name.lower().startswith("dm:"):  # reserved for direct conversations (chat.services.rooms.membership)
         raise ValidationError("Room names cannot start with “dm:”.", field="name")
     return name
 

@@ -8,7 +8,7 @@ marker are counted from the few mention records kept for them
 (:class:`chat.storage.base.MentionRepository`), dropped as they are read.
 
 A marker that moves is announced on the reader's own channel, so every page
-they have open, on any process, updates its badges (chat.services.userstream).
+they have open, on any process, updates its badges (chat.services.realtime.userstream).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ..models import Room, RoomKind, User
-from ..storage import Storage
+from ...models import Room, RoomKind, User
+from ...storage import Storage
+from ..conversation.messages import Messages
 from .membership import DM_PREFIX, Memberships
-from .messages import Messages
 
 # Announce an event to one user's pages, on every process.
 PublishToUser = Callable[[str, str], Awaitable[None]]

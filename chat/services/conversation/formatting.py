@@ -35,8 +35,8 @@ from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
-from ..models import User
-from .accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
+from ...models import User
+from ..identity.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
 from .rendering_pool import RenderFailed, RenderPool
 
 log = logging.getLogger(__name__)

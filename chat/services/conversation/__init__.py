@@ -1,0 +1,1 @@
+"""Messages: storing, revising and rendering them (later: replies, threads, reactions, pins, search)."""

@@ -1,0 +1,1 @@
+"""People, their passwords and their sessions (later: e-mail, reset, two-step sign-in, devices)."""

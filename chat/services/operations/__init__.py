@@ -1,0 +1,1 @@
+"""Abuse limits, the audit log, and what a site administrator does."""

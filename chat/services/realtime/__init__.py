@@ -1,0 +1,1 @@
+"""Sockets, frames in and out, delivery across processes, presence."""

@@ -1,0 +1,1 @@
+"""Rooms, who is in them and with which role, moderation, and read markers."""
