@@ -18,9 +18,9 @@ from . import metrics
 from .bootstrap import Services, build_services
 from .config import Settings
 from .protocol import Close
-from .services.identity.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH
-from .services.operations.limits import address_key
+from .services.limits import address_key
 from .stalls import StallWatch
+from .usernames import USERNAME_REGEX
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler
 from .web.cookies import SessionCookie
@@ -33,7 +33,7 @@ from .web.static import StaticFiles
 log = logging.getLogger(__name__)
 
 ROOM_ID = r"([A-Za-z0-9_-]{1,64})"
-USERNAME = rf"([{USERNAME_CHARACTERS}]{{1,{USERNAME_MAX_LENGTH}}})"
+USERNAME = f"({USERNAME_REGEX})"
 # Longer than nginx's keep-alive to the processes, so nginx closes first.
 IDLE_CONNECTION_SECONDS = 120.0
 BODY_TIMEOUT_SECONDS = 30.0

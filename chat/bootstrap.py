@@ -21,22 +21,24 @@ from . import metrics
 from .broker import Backplane, Broker, open_backplane
 from .config import Settings
 from .errors import Unavailable
-from .protocol import MEMBER_REMOVED, PRESENCE_CHANGED, member_removed_event
+from .events import EventBus, SessionsEnded
+from .protocol import MEMBER_REMOVED, PRESENCE_CHANGED
 from .services.conversation.messages import Messages
 from .services.conversation.rendering_pool import RenderPool
 from .services.identity.accounts import Accounts
 from .services.identity.passwords import PasswordHasher
-from .services.identity.revocation import Revocations
+from .services.limits import Action, Limiter
 from .services.operations.administration import Administration
-from .services.operations.limits import Action, Limiter
 from .services.realtime.connection import ConnectionPolicy, Connections
 from .services.realtime.fanout import Fanout
 from .services.realtime.presence import Presence
+from .services.realtime.relay import Relay
+from .services.realtime.revocation import Revocations
 from .services.realtime.userstream import UserStreams
 from .services.rooms.catalog import Rooms
 from .services.rooms.membership import Memberships
 from .services.rooms.moderation import Moderation
-from .services.rooms.unread import Unread, user_channel
+from .services.rooms.unread import Unread
 from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class Services:
     messages: Messages
     connections: Connections
     revocations: Revocations
+    relay: Relay
+    events: EventBus
     limiter: Limiter
     executor: concurrent.futures.Executor
     # What python -m chat.admin does; the server itself never calls it.
@@ -94,7 +98,7 @@ class Services:
         await self.fanout.start()
         await self.presence.start()
         await self.revocations.start()
-        await self.moderation.start()
+        await self.relay.start()
         self._run_in_background(self._purge_sessions(), "session-purge")
         self._run_in_background(self._renew_socket_leases(), "socket-leases")
 
@@ -194,34 +198,24 @@ def build_services(
         ttl=settings.presence_ttl_seconds,
         heartbeat=settings.presence_heartbeat_seconds,
     )
-    fanout.on_control(PRESENCE_CHANGED, presence.changed)
     limiter = Limiter(
         backplane.limits_uri, limit_rules(settings), clock=wall_clock, ipv6_prefix=settings.ipv6_prefix_length
     )
+    # The services below realtime publish what happened here; who reacts is
+    # wired at the end (see chat.events for every event and its owner).
+    events = EventBus()
     accounts = Accounts(
         storage,
         PasswordHasher(settings.bcrypt_rounds, executor, max_in_flight=settings.bcrypt_max_in_flight),
         settings.session_max_age,
         settings.session_idle_seconds,
         limiter=limiter,
+        events=events,
     )
-    rooms = Rooms(storage, limiter)
-
-    async def announce_removal(room_id: str, user_id: str) -> None:
-        await fanout.announce(room_id, member_removed_event(user_id))
-
-    memberships = Memberships(storage, rooms, announce_removal, fanout.publish_ephemeral, limiter)
-    moderation = Moderation(storage, rooms, messages, fanout, limiter)
-
-    async def publish_to_user(user_id: str, event: str) -> None:
-        try:
-            await backplane.broker.publish(user_channel(user_id), event)
-        except Unavailable as exc:
-            # A badge elsewhere lags until that page's stream resyncs; the marker itself is stored.
-            log.warning("telling %s's pages of a change failed: %s", user_id, exc)
-
-    unread = Unread(storage, memberships, messages, publish_to_user)
-    memberships.on_rooms_changed(unread.rooms_changed)
+    rooms = Rooms(storage, limiter, events=events)
+    memberships = Memberships(storage, rooms, events, limiter)
+    moderation = Moderation(storage, rooms, messages, events, limiter)
+    unread = Unread(storage, memberships, messages, events)
     user_streams = UserStreams(fanout, unread, accounts, memberships)
     connections = Connections(
         messages=messages,
@@ -243,9 +237,14 @@ def build_services(
         ),
         clock=clock,
     )
-    fanout.on_control(MEMBER_REMOVED, connections.member_removed)
     revocations = Revocations(fanout, (connections, user_streams), accounts, settings.session_recheck_seconds)
-    accounts.on_sessions_ended(revocations.announce)
+    relay = Relay(fanout, backplane.broker, rooms)
+
+    # Who reacts to what: every subscription of the process, here and nowhere else.
+    fanout.on_control(PRESENCE_CHANGED, presence.changed)
+    fanout.on_control(MEMBER_REMOVED, connections.member_removed)
+    relay.subscribe(events)
+    events.subscribe(SessionsEnded, revocations.sessions_ended)
     return Services(
         settings=settings,
         storage=storage,
@@ -264,7 +263,9 @@ def build_services(
         limiter=limiter,
         executor=executor,
         render_pool=render_pool,
-        admin=Administration(storage, accounts, memberships, moderation, unread, fanout),
+        relay=relay,
+        events=events,
+        admin=Administration(storage, accounts, memberships, moderation, events),
     )
 
 

@@ -544,6 +544,52 @@ def removed_user(event: str) -> str:
     return str(json.loads(event)["user_id"])
 
 
+# -- events between processes on the process-wide and per-person channels -----
+# (chat.broker.channels names the channels; the event streams' frames are the
+# user-channel events as they are).
+
+SESSIONS_ENDED = "sessions_ended"
+ROOM_CHANGED = "room_changed"
+
+
+def sessions_ended_event(keys: Sequence[str]) -> str:
+    """On ``chat:control``: these stored sessions ended; every process closes their sockets."""
+    return _dumps({"type": SESSIONS_ENDED, "sessions": list(keys)})
+
+
+def ended_sessions(event: str) -> set[str]:
+    """The session keys a ``sessions_ended`` event names; ValueError if it is not one."""
+    data = json.loads(event)
+    keys = data.get("sessions") if isinstance(data, dict) and data.get("type") == SESSIONS_ENDED else None
+    if not isinstance(keys, list):
+        raise ValueError("not a sessions_ended event")
+    return {key for key in keys if isinstance(key, str)}
+
+
+def room_changed_event(room_id: str) -> str:
+    """On ``chat:rooms``: the stored room changed; every process forgets its copy."""
+    return _dumps({"type": ROOM_CHANGED, "room_id": room_id})
+
+
+def changed_room(event: str) -> str:
+    """The room a ``room_changed`` event names; ValueError if it is not one."""
+    data = json.loads(event)
+    room_id = data.get("room_id") if isinstance(data, dict) else None
+    if not isinstance(room_id, str):
+        raise ValueError("not a room_changed event")
+    return room_id
+
+
+def read_event(room_id: str, read_seq: int, mentions: int) -> str:
+    """On a person's channel, and to their event streams as it is: their marker in a room moved."""
+    return _dumps({"type": "read", "room_id": room_id, "read_seq": read_seq, "mentions": mentions})
+
+
+def rooms_changed_event() -> str:
+    """On a person's channel: the rooms they belong to changed (their streams send new ``badges``)."""
+    return _dumps({"type": "rooms_changed"})
+
+
 class Routing(NamedTuple):
     kind: str
     seq: int | None = None

@@ -24,7 +24,6 @@ from ..config import ConfigError, Settings, load_settings
 from ..errors import ChatError, Conflict, NotFound, Unavailable, ValidationError
 from ..models import Message, isoformat, utcnow
 from ..services.identity.accounts import USER_CACHE_SECONDS
-from ..services.identity.revocation import MIN_RECHECK_SECONDS
 from ..services.operations.administration import (
     TRANSFER_PAGE,
     Administration,
@@ -34,6 +33,7 @@ from ..services.operations.administration import (
     parse_room_record,
     room_record,
 )
+from ..services.realtime.revocation import MIN_RECHECK_SECONDS
 from ..services.rooms.catalog import ROOM_CACHE_SECONDS
 
 PROG = "python -m chat.admin"

@@ -18,12 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .base import RESYNC, Broker, BrokerClosed, Event, room_channel
+from .base import RESYNC, Broker, BrokerClosed, Event
+from .channels import CONTROL_CHANNEL, ROOMS_CHANNEL, room_channel, user_channel
 from .leases import LeaseStore
 from .presence import PresenceStore
 
 __all__ = [
+    "CONTROL_CHANNEL",
     "RESYNC",
+    "ROOMS_CHANNEL",
     "Backplane",
     "Broker",
     "BrokerClosed",
@@ -32,6 +35,7 @@ __all__ = [
     "PresenceStore",
     "open_backplane",
     "room_channel",
+    "user_channel",
 ]
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})

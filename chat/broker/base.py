@@ -13,11 +13,6 @@ import abc
 from dataclasses import dataclass
 
 
-def room_channel(room_id: str) -> str:
-    """The one channel that carries a room's traffic between processes."""
-    return f"chat:room:{room_id}"
-
-
 @dataclass(frozen=True)
 class Event:
     channel: str

@@ -26,9 +26,9 @@ from ..errors import ChatError, RateLimited, Unavailable
 from ..models import User
 from ..origins import normalize_origin, site_origin, socket_origin
 from ..protocol import refusal_for
+from ..services import audit
 from ..services.conversation.messages import Messages
 from ..services.identity.accounts import Accounts
-from ..services.operations import audit
 from ..services.realtime.presence import Presence
 from ..services.rooms.catalog import Rooms
 from ..services.rooms.membership import Memberships

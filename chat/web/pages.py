@@ -11,7 +11,7 @@ from .. import metrics
 from ..errors import RateLimited, Unavailable, ValidationError
 from ..models import Membership, Role, Room, RoomKind, User
 from ..protocol import has_control_characters
-from ..services.operations import audit
+from ..services import audit
 from ..services.rooms.membership import can_moderate
 from .base import AppHandler, BaseHandler
 from .forms import MAX_FIELD_LENGTH, read_seq
@@ -169,7 +169,6 @@ class RoomsHandler(BaseHandler):
         except (ValidationError, RateLimited) as exc:
             await self._render(error=self.form_refusal(exc), field=_field(exc), name=name)
             return
-        await self.services.unread.rooms_changed(self.user.id)  # the creator's other pages list it too
         self.redirect(f"/rooms/{room.id}")
 
     async def _render(self, error: str | None, field: str | None, name: str) -> None:

@@ -19,9 +19,9 @@ from ..models import Message, isoformat
 from ..protocol import FETCH_DEFAULT_LIMIT, Close
 from ..services.conversation.formatting import for_reader
 from ..services.conversation.messages import MAX_BODY_LENGTH
-from ..services.identity.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
 from ..services.identity.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
 from ..services.rooms.catalog import MAX_ROOM_NAME_LENGTH, MAX_TOPIC_LENGTH
+from ..usernames import USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH, USERNAME_REGEX
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class FormLimits:
 
     username_min: int = USERNAME_MIN_LENGTH
     username_max: int = USERNAME_MAX_LENGTH
-    username_pattern: str = f"[{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}"
+    username_pattern: str = USERNAME_REGEX
     password_min: int = MIN_PASSWORD_LENGTH
     password_max_bytes: int = MAX_PASSWORD_BYTES
     room_name_max: int = MAX_ROOM_NAME_LENGTH

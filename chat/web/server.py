@@ -28,7 +28,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.iostream
 
-from ..services.operations import audit
+from ..services import audit
 from .proxies import TrustedProxies
 
 log = logging.getLogger(__name__)

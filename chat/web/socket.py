@@ -14,7 +14,7 @@ from .. import logs, metrics
 from ..errors import Unavailable
 from ..models import Room
 from ..protocol import Close, sendable_close_code
-from ..services.operations import audit
+from ..services import audit
 from ..services.realtime.connection import Admission, RoomConnection
 from ..services.realtime.userstream import UserStream
 from .base import BaseHandler, ChatApplication

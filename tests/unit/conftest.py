@@ -10,6 +10,7 @@ import pytest
 
 from chat.bootstrap import Services, build_services
 from chat.config import Settings
+from chat.events import EventBus
 from chat.models import Room, User
 from chat.services.conversation.messages import Messages
 from chat.services.identity.accounts import Accounts
@@ -52,8 +53,14 @@ def hasher() -> PasswordHasher:
 
 
 @pytest.fixture
-def accounts(memory_storage: Storage, hasher: PasswordHasher) -> Accounts:
-    return Accounts(memory_storage, hasher, session_max_age=3600)
+def events() -> EventBus:
+    """The bus the services of a test publish on (nothing subscribed unless the test does)."""
+    return EventBus()
+
+
+@pytest.fixture
+def accounts(memory_storage: Storage, hasher: PasswordHasher, events: EventBus) -> Accounts:
+    return Accounts(memory_storage, hasher, session_max_age=3600, events=events)
 
 
 @pytest.fixture

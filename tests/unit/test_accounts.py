@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping
 import pytest
 
 from chat.errors import ValidationError
+from chat.events import EventBus, SessionsEnded
 from chat.models import Session, User
 from chat.services.identity.accounts import Accounts, session_key
 from chat.services.identity.passwords import PasswordHasher
@@ -335,18 +336,19 @@ async def test_activity_is_written_now_and_then_not_on_every_request_and_behind_
 # -- ending sessions ---------------------------------------------------------------
 
 
-async def ended_keys(accounts: Accounts) -> list[list[str]]:
+async def ended_keys(events: EventBus) -> list[list[str]]:
+    """Every SessionsEnded published from now on, as its sorted keys."""
     announced: list[list[str]] = []
 
-    async def listener(keys: list[str]) -> None:
-        announced.append(sorted(keys))
+    async def listener(event: SessionsEnded) -> None:
+        announced.append(sorted(event.keys))
 
-    accounts.on_sessions_ended(listener)
+    events.subscribe(SessionsEnded, listener)
     return announced
 
 
-async def test_signing_out_announces_the_ended_session(accounts: Accounts) -> None:
-    announced = await ended_keys(accounts)
+async def test_signing_out_announces_the_ended_session(accounts: Accounts, events: EventBus) -> None:
+    announced = await ended_keys(events)
     token = await accounts.start_session(await register(accounts))
 
     await accounts.end_session(token)
@@ -354,8 +356,8 @@ async def test_signing_out_announces_the_ended_session(accounts: Accounts) -> No
     assert announced == [[session_key(token)]]
 
 
-async def test_signing_out_everywhere_else_keeps_only_this_session(accounts: Accounts) -> None:
-    announced = await ended_keys(accounts)
+async def test_signing_out_everywhere_else_keeps_only_this_session(accounts: Accounts, events: EventBus) -> None:
+    announced = await ended_keys(events)
     user = await register(accounts)
     here, elsewhere, third = [await accounts.start_session(user) for _ in range(3)]
 
@@ -446,8 +448,8 @@ async def test_a_password_change_checks_the_stored_hash_not_a_remembered_one(
     assert await accounts.change_password(user, "other password", "new password 1", "new password 1", token) == 0
 
 
-async def test_a_disabled_account_loses_its_sessions_and_cannot_sign_in(accounts: Accounts) -> None:
-    announced = await ended_keys(accounts)
+async def test_a_disabled_account_loses_its_sessions_and_cannot_sign_in(accounts: Accounts, events: EventBus) -> None:
+    announced = await ended_keys(events)
     user = await register(accounts)
     token = await accounts.start_session(user)
 

@@ -11,10 +11,10 @@ import pytest
 
 from chat.errors import RateLimited, ValidationError
 from chat.models import User
+from chat.services import audit
 from chat.services.identity.accounts import Accounts
 from chat.services.identity.passwords import PasswordHasher
-from chat.services.operations import audit
-from chat.services.operations.limits import Action, Limiter
+from chat.services.limits import Action, Limiter
 from chat.storage import Storage
 from tests.support.clock import FakeClock
 
@@ -280,7 +280,7 @@ async def test_refusals_are_logged_once_a_minute_per_action_and_key_with_how_man
     ],
 )
 def test_ipv6_clients_are_counted_by_their_network(ip: str, prefix: int, counted_as: str) -> None:
-    from chat.services.operations.limits import address_key
+    from chat.services.limits import address_key
 
     assert address_key(ip, prefix) == counted_as
 

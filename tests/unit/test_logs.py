@@ -17,7 +17,7 @@ import pytest
 from chat import logs
 from chat.config import ConfigError, load_settings
 from chat.logs import ContextFilter, JsonFormatter, RepeatFilter
-from chat.services.operations import audit
+from chat.services import audit
 from tests.support.clock import FakeClock
 
 

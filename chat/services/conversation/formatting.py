@@ -36,13 +36,13 @@ from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from ...models import User
-from ..identity.accounts import USERNAME_CHARACTERS, USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH
+from ...usernames import USERNAME_MIN_LENGTH, USERNAME_REGEX
 from .rendering_pool import RenderFailed, RenderPool
 
 log = logging.getLogger(__name__)
 
 # @name not preceded by a word character (an e-mail address is not a mention).
-MENTION = re.compile(rf"(?<![\w@])@([{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}})")
+MENTION = re.compile(rf"(?<![\w@])@({USERNAME_REGEX})")
 # Looked up per message at most; more @names than this stay plain text.
 MAX_MENTIONS = 20
 # How long a looked-up name is trusted (a user registering later is highlighted after this).

@@ -14,29 +14,22 @@ import datetime
 import hashlib
 import itertools
 import logging
-import re
 import secrets
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from time import monotonic
 
 from cachetools import TTLCache
 
 from ...errors import Conflict, Forbidden, Unavailable, ValidationError
+from ...events import EventBus, SessionsEnded
 from ...models import Session, User, utcnow
 from ...storage import Storage
+from ...usernames import USERNAME_PATTERN, USERNAME_RULE
+from .. import audit
 from ..batching import BatchedLookup
-from ..operations import audit
-from ..operations.limits import Action, Limiter
+from ..limits import Action, Limiter
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
-USERNAME_MIN_LENGTH = 3
-USERNAME_MAX_LENGTH = 32
-# A regular-expression character class, valid both here and in an HTML
-# ``pattern`` attribute (which browsers compile with the ``v`` flag, where a
-# bare ``-`` in a class is an error).
-USERNAME_CHARACTERS = r"A-Za-z0-9_.\-"
-USERNAME_PATTERN = re.compile(f"[{USERNAME_CHARACTERS}]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}")
-USERNAME_RULE = f"{USERNAME_MIN_LENGTH}-{USERNAME_MAX_LENGTH} characters: letters, digits, underscore, dot or hyphen"
 # 256 bits of randomness; the issue asks for at least 128.
 SESSION_TOKEN_BYTES = 32
 # How long, and how many, users behind live sessions are remembered (see Accounts.resolve).
@@ -53,9 +46,6 @@ def session_key(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-# Ends sessions everywhere: called with the stored keys of sessions that ended,
-# so that live sockets on every process close (wired in chat.bootstrap).
-SessionsEnded = Callable[[list[str]], Awaitable[None]]
 WRONG_CREDENTIALS = "Wrong username or password."
 
 
@@ -77,16 +67,18 @@ class Accounts:
         idle_timeout: int | None = None,
         *,
         limiter: Limiter | None = None,
+        events: EventBus | None = None,
         clock: Callable[[], datetime.datetime] = utcnow,
     ) -> None:
         self._storage = storage
+        # Ended sessions are published (SessionsEnded) so their sockets close on every process.
+        self._events = events or EventBus()
         self._hasher = hasher
         self._limiter = limiter
         self._clock = clock
         self.session_max_age = session_max_age
         self.idle_timeout = idle_timeout if idle_timeout is not None else session_max_age
         self.touch_interval = datetime.timedelta(seconds=min(60.0, self.idle_timeout / 10))
-        self._sessions_ended: list[SessionsEnded] = []
         # Users behind live sessions, so that a storm of handshakes reads each
         # user once, not once per socket. Safe because the session itself is
         # always read from storage: disabling an account, changing a password
@@ -98,9 +90,6 @@ class Accounts:
         # Idle ends to write (session key -> new idle end), and their writer.
         self._touches: dict[str, datetime.datetime] = {}
         self._touch_writer: asyncio.Task[None] | None = None
-
-    def on_sessions_ended(self, listener: SessionsEnded) -> None:
-        self._sessions_ended.append(listener)
 
     # -- rules --------------------------------------------------------------
 
@@ -379,5 +368,4 @@ class Accounts:
             return
         for key in keys:
             audit.event("session_ended", session=audit.session_ref(key), user=user_id, reason=reason)
-        for listener in self._sessions_ended:
-            await listener(keys)
+        await self._events.publish(SessionsEnded(tuple(keys)))

@@ -1,1 +1,1 @@
-"""Abuse limits, the audit log, and what a site administrator does."""
+"""What a site administrator does (python -m chat.admin): accounts, sessions, rooms, counts."""

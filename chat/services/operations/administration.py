@@ -32,19 +32,17 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import Conflict, NotFound, Unavailable, ValidationError
+from ...errors import Conflict, NotFound, ValidationError
+from ...events import EventBus, MemberRemoved, RoomsChanged
 from ...models import Message, Role, Room, RoomKind, Session, User, isoformat, utcnow
-from ...protocol import member_removed_event
 from ...storage import Storage
+from .. import audit
 from ..conversation.formatting import Renderer
 from ..conversation.messages import MAX_BODY_LENGTH
 from ..identity.accounts import Accounts
-from ..realtime.fanout import Fanout
 from ..rooms.catalog import MAX_TOPIC_LENGTH, clean_room_name
 from ..rooms.membership import Memberships
 from ..rooms.moderation import Moderation
-from ..rooms.unread import Unread
-from . import audit
 
 EXPORT_FORMAT = "chat.room"
 EXPORT_VERSION = 1
@@ -209,15 +207,13 @@ class Administration:
         accounts: Accounts,
         memberships: Memberships,
         moderation: Moderation,
-        unread: Unread,
-        fanout: Fanout,
+        events: EventBus,
     ) -> None:
         self._storage = storage
         self._accounts = accounts
         self._memberships = memberships
         self._moderation = moderation
-        self._unread = unread
-        self._fanout = fanout
+        self._events = events
         self._renderer = Renderer(storage.users.get_by_username)
         # Import: authors by name, looked up once per import run.
         self._authors: dict[str, User | None] = {}
@@ -334,14 +330,11 @@ class Administration:
         await self._storage.rooms.delete(room.id)
         audit.event("room_deleted", room=room.id, messages=room.last_seq)
         told = await self._moderation.announce_changed(room.id)
-        try:
-            for member in members:
-                await self._fanout.announce(room.id, member_removed_event(member.user_id))
-                await self._unread.rooms_changed(member.user_id)
-        except Unavailable as exc:
-            # Deleted all the same: their sockets fail on their next send, and pages reload to a 404.
-            log.warning("telling servers room %s was deleted failed: %s", room.id, exc)
-            told = False
+        # Deleted all the same if these are not heard: every process re-checks
+        # its open sockets' rooms, and pages reload to a 404.
+        for member in members:
+            told = await self._events.publish(MemberRemoved(room.id, member.user_id)) and told
+            told = await self._events.publish(RoomsChanged(member.user_id)) and told
         return room, told
 
     async def export_pages(self, room: Room) -> AsyncIterator[list[Message]]:

@@ -22,10 +22,10 @@ from ...broker import LeaseStore
 from ...errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
 from ...models import Message, Room, User
 from ...protocol import Close, Outbound
+from .. import audit
 from ..conversation.messages import Messages
 from ..identity.accounts import Accounts, session_key
-from ..operations import audit
-from ..operations.limits import Action, Limiter
+from ..limits import Action, Limiter
 from ..rooms.membership import Memberships
 from ..rooms.moderation import Moderation
 from ..rooms.unread import Unread
@@ -208,7 +208,7 @@ class Connections:
 
         The broker's ``member_removed`` closes them at once; this catches a
         removal or ban whose announcement was lost (a broker outage), run
-        with the periodic session re-check (chat.services.identity.revocation).
+        with the periodic session re-check (chat.services.realtime.revocation).
         """
         open_now = [c for c in self._open if not c.closed]
         if not open_now:

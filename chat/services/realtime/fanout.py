@@ -556,12 +556,15 @@ class Fanout:
         handler = self._control_handlers.get(frame_routing(event).kind)
         if handler is not None:
             handler(room_id, event)
-        channel = room_channel(room_id)
+        await self.publish_with_retry(room_channel(room_id), event)
+
+    async def publish_with_retry(self, channel: str, payload: str) -> None:
+        """Publish, and on a broker outage keep retrying in the background (for a while); never raises."""
         try:
-            await self.broker.publish(channel, event)
+            await self.broker.publish(channel, payload)
         except Unavailable as exc:
-            log.warning("announcing on %s failed (%s); retrying in the background", channel, exc)
-            self._spawn(self._republish(channel, event))
+            log.warning("publishing on %s failed (%s); retrying in the background", channel, exc)
+            self._spawn(self._republish(channel, payload))
 
     async def publish_ephemeral(self, room_id: str, frame: str) -> None:
         """Send a frame without seq (a typing notice) to every socket of the room, on every process.

@@ -16,7 +16,7 @@ person's own broker channel, shared by all their streams in the process.
 A stream belongs to the session that opened it, as a room socket does: when
 the session ends (signed out, signed out elsewhere, a new password, a
 disabled account, the idle or absolute timeout) the stream is closed like
-the session's room sockets (chat.services.identity.revocation), and it re-reads its
+the session's room sockets (chat.services.realtime.revocation), and it re-reads its
 rooms only while the session is live, so a copied cookie's stream never
 learns a room the person joins afterwards.
 """
@@ -29,12 +29,13 @@ import logging
 from collections.abc import Callable, Collection
 
 from ... import protocol
+from ...broker import user_channel
 from ...errors import Unavailable
 from ...models import User
 from ...protocol import Close, ErrorCode, Outbound
 from ..identity.accounts import Accounts, session_key
 from ..rooms.membership import Memberships
-from ..rooms.unread import Unread, user_channel
+from ..rooms.unread import Unread
 from .connection import Transport
 from .fanout import Fanout
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from ...errors import Conflict, NotFound, ValidationError
+from ...events import EventBus, RoomsChanged
 from ...models import Role, Room, RoomKind, User
 from ...storage import Storage
-from ..operations.limits import Action, Limiter
+from ..limits import Action, Limiter
 
 MAX_ROOM_NAME_LENGTH = 64
 MAX_TOPIC_LENGTH = 200
@@ -57,10 +58,15 @@ def clean_topic(topic: str) -> str:
 
 class Rooms:
     def __init__(
-        self, storage: Storage, limiter: Limiter | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        storage: Storage,
+        limiter: Limiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        events: EventBus | None = None,
     ) -> None:
         self._storage = storage
         self._limiter = limiter
+        self._events = events or EventBus()
         self._found: TTLCache[str, Room] = TTLCache(ROOM_CACHE_SIZE, ROOM_CACHE_SECONDS, timer=clock)
 
     async def create(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
@@ -77,6 +83,7 @@ class Rooms:
             # RoomRepository.add), or this answer would tell an outsider it exists.
             raise ValidationError("A room with that name exists already.", field="name") from None
         await self._storage.memberships.add(room.id, creator, Role.OWNER)
+        await self._events.publish(RoomsChanged(creator.id))  # the creator's other pages list it too
         return room
 
     async def listing(self, search: str = "", page: int = 1) -> RoomListing:

@@ -7,25 +7,24 @@ exactly as a room that does not exist does. Members of a private room invite
 others by username; a DM is the one room of two people, made on first use.
 
 Leaving, being removed or being banned ends that person's sockets in the
-room on every process at once: ``announce_removal`` closes this process's
-and publishes the fact on the room's channel (retrying through a broker
-outage), and each process closes the sockets it holds
-(chat.services.realtime.connection). A removal stored while the announcement could
-not go out still takes effect: every process re-checks the memberships of
-its open sockets periodically and after the broker comes back
-(:meth:`Memberships.readable`, chat.services.identity.revocation).
+room on every process at once: this service publishes
+:class:`~chat.events.MemberRemoved`, which the relay turns into closed
+sockets here and an announcement on the room's channel (retried through a
+broker outage; chat.services.realtime.relay). A removal stored while the
+announcement could not go out still takes effect: every process re-checks
+the memberships of its open sockets periodically and after the broker comes
+back (:meth:`Memberships.readable`, chat.services.realtime.revocation).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
-from ...errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from ...errors import Conflict, Forbidden, NotFound, ValidationError
+from ...events import EventBus, MemberRemoved, MembershipNotice, RoomsChanged
 from ...models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
-from ...protocol import membership_frame
 from ...storage import Storage
-from ..operations.limits import Action, Limiter
+from ..limits import Action, Limiter
 from .catalog import Rooms
 
 # A DM's room name: both user ids in order, so both people find the same room.
@@ -34,14 +33,6 @@ DM_PREFIX = "dm:"
 MANAGERS = frozenset({Role.OWNER, Role.MODERATOR})
 # Memberships or bans looked up in one query at most.
 PAIRS_PER_QUERY = 200
-
-# Close a person's sockets in a room on every process (room id, user id); never raises.
-AnnounceRemoval = Callable[[str, str], Awaitable[None]]
-# Send a frame to every socket of a room (room id, frame text).
-TellRoom = Callable[[str, str], Awaitable[None]]
-RoomsChanged = Callable[[str], Awaitable[None]]
-
-log = logging.getLogger(__name__)
 
 
 def can_moderate(user: User, room: Room, membership: Membership | None) -> bool:
@@ -74,38 +65,28 @@ class Memberships:
         self,
         storage: Storage,
         rooms: Rooms,
-        announce_removal: AnnounceRemoval,
-        tell_room: TellRoom,
+        events: EventBus,
         limiter: Limiter | None = None,
     ) -> None:
         self._storage = storage
         self._rooms = rooms
+        self._events = events
         self._limiter = limiter
-        self._announce_removal = announce_removal
-        self._tell_room = tell_room
-        self._rooms_changed: list[RoomsChanged] = []
 
     async def _told(self, room: Room, change: str, user_id: str, username: str | None = None) -> None:
         """Tell the room's sockets that someone joined, left, or was removed or banned."""
         if username is None:
             user = await self._storage.users.get(user_id)
             username = user.username if user else "someone"
-        try:
-            await self._tell_room(room.id, membership_frame(change, user_id, username))
-        except Unavailable as exc:
-            log.info("telling room %s of a membership change failed: %s", room.id, exc)
-
-    def on_rooms_changed(self, callback: RoomsChanged) -> None:
-        """Call ``callback(user_id)`` whenever someone joins or leaves a room (their sidebar changes)."""
-        self._rooms_changed.append(callback)
+        await self._events.publish(MembershipNotice(room.id, change, user_id, username))
 
     async def _changed(self, *user_ids: str) -> None:
+        """Their lists of rooms changed (their sidebars reload them)."""
         for user_id in user_ids:
-            for callback in self._rooms_changed:
-                try:
-                    await callback(user_id)
-                except Unavailable as exc:
-                    log.warning("announcing a change of rooms failed: %s", exc)
+            await self._events.publish(RoomsChanged(user_id))
+
+    async def _announce_removal(self, room_id: str, user_id: str) -> None:
+        await self._events.publish(MemberRemoved(room_id, user_id))
 
     async def room_for(self, user: User, room_id: str) -> Room:
         """The room, if ``user`` may see it.

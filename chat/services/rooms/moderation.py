@@ -3,44 +3,34 @@
 Every action is checked here (``forbidden`` to anyone else), stored in the
 room's moderation log with who did it and when, and shown live: a deleted
 message as ``message_updated``, a rename or topic as ``room_updated`` to the
-room's sockets. Rooms are cached by every process, so a change is also
-announced on a process-wide channel, and each process forgets the room.
+room's sockets. Rooms are cached by every process, so a change is published
+as :class:`~chat.events.RoomChanged`, and each process forgets the room
+(chat.services.realtime.relay).
 (Removing and banning members is :mod:`chat.services.rooms.membership`'s, which
 logs them too.)
 """
 
 from __future__ import annotations
 
-import json
-import logging
-
-from ...errors import Conflict, Forbidden, NotFound, Unavailable, ValidationError
+from ...errors import Conflict, Forbidden, NotFound, ValidationError
+from ...events import EventBus, RoomChanged
 from ...models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, User
-from ...protocol import room_updated_frame
 from ...storage import Storage
 from ..conversation.messages import Messages
-from ..operations.limits import Action, Limiter
-from ..realtime.fanout import Fanout
+from ..limits import Action, Limiter
 from .catalog import Rooms, clean_room_name, clean_topic
 from .membership import can_moderate, record_moderation
-
-log = logging.getLogger(__name__)
-
-ROOMS_CHANNEL = "chat:rooms"
 
 
 class Moderation:
     def __init__(
-        self, storage: Storage, rooms: Rooms, messages: Messages, fanout: Fanout, limiter: Limiter | None = None
+        self, storage: Storage, rooms: Rooms, messages: Messages, events: EventBus, limiter: Limiter | None = None
     ) -> None:
         self._storage = storage
         self._limiter = limiter
         self._rooms = rooms
         self._messages = messages
-        self._fanout = fanout
-
-    async def start(self) -> None:
-        await self._fanout.watch(ROOMS_CHANNEL, self._heard)
+        self._events = events
 
     async def may_moderate(self, user: User, room: Room) -> bool:
         return can_moderate(user, room, await self._storage.memberships.get(room.id, user.id))
@@ -97,32 +87,16 @@ class Moderation:
         if room is None:
             raise NotFound("the room is gone")
         await self._log(actor, room, action, detail=detail)
-        await self.announce_changed(room.id)
-        await self._fanout.publish_ephemeral(room.id, room_updated_frame(room))
+        await self._events.publish(RoomChanged(room.id, room))
         return room
 
     async def announce_changed(self, room_id: str) -> bool:
-        """The stored room changed (renamed, archived, deleted): every process forgets its copy.
+        """The stored room changed (archived, deleted): every process forgets its copy.
 
         Returns False if the broker could not be told: other processes then
         see the change when their cached copy expires (a minute at most).
         """
-        self._rooms.forget(room_id)
-        try:
-            await self._fanout.broker.publish(ROOMS_CHANNEL, json.dumps({"type": "room_changed", "room_id": room_id}))
-        except Unavailable as exc:
-            log.warning("announcing a change to room %s failed: %s", room_id, exc)
-            return False
-        return True
+        return await self._events.publish(RoomChanged(room_id))
 
     async def _log(self, actor: User, room: Room, action: ModerationAction, target: str = "", detail: str = "") -> None:
         await record_moderation(self._storage, actor, room, action, target, detail)
-
-    def _heard(self, payload: str) -> None:
-        try:
-            room_id = json.loads(payload)["room_id"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("dropping a malformed room change on %s", ROOMS_CHANNEL)
-            return
-        if isinstance(room_id, str):
-            self._rooms.forget(room_id)

@@ -7,30 +7,23 @@ reader's marker: no history is scanned. Mentions of the reader after the
 marker are counted from the few mention records kept for them
 (:class:`chat.storage.base.MentionRepository`), dropped as they are read.
 
-A marker that moves is announced on the reader's own channel, so every page
-they have open, on any process, updates its badges (chat.services.realtime.userstream).
+A marker that moves is published (:class:`~chat.events.ReadMoved`) and
+relayed to the reader's own channel, so every page they have open, on any
+process, updates its badges (chat.services.realtime.userstream).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cachetools import TTLCache
 
+from ...events import EventBus, ReadMoved
 from ...models import Room, RoomKind, User
 from ...storage import Storage
 from ..conversation.messages import Messages
 from .membership import DM_PREFIX, Memberships
-
-# Announce an event to one user's pages, on every process.
-PublishToUser = Callable[[str, str], Awaitable[None]]
-
-
-def user_channel(user_id: str) -> str:
-    return f"chat:user:{user_id}"
 
 
 @dataclass(frozen=True)
@@ -60,13 +53,11 @@ class Badge:
 
 
 class Unread:
-    def __init__(
-        self, storage: Storage, memberships: Memberships, messages: Messages, publish_to_user: PublishToUser
-    ) -> None:
+    def __init__(self, storage: Storage, memberships: Memberships, messages: Messages, events: EventBus) -> None:
         self._storage = storage
         self._memberships = memberships
         self._messages = messages
-        self._publish_to_user = publish_to_user
+        self._events = events
         # Usernames never change: DM titles need not be read twice.
         self._usernames: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=3600)
 
@@ -110,12 +101,5 @@ class Unread:
         await self._storage.mentions.clear(room.id, user.id, marker)
         # Mentions the marker did not reach yet still count (a reader who read only part of a burst).
         mentions = (await self._storage.mentions.counts(user.id, {room.id: marker})).get(room.id, 0)
-        event = json.dumps(
-            {"type": "read", "room_id": room.id, "read_seq": marker, "mentions": mentions}, separators=(",", ":")
-        )
-        await self._publish_to_user(user.id, event)
+        await self._events.publish(ReadMoved(user.id, room.id, marker, mentions))
         return marker
-
-    async def rooms_changed(self, user_id: str) -> None:
-        """``user_id`` joined or left a room: their pages reload their list."""
-        await self._publish_to_user(user_id, json.dumps({"type": "rooms_changed"}))

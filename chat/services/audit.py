@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from ...logs import FIELDS_ATTRIBUTE
+from ..logs import FIELDS_ATTRIBUTE
 
 log = logging.getLogger("chat.audit")
 

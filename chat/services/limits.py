@@ -26,8 +26,8 @@ from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from ... import metrics
-from ...errors import RateLimited
+from .. import metrics
+from ..errors import RateLimited
 from . import audit
 
 log = logging.getLogger(__name__)

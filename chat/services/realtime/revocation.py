@@ -1,9 +1,10 @@
 """Ending a session ends its sockets, on every process; so does losing a room.
 
 When accounts end sessions (sign-out, sign-out everywhere, a password change,
-a disabled account), this service closes the matching local sockets (room
-sockets and event streams alike) at once and announces the session keys on
-the process-wide control channel; every other process closes its own.
+a disabled account: :class:`~chat.events.SessionsEnded`), this service closes
+the matching local sockets (room sockets and event streams alike) at once and
+announces the session keys on the process-wide control channel; every other
+process closes its own.
 
 Pub/sub is at most once, so each process also re-checks its open sockets
 against storage every ``recheck_seconds``, and at once after the broker
@@ -16,21 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Collection, Coroutine, Sequence
 from typing import Any, Protocol
 
+from ...broker import CONTROL_CHANNEL
 from ...errors import Unavailable
-from ..realtime.fanout import Fanout
-from .accounts import Accounts
+from ...events import SessionsEnded
+from ...protocol import ended_sessions, sessions_ended_event
+from ..identity.accounts import Accounts
+from .fanout import Fanout
 
 log = logging.getLogger(__name__)
 
-CONTROL_CHANNEL = "chat:control"
-SESSIONS_ENDED = "sessions_ended"
-# A failed announcement is retried this long; the periodic re-check covers the rest.
-ANNOUNCE_FOR_SECONDS = 30.0
 # The periodic re-check never runs more often than this (a recheck setting of
 # 0 means "before every send", not "poll storage in a loop").
 MIN_RECHECK_SECONDS = 1.0
@@ -71,40 +70,21 @@ class Revocations:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def announce(self, keys: list[str]) -> None:
-        """Close the sockets of these sessions here, and tell every other process."""
-        self._end_sessions(set(keys))
-        event = json.dumps({"type": SESSIONS_ENDED, "sessions": keys}, separators=(",", ":"))
-        try:
-            await self._fanout.broker.publish(CONTROL_CHANNEL, event)
-        except Unavailable as exc:
-            log.warning("announcing %d ended sessions failed (%s); retrying in the background", len(keys), exc)
-            self._spawn(self._announce_later(event))
+    async def sessions_ended(self, event: SessionsEnded) -> None:
+        """Close the sockets of these sessions here, and tell every other process (retried through an outage)."""
+        self._end_sessions(set(event.keys))
+        await self._fanout.publish_with_retry(CONTROL_CHANNEL, sessions_ended_event(event.keys))
 
     def _heard(self, payload: str) -> None:
         try:
-            event = json.loads(payload)
-            keys = event["sessions"] if event.get("type") == SESSIONS_ENDED else []
-        except (ValueError, KeyError, TypeError, AttributeError):
+            keys = ended_sessions(payload)
+        except (ValueError, TypeError):
             log.warning("dropping a malformed control event")
             return
-        if isinstance(keys, list):
-            self._end_sessions({key for key in keys if isinstance(key, str)})
+        self._end_sessions(keys)
 
     def _end_sessions(self, keys: set[str]) -> int:
         return sum(sockets.end_sessions(keys) for sockets in self._sockets)
-
-    async def _announce_later(self, event: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ANNOUNCE_FOR_SECONDS
-        delay = 0.2
-        while loop.time() < deadline:
-            await asyncio.sleep(delay)
-            try:
-                await self._fanout.broker.publish(CONTROL_CHANNEL, event)
-                return
-            except Unavailable:
-                delay = min(delay * 2, 5.0)
 
     async def _recheck_loop(self) -> None:
         interval = max(self.recheck_seconds, MIN_RECHECK_SECONDS)
