@@ -17,10 +17,8 @@ import tornado.web
 from . import metrics
 from .bootstrap import Services, build_services
 from .config import Settings
-from .protocol import Close
 from .services.limits import address_key
 from .stalls import StallWatch
-from .usernames import USERNAME_REGEX
 from .web import pages
 from .web.base import ChatApplication, NotFoundHandler
 from .web.cookies import SessionCookie
@@ -29,6 +27,8 @@ from .web.rendering import make_jinja_env
 from .web.server import GuardedHTTPServer
 from .web.socket import RoomSocketHandler, UserEventsHandler
 from .web.static import StaticFiles
+from .wire.refusals import Close
+from .wire.text import USERNAME_REGEX
 
 log = logging.getLogger(__name__)
 

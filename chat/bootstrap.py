@@ -22,12 +22,11 @@ from .broker import Backplane, Broker, open_backplane
 from .config import Settings
 from .errors import Unavailable
 from .events import EventBus, SessionsEnded
-from .protocol import MEMBER_REMOVED, PRESENCE_CHANGED
 from .services.conversation.messages import Messages
 from .services.conversation.rendering_pool import RenderPool
 from .services.identity.accounts import Accounts
 from .services.identity.passwords import PasswordHasher
-from .services.limits import Action, Limiter
+from .services.limits import Limiter
 from .services.operations.administration import Administration
 from .services.realtime.connection import ConnectionPolicy, Connections
 from .services.realtime.fanout import Fanout
@@ -40,6 +39,8 @@ from .services.rooms.membership import Memberships
 from .services.rooms.moderation import Moderation
 from .services.rooms.unread import Unread
 from .storage import Storage, open_storage
+from .wire.actions import Action
+from .wire.events import MEMBER_REMOVED, PRESENCE_CHANGED
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from typing import Any, Self
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
 from chat.config import generate_secret, lifted_limits
-from chat.protocol import Close
 from chat.tools.cluster import Cluster
+from chat.wire.refusals import Close
 
 from .services import (
     FERRETDB_INSTALL_HINT,

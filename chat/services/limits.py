@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from enum import StrEnum
 from functools import partial
 from typing import TypeVar
 
@@ -28,28 +27,12 @@ from limits.storage import storage_from_string
 
 from .. import metrics
 from ..errors import RateLimited
+from ..wire.actions import Action
 from . import audit
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Action(StrEnum):
-    """What is counted, and (in the comment) per what."""
-
-    SEND = "send"  # per user
-    SYNC_PER_SOCKET = "sync-socket"  # per socket
-    SYNC_PER_USER = "sync-user"  # per user
-    FETCH = "fetch"  # scroll-back pages, per user
-    TYPING = "typing"  # typing notices, per user
-    HANDSHAKE = "handshake"  # per user
-    ROOM_CREATION = "room"  # per user
-    ROOM_CHANGE = "room-change"  # renames and topics, per user
-    DM_CREATION = "dm"  # new direct conversations, per user
-    REGISTRATION = "register"  # per client address
-    LOGIN = "login"  # attempts per client address
-    LOGIN_FAILURE = "login-failure"  # per account name
 
 
 def address_key(ip: str, ipv6_prefix: int = 64) -> str:

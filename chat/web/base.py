@@ -2,7 +2,7 @@
 
 ``AppHandler`` reaches the application's services through read-only
 properties (JupyterHub's ``BaseHandler`` is the model) and turns exceptions
-into answers with the one table in :data:`chat.protocol.REFUSALS`.
+into answers with the one table in :data:`chat.wire.REFUSALS`.
 ``BaseHandler`` adds the session and the pages; page handlers and the room
 WebSocket both build on it. Health probes use ``AppHandler`` alone: they load
 no session.
@@ -25,7 +25,6 @@ from ..config import Settings
 from ..errors import ChatError, RateLimited, Unavailable
 from ..models import User
 from ..origins import normalize_origin, site_origin, socket_origin
-from ..protocol import refusal_for
 from ..services import audit
 from ..services.conversation.messages import Messages
 from ..services.identity.accounts import Accounts
@@ -33,6 +32,7 @@ from ..services.realtime.presence import Presence
 from ..services.rooms.catalog import Rooms
 from ..services.rooms.membership import Memberships
 from ..services.rooms.unread import Badge
+from ..wire.refusals import refusal_for
 from .cookies import SessionCookie
 from .forms import read_form
 from .proxies import TrustedProxies

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from ..errors import ValidationError
-from ..protocol import MAX_SAFE_INTEGER, has_control_characters, valid_seq
+from ..wire.text import MAX_SAFE_INTEGER, has_control_characters, valid_seq
 
 # Far more than any field we read needs (usernames 32, room names 64,
 # passwords 72 bytes, next a path); the server's body limit bounds the rest.

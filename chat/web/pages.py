@@ -10,9 +10,9 @@ import tornado.web
 from .. import metrics
 from ..errors import RateLimited, Unavailable, ValidationError
 from ..models import Membership, Role, Room, RoomKind, User
-from ..protocol import has_control_characters
 from ..services import audit
 from ..services.rooms.membership import can_moderate
+from ..wire.text import has_control_characters
 from .base import AppHandler, BaseHandler
 from .forms import MAX_FIELD_LENGTH, read_seq
 

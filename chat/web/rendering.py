@@ -16,12 +16,13 @@ import jinja2
 
 from ..config import Settings
 from ..models import Message, isoformat
-from ..protocol import FETCH_DEFAULT_LIMIT, Close
 from ..services.conversation.formatting import for_reader
 from ..services.conversation.messages import MAX_BODY_LENGTH
 from ..services.identity.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH
 from ..services.rooms.catalog import MAX_ROOM_NAME_LENGTH, MAX_TOPIC_LENGTH
-from ..usernames import USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH, USERNAME_REGEX
+from ..wire.client import FETCH_DEFAULT_LIMIT
+from ..wire.refusals import Close
+from ..wire.text import USERNAME_MAX_LENGTH, USERNAME_MIN_LENGTH, USERNAME_REGEX
 
 
 @dataclass(frozen=True)

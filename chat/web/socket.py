@@ -13,10 +13,10 @@ import tornado.websocket
 from .. import logs, metrics
 from ..errors import Unavailable
 from ..models import Room
-from ..protocol import Close, sendable_close_code
 from ..services import audit
 from ..services.realtime.connection import Admission, RoomConnection
 from ..services.realtime.userstream import UserStream
+from ..wire.refusals import Close, sendable_close_code
 from .base import BaseHandler, ChatApplication
 from .forms import read_seq
 from .transport import SocketTransport, TornadoSink

@@ -6,7 +6,7 @@ from typing import cast
 
 import tornado.web
 
-from ..protocol import has_control_characters
+from ..wire.text import has_control_characters
 from .base import HSTS, ChatApplication
 
 

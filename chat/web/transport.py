@@ -34,7 +34,8 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from .. import metrics
-from ..protocol import Close, Outbound
+from ..wire.refusals import Close
+from ..wire.server import Outbound
 
 log = logging.getLogger(__name__)
 

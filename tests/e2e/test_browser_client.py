@@ -14,9 +14,10 @@ from typing import Any
 
 from playwright.async_api import Browser as Chromium
 
-from chat.protocol import FETCH_DEFAULT_LIMIT, Close
 from chat.services.conversation.messages import MAX_BODY_LENGTH
 from chat.web.rendering import GROUP_WITHIN
+from chat.wire.client import FETCH_DEFAULT_LIMIT
+from chat.wire.refusals import Close
 from tests.support.pages import create_room, register, say
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from playwright.async_api import Browser as Chromium
 
-from chat.protocol import Close
 from chat.tools.cluster import Cluster
+from chat.wire.refusals import Close
 from tests.support.client import Browser, RoomSocket
 from tests.support.cluster import LANDING_TIMEOUT, socket_on
 from tests.support.pages import register, say

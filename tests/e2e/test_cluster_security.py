@@ -15,8 +15,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from chat.protocol import Close
 from chat.tools.cluster import Cluster
+from chat.wire.refusals import Close
 from tests.support.client import Browser, RoomSocket
 from tests.support.cluster import socket_on
 from tests.support.services import RedisServer

@@ -25,7 +25,7 @@ import pytest
 
 from chat.errors import RoomArchived
 from chat.models import NewMessage, Revision, Room, User, utcnow
-from chat.protocol import Close
+from chat.wire.refusals import Close
 from tests.support.client import Browser
 from tests.support.server import TEST_SECRET, ServerFactory
 from tests.support.services import PROJECT_ROOT, free_port

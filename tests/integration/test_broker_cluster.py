@@ -19,7 +19,8 @@ from redis.crc import key_slot
 from chat.broker import Backplane, Broker, Event, open_backplane, room_channel
 from chat.broker.redis_cluster import parse_cluster_url
 from chat.errors import RateLimited, Unavailable
-from chat.services.limits import Action, Limiter
+from chat.services.limits import Limiter
+from chat.wire.actions import Action
 from tests.support.brokers import RECOVERY_TIMEOUT, Collector, publish_until_received
 from tests.support.client import Browser
 from tests.support.redis_cluster import RedisClusterGroup, RedisClusterNode

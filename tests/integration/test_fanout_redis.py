@@ -20,11 +20,12 @@ import pytest
 from chat.broker import open_backplane
 from chat.broker.redis import RedisBroker
 from chat.models import Message, Room, User
-from chat.protocol import PRESENCE_CHANGED, message_frame
 from chat.services.conversation.messages import Messages
 from chat.services.realtime.fanout import Fanout
 from chat.services.realtime.presence import Presence
 from chat.storage import Storage
+from chat.wire.events import PRESENCE_CHANGED
+from chat.wire.server import message_frame
 from tests.support.fakes import RecordingListener
 from tests.support.services import RedisServer
 from tests.support.storage import connected_storage

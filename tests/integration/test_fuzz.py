@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.protocol import MAX_SAFE_INTEGER, Close, ErrorCode
+from chat.wire.refusals import Close, ErrorCode
+from chat.wire.text import MAX_SAFE_INTEGER
 from tests.support.client import Browser, RoomSocket, raw_request
 from tests.support.logs import add_log_source
 from tests.support.server import SHARED_SERVER_ENV, ChatServer

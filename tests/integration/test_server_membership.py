@@ -6,8 +6,8 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
-from chat.protocol import Close
 from chat.services.rooms.catalog import ROOMS_PER_PAGE
+from chat.wire.refusals import Close
 from tests.support.client import Browser, RoomSocket, handshake_status
 from tests.support.server import ChatServer, ServerFactory
 from tests.support.storage import connected_storage

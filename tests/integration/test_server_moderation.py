@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chat.protocol import Close
+from chat.wire.refusals import Close
 from tests.support.client import Browser, RoomSocket
 from tests.support.server import ChatServer, ServerFactory
 from tests.support.storage import connected_storage

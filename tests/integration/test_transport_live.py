@@ -17,8 +17,8 @@ import tornado.websocket
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from chat.protocol import Outbound
 from chat.web.transport import SocketTransport, TornadoSink, WriteBatcher
+from chat.wire.server import Outbound
 
 FRAMES = 400
 # Big enough that the kernel's socket buffers fill long before the end.

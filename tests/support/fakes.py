@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from chat.protocol import Outbound
+from chat.wire.server import Outbound
 
 
 class RecordingListener:

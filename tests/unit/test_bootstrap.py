@@ -10,9 +10,9 @@ from chat.broker import open_backplane
 from chat.broker.memory import MemoryBroker
 from chat.config import Settings
 from chat.models import OnlineUser
-from chat.protocol import PRESENCE_CHANGED, control_event
 from chat.storage import Storage
 from chat.storage.sqlite import SQLiteStorage
+from chat.wire.events import PRESENCE_CHANGED, control_event
 from tests.support.fakes import FakeTransport
 from tests.support.waiting import eventually
 

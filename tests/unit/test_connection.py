@@ -12,13 +12,14 @@ import pytest
 from chat.bootstrap import Services
 from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
-from chat.protocol import Close, Outbound
 from chat.services.conversation.messages import Messages
 from chat.services.identity.accounts import Accounts, session_key
 from chat.services.realtime.connection import SEND_HOLD_GRACE_SECONDS, RoomConnection
 from chat.services.realtime.fanout import Fanout
 from chat.services.realtime.presence import Presence
 from chat.storage import Storage
+from chat.wire.refusals import Close
+from chat.wire.server import Outbound
 from tests.support.clock import FakeClock
 from tests.support.fakes import FakeTransport
 from tests.support.waiting import eventually

@@ -13,8 +13,8 @@ import pytest
 from chat.broker import room_channel
 from chat.broker.memory import MemoryBroker
 from chat.models import Message, RoomCounters
-from chat.protocol import Outbound, message_frame, message_wire
 from chat.services.realtime.fanout import Fanout
+from chat.wire.server import Outbound, message_frame, message_wire
 from tests.support.fakes import RecordingListener
 from tests.support.waiting import eventually
 

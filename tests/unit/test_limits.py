@@ -14,8 +14,9 @@ from chat.models import User
 from chat.services import audit
 from chat.services.identity.accounts import Accounts
 from chat.services.identity.passwords import PasswordHasher
-from chat.services.limits import Action, Limiter
+from chat.services.limits import Limiter
 from chat.storage import Storage
+from chat.wire.actions import Action
 from tests.support.clock import FakeClock
 
 PASSWORD = "correct horse"

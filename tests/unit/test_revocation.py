@@ -13,11 +13,12 @@ import pytest
 from chat.bootstrap import Services
 from chat.errors import Unavailable
 from chat.models import Room, RoomKind, User
-from chat.protocol import Close, Outbound
 from chat.services.identity.accounts import session_key
 from chat.services.realtime.connection import RoomConnection
 from chat.services.realtime.userstream import UserStream
 from chat.storage import Storage
+from chat.wire.refusals import Close
+from chat.wire.server import Outbound
 from tests.support.fakes import FakeTransport
 
 

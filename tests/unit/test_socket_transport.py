@@ -14,8 +14,8 @@ import pytest
 import tornado.websocket
 from tornado.websocket import WebSocketProtocol13
 
-from chat.protocol import Outbound
 from chat.web.transport import SocketTransport, WriteBatcher, text_frame
+from chat.wire.server import Outbound
 
 
 class RecordingSink:

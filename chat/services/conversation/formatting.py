@@ -36,7 +36,7 @@ from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from ...models import User
-from ...usernames import USERNAME_MIN_LENGTH, USERNAME_REGEX
+from ...wire.text import USERNAME_MIN_LENGTH, USERNAME_REGEX
 from .rendering_pool import RenderFailed, RenderPool
 
 log = logging.getLogger(__name__)

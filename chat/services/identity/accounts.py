@@ -24,10 +24,11 @@ from ...errors import Conflict, Forbidden, Unavailable, ValidationError
 from ...events import EventBus, SessionsEnded
 from ...models import Session, User, utcnow
 from ...storage import Storage
-from ...usernames import USERNAME_PATTERN, USERNAME_RULE
+from ...wire.actions import Action
+from ...wire.text import USERNAME_PATTERN, USERNAME_RULE
 from .. import audit
 from ..batching import BatchedLookup
-from ..limits import Action, Limiter
+from ..limits import Limiter
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
 # 256 bits of randomness; the issue asks for at least 128.

@@ -17,15 +17,47 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ... import metrics, protocol
+from ... import metrics
 from ...broker import LeaseStore
 from ...errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
 from ...models import Message, Room, User
-from ...protocol import Close, Outbound
+from ...wire.actions import Action
+from ...wire.client import (
+    DeleteFrame,
+    EditFrame,
+    FetchFrame,
+    Per,
+    ReadFrame,
+    SendFrame,
+    SyncFrame,
+    TypingFrame,
+    frame_type_of,
+    parse_client_frame,
+)
+from ...wire.events import removed_user
+from ...wire.refusals import Close, ErrorCode, ProtocolError, refusal_for
+from ...wire.server import (
+    HISTORY_PAGE_SIZE,
+    UPDATES_MAX,
+    Outbound,
+    ack_frame,
+    error_frame,
+    error_frame_for,
+    hello_frame,
+    history_frame,
+    history_frame_of,
+    history_frames,
+    history_frames_of,
+    history_reset_frame,
+    older_history_frame,
+    presence_frame,
+    typing_frame,
+    updates_frame,
+)
 from .. import audit
 from ..conversation.messages import Messages
 from ..identity.accounts import Accounts, session_key
-from ..limits import Action, Limiter
+from ..limits import Limiter
 from ..rooms.membership import Memberships
 from ..rooms.moderation import Moderation
 from ..rooms.unread import Unread
@@ -199,7 +231,7 @@ class Connections:
 
     def member_removed(self, room_id: str, event: str) -> None:
         """A ``member_removed`` control event: close that user's sockets in the room, here."""
-        user_id = protocol.removed_user(event)
+        user_id = removed_user(event)
         for connection in [c for c in self._open if c.room.id == room_id and c.user.id == user_id]:
             connection.removed()
 
@@ -311,14 +343,14 @@ class RoomConnection:
         # socket live, so history need only go up to here.
         recent = hub.fanout.recent(self.room.id)
         last_seq = recent.last_seq if recent is not None else await hub.messages.stored_seq(self.room.id)
-        self.transport.send_text(protocol.hello_frame(self.room, self.user, hub.policy.instance, last_seq))
+        self.transport.send_text(hello_frame(self.room, self.user, hub.policy.instance, last_seq))
         await self._send_history(since, rev)
         users = await hub.presence.joined(self.room.id, self.user)
         self._counted_present = True
         if self.closed:
             await self.close()
             return
-        self.transport.send_text(protocol.presence_frame(users))
+        self.transport.send_text(presence_frame(users))
 
     async def close(self) -> None:
         """Leave the room's feed and presence; safe to call again, and during open().
@@ -415,9 +447,7 @@ class RoomConnection:
     def removed(self) -> None:
         """The user left this room, or was removed or banned: say so and close for good."""
         if not self.closed:
-            self.transport.send_text(
-                protocol.error_frame(protocol.ErrorCode.FORBIDDEN, "You are no longer a member of this room.")
-            )
+            self.transport.send_text(error_frame(ErrorCode.FORBIDDEN, "You are no longer a member of this room."))
             self.transport.close(Close.REMOVED, "no longer a member")
 
     def end_session(self) -> None:
@@ -425,41 +455,52 @@ class RoomConnection:
         self._refuse(SessionEnded("your session has ended; sign in again"), None)
 
     async def _receive(self, text: str | bytes) -> None:
+        """Read one frame, count its limits and hand it to its handler (chat.wire.client declares each)."""
         client_id: str | None = None
         try:
-            frame = protocol.parse_client_frame(text)
-            if isinstance(frame, protocol.SyncFrame):
-                await self._take_history_read()
-                if await self._still_readable():
-                    await self._send_history(frame.since, frame.rev)
-            elif isinstance(frame, protocol.FetchFrame):
-                client_id = frame.client_id
-                await self._hub.limiter.take(Action.FETCH, self.user.id)
-                if await self._still_readable():
-                    await self._send_older(frame)
-            elif isinstance(frame, protocol.ReadFrame):
-                await self._mark_read(frame.seq)
-            elif isinstance(frame, protocol.EditFrame | protocol.DeleteFrame):
-                client_id = frame.client_id
-                await self._revise(frame)
-            elif isinstance(frame, protocol.TypingFrame):
-                client_id = frame.client_id
-                await self._hub.limiter.take(Action.TYPING, self.user.id)
-                await self._hub.fanout.publish_ephemeral(self.room.id, protocol.typing_frame(self.user))
-            else:
-                client_id = frame.client_id
-                await self._send(frame)
+            frame = parse_client_frame(text)
+            frame_type = frame_type_of(frame)
+            if frame_type.answers_with_client_id:
+                client_id = getattr(frame, "client_id", None)
+            for limit in frame_type.limits:
+                await self._hub.limiter.take(limit.action, self._id if limit.per is Per.SOCKET else self.user.id)
+            await getattr(self, frame_type.handler)(frame)
         except ChatError as exc:
             self._refuse(exc, client_id)
 
-    async def _revise(self, frame: protocol.EditFrame | protocol.DeleteFrame) -> None:
+    # -- one handler per client frame type (on_<type>) ------------------------
+
+    async def on_sync(self, frame: SyncFrame) -> None:
+        if await self._still_readable():
+            await self._send_history(frame.since, frame.rev)
+
+    async def on_fetch(self, frame: FetchFrame) -> None:
+        if await self._still_readable():
+            await self._send_older(frame)
+
+    async def on_read(self, frame: ReadFrame) -> None:
+        await self._mark_read(frame.seq)
+
+    async def on_edit(self, frame: EditFrame) -> None:
+        await self._revise(frame)
+
+    async def on_delete(self, frame: DeleteFrame) -> None:
+        await self._revise(frame)
+
+    async def on_typing(self, frame: TypingFrame) -> None:
+        await self._hub.fanout.publish_ephemeral(self.room.id, typing_frame(self.user))
+
+    async def on_send(self, frame: SendFrame) -> None:
+        await self._send(frame)
+
+    async def _revise(self, frame: EditFrame | DeleteFrame) -> None:
         """Edit or delete an own message; the room (this socket too) is told with ``message_updated``."""
         if not await self._still_allowed():
             return
         # Counted as sends: an edit costs the room what a message does.
         await self._hub.limiter.take(Action.SEND, self.user.id)
         messages = self._hub.messages
-        if isinstance(frame, protocol.EditFrame):
+        if isinstance(frame, EditFrame):
             revised = await messages.edit(self.user, self.room, frame.id, frame.body)
         else:
             try:
@@ -478,29 +519,25 @@ class RoomConnection:
         self._read_seq = seq
         await self._hub.unread.mark_read(self.user, self.room, seq)
 
-    async def _take_history_read(self) -> None:
-        await self._hub.limiter.take(Action.SYNC_PER_SOCKET, self._id)
-        await self._hub.limiter.take(Action.SYNC_PER_USER, self.user.id)
-
-    async def _send_older(self, frame: protocol.FetchFrame) -> None:
+    async def _send_older(self, frame: FetchFrame) -> None:
         """Scroll-back: the messages just before ``frame.before``, never past what this socket was sent."""
         before = min(frame.before, self.last_seq + 1)
         messages, has_more = await self._hub.messages.before(self.room.id, before, frame.limit)
-        self.transport.send_text(protocol.older_history_frame(messages, has_more, before))
+        self.transport.send_text(older_history_frame(messages, has_more, before))
 
     def _refuse(self, exc: ChatError, client_id: str | None) -> None:
-        refusal = protocol.refusal_for(exc)
+        refusal = refusal_for(exc)
         if refusal is None:
             raise exc  # not an error we raise on purpose: a bug, logged by Tornado
-        if isinstance(exc, protocol.ProtocolError):
+        if isinstance(exc, ProtocolError):
             client_id = exc.client_id
         if isinstance(exc, Unavailable):
             log.warning("storage unavailable while serving %s in room %s: %s", self.user.username, self.room.id, exc)
-        self.transport.send_text(protocol.error_frame_for(exc, refusal, client_id))
+        self.transport.send_text(error_frame_for(exc, refusal, client_id))
         if isinstance(exc, SessionEnded):
             self.transport.close(Close.SESSION_ENDED, "session ended")
 
-    async def _send(self, frame: protocol.SendFrame) -> None:
+    async def _send(self, frame: SendFrame) -> None:
         read_at = time.perf_counter()
         if not await self._still_allowed():
             return
@@ -546,7 +583,7 @@ class RoomConnection:
                 self._refuse(exc, client_id)
                 return
             if not self.closed:
-                self.transport.send_text(protocol.ack_frame(message))
+                self.transport.send_text(ack_frame(message))
                 metrics.SEND_TO_ACK.observe(time.perf_counter() - read_at)
             # Publish even if this socket closed meanwhile (the message is
             # stored, the room must see it), and even for a resend of a
@@ -635,12 +672,12 @@ class RoomConnection:
         latest = recent.latest(hub.messages.history_limit) if recent is not None else None
         if latest is not None:
             wires, has_more = latest
-            self.transport.send_text(protocol.history_frame_of(wires, has_more))
+            self.transport.send_text(history_frame_of(wires, has_more))
             self.last_seq = max(self.last_seq, recent.last_seq if recent is not None else 0)
             return
         messages, has_more = await hub.messages.recent(self.room.id)
         hub.fanout.remember_read(self.room.id, messages)
-        self.transport.send_text(protocol.history_frame(messages, has_more))
+        self.transport.send_text(history_frame(messages, has_more))
         if messages:
             self.last_seq = max(self.last_seq, messages[-1].seq)
 
@@ -653,7 +690,7 @@ class RoomConnection:
                 return
             wires = recent.after(since)
             if wires is not None:
-                for frame in protocol.history_frames_of(wires, False, policy.history_frame_max_bytes):
+                for frame in history_frames_of(wires, False, policy.history_frame_max_bytes):
                     self.transport.send_text(frame)
                 self.last_seq = max(self.last_seq, recent.last_seq)
                 return
@@ -667,8 +704,8 @@ class RoomConnection:
             return
         cursor = since
         while True:
-            page, has_more = await hub.messages.after(self.room.id, cursor, protocol.HISTORY_PAGE_SIZE)
-            for frame in protocol.history_frames(page, has_more, policy.history_frame_max_bytes):
+            page, has_more = await hub.messages.after(self.room.id, cursor, HISTORY_PAGE_SIZE)
+            for frame in history_frames(page, has_more, policy.history_frame_max_bytes):
                 self.transport.send_text(frame)
             if page:
                 cursor = page[-1].seq
@@ -687,16 +724,16 @@ class RoomConnection:
         """
         known = self._hub.fanout.rev_known(self.room.id)
         if known is not None and rev >= known:
-            self.transport.send_text(protocol.updates_frame([], rev))
+            self.transport.send_text(updates_frame([], rev))
             return
-        revised, more = await self._hub.messages.revised_after(self.room.id, rev, protocol.UPDATES_MAX)
+        revised, more = await self._hub.messages.revised_after(self.room.id, rev, UPDATES_MAX)
         if more:
             self._send_reset(self.last_seq)  # too many to send one by one: reload
             return
         last_rev = max([known or 0, rev, *(m.rev for m in revised)])
-        self.transport.send_text(protocol.updates_frame(revised, last_rev))
+        self.transport.send_text(updates_frame(revised, last_rev))
 
     def _send_reset(self, stored: int) -> None:
         self._reset_sent = True
-        self.transport.send_text(protocol.history_reset_frame())
+        self.transport.send_text(history_reset_frame())
         self.last_seq = max(self.last_seq, stored)

@@ -4,7 +4,7 @@ Every socket in this process that is in a room registers a :class:`Listener`
 with the room's :class:`RoomFeed`. The process subscribes to the room's broker
 channel when the first local listener joins and unsubscribes when the last one
 leaves. Each broker event is parsed once and its ready-made frame text is
-handed to every listener as one :class:`~chat.protocol.Outbound`, so neither
+handed to every listener as one :class:`~chat.wire.Outbound`, so neither
 serialization nor framing grows with the number of sockets: each transport
 writes the bytes the first one built.
 
@@ -43,10 +43,10 @@ from ... import metrics
 from ...broker import RESYNC, Broker, BrokerClosed, Event, room_channel
 from ...errors import Unavailable
 from ...models import Message, RoomCounters
-from ...protocol import (
+from ...wire.events import frame_routing
+from ...wire.server import (
     UPDATES_MAX,
     Outbound,
-    frame_routing,
     message_frame,
     message_frame_of_update,
     message_updated_frame,

@@ -29,7 +29,8 @@ from collections.abc import Awaitable
 from ...broker import PresenceStore
 from ...errors import Unavailable
 from ...models import OnlineUser, User
-from ...protocol import PRESENCE_CHANGED, control_event, presence_frame
+from ...wire.events import PRESENCE_CHANGED, control_event
+from ...wire.server import presence_frame
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)

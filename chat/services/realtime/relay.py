@@ -23,15 +23,8 @@ import logging
 
 from ...broker import ROOMS_CHANNEL, Broker, user_channel
 from ...events import EventBus, MemberRemoved, MembershipNotice, ReadMoved, RoomChanged, RoomsChanged
-from ...protocol import (
-    changed_room,
-    member_removed_event,
-    membership_frame,
-    read_event,
-    room_changed_event,
-    room_updated_frame,
-    rooms_changed_event,
-)
+from ...wire.events import changed_room, member_removed_event, read_event, room_changed_event, rooms_changed_event
+from ...wire.server import membership_frame, room_updated_frame
 from ..rooms.catalog import Rooms
 from .fanout import Fanout
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from ...broker import CONTROL_CHANNEL
 from ...errors import Unavailable
 from ...events import SessionsEnded
-from ...protocol import ended_sessions, sessions_ended_event
+from ...wire.events import ended_sessions, sessions_ended_event
 from ..identity.accounts import Accounts
 from .fanout import Fanout
 

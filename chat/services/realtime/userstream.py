@@ -28,11 +28,11 @@ import json
 import logging
 from collections.abc import Callable, Collection
 
-from ... import protocol
 from ...broker import user_channel
 from ...errors import Unavailable
 from ...models import User
-from ...protocol import Close, ErrorCode, Outbound
+from ...wire.refusals import Close, ErrorCode
+from ...wire.server import Outbound, activity_frame, badges_frame, error_frame, message_facts
 from ..identity.accounts import Accounts, session_key
 from ..rooms.membership import Memberships
 from ..rooms.unread import Unread
@@ -40,10 +40,6 @@ from .connection import Transport
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)
-
-
-def _dumps(frame: dict[str, object]) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
 class _RoomWatch:
@@ -102,34 +98,26 @@ class UserStream:
         for room_id in self._watching.keys() - wanted:
             await self._hub.fanout.leave(room_id, self._watching.pop(room_id))
         if not self.silent:
-            self.transport.send_text(_dumps({"type": "badges", "rooms": [badge.to_wire() for badge in badges]}))
+            self.transport.send_text(badges_frame([badge.to_wire() for badge in badges]))
 
     def end_session(self) -> None:
         """The session behind this stream ended: say so and close (the page does not reconnect)."""
         if self.silent:
             return
         self.ended = True
-        self.transport.send_text(protocol.error_frame(ErrorCode.FORBIDDEN, "your session has ended; sign in again"))
+        self.transport.send_text(error_frame(ErrorCode.FORBIDDEN, "your session has ended; sign in again"))
         self.transport.close(Close.SESSION_ENDED, "session ended")
 
     def activity(self, room_id: str, seq: int, frame: Outbound) -> None:
         if self.silent:
             return
         try:
-            facts = protocol.message_facts(frame)
+            facts = message_facts(frame)
         except (ValueError, KeyError, TypeError):
             log.warning("dropping the activity of a malformed message frame in room %s", room_id)
             return
         self.transport.send_text(
-            _dumps(
-                {
-                    "type": "activity",
-                    "room_id": room_id,
-                    "last_seq": seq,
-                    "mine": facts.author == self.user.id,
-                    "mention": self.user.id in facts.mentioned,
-                }
-            )
+            activity_frame(room_id, seq, mine=facts.author == self.user.id, mention=self.user.id in facts.mentioned)
         )
 
     def heard(self, event: str) -> None:

@@ -12,7 +12,8 @@ from ...errors import Conflict, NotFound, ValidationError
 from ...events import EventBus, RoomsChanged
 from ...models import Role, Room, RoomKind, User
 from ...storage import Storage
-from ..limits import Action, Limiter
+from ...wire.actions import Action
+from ..limits import Limiter
 
 MAX_ROOM_NAME_LENGTH = 64
 MAX_TOPIC_LENGTH = 200

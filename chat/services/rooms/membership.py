@@ -24,7 +24,8 @@ from ...errors import Conflict, Forbidden, NotFound, ValidationError
 from ...events import EventBus, MemberRemoved, MembershipNotice, RoomsChanged
 from ...models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
 from ...storage import Storage
-from ..limits import Action, Limiter
+from ...wire.actions import Action
+from ..limits import Limiter
 from .catalog import Rooms
 
 # A DM's room name: both user ids in order, so both people find the same room.

@@ -16,8 +16,9 @@ from ...errors import Conflict, Forbidden, NotFound, ValidationError
 from ...events import EventBus, RoomChanged
 from ...models import Membership, Message, ModerationAction, ModerationEntry, Role, Room, User
 from ...storage import Storage
+from ...wire.actions import Action
 from ..conversation.messages import Messages
-from ..limits import Action, Limiter
+from ..limits import Limiter
 from .catalog import Rooms, clean_room_name, clean_topic
 from .membership import can_moderate, record_moderation
 

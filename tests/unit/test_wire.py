@@ -4,31 +4,43 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from chat import protocol
 from chat.errors import ChatError, Conflict, Forbidden, NotFound, RateLimited, SessionEnded, TooLarge, Unavailable
 from chat.models import Message, Room, User
-from chat.protocol import (
+from chat.wire.client import (
     FETCH_DEFAULT_LIMIT,
-    MAX_SAFE_INTEGER,
-    Close,
+    FRAME_TYPES,
     DeleteFrame,
     EditFrame,
-    ErrorCode,
     FetchFrame,
-    ProtocolError,
     SendFrame,
     SyncFrame,
     TypingFrame,
-    frame_routing,
-    older_history_frame,
+    frame_type_of,
     parse_client_frame,
-    refusal_for,
 )
+from chat.wire.events import Routing, frame_routing
+from chat.wire.refusals import Close, ErrorCode, ProtocolError, refusal_for
+from chat.wire.server import (
+    ack_frame,
+    error_frame,
+    error_frame_for,
+    hello_frame,
+    history_frame,
+    message_frame,
+    message_frame_of_update,
+    message_updated_frame,
+    older_history_frame,
+    typing_frame,
+    updates_frame,
+)
+from chat.wire.text import MAX_SAFE_INTEGER
 
 MOMENT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.UTC)
 USER = User(id="u1", username="alice", password_hash=b"secret-hash", created_at=MOMENT)
@@ -214,7 +226,7 @@ def test_a_sync_without_since_is_rejected() -> None:
 
 
 def test_hello_frame_has_room_user_instance_and_last_seq() -> None:
-    frame = json.loads(protocol.hello_frame(ROOM, USER, "host:1", 7))
+    frame = json.loads(hello_frame(ROOM, USER, "host:1", 7))
 
     assert frame == {
         "type": "hello",
@@ -226,7 +238,7 @@ def test_hello_frame_has_room_user_instance_and_last_seq() -> None:
 
 
 def test_hello_frame_never_leaks_the_password_hash() -> None:
-    assert "secret-hash" not in protocol.hello_frame(ROOM, USER, "host:1", 7)
+    assert "secret-hash" not in hello_frame(ROOM, USER, "host:1", 7)
 
 
 def test_message_wire_format_has_every_documented_key() -> None:
@@ -247,7 +259,7 @@ def test_message_wire_format_has_every_documented_key() -> None:
 
 
 def test_history_frame_lists_messages_and_has_more() -> None:
-    frame = json.loads(protocol.history_frame([message(1), message(2)], True))
+    frame = json.loads(history_frame([message(1), message(2)], True))
 
     assert frame["type"] == "history"
     assert [m["seq"] for m in frame["messages"]] == [1, 2]
@@ -256,27 +268,27 @@ def test_history_frame_lists_messages_and_has_more() -> None:
 
 
 def test_an_empty_history_frame() -> None:
-    assert json.loads(protocol.history_frame([], False)) == {"type": "history", "messages": [], "has_more": False}
+    assert json.loads(history_frame([], False)) == {"type": "history", "messages": [], "has_more": False}
 
 
 def test_message_frame_wraps_the_message() -> None:
-    assert json.loads(protocol.message_frame(message())) == {"type": "message", "message": message().to_wire()}
+    assert json.loads(message_frame(message())) == {"type": "message", "message": message().to_wire()}
 
 
 def test_ack_frame_carries_client_id_and_message() -> None:
-    frame = json.loads(protocol.ack_frame(message(client_id="c-5")))
+    frame = json.loads(ack_frame(message(client_id="c-5")))
 
     assert frame == {"type": "ack", "client_id": "c-5", "message": message(client_id="c-5").to_wire()}
 
 
 def test_error_frame_with_and_without_client_id() -> None:
-    assert json.loads(protocol.error_frame("too_large", "too big", "c-1")) == {
+    assert json.loads(error_frame("too_large", "too big", "c-1")) == {
         "type": "error",
         "code": "too_large",
         "message": "too big",
         "client_id": "c-1",
     }
-    assert json.loads(protocol.error_frame("bad_request", "nope")) == {
+    assert json.loads(error_frame("bad_request", "nope")) == {
         "type": "error",
         "code": "bad_request",
         "message": "nope",
@@ -284,27 +296,27 @@ def test_error_frame_with_and_without_client_id() -> None:
 
 
 def test_frames_are_compact_utf8_json() -> None:
-    text = protocol.message_frame(message())
+    text = message_frame(message())
 
     assert "héllo" in text  # not \u-escaped
     assert ": " not in text and ", " not in text
 
 
 def test_frame_routing_reads_the_type_and_seq_of_a_message_frame() -> None:
-    assert frame_routing(protocol.message_frame(message(seq=12))) == ("message", 12, None, None)
+    assert frame_routing(message_frame(message(seq=12))) == ("message", 12, None, None)
 
 
 def test_frame_routing_reads_the_seq_and_rev_of_a_revised_message() -> None:
     revised = dataclasses.replace(message(seq=12), body="fixed", rev=4)
-    assert frame_routing(protocol.message_updated_frame(revised)) == ("message_updated", 12, None, 4)
+    assert frame_routing(message_updated_frame(revised)) == ("message_updated", 12, None, 4)
 
 
 @pytest.mark.parametrize(
     "frame",
     [
-        protocol.ack_frame(message()),
-        protocol.error_frame("bad_request", "x"),
-        protocol.history_frame([message()], False),
+        ack_frame(message()),
+        error_frame("bad_request", "x"),
+        history_frame([message()], False),
         '{"type":"presence"}',
     ],
 )
@@ -345,7 +357,7 @@ def test_an_outage_never_shows_its_internals_to_the_client() -> None:
     refusal = refusal_for(exc)
     assert refusal is not None
 
-    frame = json.loads(protocol.error_frame_for(exc, refusal, "c-1"))
+    frame = json.loads(error_frame_for(exc, refusal, "c-1"))
 
     assert frame["code"] == "unavailable" and "db-7" not in frame["message"] and frame["client_id"] == "c-1"
 
@@ -355,7 +367,7 @@ def test_a_rate_limited_error_says_how_long_to_wait_in_seconds() -> None:
     refusal = refusal_for(exc)
     assert refusal is not None
 
-    frame = json.loads(protocol.error_frame_for(exc, refusal, None))
+    frame = json.loads(error_frame_for(exc, refusal, None))
 
     assert frame["code"] == "rate_limited"
     assert isinstance(frame["retry_after"], float) and 0.2 <= frame["retry_after"] < 0.25
@@ -384,9 +396,9 @@ def test_the_answer_to_a_fetch_names_the_seq_it_answers() -> None:
 def test_a_typing_notice_parses_and_is_routed_with_its_author() -> None:
     assert parse_client_frame('{"type":"typing"}') == TypingFrame()
     assert parse_client_frame('{"type":"typing","client_id":"t1"}') == TypingFrame("t1")
-    notice = protocol.typing_frame(USER)
+    notice = typing_frame(USER)
     assert json.loads(notice) == {"type": "typing", "user": {"id": "u1", "username": "alice"}}
-    assert frame_routing(notice) == protocol.Routing("typing", author="u1")
+    assert frame_routing(notice) == Routing("typing", author="u1")
     with pytest.raises(ProtocolError):
         parse_client_frame('{"type":"typing","body":"secret draft"}')
 
@@ -419,12 +431,86 @@ def test_malformed_edits_and_deletes_are_bad_requests(text: str) -> None:
 
 def test_message_updated_carries_the_message_as_it_is_now_and_updates_a_resume() -> None:
     deleted = dataclasses.replace(message(seq=4), body="", rev=7, deleted_at=message().created_at)
-    frame = json.loads(protocol.message_updated_frame(deleted))
+    frame = json.loads(message_updated_frame(deleted))
     assert frame == {"type": "message_updated", "message": deleted.to_wire()}
-    remembered = protocol.message_frame_of_update(protocol.message_updated_frame(deleted))
-    assert remembered == protocol.message_frame(deleted)
-    assert json.loads(protocol.updates_frame([deleted], 9)) == {
+    remembered = message_frame_of_update(message_updated_frame(deleted))
+    assert remembered == message_frame(deleted)
+    assert json.loads(updates_frame([deleted], 9)) == {
         "type": "updates",
         "messages": [deleted.to_wire()],
         "last_rev": 9,
     }
+
+
+# -- the catalogue: every frame and event declared, handled, documented, tested -------
+
+
+def _documented_types() -> set[str]:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    return set(re.findall(r'\{"type": "(\w+)"', doc))
+
+
+def _tested_types() -> set[str]:
+    """Every word the tests name in quotes (a type they send or wait for: ``skip_to("membership")``)."""
+    tests = Path(__file__).resolve().parents[1]
+    found: set[str] = set()
+    for path in tests.rglob("*.py"):
+        found.update(re.findall(r"""["'](\w+)\\?["']""", path.read_text()))
+    return found
+
+
+def test_every_client_frame_type_is_declared_with_a_handler_documented_and_tested() -> None:
+    from chat.services.realtime.connection import RoomConnection
+
+    documented, tested = _documented_types(), _tested_types()
+    for name, frame_type in FRAME_TYPES.items():
+        handler = getattr(RoomConnection, frame_type.handler, None)
+        assert handler is not None and inspect.iscoroutinefunction(handler), f"{name}: no {frame_type.handler}"
+        assert frame_type_of(parse_client_frame(json.dumps(_a_valid(name)))) is frame_type
+        assert name in documented, f"{name} is not in docs/protocol.md"
+        assert name in tested, f"no test sends a {name} frame"
+
+
+def _a_valid(name: str) -> dict[str, object]:
+    examples: dict[str, dict[str, object]] = {
+        "send": {"client_id": "c", "body": "hi"},
+        "sync": {"since": 0},
+        "fetch": {"before": 5},
+        "typing": {},
+        "edit": {"id": "abc", "body": "hi"},
+        "delete": {"id": "abc"},
+        "read": {"seq": 1},
+    }
+    return {"type": name, **examples[name]}
+
+
+def test_every_server_frame_and_event_between_processes_is_documented_and_tested() -> None:
+    built: set[str] = set()
+    for module in ("server", "events"):
+        source = (Path(__file__).resolve().parents[2] / "chat" / "wire" / f"{module}.py").read_text()
+        built.update(re.findall(r'"type": "(\w+)"', source))
+        built.update(re.findall(r"""'\{"type":"(\w+)\"""", source))
+        built.update(value for _, value in re.findall(r'^([A-Z_]+) = "(\w+)"', source, re.M))
+    documented, tested = _documented_types(), _tested_types()
+    assert {"hello", "history", "message", "ack", "error", "presence", "member_removed", "sessions_ended"} <= built
+    assert built <= documented, f"not in docs/protocol.md: {sorted(built - documented)}"
+    assert built <= tested, f"no test reads: {sorted(built - tested)}"
+
+
+def test_every_event_between_processes_reads_back_what_was_built() -> None:
+    from chat.wire import events
+
+    assert events.ended_sessions(events.sessions_ended_event(["k1", "k2"])) == {"k1", "k2"}
+    assert events.changed_room(events.room_changed_event("r1")) == "r1"
+    assert events.removed_user(events.member_removed_event("u1")) == "u1"
+    assert frame_routing(events.control_event(events.PRESENCE_CHANGED)) == Routing("presence_changed")
+    assert frame_routing(events.member_removed_event("u1")) == Routing("member_removed")
+    assert json.loads(events.rooms_changed_event()) == {"type": "rooms_changed"}
+    assert json.loads(events.read_event("r1", 7, 2)) == {"type": "read", "room_id": "r1", "read_seq": 7, "mentions": 2}
+    assert json.loads(events.room_changed_event("r1")) == {"type": "room_changed", "room_id": "r1"}
+    for not_sessions in ('{"type": "sessions_ended", "sessions": "k1"}', '{"type": "room_changed"}', "[]"):
+        with pytest.raises(ValueError):
+            events.ended_sessions(not_sessions)
+    for not_a_room in ('{"type": "room_changed"}', '{"type": "room_changed", "room_id": 7}', "[]"):
+        with pytest.raises(ValueError):
+            events.changed_room(not_a_room)
