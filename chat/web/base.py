@@ -11,7 +11,6 @@ no session.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, cast
 
 import jinja2
@@ -32,7 +31,7 @@ from ..services.realtime.presence import Presence
 from ..services.rooms.catalog import Rooms
 from ..services.rooms.membership import Memberships
 from ..services.rooms.unread import Badge
-from ..wire.refusals import refusal_for
+from ..wire.refusals import refusal_for, retry_after_header
 from .cookies import SessionCookie
 from .forms import read_form
 from .proxies import TrustedProxies
@@ -221,7 +220,7 @@ class AppHandler(tornado.web.RequestHandler):
             self.set_status(status_code)
         retry_after = getattr(exc, "retry_after", UNAVAILABLE_RETRY_AFTER if status_code == 503 else None)
         if retry_after is not None:
-            self.set_header("Retry-After", str(max(1, round(retry_after))))
+            self.set_header("Retry-After", retry_after_header(retry_after))
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else ""
         if status_code >= 500:
             message = ""  # never show internals
@@ -332,7 +331,7 @@ class BaseHandler(AppHandler):
         refusal = refusal_for(exc)
         self.set_status(refusal.status if refusal is not None else 400)
         if isinstance(exc, RateLimited):
-            self.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
+            self.set_header("Retry-After", retry_after_header(exc.retry_after))
         return (refusal.public_message if refusal is not None else None) or str(exc)
 
     def clear_session_cookie(self) -> None:

@@ -514,3 +514,10 @@ def test_every_event_between_processes_reads_back_what_was_built() -> None:
     for not_a_room in ('{"type": "room_changed"}', '{"type": "room_changed", "room_id": 7}', "[]"):
         with pytest.raises(ValueError):
             events.changed_room(not_a_room)
+
+
+def test_a_wait_is_rounded_up_the_same_way_everywhere() -> None:
+    from chat.wire.refusals import retry_after_header, retry_after_seconds
+
+    assert [retry_after_header(s) for s in (0.0, 0.2, 1.0, 1.01, 59.5)] == ["1", "1", "1", "2", "60"]
+    assert [retry_after_seconds(s) for s in (0.201, 1.0, 2.499)] == [0.21, 1.0, 2.5]

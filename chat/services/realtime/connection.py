@@ -97,16 +97,17 @@ class ConnectionPolicy:
     instance: str
     # A socket re-checks its session before a send at most this often.
     session_recheck_seconds: float
-    max_sockets_per_user: int = 10
-    max_sockets_per_ip: int = 100
-    # A socket's places in those counts expire this long after the last
+    # From Settings, always (chat.bootstrap): no second default to drift from it.
+    max_sockets_per_user: int
+    max_sockets_per_ip: int
+    # A resume that would send more messages than this tells the client to
+    # reload instead (``reset``), and no history frame exceeds the byte cap.
+    resume_max_messages: int
+    history_frame_max_bytes: int
+    # A socket's places in the socket counts expire this long after the last
     # heartbeat (every third of it), so a crashed process's sockets stop
     # counting soon: its users reconnect elsewhere at once.
     lease_seconds: float = 30.0
-    # A resume that would send more messages than this tells the client to
-    # reload instead (``reset``), and no history frame exceeds max_frame_bytes.
-    resume_max_messages: int = 300
-    history_frame_max_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)
