@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from chat.errors import Unavailable
-from chat.storage.mongo import RoomWriters
+from chat.storage.mongo.writers import RoomWriters
 
 
 async def test_writers_in_one_room_take_turns_and_other_rooms_do_not_wait() -> None:

@@ -1,0 +1,258 @@
+"""Messages in MongoDB: gapless seqs under the unique (room_id, seq) index, idempotent by client_id, revisions."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import (
+    BulkWriteError,
+)
+
+from ...errors import RoomArchived, RoomGone, Unavailable
+from ...models import (
+    Message,
+    NewMessage,
+    Revision,
+    RoomCounters,
+    utcnow,
+)
+from ..base import (
+    MessageRepository,
+    room_of,
+)
+from .documents import DUPLICATE_KEY, NOT_ARCHIVED, _document, _message, _new_message, _translate_errors, message_id
+from .writers import RoomWriters
+
+if TYPE_CHECKING:
+    from .storage import MongoStorage
+
+# Attempts per message before giving up; more than one only when writers in
+# several processes send to the same room at the same moment.
+MAX_SEQ_ATTEMPTS = 50
+
+
+class MongoMessages(MessageRepository):
+    def __init__(self, storage: MongoStorage) -> None:
+        self._storage = storage
+        self._writers = RoomWriters()
+        # Revisions of a room take turns too (apart from sends, which they need not wait for).
+        self._revisers = RoomWriters()
+
+    async def _find_by_client_id(self, new: NewMessage) -> Message | None:
+        doc = await self._storage.db.messages.find_one({"_id": message_id(new)})
+        return _message(doc) if doc else None
+
+    async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        if not news:
+            return []
+        with _translate_errors():
+            async with self._writers.turn(news[0].room_id):
+                return await self._insert_next(news)
+
+    async def _insert_next(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        """Store ``news`` (one room's) under the seqs after the highest one stored, in order.
+
+        The room's ``last_seq`` counter is only ever moved to a seq already
+        stored, so when it reads k, message k exists; the inserts try k+1,
+        k+2, ... in one ordered ``insert_many``, and if another process
+        stored one of those seqs first (the unique index says so), it exists,
+        and the rest follow it. A seq is thus only written once the one
+        before it is stored: seqs have no holes, and no message can appear
+        below one a reader has already seen (a counter drawn *before* the
+        insert, as ``$inc`` would, allows both). A crash between the inserts
+        and the counter's move only leaves the counter behind, and the next
+        writer steps past it.
+
+        A message's ``_id`` is derived from its room, user and client_id
+        (:func:`message_id`), so a resend collides on ``_id`` and the original
+        is fetched by ``_id``: no look-up comes first, and none scans (FerretDB
+        scans for any query but one on ``_id``, and does not say which unique
+        index refused an insert).
+        """
+        db = self._storage.db
+        room_id = news[0].room_id
+        room = await db.rooms.find_one({"_id": room_id})
+        if room is None:
+            raise RoomGone([room_id])
+        if room.get("archived_at") is not None:
+            # Read anyway for its seq: refusing here costs nothing.
+            raise RoomArchived([room_id])
+        seq = int(room.get("last_seq", 0)) + 1
+        results: list[tuple[Message, bool] | None] = [None] * len(news)
+        waiting = list(range(len(news)))  # indexes into news, in order
+        for _ in range(MAX_SEQ_ATTEMPTS):
+            now = utcnow()
+            batch = [_new_message(news[i], seq + offset, now) for offset, i in enumerate(waiting)]
+            try:
+                await db.messages.insert_many([_document(m) for m in batch], ordered=True)
+                stored = len(batch)
+            except BulkWriteError as exc:
+                # Ordered: everything before the first error was stored, nothing after it.
+                errors = exc.details.get("writeErrors") or [{}]
+                if errors[0].get("code") != DUPLICATE_KEY:
+                    raise
+                stored = int(errors[0]["index"])
+            for offset in range(stored):
+                results[waiting[offset]] = (batch[offset], True)
+            if stored == len(batch):
+                waiting = []
+                break
+            refused = waiting[stored]
+            existing = await self._find_by_client_id(news[refused])
+            if existing is not None:
+                results[refused] = (existing, False)  # a resend: acknowledge the original
+                seq = batch[stored].seq  # still free, as far as we know
+                waiting = waiting[stored + 1 :]
+            else:
+                seq = batch[stored].seq + 1  # taken, so stored: the next one may follow it
+                waiting = waiting[stored:]
+            if not waiting:
+                break
+        if waiting:
+            raise Unavailable(f"could not store messages in room {room_id} after {MAX_SEQ_ATTEMPTS} attempts")
+        done = [result for result in results if result is not None]
+        # Resends' originals too: they are acknowledged and published once
+        # this returns, and the counter must cover every seq that is (their
+        # first writer may have died before moving it).
+        highest = max((message.seq for message, _ in done), default=0)
+        if highest:
+            await db.rooms.update_one(
+                {"_id": room_id, "last_seq": {"$lt": highest}},
+                {"$set": {"last_seq": highest, "last_message_at": done[-1][0].created_at}},
+            )
+        return done
+
+    async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
+        with _translate_errors():
+            cursor = self._storage.db.messages.find({"room_id": room_id}).sort("seq", DESCENDING).limit(limit + 1)
+            docs = [doc async for doc in cursor]
+        return [_message(doc) for doc in reversed(docs[:limit])], len(docs) > limit
+
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        fields = {"last_seq": 1, "last_rev": 1}
+        with _translate_errors():
+            if len(ids) == 1:  # by equality: FerretDB answers that far faster than an $in of one
+                doc = await self._storage.db.rooms.find_one({"_id": ids[0]}, fields)
+                docs = [doc] if doc else []
+            else:
+                docs = [doc async for doc in self._storage.db.rooms.find({"_id": {"$in": ids}}, fields)]
+        return {doc["_id"]: RoomCounters(int(doc.get("last_seq", 0)), int(doc.get("last_rev", 0))) for doc in docs}
+
+    async def get(self, room_id: str, message_id: str) -> Message | None:
+        with _translate_errors():
+            doc = await self._storage.db.messages.find_one({"_id": message_id, "room_id": room_id})
+        return _message(doc) if doc else None
+
+    async def revise(self, revision: Revision) -> Message | None:
+        """Draw the room's next rev (``$inc``), then write the message under it if its rev is lower.
+
+        On MongoDB ``$inc`` and the conditional update are atomic, so revs
+        are unique and one message's revs only grow, whatever the race.
+        FerretDB v1's findAndModify is not atomic: revisions of one room in
+        one process take turns (so they cannot race there), but two
+        processes revising one room at the same instant may draw the same
+        rev on FerretDB.
+        """
+        if revision.body is None:
+            change: dict[str, Any] = {"body": "", "html": "", "deleted_at": revision.at}
+        else:
+            change = {"body": revision.body, "html": revision.html, "edited_at": revision.at}
+        with _translate_errors():
+            async with self._revisers.turn(revision.room_id):
+                return await self._revise(revision, change)
+
+    async def _revise(self, revision: Revision, change: dict[str, Any]) -> Message | None:
+        db = self._storage.db
+        where = {"_id": revision.message_id, "room_id": revision.room_id}
+        for _ in range(MAX_SEQ_ATTEMPTS):
+            if await db.messages.find_one(where, {"_id": 1}) is None:
+                return None
+            room = await db.rooms.find_one_and_update(
+                {"_id": revision.room_id, **NOT_ARCHIVED},
+                {"$inc": {"last_rev": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if room is None:
+                if await db.rooms.find_one({"_id": revision.room_id, "archived_at": {"$exists": True}}, {"_id": 1}):
+                    raise RoomArchived([revision.room_id])
+                return None
+            rev = int(room["last_rev"])
+            doc = await db.messages.find_one_and_update(
+                {**where, "rev": {"$not": {"$gte": rev}}},
+                {"$set": {**change, "rev": rev}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                return _message(doc)
+        raise Unavailable(f"could not revise message {revision.message_id} after {MAX_SEQ_ATTEMPTS} attempts")
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        with _translate_errors():
+            cursor = (
+                self._storage.db.messages.find({"room_id": room_id, "rev": {"$gt": rev}})
+                .sort("rev", ASCENDING)
+                .limit(limit + 1)
+            )
+            docs = [doc async for doc in cursor]
+        return [_message(doc) for doc in docs[:limit]], len(docs) > limit
+
+    async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
+        with _translate_errors():
+            cursor = (
+                self._storage.db.messages.find({"room_id": room_id, "seq": {"$gt": since_seq}})
+                .sort("seq", ASCENDING)
+                .limit(limit + 1)
+            )
+            docs = [doc async for doc in cursor]
+        return [_message(doc) for doc in docs[:limit]], len(docs) > limit
+
+    async def restore(self, messages: Sequence[Message]) -> int:
+        if not messages:
+            return 0
+        room_id = room_of(messages)
+        db = self._storage.db
+        docs = []
+        for message in messages:
+            # The _id a send of it would have had here (see message_id), not the exported one.
+            doc = _document(replace(message, id=message_id(message)))
+            changes = {"edited_at": message.edited_at, "deleted_at": message.deleted_at, "rev": message.rev or None}
+            doc.update((key, value) for key, value in changes.items() if value is not None)
+            docs.append(doc)
+        with _translate_errors():
+            async with self._writers.turn(room_id):
+                if await db.rooms.find_one({"_id": room_id}, {"_id": 1}) is None:
+                    raise RoomGone([room_id])
+                try:
+                    await db.messages.insert_many(docs, ordered=False)
+                    stored = len(docs)
+                except BulkWriteError as exc:
+                    # Held already (a seq, or the same user's client_id): kept as it is.
+                    errors = exc.details.get("writeErrors", [])
+                    if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                        raise
+                    stored = len(docs) - len(errors)
+                # The counters follow what the room now holds (a skipped
+                # message's seq may not be stored at all), never moving down.
+                newest = await db.messages.find_one({"room_id": room_id}, sort=[("seq", DESCENDING)])
+                latest_rev = await db.messages.find_one({"room_id": room_id}, {"rev": 1}, sort=[("rev", DESCENDING)])
+                if newest is not None:
+                    await db.rooms.update_one(
+                        {"_id": room_id},
+                        {
+                            "$max": {
+                                "last_seq": int(newest["seq"]),
+                                "last_rev": int((latest_rev or {}).get("rev", 0)),
+                                "last_message_at": newest["created_at"],
+                            }
+                        },
+                    )
+        return stored
+
+    async def count(self) -> int:
+        return await self._storage.count("messages", {})
