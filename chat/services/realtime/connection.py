@@ -61,7 +61,8 @@ from ..limits import Limiter
 from ..rooms.membership import Memberships
 from ..rooms.moderation import Moderation
 from ..rooms.unread import Unread
-from .fanout import Fanout, Recent
+from .fanout import Fanout
+from .feed import Recent
 from .presence import Presence
 
 # How long a client refused for holding too many sockets should wait.
