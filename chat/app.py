@@ -168,6 +168,6 @@ async def shutdown(services: Services, server: tornado.httpserver.HTTPServer) ->
     await server.close_all_connections()
     # While the broker is still there: the clients are reconnecting elsewhere
     # and must not find their old sockets counted against their limits.
-    await services.connections.release_all()
+    await services.admissions.release_all()
     await services.close()
     log.info("shut down")

@@ -28,6 +28,7 @@ from .services.identity.accounts import Accounts
 from .services.identity.passwords import PasswordHasher
 from .services.limits import Limiter
 from .services.operations.administration import Administration
+from .services.realtime.admission import SocketAdmissions
 from .services.realtime.connection import ConnectionPolicy, Connections
 from .services.realtime.fanout import Fanout
 from .services.realtime.presence import Presence
@@ -70,6 +71,7 @@ class Services:
     user_streams: UserStreams
     messages: Messages
     connections: Connections
+    admissions: SocketAdmissions
     revocations: Revocations
     relay: Relay
     events: EventBus
@@ -123,9 +125,9 @@ class Services:
     async def _renew_socket_leases(self) -> None:
         """Keep this process's sockets counted in the per-user and per-address limits."""
         while True:
-            await asyncio.sleep(self.connections.policy.lease_seconds / 3)
+            await asyncio.sleep(self.admissions.lease_seconds / 3)
             try:
-                await self.connections.renew_leases()
+                await self.admissions.renew_leases()
             except Unavailable as exc:
                 log.warning("could not renew socket leases: %s", exc)
 
@@ -218,6 +220,13 @@ def build_services(
     moderation = Moderation(storage, rooms, messages, events, limiter)
     unread = Unread(storage, memberships, messages, events)
     user_streams = UserStreams(fanout, unread, accounts, memberships)
+    admissions = SocketAdmissions(
+        limiter,
+        backplane.leases,
+        settings.instance,
+        max_sockets_per_user=settings.max_sockets_per_user,
+        max_sockets_per_ip=settings.max_sockets_per_ip,
+    )
     connections = Connections(
         messages=messages,
         memberships=memberships,
@@ -227,12 +236,10 @@ def build_services(
         fanout=fanout,
         presence=presence,
         limiter=limiter,
-        leases=backplane.leases,
+        admissions=admissions,
         policy=ConnectionPolicy(
             instance=settings.instance,
             session_recheck_seconds=settings.session_recheck_seconds,
-            max_sockets_per_user=settings.max_sockets_per_user,
-            max_sockets_per_ip=settings.max_sockets_per_ip,
             resume_max_messages=settings.resume_max_messages,
             history_frame_max_bytes=settings.history_frame_max_bytes,
         ),
@@ -260,6 +267,7 @@ def build_services(
         user_streams=user_streams,
         messages=messages,
         connections=connections,
+        admissions=admissions,
         revocations=revocations,
         limiter=limiter,
         executor=executor,

@@ -14,7 +14,8 @@ from .. import logs, metrics
 from ..errors import Unavailable
 from ..models import Room
 from ..services import audit
-from ..services.realtime.connection import Admission, RoomConnection
+from ..services.realtime.admission import Admission
+from ..services.realtime.connection import RoomConnection
 from ..services.realtime.userstream import UserStream
 from ..wire.refusals import Close, sendable_close_code
 from .base import BaseHandler, ChatApplication
@@ -68,7 +69,7 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
         await self.prepare_socket()
         # Last, so that nothing after it can refuse the handshake and leave
         # the place taken (a taken place expires by itself anyway).
-        self.admission = await self.services.connections.admit(self.user, self.client_ip)
+        self.admission = await self.services.admissions.admit(self.user, self.client_ip)
         # This socket's id on every line logged about it: the handshake's
         # access line, open(), and each frame's on_message(), which Tornado
         # runs in tasks started from this one (they copy its context).
@@ -173,7 +174,7 @@ class RoomSocketHandler(AuthenticatedSocket):
             audit.event("socket_closed", user=self.user.id, room=self.room.id, code=self.close_code, ip=self.client_ip)
             leaving = self.connection.close()
         elif self.admission is not None:  # closed before open() ran
-            leaving = self.services.connections.release(self.admission)
+            leaving = self.services.admissions.release(self.admission)
         else:
             return
         asyncio.ensure_future(leaving).add_done_callback(_log_failure)
@@ -201,6 +202,6 @@ class UserEventsHandler(AuthenticatedSocket):
         if self.stream is not None:
             work.append(self.stream.close())
         if self.admission is not None:
-            work.append(self.services.connections.release(self.admission))
+            work.append(self.services.admissions.release(self.admission))
         if work:
             asyncio.ensure_future(asyncio.gather(*work)).add_done_callback(_log_failure)

@@ -14,9 +14,10 @@ from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
 from chat.services.conversation.messages import Messages
 from chat.services.identity.accounts import Accounts, session_key
-from chat.services.realtime.connection import SEND_HOLD_GRACE_SECONDS, RoomConnection
+from chat.services.realtime.connection import RoomConnection
 from chat.services.realtime.fanout import Fanout
 from chat.services.realtime.presence import Presence
+from chat.services.realtime.sending import SEND_HOLD_GRACE_SECONDS
 from chat.storage import Storage
 from chat.wire.refusals import Close
 from chat.wire.server import Outbound
@@ -528,17 +529,17 @@ async def test_sockets_are_admitted_up_to_the_limits_per_user_and_per_address(
 ) -> None:
     alice = member[0]
     bob = await accounts.register("bob", "correct horse", "correct horse")
-    first = await services.connections.admit(alice, "192.0.2.1")
-    await services.connections.admit(alice, "192.0.2.1")
+    first = await services.admissions.admit(alice, "192.0.2.1")
+    await services.admissions.admit(alice, "192.0.2.1")
 
     with pytest.raises(RateLimited):
-        await services.connections.admit(alice, "192.0.2.2")  # a third for alice
-    await services.connections.admit(bob, "192.0.2.1")  # the address's third
+        await services.admissions.admit(alice, "192.0.2.2")  # a third for alice
+    await services.admissions.admit(bob, "192.0.2.1")  # the address's third
     with pytest.raises(RateLimited):
-        await services.connections.admit(bob, "192.0.2.1")  # its fourth
+        await services.admissions.admit(bob, "192.0.2.1")  # its fourth
 
-    await services.connections.release(first)
-    await services.connections.admit(alice, "192.0.2.9")
+    await services.admissions.release(first)
+    await services.admissions.admit(alice, "192.0.2.9")
 
 
 @pytest.mark.parametrize("chat_settings", [{"max_sockets_per_user": 10, "max_sockets_per_ip": 3}], indirect=True)
@@ -546,11 +547,11 @@ async def test_sockets_from_one_ipv6_network_share_the_per_address_limit(
     services: Services, member: tuple[User, str]
 ) -> None:
     for host in range(3):
-        await services.connections.admit(member[0], f"2001:db8:5:1::{host + 1:x}")
+        await services.admissions.admit(member[0], f"2001:db8:5:1::{host + 1:x}")
 
     with pytest.raises(RateLimited):
-        await services.connections.admit(member[0], "2001:db8:5:1:ffff::9")  # the same /64
-    await services.connections.admit(member[0], "2001:db8:5:2::1")  # another network
+        await services.admissions.admit(member[0], "2001:db8:5:1:ffff::9")  # the same /64
+    await services.admissions.admit(member[0], "2001:db8:5:2::1")  # another network
 
 
 async def test_a_resume_from_beyond_the_stored_history_tells_the_client_to_reload(

@@ -1,10 +1,13 @@
 """What one WebSocket in one room does, independent of Tornado.
 
 The Tornado handler owns the socket and forwards frames here; a
-:class:`RoomConnection` owns the protocol: hello, history and resumption,
-sends with acks, rate limits and error frames, and ordered, duplicate-free
-delivery of the room's messages. :class:`Connections` is the one place that
-makes them, and knows every one that is open in this process.
+:class:`RoomConnection` owns the protocol: hello, ordered and duplicate-free
+delivery of the room's messages, its frames read one at a time by a worker of
+their own and handed to their ``on_<type>`` handlers (chat.wire.client
+declares each), error frames. Its sends are :mod:`.sending`'s, its history
+and resumption :mod:`.history`'s. :class:`Connections` is the one place that
+makes them, and knows every one that is open in this process; admission to
+the socket counts is :mod:`.admission`'s.
 """
 
 from __future__ import annotations
@@ -13,15 +16,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ... import metrics
-from ...broker import LeaseStore
-from ...errors import ChatError, Forbidden, RateLimited, SessionEnded, Unavailable
-from ...models import Message, Room, User
-from ...wire.actions import Action
+from ...errors import ChatError, SessionEnded, Unavailable
+from ...models import Room, User
 from ...wire.client import (
     DeleteFrame,
     EditFrame,
@@ -37,47 +37,28 @@ from ...wire.client import (
 from ...wire.events import removed_user
 from ...wire.refusals import Close, ErrorCode, ProtocolError, refusal_for
 from ...wire.server import (
-    HISTORY_PAGE_SIZE,
-    UPDATES_MAX,
     Outbound,
-    ack_frame,
     error_frame,
     error_frame_for,
     hello_frame,
-    history_frame,
-    history_frame_of,
-    history_frames,
-    history_frames_of,
-    history_reset_frame,
-    older_history_frame,
     presence_frame,
     typing_frame,
-    updates_frame,
 )
-from .. import audit
 from ..conversation.messages import Messages
 from ..identity.accounts import Accounts, session_key
 from ..limits import Limiter
 from ..rooms.membership import Memberships
 from ..rooms.moderation import Moderation
 from ..rooms.unread import Unread
+from .admission import Admission, SocketAdmissions
 from .fanout import Fanout
-from .feed import Recent
+from .history import HistoryReplay
 from .presence import Presence
+from .sending import SENDS_IN_FLIGHT, SendHold, SendPipeline
 
-# How long a client refused for holding too many sockets should wait.
-TOO_MANY_SOCKETS_RETRY_AFTER = 5.0
 # Frames from one client that may wait for their turn; past it, reading the
 # socket waits too (the rate limits keep honest clients far below it).
 INBOX_FRAMES = 64
-# Sends of one socket handed to storage and not yet acked; the next send
-# waits for one of them (it is still read meanwhile: see INBOX_FRAMES).
-SENDS_IN_FLIGHT = 16
-# A send refused for a while (rate limited, storage busy) holds back the ones
-# sent after it on the same socket until it is sent again, or until this long
-# after the client was told it may retry (a client that gave up on it).
-SEND_HOLD_GRACE_SECONDS = 10.0
-
 log = logging.getLogger(__name__)
 
 
@@ -99,44 +80,10 @@ class ConnectionPolicy:
     # A socket re-checks its session before a send at most this often.
     session_recheck_seconds: float
     # From Settings, always (chat.bootstrap): no second default to drift from it.
-    max_sockets_per_user: int
-    max_sockets_per_ip: int
     # A resume that would send more messages than this tells the client to
     # reload instead (``reset``), and no history frame exceeds the byte cap.
     resume_max_messages: int
     history_frame_max_bytes: int
-    # A socket's places in the socket counts expire this long after the last
-    # heartbeat (every third of it), so a crashed process's sockets stop
-    # counting soon: its users reconnect elsewhere at once.
-    lease_seconds: float = 30.0
-
-
-@dataclass(frozen=True)
-class SendHold:
-    """The first send of a socket refused for now; the sends after it wait for it.
-
-    Sends are pipelined, so when one is refused the next ones are already on
-    their way, and a rate limit that refills between two of them would store
-    a later message before the refused one. Holding them back makes "stored
-    in the order sent" a rule of the socket, not a matter of timing.
-    """
-
-    client_id: str
-    error: ChatError
-    retry_at: float
-
-    def refusal(self, now: float) -> ChatError:
-        if isinstance(self.error, RateLimited):
-            return RateLimited(max(0.0, self.retry_at - now))
-        return self.error
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The places one socket holds in the per-user and per-address counts."""
-
-    holder: str
-    pools: tuple[str, ...]
 
 
 @dataclass(eq=False)
@@ -151,43 +98,10 @@ class Connections:
     fanout: Fanout
     presence: Presence
     limiter: Limiter
-    leases: LeaseStore
+    admissions: SocketAdmissions
     policy: ConnectionPolicy
     clock: Callable[[], float] = time.monotonic
     _open: set[RoomConnection] = field(default_factory=set, init=False, repr=False)
-    _admitted: dict[str, Admission] = field(default_factory=dict, init=False, repr=False)
-
-    async def admit(self, user: User, client_ip: str) -> Admission:
-        """Count one more socket of ``user`` from ``client_ip``, or raise RateLimited.
-
-        Called during the handshake, before the upgrade, so a refusal is a
-        plain 429. Also limits how often a user opens sockets at all.
-        """
-        await self.limiter.take(Action.HANDSHAKE, user.id)
-        holder = f"{self.policy.instance}:{uuid.uuid4().hex}"
-        wanted = (
-            (f"user:{user.id}", self.policy.max_sockets_per_user),
-            (f"ip:{self.limiter.address(client_ip)}", self.policy.max_sockets_per_ip),
-        )
-        taken: list[str] = []
-        for pool, limit in wanted:
-            try:
-                granted = await self.leases.acquire(pool, holder, limit, self.policy.lease_seconds)
-            except Unavailable as exc:
-                # Fail open: refusing every socket while Redis restarts would
-                # be worse than a minute without this limit.
-                log.warning("socket limits unavailable (%s); admitting", exc)
-                granted = True
-            if not granted:
-                await self.release(Admission(holder, tuple(taken)))
-                reason = f"too many sockets ({pool.split(':')[0]})"
-                audit.throttled("socket_refused", user.id, client_ip, user=user.id, ip=client_ip, reason=reason)
-                metrics.LIMIT_REFUSALS.labels(f"sockets_per_{pool.split(':')[0]}").inc()
-                raise RateLimited(TOO_MANY_SOCKETS_RETRY_AFTER)
-            taken.append(pool)
-        admission = Admission(holder, tuple(taken))
-        self._admitted[holder] = admission
-        return admission
 
     def create(
         self, transport: Transport, user: User, room: Room, session_token: str, admission: Admission | None = None
@@ -200,26 +114,7 @@ class Connections:
     async def forget(self, connection: RoomConnection) -> None:
         self._open.discard(connection)
         if connection.admission is not None:
-            await self.release(connection.admission)
-
-    async def release(self, admission: Admission) -> None:
-        self._admitted.pop(admission.holder, None)
-        for pool in admission.pools:
-            try:
-                await self.leases.release(pool, admission.holder)
-            except Unavailable as exc:
-                log.warning("could not release a socket place (%s); it expires by itself", exc)
-
-    async def release_all(self) -> None:
-        """Give back every place this process holds (shutting down: its sockets are gone)."""
-        for admission in list(self._admitted.values()):
-            await self.release(admission)
-
-    async def renew_leases(self) -> None:
-        """Heartbeat for the places this process's sockets hold."""
-        leases = [(pool, a.holder) for a in self._admitted.values() for pool in a.pools]
-        if leases:
-            await self.leases.renew(leases, self.policy.lease_seconds)
+            await self.admissions.release(connection.admission)
 
     def session_keys(self) -> set[str]:
         return {connection.session_key for connection in self._open}
@@ -275,7 +170,7 @@ class Connections:
         return True
 
 
-class RoomConnection:
+class RoomConnection(SendPipeline, HistoryReplay):
     def __init__(
         self,
         transport: Transport,
@@ -495,24 +390,6 @@ class RoomConnection:
     async def on_send(self, frame: SendFrame) -> None:
         await self._send(frame)
 
-    async def _revise(self, frame: EditFrame | DeleteFrame) -> None:
-        """Edit or delete an own message; the room (this socket too) is told with ``message_updated``."""
-        if not await self._still_allowed():
-            return
-        # Counted as sends: an edit costs the room what a message does.
-        await self._hub.limiter.take(Action.SEND, self.user.id)
-        messages = self._hub.messages
-        if isinstance(frame, EditFrame):
-            revised = await messages.edit(self.user, self.room, frame.id, frame.body)
-        else:
-            try:
-                revised = await messages.delete(self.user, self.room, frame.id)
-            except Forbidden:
-                # Someone else's: the room's owner and moderators may (Forbidden for anyone else).
-                revised = await self._hub.moderation.delete_message(self.user, self.room, frame.id)
-        if revised.rev:
-            await self._hub.fanout.publish_revision(revised)
-
     async def _mark_read(self, seq: int) -> None:
         """Move the reader's marker: never past what this socket was sent, never back, never twice."""
         seq = min(seq, self.last_seq)
@@ -520,12 +397,6 @@ class RoomConnection:
             return
         self._read_seq = seq
         await self._hub.unread.mark_read(self.user, self.room, seq)
-
-    async def _send_older(self, frame: FetchFrame) -> None:
-        """Scroll-back: the messages just before ``frame.before``, never past what this socket was sent."""
-        before = min(frame.before, self.last_seq + 1)
-        messages, has_more = await self._hub.messages.before(self.room.id, before, frame.limit)
-        self.transport.send_text(older_history_frame(messages, has_more, before))
 
     def _refuse(self, exc: ChatError, client_id: str | None) -> None:
         refusal = refusal_for(exc)
@@ -538,81 +409,6 @@ class RoomConnection:
         self.transport.send_text(error_frame_for(exc, refusal, client_id))
         if isinstance(exc, SessionEnded):
             self.transport.close(Close.SESSION_ENDED, "session ended")
-
-    async def _send(self, frame: SendFrame) -> None:
-        read_at = time.perf_counter()
-        if not await self._still_allowed():
-            return
-        self._check_hold(frame.client_id)
-        try:
-            await self._hub.limiter.take(Action.SEND, self.user.id)
-        except RateLimited as exc:
-            self._hold_after(frame.client_id, exc, exc.retry_after)
-            raise
-        # Checked and rendered before taking a place: still in this socket's order.
-        new = await self._hub.messages.prepare(self.user, self.room, frame.client_id, frame.body)
-        if not self._member:
-            # Speaking in a public room joins it (a private room's socket is a member's already).
-            if self.room.listed:
-                await self._hub.memberships.join(self.user, self.room)
-            self._member = True
-        # A socket closed while this send was being rendered (a Markdown body
-        # renders in a worker process) still stores it: the person sent it and
-        # went on, maybe to another room. One closed while it waited for a
-        # place is dropped: the client re-sends what was not acked.
-        closed_before = self.closed
-        await self._sends_in_flight.acquire()
-        if self.closed and not closed_before:
-            self._sends_in_flight.release()
-            return
-        stored = self._hub.messages.submit(new)
-        # Queued for storage now, in this socket's order; the rest finishes
-        # on its own while the next frame is handled.
-        self._started()
-        completion = asyncio.create_task(
-            self._complete(stored, frame.client_id, read_at), name=f"send-{frame.client_id}"
-        )
-        self._completions.add(completion)
-        completion.add_done_callback(self._completions.discard)
-
-    async def _complete(self, stored: Awaitable[tuple[Message, bool]], client_id: str, read_at: float) -> None:
-        try:
-            try:
-                message, _ = await stored
-            except ChatError as exc:
-                if isinstance(exc, Unavailable):
-                    self._hold_after(client_id, exc, 0.0)
-                self._refuse(exc, client_id)
-                return
-            if not self.closed:
-                self.transport.send_text(ack_frame(message))
-                metrics.SEND_TO_ACK.observe(time.perf_counter() - read_at)
-            # Publish even if this socket closed meanwhile (the message is
-            # stored, the room must see it), and even for a resend of a
-            # stored message: the process that stored it may have died before
-            # publishing, and receivers drop any seq they already delivered.
-            await self._hub.fanout.publish_message(message)
-        except Exception:
-            log.exception("closing socket: a send from %s in room %s failed", self.user.username, self.room.id)
-            self.transport.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
-        finally:
-            self._sends_in_flight.release()
-            self._finished()
-
-    def _check_hold(self, client_id: str) -> None:
-        """Refuse a send that would overtake one refused earlier (see :class:`SendHold`)."""
-        hold = self._hold
-        if hold is None:
-            return
-        now = self._hub.clock()
-        if client_id == hold.client_id or now > hold.retry_at + SEND_HOLD_GRACE_SECONDS:
-            self._hold = None
-            return
-        raise hold.refusal(now)
-
-    def _hold_after(self, client_id: str, error: ChatError, retry_after: float) -> None:
-        if self._hold is None:
-            self._hold = SendHold(client_id, error, self._hub.clock() + retry_after)
 
     async def _still_allowed(self) -> bool:
         """Before acting for the client: is its session live, and the room still its to read?
@@ -643,99 +439,3 @@ class RoomConnection:
             return True
         self.removed()
         return False
-
-    async def _send_history(self, since: int | None, rev: int | None = None) -> None:
-        """History after ``since`` (the latest page without it), then the revisions after ``rev``.
-
-        From what the room's feed remembers when it can (no database read),
-        else from storage. Either way up to at least the feed's last seq, and
-        live frames that arrive meanwhile wait, so the client sees one
-        ordered stream.
-        """
-        async with self._sync_lock:
-            if self._pending is None:
-                self._pending = []
-            self._reset_sent = False
-            try:
-                recent = self._hub.fanout.recent(self.room.id)
-                if since is None:
-                    await self._send_recent(recent)
-                else:
-                    await self._send_after(since, recent)
-                if rev is not None and not self._reset_sent:
-                    await self._send_revisions(rev)
-            finally:
-                pending, self._pending = self._pending, None
-                for seq, frame in pending:
-                    self.deliver(seq, frame)
-
-    async def _send_recent(self, recent: Recent | None) -> None:
-        hub = self._hub
-        latest = recent.latest(hub.messages.history_limit) if recent is not None else None
-        if latest is not None:
-            wires, has_more = latest
-            self.transport.send_text(history_frame_of(wires, has_more))
-            self.last_seq = max(self.last_seq, recent.last_seq if recent is not None else 0)
-            return
-        messages, has_more = await hub.messages.recent(self.room.id)
-        hub.fanout.remember_read(self.room.id, messages)
-        self.transport.send_text(history_frame(messages, has_more))
-        if messages:
-            self.last_seq = max(self.last_seq, messages[-1].seq)
-
-    async def _send_after(self, since: int, recent: Recent | None) -> None:
-        hub = self._hub
-        policy = hub.policy
-        if recent is not None and since <= recent.last_seq:
-            if recent.last_seq - since > policy.resume_max_messages:
-                self._send_reset(recent.last_seq)
-                return
-            wires = recent.after(since)
-            if wires is not None:
-                for frame in history_frames_of(wires, False, policy.history_frame_max_bytes):
-                    self.transport.send_text(frame)
-                self.last_seq = max(self.last_seq, recent.last_seq)
-                return
-        stored = await hub.messages.stored_seq(self.room.id)
-        if stored - since > policy.resume_max_messages or since > stored:
-            # Too far behind to catch up frame by frame (seqs have no holes,
-            # so this is how many it missed), or ahead of storage (history was
-            # restored from an older backup): the client reloads the page,
-            # which renders the latest messages, instead.
-            self._send_reset(stored)
-            return
-        cursor = since
-        while True:
-            page, has_more = await hub.messages.after(self.room.id, cursor, HISTORY_PAGE_SIZE)
-            for frame in history_frames(page, has_more, policy.history_frame_max_bytes):
-                self.transport.send_text(frame)
-            if page:
-                cursor = page[-1].seq
-            if not has_more or self.closed:
-                hub.fanout.remember_read(self.room.id, page)
-                break
-        self.last_seq = max(self.last_seq, cursor)
-
-    async def _send_revisions(self, rev: int) -> None:
-        """The messages revised after ``rev``, in one ``updates`` frame, with the rev to resume from next.
-
-        Every revision up to the feed's rev_known was stored before the feed
-        saw it, so storage has it now; any later one reaches this socket live
-        (it has joined the feed). So when the client is not behind the feed,
-        storage need not be asked.
-        """
-        known = self._hub.fanout.rev_known(self.room.id)
-        if known is not None and rev >= known:
-            self.transport.send_text(updates_frame([], rev))
-            return
-        revised, more = await self._hub.messages.revised_after(self.room.id, rev, UPDATES_MAX)
-        if more:
-            self._send_reset(self.last_seq)  # too many to send one by one: reload
-            return
-        last_rev = max([known or 0, rev, *(m.rev for m in revised)])
-        self.transport.send_text(updates_frame(revised, last_rev))
-
-    def _send_reset(self, stored: int) -> None:
-        self._reset_sent = True
-        self.transport.send_text(history_reset_frame())
-        self.last_seq = max(self.last_seq, stored)
