@@ -40,7 +40,6 @@ from .services.rooms.membership import Memberships
 from .services.rooms.moderation import Moderation
 from .services.rooms.unread import Unread
 from .storage import Storage, open_storage
-from .wire.actions import Action
 from .wire.events import MEMBER_REMOVED, PRESENCE_CHANGED
 
 log = logging.getLogger(__name__)
@@ -202,7 +201,7 @@ def build_services(
         heartbeat=settings.presence_heartbeat_seconds,
     )
     limiter = Limiter(
-        backplane.limits_uri, limit_rules(settings), clock=wall_clock, ipv6_prefix=settings.ipv6_prefix_length
+        backplane.limits_uri, settings.limit_rules(), clock=wall_clock, ipv6_prefix=settings.ipv6_prefix_length
     )
     # The services below realtime publish what happened here; who reacts is
     # wired at the end (see chat.events for every event and its owner).
@@ -276,20 +275,3 @@ def build_services(
         events=events,
         admin=Administration(storage, accounts, memberships, moderation, events),
     )
-
-
-def limit_rules(settings: Settings) -> dict[Action, str]:
-    return {
-        Action.SEND: settings.limit_sends,
-        Action.SYNC_PER_SOCKET: settings.limit_syncs_per_socket,
-        Action.SYNC_PER_USER: settings.limit_syncs_per_user,
-        Action.FETCH: settings.limit_fetches,
-        Action.TYPING: settings.limit_typing,
-        Action.HANDSHAKE: settings.limit_handshakes,
-        Action.ROOM_CREATION: settings.limit_room_creation,
-        Action.ROOM_CHANGE: settings.limit_room_changes,
-        Action.DM_CREATION: settings.limit_dm_creation,
-        Action.REGISTRATION: settings.limit_registrations,
-        Action.LOGIN: settings.limit_logins,
-        Action.LOGIN_FAILURE: settings.limit_login_failures,
-    }

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .origins import normalize_origin
+from .wire.actions import Action
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,6 +154,11 @@ def one_of(*choices: str) -> Parser:
     return parse
 
 
+def limit_of(action: Action, variable: str) -> dict[str, Any]:
+    """Field metadata of an abuse limit: its rules are read from ``variable``, and count ``action``."""
+    return {"env": variable, "parse": rate_limits, "action": action}
+
+
 def env(variable: str, parse: Parser) -> dict[str, Any]:
     """Field metadata: the field is read from ``variable`` with ``parse``."""
     return {"env": variable, "parse": parse}
@@ -182,29 +188,39 @@ class Settings:
     # Password hashes running or waiting at once in this process; more are refused (429) at once.
     bcrypt_max_in_flight: int = field(default=16, metadata=env("CHAT_BCRYPT_MAX_IN_FLIGHT", integer(1)))
     # Abuse limits, in the `limits` notation; counted across processes in Redis.
-    limit_sends: str = field(default="20 per 10 seconds;100 per minute", metadata=env("CHAT_LIMIT_SENDS", rate_limits))
+    limit_sends: str = field(
+        default="20 per 10 seconds;100 per minute", metadata=limit_of(Action.SEND, "CHAT_LIMIT_SENDS")
+    )
     limit_syncs_per_socket: str = field(
-        default="6 per minute", metadata=env("CHAT_LIMIT_SYNCS_PER_SOCKET", rate_limits)
+        default="6 per minute", metadata=limit_of(Action.SYNC_PER_SOCKET, "CHAT_LIMIT_SYNCS_PER_SOCKET")
     )
-    limit_syncs_per_user: str = field(default="20 per minute", metadata=env("CHAT_LIMIT_SYNCS_PER_USER", rate_limits))
+    limit_syncs_per_user: str = field(
+        default="20 per minute", metadata=limit_of(Action.SYNC_PER_USER, "CHAT_LIMIT_SYNCS_PER_USER")
+    )
     limit_fetches: str = field(
-        default="20 per 10 seconds;200 per minute", metadata=env("CHAT_LIMIT_FETCHES", rate_limits)
+        default="20 per 10 seconds;200 per minute", metadata=limit_of(Action.FETCH, "CHAT_LIMIT_FETCHES")
     )
-    limit_typing: str = field(default="10 per 30 seconds", metadata=env("CHAT_LIMIT_TYPING", rate_limits))
-    limit_handshakes: str = field(default="60 per minute", metadata=env("CHAT_LIMIT_HANDSHAKES", rate_limits))
-    limit_room_creation: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_ROOM_CREATION", rate_limits))
+    limit_typing: str = field(default="10 per 30 seconds", metadata=limit_of(Action.TYPING, "CHAT_LIMIT_TYPING"))
+    limit_handshakes: str = field(default="60 per minute", metadata=limit_of(Action.HANDSHAKE, "CHAT_LIMIT_HANDSHAKES"))
+    limit_room_creation: str = field(
+        default="10 per hour", metadata=limit_of(Action.ROOM_CREATION, "CHAT_LIMIT_ROOM_CREATION")
+    )
     # Renames and topics (each is announced to every socket of the room and logged).
     limit_room_changes: str = field(
-        default="10 per minute;60 per hour", metadata=env("CHAT_LIMIT_ROOM_CHANGES", rate_limits)
+        default="10 per minute;60 per hour", metadata=limit_of(Action.ROOM_CHANGE, "CHAT_LIMIT_ROOM_CHANGES")
     )
     # New direct conversations (each lands in the other person's sidebar).
-    limit_dm_creation: str = field(default="30 per hour", metadata=env("CHAT_LIMIT_DM_CREATION", rate_limits))
-    limit_registrations: str = field(default="10 per hour", metadata=env("CHAT_LIMIT_REGISTRATIONS", rate_limits))
+    limit_dm_creation: str = field(
+        default="30 per hour", metadata=limit_of(Action.DM_CREATION, "CHAT_LIMIT_DM_CREATION")
+    )
+    limit_registrations: str = field(
+        default="10 per hour", metadata=limit_of(Action.REGISTRATION, "CHAT_LIMIT_REGISTRATIONS")
+    )
     limit_logins: str = field(
-        default="5 per 10 seconds;30 per minute;300 per hour", metadata=env("CHAT_LIMIT_LOGINS", rate_limits)
+        default="5 per 10 seconds;30 per minute;300 per hour", metadata=limit_of(Action.LOGIN, "CHAT_LIMIT_LOGINS")
     )
     limit_login_failures: str = field(
-        default="10 per 15 minutes;100 per day", metadata=env("CHAT_LIMIT_LOGIN_FAILURES", rate_limits)
+        default="10 per 15 minutes;100 per day", metadata=limit_of(Action.LOGIN_FAILURE, "CHAT_LIMIT_LOGIN_FAILURES")
     )
     max_sockets_per_user: int = field(default=20, metadata=env("CHAT_MAX_SOCKETS_PER_USER", integer(1)))
     max_sockets_per_ip: int = field(default=100, metadata=env("CHAT_MAX_SOCKETS_PER_IP", integer(1)))
@@ -277,6 +293,10 @@ class Settings:
     fanout_gap_retry_seconds: float = 0.2
     template_path: Path = PROJECT_ROOT / "templates"
     static_path: Path = PROJECT_ROOT / "static"
+
+    def limit_rules(self) -> dict[Action, str]:
+        """Every abuse limit's rules, by the action it counts (the fields made with :func:`limit_of`)."""
+        return {f.metadata["action"]: getattr(self, f.name) for f in fields(self) if "action" in f.metadata}
 
     @property
     def instance(self) -> str:

@@ -451,3 +451,11 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
 
     for setting in configurable:
         assert getattr(settings, setting.name) != getattr(defaults, setting.name), setting.metadata["env"]
+
+
+def test_every_action_a_limit_counts_has_its_rules_in_a_setting() -> None:
+    from chat.wire.actions import Action
+
+    rules = Settings(cookie_secrets=(SECRET_A,)).limit_rules()
+    assert set(rules) == set(Action)
+    assert rules[Action.SEND] == "20 per 10 seconds;100 per minute"
