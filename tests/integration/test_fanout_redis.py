@@ -26,6 +26,7 @@ from chat.services.realtime.presence import Presence
 from chat.storage import Storage
 from chat.wire.events import PRESENCE_CHANGED
 from chat.wire.server import message_frame
+from tests.support import handling
 from tests.support.fakes import RecordingListener
 from tests.support.services import RedisServer
 from tests.support.storage import connected_storage
@@ -102,7 +103,7 @@ async def stacks(redis_url: str, messages: Messages) -> AsyncIterator[tuple[Stac
 
 
 async def post(messages: Messages, user: User, room: Room, text: str) -> Message:
-    message, created = await messages.post(user, room, f"client-{uuid.uuid4().hex}", text)
+    message, created = await handling.post(messages, user, room, f"client-{uuid.uuid4().hex}", text)
     assert created
     return message
 

@@ -23,6 +23,7 @@ from chat.wire.refusals import Close
 from chat.wire.server import Outbound
 from tests.support.clock import FakeClock
 from tests.support.fakes import FakeTransport
+from tests.support.handling import post, receive
 from tests.support.waiting import eventually
 
 
@@ -104,7 +105,7 @@ async def test_open_sends_hello_then_history(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:
     user, _ = member
-    await messages.post(user, chat_room, "earlier", "before you came")
+    await post(messages, user, chat_room, "earlier", "before you came")
 
     _, transport = await connect()
 
@@ -123,7 +124,7 @@ async def test_open_with_since_sends_only_later_messages(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:
     for i in range(3):
-        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+        await post(messages, member[0], chat_room, f"c{i}", f"m{i}")
 
     connection, transport = await connect(since=2)
 
@@ -142,9 +143,9 @@ async def test_sockets_joining_a_room_this_process_serves_get_history_without_re
     # A restart behind nginx sends thousands of sockets to the other
     # processes at once: each must not cost a history query.
     for i in range(60):
-        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+        await post(messages, member[0], chat_room, f"c{i}", f"m{i}")
     first, from_storage = await connect()
-    await first.receive(send("live"))
+    await receive(first, send("live"))
     monkeypatch.setattr(memory_storage, "messages", UnavailableMessages())
 
     _, fresh = await connect()
@@ -165,7 +166,7 @@ async def test_a_resume_older_than_what_the_process_remembers_reads_storage(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:
     for i in range(80):
-        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+        await post(messages, member[0], chat_room, f"c{i}", f"m{i}")
     await connect()
 
     _, transport = await connect(since=10)
@@ -178,7 +179,7 @@ async def test_a_send_is_acked_then_delivered_once_via_the_fanout(
 ) -> None:
     connection, transport = await connect()
 
-    await connection.receive(send("c-1", "  hi there  "))
+    await receive(connection, send("c-1", "  hi there  "))
 
     await eventually(lambda: len(transport.of_type("message")) == 1)
     # Speaking in the (public) room joined it: the room is told of that too.
@@ -196,7 +197,7 @@ async def test_other_sockets_in_the_room_receive_the_message(connect: Connect) -
     sender, _ = await connect()
     _, watcher_transport = await connect()
 
-    await sender.receive(send("c-1", "for everyone"))
+    await receive(sender, send("c-1", "for everyone"))
 
     await eventually(lambda: len(watcher_transport.of_type("message")) == 1)
     assert watcher_transport.of_type("message")[0]["message"]["body"] == "for everyone"
@@ -207,10 +208,10 @@ async def test_resending_a_client_id_acks_the_original_and_stores_nothing(
     connect: Connect, messages: Messages, chat_room: Room
 ) -> None:
     connection, transport = await connect()
-    await connection.receive(send("c-1", "once"))
+    await receive(connection, send("c-1", "once"))
     await eventually(lambda: len(transport.of_type("message")) == 1)
 
-    await connection.receive(send("c-1", "once"))
+    await receive(connection, send("c-1", "once"))
 
     acks = transport.of_type("ack")
     assert len(acks) == 2
@@ -224,8 +225,8 @@ async def test_resending_a_client_id_acks_the_original_and_stores_nothing(
 async def test_bad_json_is_a_bad_request_and_the_connection_keeps_working(connect: Connect) -> None:
     connection, transport = await connect()
 
-    await connection.receive("{not json")
-    await connection.receive(send("c-2", "still here"))
+    await receive(connection, "{not json")
+    await receive(connection, send("c-2", "still here"))
 
     errors = transport.of_type("error")
     assert len(errors) == 1 and errors[0]["code"] == "bad_request"
@@ -237,7 +238,7 @@ async def test_bad_json_is_a_bad_request_and_the_connection_keeps_working(connec
 async def test_an_empty_body_is_a_bad_request_carrying_the_client_id(connect: Connect) -> None:
     connection, transport = await connect()
 
-    await connection.receive(send("c-1", "   "))
+    await receive(connection, send("c-1", "   "))
 
     assert transport.of_type("error") == [
         {"type": "error", "code": "bad_request", "message": "message body is empty", "client_id": "c-1"},
@@ -247,7 +248,7 @@ async def test_an_empty_body_is_a_bad_request_carrying_the_client_id(connect: Co
 async def test_a_body_of_4001_characters_is_too_large(connect: Connect, messages: Messages, chat_room: Room) -> None:
     connection, transport = await connect()
 
-    await connection.receive(send("c-big", "x" * 4001))
+    await receive(connection, send("c-big", "x" * 4001))
 
     error = transport.of_type("error")[0]
     assert error["code"] == "too_large"
@@ -260,7 +261,7 @@ async def test_exceeding_the_burst_is_rate_limited(connect: Connect, wall_clock:
     connection, transport = await connect()
 
     for i in range(3):
-        await connection.receive(send(f"c-{i}"))
+        await receive(connection, send(f"c-{i}"))
 
     assert len(transport.of_type("ack")) == 2
     error = transport.of_type("error")[0]
@@ -268,8 +269,8 @@ async def test_exceeding_the_burst_is_rate_limited(connect: Connect, wall_clock:
     assert error["client_id"] == "c-2"
 
     wall_clock.advance(1.01)
-    await connection.receive(send("c-2"))
-    await connection.receive(send("c-3"))
+    await receive(connection, send("c-2"))
+    await receive(connection, send("c-3"))
     assert [ack["client_id"] for ack in transport.of_type("ack")] == ["c-0", "c-1", "c-2", "c-3"]
 
 
@@ -279,18 +280,18 @@ async def test_sends_after_a_rate_limited_one_wait_for_it_so_order_is_kept(
 ) -> None:
     connection, transport = await connect()
     for i in range(3):
-        await connection.receive(send(f"c-{i}", f"m{i}"))
+        await receive(connection, send(f"c-{i}", f"m{i}"))
 
     # The limit has room again, but c-3 was sent after the refused c-2: it
     # would overtake it, so it is refused too, with the time left to wait.
     wall_clock.advance(1.01)
-    await connection.receive(send("c-3", "m3"))
+    await receive(connection, send("c-3", "m3"))
     held = transport.of_type("error")[-1]
     assert (held["code"], held["client_id"]) == ("rate_limited", "c-3")
     assert held["retry_after"] >= 0
 
     for i in (2, 3):
-        await connection.receive(send(f"c-{i}", f"m{i}"))
+        await receive(connection, send(f"c-{i}", f"m{i}"))
     stored, _ = await messages.recent(chat_room.id)
     assert [m.body for m in stored] == ["m0", "m1", "m2", "m3"]
 
@@ -302,12 +303,12 @@ async def test_a_refused_send_never_resent_stops_holding_the_others_back(
     connection, transport = await connect()
     now = [1000.0]
     monkeypatch.setattr(connection._hub, "clock", lambda: now[0])
-    await connection.receive(send("c-1"))
-    await connection.receive(send("c-2"))  # refused; this client never sends it again
+    await receive(connection, send("c-1"))
+    await receive(connection, send("c-2"))  # refused; this client never sends it again
 
     now[0] += 1 + SEND_HOLD_GRACE_SECONDS + 0.1
     wall_clock.advance(1 + SEND_HOLD_GRACE_SECONDS + 0.1)
-    await connection.receive(send("c-3"))
+    await receive(connection, send("c-3"))
     assert [ack["client_id"] for ack in transport.of_type("ack")] == ["c-1", "c-3"]
 
 
@@ -316,15 +317,15 @@ async def test_a_rate_limited_send_says_when_to_retry_and_retrying_then_succeeds
     connect: Connect, wall_clock: FakeClock
 ) -> None:
     connection, transport = await connect()
-    await connection.receive(send("c-1"))
+    await receive(connection, send("c-1"))
 
-    await connection.receive(send("c-2"))
+    await receive(connection, send("c-2"))
     error = transport.of_type("error")[0]
     assert (error["code"], error["client_id"]) == ("rate_limited", "c-2")
     assert 0.95 <= error["retry_after"] <= 1.05
 
     wall_clock.advance(error["retry_after"])
-    await connection.receive(send("c-2"))
+    await receive(connection, send("c-2"))
     assert [ack["client_id"] for ack in transport.of_type("ack")] == ["c-1", "c-2"]
 
 
@@ -333,13 +334,13 @@ async def test_a_send_after_the_session_ended_is_forbidden_and_closes(
     connect: Connect, memory_storage: Storage, member: tuple[User, str], messages: Messages, chat_room: Room
 ) -> None:
     connection, transport = await connect()
-    await connection.receive(send("c-1"))
+    await receive(connection, send("c-1"))
     assert len(transport.of_type("ack")) == 1
 
     # Ended without an announcement reaching this process (e.g. the broker
     # was down): the re-check before a send catches it.
     await memory_storage.sessions.delete(session_key(member[1]))
-    await connection.receive(send("c-2"))
+    await receive(connection, send("c-2"))
 
     error = transport.of_type("error")[0]
     assert error["code"] == "forbidden"
@@ -355,10 +356,10 @@ async def test_an_unavailable_store_gives_an_unavailable_error(
     connection, transport = await connect()
     monkeypatch.setattr(memory_storage, "messages", UnavailableMessages())
 
-    await connection.receive(send("c-1"))
+    await receive(connection, send("c-1"))
     # Ahead of what the feed delivered: only storage can say (a sync it can
     # answer from memory needs no storage at all).
-    await connection.receive(json.dumps({"type": "sync", "since": 5}))
+    await receive(connection, json.dumps({"type": "sync", "since": 5}))
 
     errors = transport.of_type("error")
     assert [e["code"] for e in errors] == ["unavailable", "unavailable"]
@@ -372,9 +373,9 @@ async def test_sync_resends_history_after_since(
 ) -> None:
     connection, transport = await connect()
     for i in range(3):
-        await messages.post(member[0], chat_room, f"other-{i}", f"m{i}")
+        await post(messages, member[0], chat_room, f"other-{i}", f"m{i}")
 
-    await connection.receive(json.dumps({"type": "sync", "since": 1}))
+    await receive(connection, json.dumps({"type": "sync", "since": 1}))
 
     history = transport.of_type("history")[-1]
     assert [m["seq"] for m in history["messages"]] == [2, 3]
@@ -383,10 +384,10 @@ async def test_sync_resends_history_after_since(
 
 async def test_frames_already_in_history_are_not_delivered_again(connect: Connect) -> None:
     connection, transport = await connect()
-    await connection.receive(send("c-1"))
+    await receive(connection, send("c-1"))
     await eventually(lambda: len(transport.of_type("message")) == 1)
 
-    await connection.receive(json.dumps({"type": "sync", "since": 0}))
+    await receive(connection, json.dumps({"type": "sync", "since": 0}))
     # A late broker copy of seq 1 (e.g. from another process) is a duplicate now.
     connection.deliver(1, Outbound(json.dumps(transport.of_type("message")[0])))
 
@@ -398,7 +399,7 @@ async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanou
     leaver, leaver_transport = await connect()
 
     await leaver.close()
-    await sender.receive(send("c-1"))
+    await receive(sender, send("c-1"))
 
     await eventually(lambda: len(sender_transport.of_type("message")) == 1)
     assert fanout.local_listeners(chat_room.id) == 1
@@ -480,7 +481,7 @@ async def test_a_resume_from_too_far_back_tells_the_client_to_reload_instead(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:
     for i in range(5):
-        await messages.post(member[0], chat_room, f"c{i}", f"m{i}")
+        await post(messages, member[0], chat_room, f"c{i}", f"m{i}")
 
     far, far_transport = await connect(since=1)  # 4 missed: more than 3
     _, near_transport = await connect(since=2)  # 3 missed: sent
@@ -495,7 +496,7 @@ async def test_history_frames_stay_under_the_byte_cap(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:
     for i in range(12):
-        await messages.post(member[0], chat_room, f"c{i}", f"{i} " + "x" * 3990)
+        await post(messages, member[0], chat_room, f"c{i}", f"{i} " + "x" * 3990)
 
     _, transport = await connect(since=0)
 
@@ -514,9 +515,9 @@ async def test_syncs_are_limited_per_socket_and_per_user(connect: Connect) -> No
     sync = json.dumps({"type": "sync", "since": 0})
 
     for _ in range(3):
-        await first.receive(sync)
-    await second.receive(sync)
-    await second.receive(sync)
+        await receive(first, sync)
+    await receive(second, sync)
+    await receive(second, sync)
 
     assert [e["code"] for e in first_transport.of_type("error")] == ["rate_limited"]  # its third
     assert [e["code"] for e in second_transport.of_type("error")] == ["rate_limited"]  # the user's fourth
@@ -557,7 +558,7 @@ async def test_sockets_from_one_ipv6_network_share_the_per_address_limit(
 async def test_a_resume_from_beyond_the_stored_history_tells_the_client_to_reload(
     connect: Connect, member: tuple[User, str], chat_room: Room, messages: Messages
 ) -> None:
-    await messages.post(member[0], chat_room, "c1", "only one")
+    await post(messages, member[0], chat_room, "c1", "only one")
 
     # The client holds seq 9: history was restored from an older backup since.
     _, transport = await connect(since=9)
@@ -684,7 +685,7 @@ async def test_typing_reaches_the_others_in_the_room_and_never_the_typists_own_s
     bob_connection = services.connections.create(bob_transport, bob, chat_room, await accounts.start_session(bob))
     await bob_connection.open(None)
 
-    await alice_here.receive(json.dumps({"type": "typing"}))
+    await receive(alice_here, json.dumps({"type": "typing"}))
 
     await eventually(lambda: bool(bob_transport.of_type("typing")), what="bob told alice is typing")
     assert bob_transport.of_type("typing") == [{"type": "typing", "user": alice_here.user.public()}]
@@ -698,7 +699,7 @@ async def test_typing_notices_are_rate_limited_and_stored_nowhere(
 ) -> None:
     connection, transport = await connect()
     for i in range(12):
-        await connection.receive(json.dumps({"type": "typing", "client_id": f"t{i}"}))
+        await receive(connection, json.dumps({"type": "typing", "client_id": f"t{i}"}))
 
     refused = transport.of_type("error")
     assert [e["code"] for e in refused] == ["rate_limited", "rate_limited"]  # 10 per 30 s by default
@@ -726,11 +727,11 @@ async def test_the_author_edits_and_deletes_and_the_room_is_told(
     bob_transport = FakeTransport()
     bob_connection = services.connections.create(bob_transport, bob, chat_room, await accounts.start_session(bob))
     await bob_connection.open(None)
-    await alice.receive(send("c-1", "helo"))
+    await receive(alice, send("c-1", "helo"))
     original = alice_transport.of_type("ack")[0]["message"]
 
-    await alice.receive(edit(original["id"], "hello"))
-    await alice.receive(delete(original["id"]))
+    await receive(alice, edit(original["id"], "hello"))
+    await receive(alice, delete(original["id"]))
 
     def updates(transport: FakeTransport) -> list[dict[str, Any]]:
         return [frame["message"] for frame in transport.of_type("message_updated")]
@@ -750,16 +751,16 @@ async def test_someone_elses_message_cannot_be_edited_or_deleted(
     connect: Connect, accounts: Accounts, chat_room: Room, services: Services, messages: Messages
 ) -> None:
     alice, alice_transport = await connect()
-    await alice.receive(send("c-1", "mine"))
+    await receive(alice, send("c-1", "mine"))
     message_id = alice_transport.of_type("ack")[0]["message"]["id"]
     mallory = await accounts.register("mallory", "correct horse", "correct horse")
     transport = FakeTransport()
     connection = services.connections.create(transport, mallory, chat_room, await accounts.start_session(mallory))
     await connection.open(None)
 
-    await connection.receive(edit(message_id, "defaced", "e-9"))
-    await connection.receive(delete(message_id, "d-9"))
-    await connection.receive(edit("0" * 24, "nothing there", "e-10"))
+    await receive(connection, edit(message_id, "defaced", "e-9"))
+    await receive(connection, delete(message_id, "d-9"))
+    await receive(connection, edit("0" * 24, "nothing there", "e-10"))
 
     codes = [(e["code"], e["client_id"]) for e in transport.of_type("error")]
     assert codes == [("forbidden", "e-9"), ("forbidden", "d-9"), ("bad_request", "e-10")]
@@ -776,7 +777,7 @@ async def test_a_resume_with_rev_is_sent_the_edits_it_missed(
 ) -> None:
     user, _ = member
     for i in range(3):
-        await messages.post(user, chat_room, f"c-{i}", f"m{i}")
+        await post(messages, user, chat_room, f"c-{i}", f"m{i}")
     stored, _ = await messages.recent(chat_room.id)
     await messages.edit(user, chat_room, stored[0].id, "m0 fixed")
     rev_seen = await messages.stored_rev(chat_room.id)

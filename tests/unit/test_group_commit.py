@@ -46,7 +46,7 @@ class SlowStore:
 
 async def test_a_lone_message_is_written_at_once_on_its_own() -> None:
     store = SlowStore()
-    message, created = await GroupCommit(store).add(new("a"))
+    message, created = await GroupCommit(store).submit(new("a"))
     assert (message.seq, created) == (1, True)
     assert store.writes == [["a"]]
 
@@ -55,9 +55,9 @@ async def test_messages_sent_during_a_write_go_together_in_the_next_one_in_order
     store = SlowStore()
     commits = GroupCommit(store)
     store.gate.clear()
-    first = asyncio.create_task(commits.add(new("a")))
+    first = asyncio.create_task(commits.submit(new("a")))
     await asyncio.sleep(0)
-    rest = [asyncio.create_task(commits.add(new(c))) for c in "bcde"]
+    rest = [asyncio.create_task(commits.submit(new(c))) for c in "bcde"]
     await asyncio.sleep(0)
     store.gate.set()
 
@@ -71,8 +71,8 @@ async def test_a_batch_is_at_most_max_batch_and_rooms_do_not_wait_for_each_other
     store = SlowStore()
     commits = GroupCommit(store, max_batch=2)
     store.gate.clear()
-    tasks = [asyncio.create_task(commits.add(new(c))) for c in "abcde"]
-    other = asyncio.create_task(commits.add(new("z", room="r2")))
+    tasks = [asyncio.create_task(commits.submit(new(c))) for c in "abcde"]
+    other = asyncio.create_task(commits.submit(new("z", room="r2")))
     await asyncio.sleep(0)
     store.gate.set()
     await asyncio.gather(*tasks, other)
@@ -88,9 +88,9 @@ async def two_sends_whose_first_write_fails(
     commits = GroupCommit(store)
     store.gate.clear()
     store.fail_next = error
-    first = asyncio.create_task(commits.add(new("a")))
+    first = asyncio.create_task(commits.submit(new("a")))
     await asyncio.sleep(0)
-    second = asyncio.create_task(commits.add(new("b")))
+    second = asyncio.create_task(commits.submit(new("b")))
     await asyncio.sleep(0)
     store.gate.set()
     return commits, first, second
@@ -107,7 +107,7 @@ async def test_an_unreachable_database_fails_the_queue_behind_the_write_too() ->
             await task
     assert store.writes == [["a"]]
 
-    message, _ = await commits.add(new("a"))  # the resends, in order
+    message, _ = await commits.submit(new("a"))  # the resends, in order
     assert (message.client_id, message.seq) == ("a", 1)
 
 
@@ -125,7 +125,7 @@ async def test_a_sender_waits_at_most_max_wait_and_the_write_goes_on_for_the_res
     store = SlowStore()
     commits = GroupCommit(store, max_wait=0.05)
     store.gate.clear()
-    waiting = asyncio.create_task(commits.add(new("a")))
+    waiting = asyncio.create_task(commits.submit(new("a")))
 
     with pytest.raises(Unavailable, match="queueing"):
         await waiting
@@ -138,9 +138,11 @@ async def test_where_storage_batches_across_rooms_one_writer_serves_every_room()
     store = SlowStore()
     commits = GroupCommit(store, across_rooms=lambda: True)
     store.gate.clear()
-    first = asyncio.create_task(commits.add(new("a", room="r1")))
+    first = asyncio.create_task(commits.submit(new("a", room="r1")))
     await asyncio.sleep(0)
-    rest = [asyncio.create_task(commits.add(new(c, room=room))) for c, room in (("b", "r2"), ("c", "r1"), ("d", "r3"))]
+    rest = [
+        asyncio.create_task(commits.submit(new(c, room=room))) for c, room in (("b", "r2"), ("c", "r1"), ("d", "r3"))
+    ]
     await asyncio.sleep(0)
     store.gate.set()
     await asyncio.gather(first, *rest)
@@ -154,13 +156,13 @@ async def test_a_resend_of_a_message_still_queued_or_being_written_waits_for_tha
     store = SlowStore()
     commits = GroupCommit(store, max_wait=0.05)
     store.gate.clear()
-    first = asyncio.ensure_future(commits.add(new("a")))
+    first = asyncio.ensure_future(commits.submit(new("a")))
     await asyncio.sleep(0)
     with pytest.raises(Unavailable):  # the senders give up waiting ...
-        await commits.add(new("a"))
+        await commits.submit(new("a"))
     with pytest.raises(Unavailable):
         await first
-    resends = [asyncio.ensure_future(commits.add(new(c))) for c in "aabab"]
+    resends = [asyncio.ensure_future(commits.submit(new(c))) for c in "aabab"]
     await asyncio.sleep(0)
     store.gate.set()
 
@@ -170,5 +172,5 @@ async def test_a_resend_of_a_message_still_queued_or_being_written_waits_for_tha
     # ... and each message was written once: "a" alone, then "b".
     assert store.writes == [["a"], ["b"]]
     # Finished: a later resend is a new write (storage finds the original).
-    await commits.add(new("a"))
+    await commits.submit(new("a"))
     assert store.writes[-1] == ["a"]

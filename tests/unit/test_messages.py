@@ -10,6 +10,7 @@ from chat.errors import NotFound, RoomArchived, TooLarge, ValidationError
 from chat.models import Room, User, utcnow
 from chat.services.conversation.messages import MAX_BODY_LENGTH, Messages, clean_body
 from chat.storage import Storage
+from tests.support.handling import post
 
 # -- clean_body --------------------------------------------------------------
 
@@ -58,7 +59,7 @@ def test_the_limit_counts_characters_not_bytes() -> None:
 
 
 async def test_post_stores_a_cleaned_message(messages: Messages, user: User, room: Room) -> None:
-    message, created = await messages.post(user, room, "c1", "  hello  ")
+    message, created = await post(messages, user, room, "c1", "  hello  ")
 
     assert created is True
     assert (message.seq, message.body, message.client_id) == (1, "hello", "c1")
@@ -68,9 +69,9 @@ async def test_post_stores_a_cleaned_message(messages: Messages, user: User, roo
 async def test_posting_the_same_client_id_again_returns_the_original(
     messages: Messages, user: User, room: Room
 ) -> None:
-    original, _ = await messages.post(user, room, "c1", "first")
+    original, _ = await post(messages, user, room, "c1", "first")
 
-    again, created = await messages.post(user, room, "c1", "first")
+    again, created = await post(messages, user, room, "c1", "first")
 
     assert created is False
     assert again == original
@@ -84,9 +85,9 @@ async def test_writing_a_message_reads_the_room_up_to_it_for_its_author(
     bob = await memory_storage.users.add("bob", b"not-a-real-hash")
     for person in (user, bob):
         await memory_storage.memberships.add(room.id, person)
-    await messages.post(bob, room, "b1", "first")
-    await messages.post(user, room, "a1", "hello")
-    await messages.post(user, room, "a2", "again")
+    await post(messages, bob, room, "b1", "first")
+    await post(messages, user, room, "a1", "hello")
+    await post(messages, user, room, "a2", "again")
 
     markers = await memory_storage.memberships.get_many([(room.id, user.id), (room.id, bob.id)])
     assert (markers[(room.id, user.id)].read_seq, markers[(room.id, bob.id)].read_seq) == (3, 1)
@@ -94,9 +95,9 @@ async def test_writing_a_message_reads_the_room_up_to_it_for_its_author(
 
 async def test_an_invalid_body_stores_nothing(messages: Messages, user: User, room: Room) -> None:
     with pytest.raises(ValidationError):
-        await messages.post(user, room, "c1", "   ")
+        await post(messages, user, room, "c1", "   ")
     with pytest.raises(TooLarge):
-        await messages.post(user, room, "c2", "x" * 4001)
+        await post(messages, user, room, "c2", "x" * 4001)
 
     assert await messages.recent(room.id) == ([], False)
     assert await messages.stored_seq(room.id) == 0
@@ -107,7 +108,7 @@ async def test_recent_returns_the_newest_history_limit_messages(
 ) -> None:
     messages = Messages(memory_storage, history_limit=3)
     for i in range(5):
-        await messages.post(user, room, f"c{i}", f"m{i}")
+        await post(messages, user, room, f"c{i}", f"m{i}")
 
     recent, has_more = await messages.recent(room.id)
 
@@ -118,14 +119,14 @@ async def test_recent_returns_the_newest_history_limit_messages(
 async def test_stored_seq_is_the_highest_seq_in_the_room(messages: Messages, user: User, room: Room) -> None:
     assert await messages.stored_seq(room.id) == 0
     for i in range(3):
-        await messages.post(user, room, f"c{i}", "hi")
+        await post(messages, user, room, f"c{i}", "hi")
 
     assert await messages.stored_seq(room.id) == 3
 
 
 async def test_after_and_backfill_read_later_messages_in_order(messages: Messages, user: User, room: Room) -> None:
     for i in range(5):
-        await messages.post(user, room, f"c{i}", f"m{i}")
+        await post(messages, user, room, f"c{i}", f"m{i}")
 
     page, has_more = await messages.after(room.id, 1, 2)
     missed = await messages.backfill(room.id, 3)
@@ -136,7 +137,7 @@ async def test_after_and_backfill_read_later_messages_in_order(messages: Message
 
 async def test_the_page_before_a_seq_is_the_seqs_just_below_it(messages: Messages, user: User, room: Room) -> None:
     for i in range(1, 8):
-        await messages.post(user, room, f"c{i}", f"m{i}")
+        await post(messages, user, room, f"c{i}", f"m{i}")
 
     async def page(before: int, limit: int) -> tuple[list[int], bool]:
         found, more = await messages.before(room.id, before, limit)
@@ -155,12 +156,12 @@ async def test_the_page_before_a_seq_is_the_seqs_just_below_it(messages: Message
 async def test_an_archived_room_refuses_posts_edits_and_deletions_with_a_clear_error(
     messages: Messages, memory_storage: Storage, user: User, room: Room
 ) -> None:
-    message, _ = await messages.post(user, room, "c1", "before")
+    message, _ = await post(messages, user, room, "c1", "before")
     archived = await memory_storage.rooms.set_archived(room.id, utcnow())
     assert archived is not None
 
     for attempt in (
-        messages.post(user, archived, "c2", "after"),
+        post(messages, user, archived, "c2", "after"),
         messages.edit(user, archived, message.id, "edited"),
         messages.delete(user, archived, message.id),
     ):
@@ -174,7 +175,7 @@ async def test_a_copy_of_the_room_from_before_it_was_archived_is_refused_by_stor
     await memory_storage.rooms.set_archived(room.id, utcnow())
 
     with pytest.raises(RoomArchived):
-        await messages.post(user, room, "c1", "stale room")  # ``room`` says it is not archived
+        await post(messages, user, room, "c1", "stale room")  # ``room`` says it is not archived
 
     assert await messages.stored_seq(room.id) == 0
 

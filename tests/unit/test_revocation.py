@@ -20,6 +20,7 @@ from chat.storage import Storage
 from chat.wire.refusals import Close
 from chat.wire.server import Outbound
 from tests.support.fakes import FakeTransport
+from tests.support.handling import post, receive
 
 
 @pytest.fixture
@@ -199,14 +200,14 @@ async def test_a_history_read_after_an_unannounced_removal_closes_instead_of_ans
     private_room: Room,
     memory_storage: Storage,
 ) -> None:
-    await services.messages.post(alice[0], private_room, "c1", "before")
+    await post(services.messages, alice[0], private_room, "c1", "before")
     connection, transport = await open_socket(services, bob, private_room)
     await memory_storage.memberships.remove(private_room.id, bob[0].id)
-    await services.messages.post(alice[0], private_room, "c2", "after the removal")
+    await post(services.messages, alice[0], private_room, "c2", "after the removal")
     sent = len(transport.sent)
 
-    await connection.receive(json.dumps({"type": "fetch", "before": 3, "client_id": "f1"}))
-    await connection.receive(json.dumps({"type": "sync", "since": 0}))
+    await receive(connection, json.dumps({"type": "fetch", "before": 3, "client_id": "f1"}))
+    await receive(connection, json.dumps({"type": "sync", "since": 0}))
 
     assert removed(transport)
     assert "after the removal" not in json.dumps(transport.sent[sent:])
@@ -223,7 +224,7 @@ async def test_a_send_after_an_unannounced_removal_is_not_stored(
     connection, transport = await open_socket(services, bob, private_room)
     await memory_storage.memberships.remove(private_room.id, bob[0].id)
 
-    await connection.receive(json.dumps({"type": "send", "client_id": "s1", "body": "still here?"}))
+    await receive(connection, json.dumps({"type": "send", "client_id": "s1", "body": "still here?"}))
 
     assert removed(transport)
     assert await services.messages.stored_seq(private_room.id) == 0

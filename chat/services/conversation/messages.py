@@ -94,9 +94,6 @@ class GroupCommit:
             self._writers[lane] = asyncio.create_task(self._write(lane), name=f"writer-{lane}")
         return self._outcome(new.room_id, future)
 
-    async def add(self, new: NewMessage) -> tuple[Message, bool]:
-        return await self.submit(new)
-
     async def _outcome(self, room_id: str, future: asyncio.Future[tuple[Message, bool]]) -> tuple[Message, bool]:
         try:
             # Shielded: a sender that gives up (or whose socket closes) leaves
@@ -185,14 +182,6 @@ class Messages:
         except Unavailable as exc:
             log.warning("moving %d authors' read markers failed: %s", len(read_up_to), exc)
         return results
-
-    async def post(self, user: User, room: Room, client_id: str, body: str) -> tuple[Message, bool]:
-        """Store a message durably. Returns it and whether it is new.
-
-        Resending a ``client_id`` already stored returns the original, so a
-        client that lost an ack can retry safely.
-        """
-        return await self.submit(await self.prepare(user, room, client_id, body))
 
     async def prepare(self, user: User, room: Room, client_id: str, body: str) -> NewMessage:
         """Check a message and render its body (raises ValidationError or TooLarge).

@@ -302,15 +302,6 @@ class RoomConnection(SendPipeline, HistoryReplay):
         self._started()
         await self._inbox.put(text)
 
-    async def receive(self, text: str | bytes) -> None:
-        """Handle one frame now, through to its ack (the worker's job; tests call it directly)."""
-        self._started()
-        try:
-            await self._receive(text)
-            await asyncio.gather(*self._completions)
-        finally:
-            self._finished()
-
     async def _handle_frames(self, inbox: asyncio.Queue[str | bytes]) -> None:
         while not self.closed:
             text = await inbox.get()
