@@ -261,11 +261,6 @@ class Settings:
     # Bytes queued on one socket but not yet written to the network; a client
     # that falls further behind is closed with 1013 and resumes with `since`.
     ws_max_buffer_bytes: int = field(default=1024 * 1024, metadata=env("CHAT_WS_MAX_BUFFER_BYTES", integer(4096)))
-    # Fan-out levers (docs/benchmarks.md measures each on and off): a room's
-    # frame built into WebSocket bytes once for all its sockets, and each
-    # socket's frames of one event-loop turn written in one call.
-    ws_prebuilt_frames: bool = field(default=True, metadata=env("CHAT_WS_PREBUILT_FRAMES", boolean))
-    ws_batch_writes: bool = field(default=True, metadata=env("CHAT_WS_BATCH_WRITES", boolean))
     # The event loop: Python's own, or uvloop (libuv), measured in docs/benchmarks.md.
     event_loop: str = field(default="asyncio", metadata=env("CHAT_EVENT_LOOP", one_of("asyncio", "uvloop")))
     # The log: plain text lines (what `make run` shows), or one JSON object per

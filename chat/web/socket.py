@@ -123,8 +123,7 @@ class AuthenticatedSocket(BaseHandler, tornado.websocket.WebSocketHandler):
             TornadoSink(self),
             config.ws_max_buffer_bytes,
             who,
-            prebuilt=config.ws_prebuilt_frames,
-            batcher=cast(ChatApplication, self.application).write_batcher if config.ws_batch_writes else None,
+            batcher=cast(ChatApplication, self.application).write_batcher,
         )
         return self.transport
 

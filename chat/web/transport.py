@@ -12,9 +12,9 @@ of messages, an ack and its message); they are joined and written with one
 call when the turn ends, so a busy room costs one write per socket per turn,
 not one per frame.
 
-Both are levers the bench measures on and off (``CHAT_WS_PREBUILT_FRAMES``,
-``CHAT_WS_BATCH_WRITES``); off, a frame is written with ``write_message`` at
-once, as before.
+Each was once a setting the bench measured on and off (docs/benchmarks.md,
+"The levers"): built once, 5.3 times the deliveries of a frame framed per
+socket; batched, twice that again. Neither earns an off switch any more.
 
 The cap: bytes handed to the stream but not yet written to the network are
 counted; past ``cap`` the client stopped reading, or reads slower than the
@@ -64,9 +64,6 @@ class Sink(Protocol):
         that resolves once they are.
         """
 
-    def write_message(self, text: str) -> asyncio.Future[None]:
-        """Frame and write one text message (Tornado's own path)."""
-
     def close(self, code: int, reason: str) -> None: ...
 
 
@@ -105,9 +102,6 @@ class TornadoSink:
             raise WebSocketClosedError() from exc
         return future
 
-    def write_message(self, text: str) -> asyncio.Future[None]:
-        return self._handler.write_message(text)
-
     def close(self, code: int, reason: str) -> None:
         self._handler.close(code, reason)
 
@@ -140,14 +134,12 @@ class SocketTransport:
         sink: Sink,
         cap: int,
         who: str,
-        *,
-        prebuilt: bool = True,
         batcher: WriteBatcher | None = None,
     ) -> None:
         self._sink = sink
         self.cap = cap
         self.who = who  # for the log: "alice in room r1"
-        self._prebuilt = prebuilt
+        # None: written at once (a test's transport); a server batches per loop turn.
         self._batcher = batcher
         self._queued: list[bytes] = []
         self.unflushed_bytes = 0
@@ -157,15 +149,9 @@ class SocketTransport:
     # -- what the connection calls ----------------------------------------
 
     def send_text(self, text: str) -> None:
-        if self._prebuilt:
-            self._queue(text_frame(text.encode("utf-8")))
-        else:
-            self._write_message(text)
+        self._queue(text_frame(text.encode("utf-8")))
 
     def send_shared(self, frame: Outbound) -> None:
-        if not self._prebuilt:
-            self._write_message(frame.text)
-            return
         encoded = frame.encoded
         if encoded is None:
             encoded = frame.encoded = text_frame(frame.text.encode("utf-8"))
@@ -216,17 +202,6 @@ class SocketTransport:
         if future is not None:  # the kernel did not take it all: the stream holds the rest
             self.unflushed_bytes += len(data)
             future.add_done_callback(functools.partial(self._flushed, len(data)))
-
-    def _write_message(self, text: str) -> None:
-        if not self._admit():
-            return
-        data = text.encode("utf-8")
-        try:
-            future = self._sink.write_message(text)
-        except WebSocketClosedError:
-            return
-        self.unflushed_bytes += len(data)
-        future.add_done_callback(functools.partial(self._flushed, len(data)))
 
     def _flushed(self, size: int, future: asyncio.Future[None]) -> None:
         # Written to the socket, or failed because the stream closed: either

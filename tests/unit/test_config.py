@@ -436,8 +436,6 @@ def test_every_variable_in_the_settings_table_is_read(dotenv: Path) -> None:
         "CHAT_WS_PING_INTERVAL": "11",
         "CHAT_WS_PING_TIMEOUT": "8",
         "CHAT_WS_MAX_BUFFER_BYTES": "8192",
-        "CHAT_WS_PREBUILT_FRAMES": "false",
-        "CHAT_WS_BATCH_WRITES": "false",
         "CHAT_EVENT_LOOP": "uvloop",
         "CHAT_LOG_FORMAT": "json",
         "CHAT_ALLOWED_ORIGINS": "https://a.example",

@@ -21,7 +21,6 @@ from chat.wire.server import Outbound
 class RecordingSink:
     def __init__(self) -> None:
         self.frames: list[bytes] = []  # write_frame calls: whole frames, maybe several joined
-        self.messages: list[str] = []  # write_message calls (the lever off)
         self.futures: list[asyncio.Future[None]] = []
         self.closes: list[tuple[int, str]] = []
         self.closed_stream = False
@@ -38,11 +37,6 @@ class RecordingSink:
         self.frames.append(frame)
         return future
 
-    def write_message(self, text: str) -> asyncio.Future[None]:
-        future = self._future()
-        self.messages.append(text)
-        return future
-
     def close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
 
@@ -55,11 +49,9 @@ class RecordingSink:
         await asyncio.sleep(0)  # run the done-callbacks
 
 
-def transport(cap: int = 4096, *, batch: bool = False, prebuilt: bool = True) -> tuple[SocketTransport, RecordingSink]:
+def transport(cap: int = 4096, *, batch: bool = False) -> tuple[SocketTransport, RecordingSink]:
     sink = RecordingSink()
-    return SocketTransport(
-        sink, cap, "alice in room r1", prebuilt=prebuilt, batcher=WriteBatcher() if batch else None
-    ), sink
+    return SocketTransport(sink, cap, "alice in room r1", batcher=WriteBatcher() if batch else None), sink
 
 
 def decode(data: bytes) -> list[str]:
@@ -137,13 +129,6 @@ async def test_closing_sends_what_was_queued_first_and_nothing_after() -> None:
 
     assert [decode(f) for f in sink.frames] == [["last words"]]
     assert sink.closes == [(1001, "going away")]
-
-
-async def test_with_the_levers_off_each_frame_is_a_write_message() -> None:
-    sock, sink = transport(prebuilt=False)
-    sock.send_text("a")
-    sock.send_shared(Outbound("b"))
-    assert sink.messages == ["a", "b"] and sink.frames == []
 
 
 @pytest.mark.parametrize("batch", [False, True])

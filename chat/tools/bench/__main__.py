@@ -15,9 +15,9 @@ Examples::
 
     python -m chat.tools.bench --targets chat,baseline --room-sizes 10,100,1000 --window 8
     python -m chat.tools.bench --targets cluster --sockets 1000 --rooms 100 --rate 1000
-    python -m chat.tools.bench --targets "chat[CHAT_FANOUT_PREBUILT_FRAMES=false],chat"
+    python -m chat.tools.bench --targets "chat[CHAT_EVENT_LOOP=uvloop],chat"
 
-A target may carry server settings in brackets, which is how a lever is
+A target may carry server settings in brackets, which is how a setting is
 measured on and off in one run.
 """
 
