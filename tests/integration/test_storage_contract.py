@@ -384,9 +384,11 @@ async def test_a_public_room_is_renamed_to_a_private_rooms_name(storage: Storage
 async def test_a_private_room_shares_its_name_with_a_public_room_and_other_private_rooms(
     storage: Storage, user: User
 ) -> None:
+    # named() is oldest first: each room gets its own millisecond
     public = await storage.rooms.add("Kitchen", user)
+    await asyncio.sleep(0.002)
     first = await storage.rooms.add("kitchen", user, RoomKind.PRIVATE)
-    await asyncio.sleep(0.002)  # named() is oldest first: each its own millisecond
+    await asyncio.sleep(0.002)
     second = await storage.rooms.add("KITCHEN", user, RoomKind.PRIVATE)
     await asyncio.sleep(0.002)
     third = await storage.rooms.add("pantry", user, RoomKind.PRIVATE)
