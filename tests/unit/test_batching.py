@@ -1,4 +1,4 @@
-"""Look-ups that arrive together are read together; errors reach every asker."""
+"""The queueing primitive as reads use it: look-ups that arrive together are read together."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 
 from chat.errors import Unavailable
-from chat.services.batching import BatchedLookup
+from chat.services.batching import batched_reads
 
 
 class Store:
@@ -29,11 +29,11 @@ class Store:
 
 async def test_keys_asked_for_while_a_read_is_in_flight_go_together_in_the_next() -> None:
     store = Store()
-    lookup = BatchedLookup(store.fetch, max_batch=3)
+    lookup = batched_reads(store.fetch, max_batch=3)
     store.gate.clear()
-    first = asyncio.ensure_future(lookup.get("k1"))
+    first = asyncio.ensure_future(lookup.outcome("k1", "k1"))
     await asyncio.sleep(0)  # the first read starts, alone
-    later = [asyncio.ensure_future(lookup.get(key)) for key in ("k2", "k3", "k2", "nope", "k5")]
+    later = [asyncio.ensure_future(lookup.outcome(key, key)) for key in ("k2", "k3", "k2", "nope", "k5")]
     await asyncio.sleep(0)
     store.gate.set()
 
@@ -45,21 +45,21 @@ async def test_keys_asked_for_while_a_read_is_in_flight_go_together_in_the_next(
 
 async def test_a_failed_read_raises_for_everyone_who_waited_for_it_and_the_next_read_is_fresh() -> None:
     store = Store()
-    lookup = BatchedLookup(store.fetch)
+    lookup = batched_reads(store.fetch)
     store.fail = True
-    results = await asyncio.gather(lookup.get("k1"), lookup.get("k2"), return_exceptions=True)
+    results = await asyncio.gather(lookup.outcome("k1", "k1"), lookup.outcome("k2", "k2"), return_exceptions=True)
     assert all(isinstance(result, Unavailable) for result in results)
 
     store.fail = False
-    assert await lookup.get("k1") == 1
+    assert await lookup.outcome("k1", "k1") == 1
 
 
 async def test_an_asker_that_gives_up_does_not_disturb_the_others() -> None:
     store = Store()
-    lookup = BatchedLookup(store.fetch)
+    lookup = batched_reads(store.fetch)
     store.gate.clear()
-    impatient = asyncio.ensure_future(lookup.get("k1"))
-    patient = asyncio.ensure_future(lookup.get("k1"))
+    impatient = asyncio.ensure_future(lookup.outcome("k1", "k1"))
+    patient = asyncio.ensure_future(lookup.outcome("k1", "k1"))
     await asyncio.sleep(0)
     impatient.cancel()
     store.gate.set()
@@ -67,3 +67,20 @@ async def test_an_asker_that_gives_up_does_not_disturb_the_others() -> None:
     assert await patient == 1
     with pytest.raises(asyncio.CancelledError):
         await impatient
+
+
+async def test_a_worker_stopped_at_shutdown_leaves_nobody_waiting_neither_its_batch_nor_the_queue() -> None:
+    store = Store()
+    lookup = batched_reads(store.fetch)
+    store.gate.clear()
+    in_flight = asyncio.ensure_future(lookup.outcome("k1", "k1"))
+    await asyncio.sleep(0)
+    queued = asyncio.ensure_future(lookup.outcome("k2", "k2"))
+    await asyncio.sleep(0)
+    for task in asyncio.all_tasks():
+        if task.get_name().startswith("look-ups"):
+            task.cancel()
+
+    for waiter in (in_flight, queued):
+        with pytest.raises(Unavailable, match="shutting down"):
+            await waiter

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
@@ -10,6 +9,7 @@ from ... import metrics
 from ...errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
 from ...models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ...storage import Storage
+from ..batching import Batches
 from .formatting import Renderer
 from .rendering_pool import RenderPool
 
@@ -37,11 +37,6 @@ def clean_body(body: str) -> str:
     return body
 
 
-def _retrieve(future: asyncio.Future[tuple[Message, bool]]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class GroupCommit:
     """Messages sent to one room while its last write is under way are stored together, in one write.
 
@@ -53,6 +48,15 @@ class GroupCommit:
     pays one round trip (one commit) per batch instead of per message, and
     its messages then reach each socket together, in one write
     (chat.web.transport).
+
+    A message is known by (room, user, client_id): a resend of one queued or
+    being written waits for that write instead of queueing again. Clients
+    resend what was not acked; while storage is slow, resends would
+    otherwise pile up faster than it can write them (each costs a write that
+    finds the original), and the room would never catch up. A write that
+    finds storage unreachable fails what queued behind it too: a sender's
+    later message must not be stored before the one it resends
+    (chat.services.realtime.sending.SendHold).
     """
 
     def __init__(
@@ -62,75 +66,24 @@ class GroupCommit:
         max_wait: float = MAX_WAIT_SECONDS,
         across_rooms: Callable[[], bool] = lambda: False,
     ) -> None:
-        self._store = store
-        self.max_batch = max_batch
         self.max_wait = max_wait
-        # True: one writer for every room (the storage batches across rooms).
-        self._across_rooms = across_rooms
-        self._queues: dict[str, list[tuple[NewMessage, asyncio.Future[tuple[Message, bool]]]]] = {}
-        self._writers: dict[str, asyncio.Task[None]] = {}
-        # Messages queued or being written, by (room, user, client_id): a
-        # resend of one of them waits for that write instead of queueing
-        # again. Clients resend what was not acked; while storage is slow,
-        # resends would otherwise pile up faster than it can write them
-        # (each costs a write that finds the original), and the room would
-        # never catch up.
-        self._unfinished: dict[tuple[str, str, str], asyncio.Future[tuple[Message, bool]]] = {}
+        self._batches: Batches[tuple[str, str, str], NewMessage, tuple[Message, bool]] = Batches(
+            store,
+            max_batch=max_batch,
+            lane_of=lambda new: "*" if across_rooms() else new.room_id,
+            join_in_flight=True,
+            fail_queued_on=(Unavailable,),
+            name="messages to this room",
+        )
 
     def submit(self, new: NewMessage) -> Awaitable[tuple[Message, bool]]:
-        """Queue ``new`` now (so its place in the room's order is taken now); await the result."""
-        key = (new.room_id, new.user_id, new.client_id)
-        unfinished = self._unfinished.get(key)
-        if unfinished is not None:
-            return self._outcome(new.room_id, unfinished)
-        future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
-        # A sender that timed out never reads its outcome; nor must asyncio complain about it.
-        future.add_done_callback(_retrieve)
-        self._unfinished[key] = future
-        future.add_done_callback(lambda _: self._unfinished.pop(key, None))
-        lane = "*" if self._across_rooms() else new.room_id
-        self._queues.setdefault(lane, []).append((new, future))
-        if lane not in self._writers:
-            self._writers[lane] = asyncio.create_task(self._write(lane), name=f"writer-{lane}")
-        return self._outcome(new.room_id, future)
+        """Queue ``new`` now (so its place in the room's order is taken now); await the result.
 
-    async def _outcome(self, room_id: str, future: asyncio.Future[tuple[Message, bool]]) -> tuple[Message, bool]:
-        try:
-            # Shielded: a sender that gives up (or whose socket closes) leaves
-            # the write alone; the others in its batch still need it.
-            return await asyncio.wait_for(asyncio.shield(future), self.max_wait)
-        except TimeoutError:
-            raise Unavailable(f"messages to room {room_id} are queueing; retry shortly") from None
-
-    async def _write(self, lane: str) -> None:
-        try:
-            while queue := self._queues.get(lane):
-                batch, self._queues[lane] = queue[: self.max_batch], queue[self.max_batch :]
-                try:
-                    results = await self._store([new for new, _ in batch])
-                except Exception as exc:
-                    if isinstance(exc, Unavailable):
-                        # What queued behind a failed write fails with it: a
-                        # sender's later message must not be stored before the
-                        # one it resends (chat.services.realtime.connection.SendHold).
-                        batch += self._queues.pop(lane, [])
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, ChatError):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            del self._writers[lane]
-            # Empty unless the writer was cancelled (shutdown): nobody may hang.
-            for _, future in self._queues.pop(lane, []):
-                if not future.done():
-                    future.set_exception(Unavailable("shutting down; retry shortly"))
+        Waiting is shielded and bounded: a sender that gives up (or whose
+        socket closes) leaves the write alone, since the others in its batch
+        still need it.
+        """
+        return self._batches.outcome((new.room_id, new.user_id, new.client_id), new, self.max_wait)
 
 
 class Messages:

@@ -27,7 +27,7 @@ from ...storage import Storage
 from ...wire.actions import Action
 from ...wire.text import USERNAME_PATTERN, USERNAME_RULE
 from .. import audit
-from ..batching import BatchedLookup
+from ..batching import batched_reads
 from ..limits import Limiter
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
@@ -87,7 +87,7 @@ class Accounts:
         self._users: TTLCache[str, User] = TTLCache(USER_CACHE_SIZE, USER_CACHE_SECONDS, timer=monotonic)
         # Sessions are read every time (that is what makes signing out
         # immediate), but reads that arrive together go together.
-        self._sessions = BatchedLookup(lambda keys: self._storage.sessions.get_many(keys))
+        self._sessions = batched_reads(lambda keys: self._storage.sessions.get_many(keys), name="session look-ups")
         # Idle ends to write (session key -> new idle end), and their writer.
         self._touches: dict[str, datetime.datetime] = {}
         self._touch_writer: asyncio.Task[None] | None = None
@@ -300,7 +300,7 @@ class Accounts:
         # Taken before the read: a write finishing during it may have been
         # read too early and be gone from here by the time it returns.
         unwritten = self._touches.get(key)
-        session = await self._sessions.get(key)
+        session = await self._sessions.outcome(key, key)
         now = self._clock()
         # Storage judges by its own clock; this check by ours as well makes
         # the timeouts testable with a clock the test moves.
