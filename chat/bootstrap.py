@@ -184,11 +184,7 @@ def build_services(
     messages = Messages(storage, settings.history_limit, render_pool=render_pool)
     fanout = Fanout(
         backplane.broker,
-        messages.backfill,
-        messages.stored_seq,
-        stored_seqs=messages.stored_seqs,
-        counters=messages.counters,
-        revised_after=messages.revised_after,
+        messages,
         remember=settings.history_limit,
         gap_retry=settings.fanout_gap_retry_seconds,
         sweep_interval=settings.catchup_interval_seconds,

@@ -51,7 +51,7 @@ class Stack:
         broker = self.backplane.broker
         assert isinstance(broker, RedisBroker)
         self.broker = broker
-        self.fanout = Fanout(broker, messages.backfill, messages.stored_seq, gap_retry=0.05)
+        self.fanout = Fanout(broker, messages, gap_retry=0.05)
 
     async def start(self) -> Stack:
         await self.broker.connect()

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat.services.realtime.fanout import Fanout
 from chat.wire.server import Outbound
 
 
@@ -64,3 +65,9 @@ class FakeTransport:
     @property
     def types(self) -> list[str]:
         return [frame["type"] for frame in self.sent]
+
+
+def listeners_in(fanout: Fanout, room_id: str) -> int:
+    """How many local listeners the room's feed delivers to (0 without a feed): the fan-out keeps it to itself."""
+    feed = fanout._feeds.get(room_id)
+    return len(feed.listeners) if feed else 0

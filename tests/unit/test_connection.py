@@ -22,7 +22,7 @@ from chat.storage import Storage
 from chat.wire.refusals import Close
 from chat.wire.server import Outbound
 from tests.support.clock import FakeClock
-from tests.support.fakes import FakeTransport
+from tests.support.fakes import FakeTransport, listeners_in
 from tests.support.handling import post, receive
 from tests.support.waiting import eventually
 
@@ -402,7 +402,7 @@ async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanou
     await receive(sender, send("c-1"))
 
     await eventually(lambda: len(sender_transport.of_type("message")) == 1)
-    assert fanout.local_listeners(chat_room.id) == 1
+    assert listeners_in(fanout, chat_room.id) == 1
     assert leaver_transport.of_type("message") == []
 
 
@@ -420,7 +420,7 @@ async def test_a_socket_that_closes_while_opening_leaves_no_listener_or_presence
     await connection.close()  # what the handler's on_close does
     await opening
 
-    assert fanout.local_listeners(chat_room.id) == 0
+    assert listeners_in(fanout, chat_room.id) == 0
     assert await presence.online(chat_room.id) == []
 
 

@@ -15,7 +15,7 @@ from chat.broker.memory import MemoryBroker
 from chat.models import Message, RoomCounters
 from chat.services.realtime.fanout import Fanout
 from chat.wire.server import Outbound, message_frame, message_wire
-from tests.support.fakes import RecordingListener
+from tests.support.fakes import RecordingListener, listeners_in
 from tests.support.waiting import eventually
 
 ROOM = "room-1"
@@ -45,21 +45,34 @@ class BrokenListener:
 
 
 class FakeStore:
-    """Stands in for the Messages service: what is stored, and who asked."""
+    """Stands in for the Messages service (a RoomLog): what is stored, and who asked."""
 
     def __init__(self, stored_seq: int = 0) -> None:
         self.messages: list[Message] = []
         self.seq = stored_seq
+        self.rev = 0
+        self.revised: dict[int, Message] = {}  # seq -> latest version
         self.backfill_calls: list[tuple[str, int]] = []
-        self.stored_seq_calls: list[str] = []
+        self.counter_calls: list[list[str]] = []
+        self.revised_calls: list[int] = []
 
-    async def backfill(self, room_id: str, after_seq: int) -> list[Message]:
-        self.backfill_calls.append((room_id, after_seq))
-        return [m for m in self.messages if m.room_id == room_id and m.seq > after_seq]
+    async def backfill(self, room_id: str, since_seq: int) -> list[Message]:
+        self.backfill_calls.append((room_id, since_seq))
+        return [m for m in self.messages if m.room_id == room_id and m.seq > since_seq]
 
-    async def stored_seq(self, room_id: str) -> int:
-        self.stored_seq_calls.append(room_id)
-        return self.seq
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
+        self.counter_calls.append(sorted(room_ids))
+        return dict.fromkeys(room_ids, RoomCounters(self.seq, self.rev))
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        self.revised_calls.append(rev)
+        found = sorted((m for m in self.revised.values() if m.rev > rev), key=lambda m: m.rev)
+        return found[:limit], len(found) > limit
+
+    def revise(self, seq: int, body: str) -> Message:
+        self.rev += 1
+        self.revised[seq] = dataclasses.replace(msg(seq), body=body, rev=self.rev)
+        return self.revised[seq]
 
 
 class CountingBroker(MemoryBroker):
@@ -89,7 +102,7 @@ def store() -> FakeStore:
 
 @pytest.fixture
 async def fanout(broker: CountingBroker, store: FakeStore) -> AsyncIterator[Fanout]:
-    hub = Fanout(broker, store.backfill, store.stored_seq, gap_retry=0.01)
+    hub = Fanout(broker, store, gap_retry=0.01)
     await hub.start()
     try:
         yield hub
@@ -218,18 +231,18 @@ async def test_join_subscribes_once_for_many_listeners_and_the_last_leave_unsubs
 
     assert broker.subscribe_calls == [channel]
     assert channel in broker._subscribed
-    assert store.stored_seq_calls == [ROOM]
-    assert fanout.local_listeners(ROOM) == 3
+    assert store.counter_calls == [[ROOM]]
+    assert listeners_in(fanout, ROOM) == 3
 
     await fanout.leave(ROOM, listeners[0])
     await fanout.leave(ROOM, listeners[1])
     assert channel in broker._subscribed
-    assert fanout.local_listeners(ROOM) == 1
+    assert listeners_in(fanout, ROOM) == 1
 
     await fanout.leave(ROOM, listeners[2])
     assert channel not in broker._subscribed
     assert broker.unsubscribe_calls == [channel]
-    assert fanout.local_listeners(ROOM) == 0
+    assert listeners_in(fanout, ROOM) == 0
 
 
 async def test_concurrent_joins_subscribe_once(fanout: Fanout, broker: CountingBroker) -> None:
@@ -238,7 +251,7 @@ async def test_concurrent_joins_subscribe_once(fanout: Fanout, broker: CountingB
     await asyncio.gather(*(fanout.join(ROOM, listener) for listener in listeners))
 
     assert broker.subscribe_calls == [room_channel(ROOM)]
-    assert fanout.local_listeners(ROOM) == 5
+    assert listeners_in(fanout, ROOM) == 5
 
 
 async def test_every_listener_in_the_room_gets_each_frame(fanout: Fanout, broker: CountingBroker) -> None:
@@ -304,29 +317,24 @@ async def test_stop_ends_the_listener_and_forgets_every_room(fanout: Fanout, bro
 
     await fanout.stop()
 
-    assert fanout.local_listeners(ROOM) == 0
+    assert listeners_in(fanout, ROOM) == 0
 
 
 # -- what a feed remembers, so that joiners need no database read ---------------
 
 
 class SweptStore(FakeStore):
-    """Answers every room's stored seq in one call, and counts the calls."""
+    """A store holding messages 1 to ``stored``."""
 
     def __init__(self, stored: int) -> None:
         super().__init__(stored)
         self.messages = [msg(seq) for seq in range(1, stored + 1)]
-        self.batch_calls: list[list[str]] = []
-
-    async def stored_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
-        self.batch_calls.append(sorted(room_ids))
-        return dict.fromkeys(room_ids, self.seq)
 
 
 @pytest.fixture
 async def remembering(broker: CountingBroker) -> AsyncIterator[tuple[Fanout, SweptStore]]:
     store = SweptStore(stored=8)
-    hub = Fanout(broker, store.backfill, store.stored_seq, stored_seqs=store.stored_seqs, remember=5, gap_retry=0.01)
+    hub = Fanout(broker, store, remember=5, gap_retry=0.01)
     await hub.start()
     try:
         yield hub, store
@@ -344,7 +352,7 @@ async def test_a_feed_remembers_what_its_first_joiner_read_and_what_it_delivers_
     fanout, store = remembering
     listener = RecordingListener()
     await asyncio.gather(*(fanout.join(ROOM, listener) for _ in range(10)))
-    assert store.stored_seq_calls == [ROOM]  # one read starts the feed, whoever joins
+    assert store.counter_calls == [[ROOM]]  # one read starts the feed, whoever joins
 
     recent = fanout.recent(ROOM)
     assert recent is not None and recent.last_seq == 8 and recent.latest(5) is None  # nothing known yet
@@ -368,7 +376,7 @@ async def test_a_feed_remembers_what_its_first_joiner_read_and_what_it_delivers_
 
 async def test_a_young_room_is_known_whole_and_an_empty_one_has_no_history(broker: CountingBroker) -> None:
     store = SweptStore(stored=3)
-    fanout = Fanout(broker, store.backfill, store.stored_seq, remember=50)
+    fanout = Fanout(broker, store, remember=50)
     await fanout.join(ROOM, RecordingListener())
     fanout.remember_read(ROOM, store.messages)
     store.seq = 0
@@ -385,7 +393,7 @@ async def test_messages_read_from_storage_are_remembered_only_where_they_join_up
     broker: CountingBroker,
 ) -> None:
     store = SweptStore(stored=20)
-    fanout = Fanout(broker, store.backfill, store.stored_seq, remember=10)
+    fanout = Fanout(broker, store, remember=10)
     await fanout.join(ROOM, RecordingListener())
     fanout.remember_read(ROOM, [msg(19), msg(20)])
 
@@ -420,7 +428,7 @@ async def test_a_feed_waiting_for_a_missing_seq_or_a_broker_that_is_down_is_not_
 
 async def test_the_sweep_asks_for_every_room_in_one_read_and_catches_up_a_room_behind(broker: CountingBroker) -> None:
     store = SweptStore(stored=2)
-    fanout = Fanout(broker, store.backfill, store.stored_seq, stored_seqs=store.stored_seqs, sweep_interval=0.02)
+    fanout = Fanout(broker, store, sweep_interval=0.02)
     await fanout.start()
     listener = RecordingListener()
     for room in ("a", "b", ROOM):
@@ -430,34 +438,11 @@ async def test_the_sweep_asks_for_every_room_in_one_read_and_catches_up_a_room_b
     store.seq = 3
 
     await eventually(lambda: 3 in listener.seqs, what="the sweep's catch-up")
-    assert store.batch_calls[0] == ["a", "b", ROOM]
+    assert ["a", "b", ROOM] in store.counter_calls  # after one read per room as it was joined
     await fanout.stop()
 
 
 # -- revisions (edits and deletions) -------------------------------------------------
-
-
-class RevisedStore(SweptStore):
-    """Also keeps revised messages, and answers counters and revised_after like storage."""
-
-    def __init__(self, stored: int) -> None:
-        super().__init__(stored)
-        self.rev = 0
-        self.revised: dict[int, Message] = {}  # seq -> latest version
-        self.revised_calls: list[int] = []
-
-    def revise(self, seq: int, body: str) -> Message:
-        self.rev += 1
-        self.revised[seq] = dataclasses.replace(msg(seq), body=body, rev=self.rev)
-        return self.revised[seq]
-
-    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
-        return dict.fromkeys(room_ids, RoomCounters(self.seq, self.rev))
-
-    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
-        self.revised_calls.append(rev)
-        found = sorted((m for m in self.revised.values() if m.rev > rev), key=lambda m: m.rev)
-        return found[:limit], len(found) > limit
 
 
 def updates_received(listener: RecordingListener) -> list[tuple[int, str]]:
@@ -465,13 +450,10 @@ def updates_received(listener: RecordingListener) -> list[tuple[int, str]]:
     return [(f["message"]["rev"], f["message"]["body"]) for f in frames if f["type"] == "message_updated"]
 
 
-async def revised_fanout(broker: CountingBroker, store: RevisedStore) -> Fanout:
+async def revised_fanout(broker: CountingBroker, store: SweptStore) -> Fanout:
     fanout = Fanout(
         broker,
-        store.backfill,
-        store.stored_seq,
-        counters=store.counters,
-        revised_after=store.revised_after,
+        store,
         remember=5,
         sweep_interval=0.02,
     )
@@ -480,7 +462,7 @@ async def revised_fanout(broker: CountingBroker, store: RevisedStore) -> Fanout:
 
 
 async def test_revisions_are_delivered_live_and_change_what_the_feed_remembers(broker: CountingBroker) -> None:
-    store = RevisedStore(stored=3)
+    store = SweptStore(stored=3)
     fanout = await revised_fanout(broker, store)
     listener = RecordingListener()
     await fanout.join(ROOM, listener)
@@ -504,7 +486,7 @@ async def test_revisions_are_delivered_live_and_change_what_the_feed_remembers(b
 
 
 async def test_the_sweep_reads_a_revision_whose_publish_was_lost(broker: CountingBroker) -> None:
-    store = RevisedStore(stored=3)
+    store = SweptStore(stored=3)
     fanout = await revised_fanout(broker, store)
     listener = RecordingListener()
     await fanout.join(ROOM, listener)
@@ -523,7 +505,7 @@ async def test_the_sweep_reads_a_revision_whose_publish_was_lost(broker: Countin
 async def test_a_revision_counted_before_its_publish_arrived_is_still_delivered(broker: CountingBroker) -> None:
     # MongoDB moves the room's rev counter before the message: a feed that
     # starts (or sweeps) in between has counted a revision not yet published.
-    store = RevisedStore(stored=2)
+    store = SweptStore(stored=2)
     revision = store.revise(1, "counted first, published after")
     fanout = await revised_fanout(broker, store)
     listener = RecordingListener()

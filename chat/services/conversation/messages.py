@@ -184,11 +184,7 @@ class Messages:
 
     async def stored_seq(self, room_id: str) -> int:
         """The room's counter: every message acknowledged (and so every one published) is at or below it."""
-        return (await self.stored_seqs([room_id])).get(room_id, 0)
-
-    async def stored_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
-        """:meth:`stored_seq` of many rooms in one query."""
-        return await self._storage.messages.acknowledged_seqs(room_ids)
+        return (await self._storage.messages.acknowledged_seqs([room_id])).get(room_id, 0)
 
     async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
         """Each room's seq and rev counters, in one query."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Protocol
 
 from ... import metrics
 from ...broker import RESYNC, Broker, BrokerClosed, Event, room_channel
@@ -48,19 +49,27 @@ from .feed import Listener, Recent, RoomFeed
 
 log = logging.getLogger(__name__)
 
-# Fetch stored messages of a room with seq > after_seq, in order.
-Backfill = Callable[[str, int], Awaitable[list[Message]]]
-# The highest seq stored in a room so far.
-StoredSeq = Callable[[str], Awaitable[int]]
-# The same for many rooms at once (one query), by room id.
-StoredSeqs = Callable[[Collection[str]], Awaitable[dict[str, int]]]
 # Called with the room id and the event's text for a control event in a room
 # this process serves; must not block.
 ControlHandler = Callable[[str, str], None]
-# Many rooms' seq and rev counters in one query, by room id.
-Counters = Callable[[Collection[str]], Awaitable[dict[str, RoomCounters]]]
 # A room's messages revised after a rev, by ascending rev: (page, more follow).
 RevisedAfter = Callable[[str, int, int], Awaitable[tuple[list[Message], bool]]]
+
+
+class RoomLog(Protocol):
+    """What the fan-out reads of rooms' stored messages to fill what the broker failed to carry.
+
+    chat.services.conversation.messages.Messages is the one in production.
+    """
+
+    async def backfill(self, room_id: str, since_seq: int) -> list[Message]:
+        """The room's stored messages with seq > ``since_seq``, in order."""
+
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
+        """Each room's seq and rev counters, in one query."""
+
+    async def revised_after(self, room_id: str, rev: int, limit: int) -> tuple[list[Message], bool]:
+        """The room's messages revised after ``rev``, by ascending rev, and whether more follow."""
 
 
 # How long a publish that failed is retried in the background.
@@ -73,24 +82,16 @@ class Fanout:
     def __init__(
         self,
         broker: Broker,
-        backfill: Backfill,
-        stored_seq: StoredSeq,
+        log: RoomLog,
         *,
-        stored_seqs: StoredSeqs | None = None,
-        counters: Counters | None = None,
-        revised_after: RevisedAfter | None = None,
         remember: int = 0,
         gap_retry: float = 0.2,
         sweep_interval: float = 10.0,
     ) -> None:
         self.broker = broker
-        self.backfill = backfill
-        self.stored_seq = stored_seq
-        self.stored_seqs = stored_seqs
-        # With both, feeds also keep up with revisions (edits, deletions)
-        # that the broker failed to carry.
-        self.counters = counters
-        self.revised_after = revised_after
+        # Storage, where the broker failed to carry something: missed
+        # messages (gaps, a resync, the sweep) and revisions (edits, deletions).
+        self.log = log
         # A room's latest messages kept in memory, learned from what the
         # first joiner read and from what is delivered afterwards.
         self.remember = remember
@@ -144,10 +145,6 @@ class Fanout:
         """How many rooms this process delivers to (a feed with at least one socket)."""
         return sum(1 for feed in self._feeds.values() if feed.listeners)
 
-    def local_listeners(self, room_id: str) -> int:
-        feed = self._feeds.get(room_id)
-        return len(feed.listeners) if feed else 0
-
     async def join(self, room_id: str, listener: Listener) -> None:
         """Start delivering the room's frames to ``listener``.
 
@@ -160,11 +157,8 @@ class Fanout:
             feed = self._feeds[room_id] = RoomFeed(room_id, self, self.remember)
             try:
                 await self.broker.subscribe(room_channel(room_id))
-                if self.counters is not None:
-                    counted = (await self.counters([room_id])).get(room_id, RoomCounters())
-                    feed.start_at(counted.seq, counted.rev)
-                else:
-                    feed.start_at(await self.stored_seq(room_id))
+                counted = (await self.log.counters([room_id])).get(room_id, RoomCounters())
+                feed.start_at(counted.seq, counted.rev)
             except BaseException:
                 del self._feeds[room_id]
                 feed.ready.set()  # wake joiners waiting on this attempt; they retry
@@ -286,21 +280,15 @@ class Fanout:
     async def _check_feeds(self, feeds: Sequence[RoomFeed]) -> None:
         """Compare the feeds' rooms' counters with what they delivered, in one query; catch up where behind."""
         try:
-            if self.counters is not None:
-                counted = await self.counters([feed.room_id for feed in feeds])
-                stored = {room_id: counters.seq for room_id, counters in counted.items()}
-            elif self.stored_seqs is not None:
-                counted, stored = {}, await self.stored_seqs([feed.room_id for feed in feeds])
-            else:
-                counted, stored = {}, {feed.room_id: await self.stored_seq(feed.room_id) for feed in feeds}
+            counted = await self.log.counters([feed.room_id for feed in feeds])
         except Exception as exc:
             log.warning("sweep of %d rooms failed: %s", len(feeds), exc)
             return
         for feed in feeds:
-            if stored.get(feed.room_id, 0) > feed.last_seq:
+            room = counted.get(feed.room_id, RoomCounters())
+            if room.seq > feed.last_seq:
                 feed.resync()
-            if feed.room_id in counted and self.revised_after is not None:
-                feed.check_revisions(counted[feed.room_id].rev, self.revised_after)
+            feed.check_revisions(room.rev, self.log.revised_after)
 
     async def publish_control(self, room_id: str, event: str) -> None:
         """Send a control event to every process serving the room (this one included)."""
@@ -366,7 +354,7 @@ class Fanout:
             ready = [each for each in self._feeds.values() if each.ready.is_set()]
             for each in ready:
                 each.resync()
-            if ready and self.counters is not None:
+            if ready:
                 self._spawn(self._check_feeds(ready))  # revisions published meanwhile are gone too
             for _, on_resync in self._watched.values():
                 if on_resync is not None:

@@ -252,7 +252,7 @@ class RoomFeed:
 
     async def _read_missed(self) -> list[Message]:
         try:
-            missed = await self._fanout.backfill(self.room_id, self.last_seq)
+            missed = await self._fanout.log.backfill(self.room_id, self.last_seq)
         except Exception:
             # Storage is down too; held frames still get delivered once their
             # hole times out, and the fill is retried until it succeeds.
