@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Mapping
 from typing import NoReturn
 
 from ..bootstrap import build_services
@@ -228,14 +229,15 @@ async def execute(run: Command, args: argparse.Namespace, settings: Settings) ->
         await services.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; the exit status. ``environ`` stands in for the process's environment."""
     args = build_parser().parse_args(argv)
     # Warnings from the services (a failed announcement) are worth seeing; their routine log is not.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_settings()
+        settings = load_settings(environ)
         if args.run in WANTS_PASSWORD:
-            args.password = read_password(args.password_stdin)
+            args.password = read_password(args.password_stdin, sys.stdin)
         asyncio.run(execute(args.run, args, settings))
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", EXIT_INVALID)

@@ -1,28 +1,36 @@
-"""``python -m chat.admin`` run as a real child process, against the database of each backend.
+"""The administrator's command line, against the database of each backend.
 
 Each test seeds or checks the database directly (``connected_storage``) and
-runs the command the way an administrator does, with the settings in the
-environment; the last tests run it next to a live chat server and watch
-what happens to open sockets.
+runs the command with the settings in an environment of its own; the last
+tests run it next to a live chat server and watch what happens to open
+sockets. The command runs in this process (its ``main``, on a thread of its
+own with its own event loop), except where the subject is the process
+itself: ``python -m chat.admin`` as a child answers ``--help`` and usage
+errors with its exit status, and an unreachable database or a bad
+configuration with one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import datetime
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import pytest
 
+from chat.admin.__main__ import main as admin_main
 from chat.errors import RoomArchived
 from chat.models import NewMessage, Revision, Room, User, utcnow
 from chat.wire.refusals import Close
@@ -75,7 +83,8 @@ def cli_environment(database_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def run_admin(database_url: str, *args: str, stdin: str = "", **env: str) -> Result:
+def run_admin_process(database_url: str, *args: str, stdin: str = "", **env: str) -> Result:
+    """``python -m chat.admin`` as a child process: for the tests whose subject is the command line itself."""
     done = subprocess.run(
         [sys.executable, "-m", "chat.admin", *args],
         input=stdin,
@@ -87,21 +96,35 @@ def run_admin(database_url: str, *args: str, stdin: str = "", **env: str) -> Res
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def _run_in_this_process(database_url: str, args: tuple[str, ...], stdin: str, env: dict[str, str]) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), replaced_stdin(stdin):
+        try:
+            status = admin_main(list(args), environ=cli_environment(database_url, **env))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            status = exc.code if isinstance(exc.code, int) else 1
+    return Result(status, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def replaced_stdin(text: str) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
+def run_admin(database_url: str, *args: str, stdin: str = "", **env: str) -> Result:
+    """The command's ``main`` as the child process would run it (its own thread and event loop), without
+    the interpreter's start: the same settings, stdin, stdout, stderr and exit status."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(_run_in_this_process, database_url, args, stdin, env).result(timeout=60)
+
+
 async def run_admin_async(database_url: str, *args: str, **env: str) -> Result:
     """The same, without blocking the event loop the test's sockets run on."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chat.admin",
-        *args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_environment(database_url, **env),
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, stdout.decode(), stderr.decode())
+    return await asyncio.wait_for(asyncio.to_thread(_run_in_this_process, database_url, args, "", env), 60)
 
 
 def refused(result: Result, status: int, text: str) -> None:
@@ -174,7 +197,7 @@ def test_usage_errors_exit_with_1_and_passwords_are_never_arguments(sqlite_url: 
         ["user", "admin", "alice", "--grant", "--revoke"],
         ["session", "end", "alice"],  # neither a session nor --all
     ):
-        result = run_admin(sqlite_url, *args)
+        result = run_admin_process(sqlite_url, *args)
 
         assert result.status == 1, (args, result)
         assert "Traceback" not in result.stderr
@@ -455,13 +478,12 @@ async def test_bad_export_files_are_refused_with_the_line_and_store_nothing(data
 
 def test_an_unreachable_database_and_a_bad_configuration_are_one_line_each(sqlite_url: str) -> None:
     closed = f"mongodb://127.0.0.1:{free_port()}/chat?serverSelectionTimeoutMS=300"
-    refused(run_admin(closed, "stats"), 3, "cannot reach the database (CHAT_DATABASE_URL)")
-    refused(run_admin("sqlite:////proc/no-such-dir/chat.sqlite3", "stats"), 3, "cannot reach the database")
-    refused(run_admin("postgres://db/chat", "stats"), 1, "configuration error: unsupported CHAT_DATABASE_URL scheme")
-    refused(run_admin(sqlite_url, "stats", CHAT_COOKIE_SECRETS=""), 1, "configuration error: CHAT_COOKIE_SECRETS")
-    refused(
-        run_admin(sqlite_url, "stats", CHAT_PORT="nope"), 1, "configuration error: CHAT_PORT must be a whole number"
-    )
+    run = run_admin_process
+    refused(run(closed, "stats"), 3, "cannot reach the database (CHAT_DATABASE_URL)")
+    refused(run("sqlite:////proc/no-such-dir/chat.sqlite3", "stats"), 3, "cannot reach the database")
+    refused(run("postgres://db/chat", "stats"), 1, "configuration error: unsupported CHAT_DATABASE_URL scheme")
+    refused(run(sqlite_url, "stats", CHAT_COOKIE_SECRETS=""), 1, "configuration error: CHAT_COOKIE_SECRETS")
+    refused(run(sqlite_url, "stats", CHAT_PORT="nope"), 1, "configuration error: CHAT_PORT must be a whole number")
 
 
 # -- next to a running server --------------------------------------------------------
