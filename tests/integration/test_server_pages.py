@@ -15,7 +15,7 @@ from tornado.httpclient import HTTPResponse
 
 from chat.web.cookies import COOKIE_NAME
 from tests.support.client import PASSWORD, Browser, handshake_status
-from tests.support.server import TEST_SECRET, ChatServer
+from tests.support.server import TEST_SECRET, ChatServer, ServerFactory
 from tests.support.storage import connected_storage
 
 COOKIE_SALT = "chat.session-cookie"
@@ -90,9 +90,12 @@ async def test_usernames_are_unique_regardless_of_case(browser: Browser, new_bro
     assert (response.code, response.headers["Location"]) == (302, "/rooms")
 
 
-async def test_passwords_are_stored_as_bcrypt_cost_12(chat_server: ChatServer, browser: Browser) -> None:
-    username = await browser.register()
-    async with connected_storage(chat_server.database_url) as storage:
+async def test_passwords_are_stored_as_bcrypt_cost_12(
+    server_factory: ServerFactory, open_browser: Callable[[str], Browser]
+) -> None:
+    server = server_factory(CHAT_BCRYPT_ROUNDS="12")  # the default; the shared servers hash at 4
+    username = await open_browser(server.base_url).register()
+    async with connected_storage(server.database_url) as storage:
         user = await storage.users.get_by_username(username)
     assert user is not None and user.password_hash.startswith(b"$2b$12$")
 

@@ -22,8 +22,15 @@ TEST_SECRET = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 # can work quickly; the tests of the limits start servers with tight ones.
 LIFTED_LIMITS = lifted_limits()
 # The shared servers also resume from further back than the default, for the
-# tests that page through long histories (the bound has tests of its own).
-SHARED_SERVER_ENV = {**LIFTED_LIMITS, "CHAT_SESSION_RECHECK_SECONDS": "0", "CHAT_RESUME_MAX_MESSAGES": "5000"}
+# tests that page through long histories (the bound has tests of its own), and
+# hash passwords at bcrypt's lowest cost: every test browser registers, and at
+# the default cost hashing was most of what the integration tests spent.
+SHARED_SERVER_ENV = {
+    **LIFTED_LIMITS,
+    "CHAT_SESSION_RECHECK_SECONDS": "0",
+    "CHAT_RESUME_MAX_MESSAGES": "5000",
+    "CHAT_BCRYPT_ROUNDS": "4",
+}
 
 
 def fresh_database_url(backend: str, request: pytest.FixtureRequest, tmp_dir: Path) -> str:
