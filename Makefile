@@ -8,6 +8,11 @@ TOXIPROXY_BIN ?= .cache/bin/toxiproxy-server
 NPM ?= npm
 NODE_DEPS := node_modules/.installed
 PYTEST_ARGS ?=
+# Tests run on this many workers: most of their time is spent waiting on
+# servers, timeouts and browsers, so more workers than cores pays. Each worker
+# starts its own FerretDB and Redis; 0 runs everything in this process.
+PYTEST_WORKERS ?= 4
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 BENCH_ARGS ?= --targets chat,baseline --room-sizes 10,100,1000 --window 8
 
 .PHONY: help run test test-fast lint format venv test-venv node-deps ferretdb toxiproxy bench clean
@@ -72,14 +77,14 @@ test: test-venv
 	else \
 		echo "npm is not installed: the accessibility tests will be skipped (under CI=true they fail)."; \
 	fi
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The inner loop: unit and integration tests without browsers, process groups,
 # soaks and the slow ones (CI runs them all with `make test`).
 FAST_MARKERS := not browser and not cluster and not soak and not slow
 
 test-fast: test-venv
-	$(PY) -m pytest tests/unit tests/integration -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration -m "$(FAST_MARKERS)" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: test-venv
 	$(VENV)/bin/ruff check .
