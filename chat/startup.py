@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from .broker import REDIS_CLUSTER_SCHEMES, REDIS_SCHEMES
 from .config import ConfigError, Settings
 from .logs import JsonFormatter
+from .storage import DATABASE_FORMS, backend_of
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 EXIT_CONFIG = 2
 EXIT_CANNOT_LISTEN = 1
 
-DATABASE_FORMS = (
-    "sqlite:///relative/path, sqlite:////absolute/path, "
-    "mongodb://[user:password@]host[:port][,host:port...]/database[?options] or mongodb+srv://host/database"
-)
 BROKER_FORMS = (
     "memory:// (one process), redis://[:password@]host[:port][/db], rediss://... (TLS), "
     "unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]"
@@ -87,29 +84,18 @@ def _malformed(variable: str, url: str, problem: str, forms: str) -> ConfigError
 def check_database_url(url: str, variable: str = "CHAT_DATABASE_URL") -> None:
     """Raise :class:`ConfigError` unless ``url`` names a database this server can open."""
     try:
-        parts = urlsplit(url)
+        scheme = urlsplit(url).scheme.lower()
     except ValueError as exc:
         raise _malformed(variable, url, f"is malformed ({exc})", DATABASE_FORMS) from None
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-            problem = "is malformed (a SQLite URL is sqlite:/// followed by the file's path)"
-            raise _malformed(variable, url, problem, DATABASE_FORMS)
-    elif scheme == "mongodb":
-        from pymongo.errors import PyMongoError
-        from pymongo.uri_parser import parse_uri
-
-        try:
-            parse_uri(url)  # a parser only: no connection, no DNS for mongodb://
-        except (PyMongoError, ValueError) as exc:
-            raise _malformed(variable, url, f"is malformed ({mask_url(str(exc))})", DATABASE_FORMS) from None
-    elif scheme == "mongodb+srv":
-        # Checking more would resolve DNS; the driver says what it finds.
-        if not _hostname(parts.netloc):
-            raise _malformed(variable, url, "is malformed (no host name)", DATABASE_FORMS)
-    else:
+    try:
+        backend = backend_of(url)
+    except ValueError:
         problem = f"has an unsupported scheme ({scheme}://)" if scheme else "is not a URL"
-        raise _malformed(variable, url, problem, DATABASE_FORMS)
+        raise _malformed(variable, url, problem, DATABASE_FORMS) from None
+    try:
+        backend.check(url)
+    except ValueError as exc:
+        raise _malformed(variable, url, f"is malformed ({mask_url(str(exc))})", DATABASE_FORMS) from None
 
 
 def check_broker_url(url: str, variable: str = "CHAT_BROKER_URL") -> None:
@@ -139,10 +125,6 @@ def check_broker_url(url: str, variable: str = "CHAT_BROKER_URL") -> None:
             raise _malformed(variable, url, problem, BROKER_FORMS)
     except ValueError as exc:
         raise _malformed(variable, url, f"is malformed ({mask_url(str(exc))})", BROKER_FORMS) from None
-
-
-def _hostname(netloc: str) -> str:
-    return netloc.rpartition("@")[2].split(",")[0].rsplit(":", 1)[0].strip("[]")
 
 
 # -- the port -----------------------------------------------------------------
@@ -231,14 +213,7 @@ class Door:
 
 def database_doors(url: str) -> list[Door]:
     """Where the database of ``url`` answers; none for SQLite (a file) and mongodb+srv (DNS decides)."""
-    if urlsplit(url).scheme.lower() != "mongodb":
-        return []
-    from pymongo.uri_parser import parse_uri
-
-    return [
-        Door(host, port) if port is not None and not host.endswith(".sock") else Door(host)
-        for host, port in parse_uri(url)["nodelist"]
-    ]
+    return [Door(host, port) for host, port in backend_of(url).addresses(url)]
 
 
 def broker_doors(url: str) -> list[Door]:

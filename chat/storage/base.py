@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from ..models import (
     Ban,
@@ -27,6 +28,28 @@ from ..models import (
     Session,
     User,
 )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A storage backend as configuration sees it: the URLs it takes, checked without connecting, and what they open.
+
+    Each backend package says this of itself in its ``url`` module; the
+    package's storage is imported only when a URL of it is opened.
+    """
+
+    name: str
+    schemes: frozenset[str]
+    # How its URLs look, for the message that refuses one.
+    forms: str
+    # Raises ValueError saying what is wrong with a URL of one of its schemes; never connects.
+    check: Callable[[str], None]
+    # Builds (does not connect) the storage a URL names.
+    open: Callable[[str], Storage]
+    # (host, port or None) where its server answers, for the start-up knock; none for a file.
+    addresses: Callable[[str], list[tuple[str, int | None]]]
+    # Whether several processes can share one database (a process group needs it).
+    shared: bool
 
 
 def room_of(messages: Sequence[Message]) -> str:

@@ -26,8 +26,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from ..broker import REDIS_CLUSTER_SCHEMES, REDIS_SCHEMES
 from ..config import PROJECT_ROOT, ConfigError, load_settings
+from ..storage import backend_of
 
 SUPERVISORD_CONF = PROJECT_ROOT / "supervisord.conf"
 NGINX_DIR = PROJECT_ROOT / "nginx"
@@ -255,9 +258,13 @@ def _check_distributed_settings() -> None:
         settings = load_settings()
     except ConfigError as exc:
         raise ClusterError(f"configuration error: {exc}") from None
-    if not settings.database_url.startswith(("mongodb://", "mongodb+srv://")):
+    try:
+        shared = backend_of(settings.database_url).shared
+    except ValueError:
+        shared = False
+    if not shared:
         raise ClusterError("a cluster needs CHAT_DATABASE_URL=mongodb://... (SQLite belongs to one process)")
-    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+    if urlsplit(settings.broker_url).scheme.lower() not in REDIS_SCHEMES | REDIS_CLUSTER_SCHEMES:
         raise ClusterError(
             "a cluster needs CHAT_BROKER_URL=redis://... or redis+cluster://... (memory:// reaches one process only)"
         )

@@ -11,7 +11,7 @@ from chat.broker.memory import MemoryBroker
 from chat.config import Settings
 from chat.models import OnlineUser
 from chat.storage import Storage
-from chat.storage.sqlite import SQLiteStorage
+from chat.storage.sqlite.storage import SQLiteStorage
 from chat.wire.events import PRESENCE_CHANGED, control_event
 from tests.support.fakes import FakeTransport
 from tests.support.waiting import eventually

@@ -11,7 +11,7 @@ import pytest
 
 from chat.errors import Conflict
 from chat.models import Revision, RoomCounters, RoomKind, utcnow
-from chat.storage.sqlite import SQLiteStorage
+from chat.storage.sqlite.storage import SQLiteStorage
 
 OLD_SCHEMA = """
 CREATE TABLE users (id TEXT PRIMARY KEY, username TEXT NOT NULL, username_lower TEXT NOT NULL UNIQUE,

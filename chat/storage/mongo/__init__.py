@@ -1,7 +1,8 @@
 """The distributed backend: MongoDB through PyMongo's async API.
 
 One module per repository over one client (:mod:`.storage`, which also
-reads the URL and makes the indexes); :mod:`.documents` maps documents.
+makes the indexes); :mod:`.documents` maps documents; :mod:`.url` checks
+and opens ``mongodb://`` URLs.
 
 Uses only what both MongoDB and FerretDB v1 support (the tests run against
 FerretDB): no transactions, change streams or TTL indexes. A message's seq
@@ -12,7 +13,3 @@ have no holes and never appear out of order, on MongoDB and FerretDB alike.
 An ack is only sent once the write is acknowledged with the write concern
 ``w=majority, journal=true`` (unless the URL sets its own; see README).
 """
-
-from .storage import MongoStorage
-
-__all__ = ["MongoStorage"]

@@ -2,7 +2,7 @@
 
 One module per repository (users, sessions, rooms, memberships, mentions,
 bans, moderation, messages) over one :mod:`.database`; :mod:`.storage`
-puts them together and reads the URL.
+puts them together; :mod:`.url` checks and opens ``sqlite:///PATH``.
 
 SQLite allows one writer at a time, so all writes go through one connection
 behind an asyncio lock, each in an explicit ``BEGIN IMMEDIATE`` transaction.
@@ -13,7 +13,3 @@ never waits for the writer. ``synchronous=FULL`` makes a commit durable before
 One SQLite file belongs to one chat process; the multi-process group uses
 MongoDB.
 """
-
-from .storage import SQLiteStorage
-
-__all__ = ["SQLiteStorage"]

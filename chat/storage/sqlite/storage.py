@@ -28,14 +28,6 @@ class SQLiteStorage(Storage):
         self.moderation = SQLiteModerationLog(self._db)
         self.mentions = SQLiteMentions(self._db)
 
-    @classmethod
-    def from_url(cls, url: str) -> SQLiteStorage:
-        # sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory:
-        prefix = "sqlite:///"
-        if not url.startswith(prefix) or len(url) == len(prefix):
-            raise ValueError(f"expected sqlite:///PATH, got {url!r}")
-        return cls(url[len(prefix) :])
-
     @property
     def path(self) -> str:
         return self._db.path
