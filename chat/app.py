@@ -1,8 +1,9 @@
 """The web application: URL table and Tornado settings over the services, and a process's life.
 
 :func:`chat.bootstrap.build_services` wires the services; :func:`make_app`
-puts them behind the handlers; :func:`serve` runs one process until SIGINT or
-SIGTERM and then shuts it down gracefully.
+puts them behind the handlers; :func:`start_serving` connects and listens,
+and :func:`serve` runs one process that way until SIGINT or SIGTERM and then
+shuts it down gracefully.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 
 import tornado.httpserver
 import tornado.web
@@ -94,8 +96,26 @@ def make_app(settings: Settings, services: Services) -> ChatApplication:
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run one chat process until it is told to stop."""
+@dataclass
+class Serving:
+    """One process's services and HTTP server, listening; :meth:`stop` shuts them down gracefully."""
+
+    services: Services
+    server: GuardedHTTPServer
+    stalls: StallWatch | None
+
+    async def stop(self) -> None:
+        await shutdown(self.services, self.server)
+        if self.stalls is not None:
+            self.stalls.stop()
+
+
+async def start_serving(settings: Settings, *, watch_stalls: bool = True) -> Serving:
+    """Build the services and the app, connect, and listen on the settings' port.
+
+    ``watch_stalls``: dump the stacks of a stalled loop (a process's own;
+    tests that serve from a thread of theirs leave it off).
+    """
     services = build_services(settings)
     await services.start()
     metrics.watch(
@@ -127,7 +147,7 @@ async def serve(settings: Settings) -> None:
         settings.header_timeout_seconds,
     )
     server.listen(settings.port, settings.host)
-    stalls = StallWatch(settings.loop_stall_seconds) if settings.loop_stall_seconds > 0 else None
+    stalls = StallWatch(settings.loop_stall_seconds) if watch_stalls and settings.loop_stall_seconds > 0 else None
     if stalls is not None:
         stalls.start()
     log.info(
@@ -138,16 +158,18 @@ async def serve(settings: Settings) -> None:
         settings.database_url.split("://")[0],
         settings.broker_url.split("://")[0],
     )
+    return Serving(services, server, stalls)
 
+
+async def serve(settings: Settings) -> None:
+    """Run one chat process until it is told to stop (SIGINT, SIGTERM)."""
+    serving = await start_serving(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-
-    await shutdown(services, server)
-    if stalls is not None:
-        stalls.stop()
+    await serving.stop()
 
 
 async def shutdown(services: Services, server: tornado.httpserver.HTTPServer) -> None:

@@ -10,13 +10,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.client import Browser
 from tests.support.logs import add_log_source, log_sources
 from tests.support.redis_cluster import RedisClusterGroup
-from tests.support.server import SHARED_SERVER_ENV, ChatServer, fresh_database_url
+from tests.support.server import (
+    SHARED_SERVER_ENV,
+    ChatServer,
+    ChildServerFactory,
+    InProcessServer,
+    ServerFactory,
+    fresh_database_url,
+)
 from tests.support.services import FerretDB, RedisServer, ferretdb_binary, redis_binary, redis_cli_binary
 
 
@@ -67,17 +75,17 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/chat.sqlite3"
 
 
-@pytest.fixture
-def server_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., ChatServer]]:
-    """Start servers with custom settings; each is stopped after the test."""
-    started: list[ChatServer] = []
+def _factory(
+    kind: type[InProcessServer] | type[ChatServer],
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Any]]:
+    started: list[InProcessServer | ChatServer] = []
 
-    def start(backend: str = "sqlite", database_url: str | None = None, **env: str) -> ChatServer:
+    def start(backend: str = "sqlite", database_url: str | None = None, **env: str) -> InProcessServer | ChatServer:
         tmp_dir = tmp_path_factory.mktemp(f"server-{backend}")
         url = database_url or fresh_database_url(backend, request, tmp_dir)
-        server = ChatServer(url, tmp_dir, **{**SHARED_SERVER_ENV, **env})
+        server = kind(url, tmp_dir, **{**SHARED_SERVER_ENV, **env})
         started.append(server)
         add_log_source(request, f"chat server {server.port}", server.logs)
         return server.start()
@@ -85,6 +93,20 @@ def server_factory(
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    """Start servers in this process with custom settings; each is stopped after the test."""
+    yield from _factory(InProcessServer, request, tmp_path_factory)
+
+
+@pytest.fixture
+def child_server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChildServerFactory]:
+    """The same as ``python -m chat`` child processes: for tests whose subject is the process."""
+    yield from _factory(ChatServer, request, tmp_path_factory)
 
 
 @pytest.fixture

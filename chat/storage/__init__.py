@@ -28,7 +28,7 @@ __all__ = [
 
 BACKENDS = (SQLITE, MONGODB)
 # Every form a database URL may take, for the message that refuses one.
-DATABASE_FORMS = " or ".join(backend.forms for backend in BACKENDS)
+DATABASE_FORMS = ", ".join(backend.forms for backend in BACKENDS)
 
 
 def backend_of(url: str) -> Backend:

@@ -1,4 +1,4 @@
-"""Fixtures for the integration tier: a real chat server process per backend, and browsers on it."""
+"""Fixtures for the integration tier: a real chat server per backend (in this process), and browsers on it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.client import Browser
 from tests.support.logs import add_log_source
-from tests.support.server import SHARED_SERVER_ENV, ChatServer, fresh_database_url
+from tests.support.server import SHARED_SERVER_ENV, InProcessServer, fresh_database_url
 
 # Server-level tests run on SQLite: how storage behaves is proven on both
 # backends by the storage contract suite. A module whose tests exercise a
@@ -24,10 +24,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="module")
-def chat_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+def chat_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     """One server per backend per test module (see SERVER_BACKENDS)."""
     tmp_dir = tmp_path_factory.mktemp(f"server-{request.param}")
-    with ChatServer(fresh_database_url(request.param, request, tmp_dir), tmp_dir, **SHARED_SERVER_ENV) as server:
+    url = fresh_database_url(request.param, request, tmp_dir)
+    with InProcessServer(url, tmp_dir, **SHARED_SERVER_ENV) as server:
         yield server
 
 
@@ -40,10 +41,10 @@ def _attach_server_logs(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def browser(chat_server: ChatServer, open_browser: Callable[[str], Browser]) -> Browser:
+def browser(chat_server: InProcessServer, open_browser: Callable[[str], Browser]) -> Browser:
     return open_browser(chat_server.base_url)
 
 
 @pytest.fixture
-def new_browser(chat_server: ChatServer, open_browser: Callable[[str], Browser]) -> Callable[[], Browser]:
+def new_browser(chat_server: InProcessServer, open_browser: Callable[[str], Browser]) -> Callable[[], Browser]:
     return lambda: open_browser(chat_server.base_url)

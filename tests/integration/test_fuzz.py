@@ -25,7 +25,7 @@ from chat.wire.refusals import Close, ErrorCode
 from chat.wire.text import MAX_SAFE_INTEGER
 from tests.support.client import Browser, RoomSocket, raw_request
 from tests.support.logs import add_log_source
-from tests.support.server import SHARED_SERVER_ENV, ChatServer
+from tests.support.server import SHARED_SERVER_ENV, InProcessServer, Server
 
 FUZZ = settings(
     max_examples=100,
@@ -104,10 +104,10 @@ any_frames = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("fuzz")
     env = {**SHARED_SERVER_ENV, "CHAT_BCRYPT_ROUNDS": "4"}
-    with ChatServer(f"sqlite:///{tmp}/chat.sqlite3", tmp, **env) as started:
+    with InProcessServer(f"sqlite:///{tmp}/chat.sqlite3", tmp, **env) as started:
         yield started
 
 
@@ -130,7 +130,7 @@ class Session:
 _sessions: dict[int, Session] = {}
 
 
-async def session_on(server: ChatServer) -> Session:
+async def session_on(server: Server) -> Session:
     """This test's session (examples of one test share its event loop); made on first use."""
     key = id(asyncio.get_running_loop())
     if key not in _sessions:
@@ -141,7 +141,7 @@ async def session_on(server: ChatServer) -> Session:
 
 
 @pytest.fixture(autouse=True)
-async def _close_sessions(request: pytest.FixtureRequest, server: ChatServer) -> AsyncIterator[None]:
+async def _close_sessions(request: pytest.FixtureRequest, server: Server) -> AsyncIterator[None]:
     add_log_source(request, f"fuzzed server {server.port}", server.logs)
     yield
     for session in _sessions.values():
@@ -153,7 +153,7 @@ async def _close_sessions(request: pytest.FixtureRequest, server: ChatServer) ->
 # -- properties ---------------------------------------------------------------------
 
 
-async def assert_handled(server: ChatServer, frame: str | bytes) -> None:
+async def assert_handled(server: Server, frame: str | bytes) -> None:
     """Send ``frame``, then a probe: the probe is answered, or the socket closed with a documented code."""
     session = await session_on(server)
     sock = await session.socket()
@@ -178,25 +178,25 @@ async def assert_handled(server: ChatServer, frame: str | bytes) -> None:
 
 @FUZZ
 @given(frame=sync_frames.map(as_json_text))
-async def test_no_sync_frame_breaks_the_socket_or_the_server(server: ChatServer, frame: str) -> None:
+async def test_no_sync_frame_breaks_the_socket_or_the_server(server: Server, frame: str) -> None:
     await assert_handled(server, frame)
 
 
 @FUZZ
 @given(frame=send_frames.map(as_json_text))
-async def test_no_send_frame_breaks_the_socket_or_the_server(server: ChatServer, frame: str) -> None:
+async def test_no_send_frame_breaks_the_socket_or_the_server(server: Server, frame: str) -> None:
     await assert_handled(server, frame)
 
 
 @FUZZ
 @given(frame=any_frames)
-async def test_no_frame_at_all_breaks_the_socket_or_the_server(server: ChatServer, frame: str | bytes) -> None:
+async def test_no_frame_at_all_breaks_the_socket_or_the_server(server: Server, frame: str | bytes) -> None:
     await assert_handled(server, frame)
 
 
 @FUZZ
 @given(since=st.one_of(hostile_text, big_ints.map(str), st.text("0123456789+-.eE_ ", max_size=30)))
-async def test_no_since_on_the_handshake_gets_a_500(server: ChatServer, since: str) -> None:
+async def test_no_since_on_the_handshake_gets_a_500(server: Server, since: str) -> None:
     session = await session_on(server)
     path = f"/rooms/{session.room_id}/ws?since={quote(since, safe='', errors='surrogatepass')}"
     response = await session.browser.request("GET", path, headers={"Origin": session.browser.origin})
@@ -211,7 +211,7 @@ async def test_no_since_on_the_handshake_gets_a_500(server: ChatServer, since: s
     next_url=hostile_text,
 )
 async def test_no_query_string_gets_a_500_or_reaches_a_header(
-    server: ChatServer, path: str, query: list[tuple[str, str]], next_url: str
+    server: Server, path: str, query: list[tuple[str, str]], next_url: str
 ) -> None:
     session = await session_on(server)
     pairs = [*query, ("next", "/" + next_url)]
@@ -230,7 +230,7 @@ async def test_no_query_string_gets_a_500_or_reaches_a_header(
         st.text(st.sampled_from([*CONTROLS, "/", "\\", ":", "@", ".", "x"]), max_size=12),
     ).map("".join)
 )
-async def test_no_next_reaches_the_location_header_unsafely(server: ChatServer, next_url: str) -> None:
+async def test_no_next_reaches_the_location_header_unsafely(server: Server, next_url: str) -> None:
     # What breaks a redirect: line breaks, tabs, slashes and backslashes.
     session = await session_on(server)
     target = "/login?" + urlencode({"next": next_url}, encoding="utf-8", errors="surrogatepass")
@@ -244,7 +244,7 @@ async def test_no_next_reaches_the_location_header_unsafely(server: ChatServer, 
 
 @FUZZ
 @given(segment=st.binary(min_size=1, max_size=60))
-async def test_no_path_gets_a_500(server: ChatServer, segment: bytes) -> None:
+async def test_no_path_gets_a_500(server: Server, segment: bytes) -> None:
     encoded = quote(segment, safe="/")
     for prefix in ("/static/", "/rooms/", "/"):
         status, _, _ = await raw_request(
@@ -265,7 +265,7 @@ form_fields = st.dictionaries(
 
 @FUZZ
 @given(path=st.sampled_from(["/login", "/register", "/rooms", "/logout"]), fields=form_fields)
-async def test_no_form_gets_a_500(server: ChatServer, path: str, fields: dict[str, str]) -> None:
+async def test_no_form_gets_a_500(server: Server, path: str, fields: dict[str, str]) -> None:
     session = await session_on(server)
     stranger = Browser(server.base_url)
     for browser in (session.browser, stranger):
@@ -284,7 +284,7 @@ async def test_no_form_gets_a_500(server: ChatServer, path: str, fields: dict[st
         await session.browser.register()  # signed out by the example: sign in again for the next
 
 
-async def test_the_fuzzers_reach_the_parser_at_all(server: ChatServer) -> None:
+async def test_the_fuzzers_reach_the_parser_at_all(server: Server) -> None:
     # Guards the properties above: a valid frame sent the same way is acked,
     # so the socket the fuzzers use really talks to the room.
     session = await session_on(server)

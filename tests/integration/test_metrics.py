@@ -7,14 +7,14 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import Browser, handshake_status, raw_request
-from tests.support.server import ChatServer, ServerFactory
+from tests.support.server import ChildServerFactory, Server
 from tests.support.waiting import eventually
 
 PUBLIC = "127.0.0.2"  # any address but the one trusted machine
 TRUSTED_ONLY = {"CHAT_TRUSTED_PROXIES": "127.0.0.1/32"}
 
 
-async def scrape(server: ChatServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the server's metrics, by (name, sorted labels)."""
     head = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close"
     status, headers, body = await raw_request(server.base_url, head)
@@ -27,9 +27,10 @@ async def scrape(server: ChatServer) -> dict[tuple[str, tuple[tuple[str, str], .
 
 
 async def test_a_server_counts_sockets_messages_latency_refusals_and_storage(
-    server_factory: ServerFactory, open_browser: Callable[[str], Browser]
+    child_server_factory: ChildServerFactory, open_browser: Callable[[str], Browser]
 ) -> None:
-    server = server_factory(CHAT_LIMIT_SENDS="3 per minute")
+    # A child process: what /metrics counts is the whole process's.
+    server = child_server_factory(CHAT_LIMIT_SENDS="3 per minute")
     alice = open_browser(server.base_url)
     await alice.register()
     room_id = await alice.create_room()
@@ -62,12 +63,12 @@ async def test_a_server_counts_sockets_messages_latency_refusals_and_storage(
     await eventually(lambda: _open_sockets(server), 5, "the closed socket no longer counted")
 
 
-async def _open_sockets(server: ChatServer) -> bool:
+async def _open_sockets(server: Server) -> bool:
     return (await scrape(server))[("chat_sockets_open", (("kind", "room"),))] == 0
 
 
-async def test_metrics_are_not_shown_to_the_public(server_factory: ServerFactory) -> None:
-    server = server_factory(**TRUSTED_ONLY)
+async def test_metrics_are_not_shown_to_the_public(child_server_factory: ChildServerFactory) -> None:
+    server = child_server_factory(**TRUSTED_ONLY)
     head = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close"
     status, _, body = await raw_request(server.base_url, head, source=PUBLIC)
     assert status == 404 and b"chat_" not in body

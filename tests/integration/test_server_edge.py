@@ -34,7 +34,7 @@ from tests.support.client import (
     read_frame,
 )
 from tests.support.logs import add_log_source
-from tests.support.server import SHARED_SERVER_ENV, ChatServer, ServerFactory
+from tests.support.server import SHARED_SERVER_ENV, InProcessServer, Server, ServerFactory
 from tests.support.waiting import eventually
 
 PUBLIC = "127.0.0.2"  # any address but the trusted proxy's
@@ -42,18 +42,18 @@ FAST = {**SHARED_SERVER_ENV, "CHAT_BCRYPT_ROUNDS": "4", "CHAT_TRUSTED_PROXIES": 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Plain HTTP, as `make run`."""
     tmp = tmp_path_factory.mktemp("edge-plain")
-    with ChatServer(f"sqlite:///{tmp}/chat.sqlite3", tmp, **FAST) as started:
+    with InProcessServer(f"sqlite:///{tmp}/chat.sqlite3", tmp, **FAST) as started:
         yield started
 
 
 @pytest.fixture(scope="module")
-def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """As deployed behind TLS: CHAT_COOKIE_SECURE."""
     tmp = tmp_path_factory.mktemp("edge-secure")
-    with ChatServer(f"sqlite:///{tmp}/chat.sqlite3", tmp, CHAT_COOKIE_SECURE="true", **FAST) as started:
+    with InProcessServer(f"sqlite:///{tmp}/chat.sqlite3", tmp, CHAT_COOKIE_SECURE="true", **FAST) as started:
         yield started
 
 
@@ -66,12 +66,12 @@ def _attach_logs(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def browser(server: ChatServer, open_browser: Callable[[str], Browser]) -> Browser:
+def browser(server: Server, open_browser: Callable[[str], Browser]) -> Browser:
     return open_browser(server.base_url)
 
 
 @pytest.fixture
-def new_browser(server: ChatServer, open_browser: Callable[[str], Browser]) -> Callable[[], Browser]:
+def new_browser(server: Server, open_browser: Callable[[str], Browser]) -> Callable[[], Browser]:
     return lambda: open_browser(server.base_url)
 
 
@@ -100,16 +100,14 @@ def handshake_head(room_id: str, host: str, origin: str, cookie: str, *extra: st
     )
 
 
-def host_of(server: ChatServer) -> str:
+def host_of(server: Server) -> str:
     return f"127.0.0.1:{server.port}"
 
 
 # -- headers (checklist 21, 22; finding 8: no versions) ------------------------
 
 
-async def test_every_answer_sends_the_security_headers_and_no_server_version(
-    server: ChatServer, browser: Browser
-) -> None:
+async def test_every_answer_sends_the_security_headers_and_no_server_version(server: Server, browser: Browser) -> None:
     await browser.register()
     room_id = await browser.create_room()
     answers = {
@@ -144,7 +142,7 @@ async def test_static_files_are_nosniff_without_a_server_version(browser: Browse
     assert (await browser.get("/static/chat.js")).headers["Content-Type"] == "text/javascript"
 
 
-async def test_over_https_every_answer_carries_hsts(secure_server: ChatServer, open_browser: Callable) -> None:
+async def test_over_https_every_answer_carries_hsts(secure_server: Server, open_browser: Callable) -> None:
     browser = open_browser(secure_server.base_url)
     await browser.register()
     for path in ("/login", "/rooms", "/static/chat.css", "/healthz", "/no/such/page"):
@@ -153,7 +151,7 @@ async def test_over_https_every_answer_carries_hsts(secure_server: ChatServer, o
         assert max_age and int(max_age.group(1)) >= 31536000 and "includeSubDomains" in hsts, (path, hsts)
 
 
-async def test_the_scheme_a_trusted_proxy_forwards_is_believed_and_nobody_elses(server: ChatServer) -> None:
+async def test_the_scheme_a_trusted_proxy_forwards_is_believed_and_nobody_elses(server: Server) -> None:
     head = f"GET /login HTTP/1.1\r\nHost: {host_of(server)}\r\nX-Forwarded-Proto: https\r\nConnection: close"
     _, via_proxy, _ = await raw_request(server.base_url, head)
     assert via_proxy["content-security-policy"] == csp(server.port, "wss")
@@ -174,7 +172,7 @@ def set_cookie(headers: list[str], name: str) -> str:
 
 
 async def test_over_https_the_cookies_are_host_prefixed_secure_http_only_lax_and_small(
-    secure_server: ChatServer, open_browser: Callable[[str], Browser]
+    secure_server: Server, open_browser: Callable[[str], Browser]
 ) -> None:
     browser = open_browser(secure_server.base_url)
     login_page = await browser.get("/login")
@@ -279,7 +277,7 @@ async def test_no_get_changes_state(browser: Browser, new_browser: Callable) -> 
     ],
 )
 async def test_a_handshake_from_any_other_origin_is_refused_before_the_upgrade(
-    server: ChatServer, browser: Browser, origin: str
+    server: Server, browser: Browser, origin: str
 ) -> None:
     await browser.register()
     room_id = await browser.create_room()
@@ -289,7 +287,7 @@ async def test_a_handshake_from_any_other_origin_is_refused_before_the_upgrade(
     assert await handshake_status(Browser(server.base_url), room_id, origin=origin) == 403
 
 
-async def test_a_handshake_from_exactly_our_origin_is_accepted(server: ChatServer, browser: Browser) -> None:
+async def test_a_handshake_from_exactly_our_origin_is_accepted(server: Server, browser: Browser) -> None:
     await browser.register()
     room_id = await browser.create_room()
     for origin in (f"http://127.0.0.1:{server.port}", f"HTTP://127.0.0.1:{server.port}"):
@@ -310,7 +308,7 @@ async def test_behind_a_proxy_the_public_origin_is_the_configured_one(
 
 
 async def test_the_https_origin_counts_as_ours_only_when_a_trusted_proxy_says_https(
-    server: ChatServer, browser: Browser
+    server: Server, browser: Browser
 ) -> None:
     await browser.register()
     room_id = await browser.create_room()
@@ -325,7 +323,7 @@ async def test_the_https_origin_counts_as_ours_only_when_a_trusted_proxy_says_ht
 
 @pytest.mark.parametrize(("sent", "echoed"), [(1005, 1002), (1006, 1002), (1015, 1002), (999, 1002), (1000, 1000)])
 async def test_a_close_code_no_endpoint_may_send_is_never_echoed(
-    server: ChatServer, browser: Browser, sent: int, echoed: int
+    server: Server, browser: Browser, sent: int, echoed: int
 ) -> None:
     await browser.register()
     room_id = await browser.create_room()
@@ -381,7 +379,7 @@ async def test_markup_in_room_names_and_usernames_stays_text(browser: Browser) -
 # -- client address (checklist 23; finding 8) -----------------------------------------
 
 
-async def test_forwarding_headers_count_only_from_the_trusted_proxy(server: ChatServer) -> None:
+async def test_forwarding_headers_count_only_from_the_trusted_proxy(server: Server) -> None:
     spoofed = "X-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 203.0.113.9"
     probes = {}
     for source in ("127.0.0.1", PUBLIC):
@@ -402,7 +400,7 @@ async def test_forwarding_headers_count_only_from_the_trusted_proxy(server: Chat
 # -- health probes (finding 8) ----------------------------------------------------------
 
 
-async def test_health_probes_tell_the_public_only_that_the_process_is_up(server: ChatServer) -> None:
+async def test_health_probes_tell_the_public_only_that_the_process_is_up(server: Server) -> None:
     for path in ("/healthz", "/readyz"):
         head = f"GET {path} HTTP/1.1\r\nHost: {host_of(server)}\r\nConnection: close"
         status, _, body = await raw_request(server.base_url, head, source=PUBLIC)
@@ -417,7 +415,7 @@ async def test_health_probes_tell_the_public_only_that_the_process_is_up(server:
 
 
 async def test_a_sync_since_2_to_the_63_is_an_error_frame_and_the_socket_stays_usable(
-    server: ChatServer, browser: Browser
+    server: Server, browser: Browser
 ) -> None:
     await browser.register()
     room_id = await browser.create_room()
@@ -431,7 +429,7 @@ async def test_a_sync_since_2_to_the_63_is_an_error_frame_and_the_socket_stays_u
     assert server.uncaught_errors() == []
 
 
-async def test_cr_lf_in_next_never_reaches_the_location_header(server: ChatServer, browser: Browser) -> None:
+async def test_cr_lf_in_next_never_reaches_the_location_header(server: Server, browser: Browser) -> None:
     hostile = "/rooms\r\nSet-Cookie: planted=1"
     page = await browser.get("/login?" + urlencode({"next": hostile}))
     assert page.code == 200 and 'name="next" value="/rooms"' in page.body.decode()
@@ -463,14 +461,14 @@ async def test_cr_lf_in_next_never_reaches_the_location_header(server: ChatServe
         "/static/.",
     ],
 )
-async def test_odd_static_paths_get_a_4xx_never_a_500(server: ChatServer, path: str) -> None:
+async def test_odd_static_paths_get_a_4xx_never_a_500(server: Server, path: str) -> None:
     status, headers, _ = await raw_request(server.base_url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close")
     assert 400 <= status < 500, (path, status)
     assert "x-injected" not in headers
     assert server.uncaught_errors() == []
 
 
-async def test_a_body_over_64_kib_is_refused_before_it_is_read(server: ChatServer) -> None:
+async def test_a_body_over_64_kib_is_refused_before_it_is_read(server: Server) -> None:
     # Finding 8: without nginx, ~100 MB bodies were read, and a 20 MiB
     # username came back in a 21 MB page.
     head = (
@@ -518,7 +516,7 @@ async def test_control_characters_in_room_names_are_refused(browser: Browser, na
     assert response.code == 400 and "Location" not in response.headers
 
 
-async def test_a_repeated_error_is_logged_once(server: ChatServer, browser: Browser) -> None:
+async def test_a_repeated_error_is_logged_once(server: Server, browser: Browser) -> None:
     await browser.register()
     room_id = await browser.create_room()
     for _ in range(20):
@@ -531,7 +529,7 @@ async def test_a_repeated_error_is_logged_once(server: ChatServer, browser: Brow
 
 
 async def test_operator_shaped_form_fields_get_400_and_no_session(
-    chat_server: ChatServer, open_browser: Callable[[str], Browser]
+    chat_server: Server, open_browser: Callable[[str], Browser]
 ) -> None:
     victim = open_browser(chat_server.base_url)
     username = await victim.register()
@@ -562,7 +560,7 @@ async def test_operator_shaped_form_fields_get_400_and_no_session(
 
 
 async def test_operator_shaped_frames_get_error_frames_and_store_nothing(
-    chat_server: ChatServer, open_browser: Callable[[str], Browser]
+    chat_server: Server, open_browser: Callable[[str], Browser]
 ) -> None:
     browser = open_browser(chat_server.base_url)
     await browser.register()
@@ -604,7 +602,7 @@ def concrete_paths(room_id: str, username: str) -> list[str]:
 
 
 async def test_every_route_answers_every_method_without_a_500(
-    server: ChatServer, browser: Browser, new_browser: Callable
+    server: Server, browser: Browser, new_browser: Callable
 ) -> None:
     await browser.register()
     room_id = await browser.create_room()

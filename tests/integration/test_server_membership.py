@@ -9,7 +9,7 @@ from collections.abc import Callable
 from chat.services.rooms.catalog import ROOMS_PER_PAGE
 from chat.wire.refusals import Close
 from tests.support.client import Browser, RoomSocket, handshake_status
-from tests.support.server import ChatServer, ServerFactory
+from tests.support.server import Server, ServerFactory
 from tests.support.storage import connected_storage
 
 
@@ -206,7 +206,7 @@ async def test_a_dm_is_one_room_for_both_people_and_nobody_else(new_browser: Cal
 
 
 async def test_the_rooms_page_searches_and_pages_public_rooms_with_members_and_activity(
-    browser: Browser, chat_server: ChatServer
+    browser: Browser, chat_server: Server
 ) -> None:
     await browser.register()
     tag = uuid.uuid4().hex[:8]  # the server is shared: this test's rooms are the ones named with it

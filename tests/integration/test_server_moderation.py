@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from chat.wire.refusals import Close
 from tests.support.client import Browser, RoomSocket
-from tests.support.server import ChatServer, ServerFactory
+from tests.support.server import Server, ServerFactory
 from tests.support.storage import connected_storage
 
 
@@ -81,7 +81,7 @@ async def test_a_rename_and_a_topic_reach_the_room_live_and_the_rooms_page(new_b
     assert clash.code == 400 and "exists already" in clash.body.decode()
 
 
-async def make_admin(server: ChatServer, username: str) -> None:
+async def make_admin(server: Server, username: str) -> None:
     async with connected_storage(server.database_url) as storage:
         user = await storage.users.get_by_username(username)
         assert user is not None

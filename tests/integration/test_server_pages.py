@@ -15,7 +15,7 @@ from tornado.httpclient import HTTPResponse
 
 from chat.web.cookies import COOKIE_NAME
 from tests.support.client import PASSWORD, Browser, handshake_status
-from tests.support.server import TEST_SECRET, ChatServer, ServerFactory
+from tests.support.server import TEST_SECRET, Server, ServerFactory
 from tests.support.storage import connected_storage
 
 COOKIE_SALT = "chat.session-cookie"
@@ -146,7 +146,7 @@ async def test_forms_without_the_xsrf_token_are_refused_with_a_friendly_page(bro
     assert "<html" in body and "Traceback" not in body and "reload the page" in body
 
 
-async def test_a_cookie_replayed_after_logout_is_refused(browser: Browser, chat_server: ChatServer) -> None:
+async def test_a_cookie_replayed_after_logout_is_refused(browser: Browser, chat_server: Server) -> None:
     await browser.register()
     room_id = await browser.create_room()
     stolen = browser.cookies[COOKIE_NAME]

@@ -30,7 +30,7 @@ from tests.support.client import (
     raw_websocket,
     read_frame,
 )
-from tests.support.server import ChatServer
+from tests.support.server import ChildServerFactory, Server
 from tests.support.waiting import eventually
 
 SLOW_WARNING = "too slow"
@@ -49,7 +49,7 @@ def kernel_send_buffer_ceiling() -> int:
 
 
 async def two_users_in_a_room(
-    server: ChatServer, open_browser: Callable[[str], Browser]
+    server: Server, open_browser: Callable[[str], Browser]
 ) -> tuple[Browser, Browser, str, str]:
     """Alice and Bob, signed in, and a room of Alice's; returns Bob's username last."""
     alice, bob = open_browser(server.base_url), open_browser(server.base_url)
@@ -58,14 +58,14 @@ async def two_users_in_a_room(
     return alice, bob, await alice.create_room(), bob_name
 
 
-def assert_healthy(server: ChatServer) -> None:
-    assert server.process is not None and server.process.poll() is None, "the server process died"
+def assert_healthy(server: Server) -> None:
+    assert server.running, "the server died"
     with urllib.request.urlopen(f"{server.base_url}/healthz", timeout=5) as response:
         assert response.status == 200
 
 
 async def drain_once_cut_off(
-    server: ChatServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> tuple[list[dict[str, Any]], int | None, str]:
     """Wait for the slow-consumer warning, then read what the server had queued.
 
@@ -132,7 +132,7 @@ async def read_messages(sock: RoomSocket, count: int) -> tuple[list[dict[str, An
 
 
 async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_keeps_flowing(
-    server_factory: Callable[..., ChatServer],
+    server_factory: Callable[..., Server],
     open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_WS_MAX_BUFFER_BYTES="65536")
@@ -187,7 +187,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_while_the_room_ke
 
 
 async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one_stays(
-    server_factory: Callable[..., ChatServer],
+    server_factory: Callable[..., Server],
     open_browser: Callable[[str], Browser],
 ) -> None:
     server = server_factory(CHAT_WS_PING_INTERVAL="0.5", CHAT_WS_PING_TIMEOUT="1")
@@ -217,12 +217,12 @@ async def test_a_peer_that_never_answers_pings_is_dropped_while_a_responsive_one
 
 
 async def test_sigterm_closes_sockets_with_1001_finishes_and_exits_cleanly(
-    server_factory: Callable[..., ChatServer],
+    child_server_factory: ChildServerFactory,
     open_browser: Callable[[str], Browser],
 ) -> None:
     import signal
 
-    server = server_factory()
+    server = child_server_factory()  # the process and its signal handling are the subject
     alice, _, room_id, _ = await two_users_in_a_room(server, open_browser)
     sock = await alice.socket(room_id)
     await sock.join()

@@ -7,13 +7,13 @@ import re
 import pytest
 
 from tests.support.client import Browser
-from tests.support.server import ChatServer
+from tests.support.server import Server
 from tests.support.storage import seed_messages
 
 TOTAL = 1000
 
 
-async def room_of(browser: Browser, chat_server: ChatServer, count: int) -> str:
+async def room_of(browser: Browser, chat_server: Server, count: int) -> str:
     username = await browser.register()
     room_id = await browser.create_room()
     await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(1, count + 1)))
@@ -21,12 +21,12 @@ async def room_of(browser: Browser, chat_server: ChatServer, count: int) -> str:
 
 
 @pytest.fixture
-async def long_room(browser: Browser, chat_server: ChatServer) -> str:
+async def long_room(browser: Browser, chat_server: Server) -> str:
     return await room_of(browser, chat_server, TOTAL)
 
 
 @pytest.fixture
-async def short_room(browser: Browser, chat_server: ChatServer) -> str:
+async def short_room(browser: Browser, chat_server: Server) -> str:
     """Enough history for the refusals: they never page through it."""
     return await room_of(browser, chat_server, 5)
 

@@ -18,28 +18,28 @@ from tornado.httpclient import HTTPResponse
 
 from chat.models import NewMessage
 from tests.support.client import PASSWORD, Browser, handshake_status
-from tests.support.server import ChatServer, ServerFactory
+from tests.support.server import Server, ServerFactory
 from tests.support.storage import connected_storage
 from tests.support.waiting import eventually
 
 OpenBrowser = Callable[[str], Browser]
 
 
-async def signed_in(server: ChatServer, open_browser: OpenBrowser) -> tuple[Browser, str, str]:
+async def signed_in(server: Server, open_browser: OpenBrowser) -> tuple[Browser, str, str]:
     """A registered, signed-in browser with a room of its own: (browser, username, room_id)."""
     browser = open_browser(server.base_url)
     username = await browser.register()
     return browser, username, await browser.create_room()
 
 
-async def second_session(server: ChatServer, open_browser: OpenBrowser, username: str) -> Browser:
+async def second_session(server: Server, open_browser: OpenBrowser, username: str) -> Browser:
     other = open_browser(server.base_url)
     response = await other.login(username)
     assert response.code == 302, response.code
     return other
 
 
-def audit_lines(server: ChatServer, event: str) -> list[str]:
+def audit_lines(server: Server, event: str) -> list[str]:
     return [line for line in server.logs().splitlines() if "chat.audit" in line and f" {event} " in line]
 
 

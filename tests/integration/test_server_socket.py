@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.support.client import Browser, RoomSocket, handshake_status
-from tests.support.server import ChatServer, ServerFactory
+from tests.support.server import Server, ServerFactory
 from tests.support.storage import seed_messages
 
 # The live protocol over each backend's own write path (SQLite's one writer,
@@ -26,7 +26,7 @@ async def signed_in_pair(new_browser: Callable[[], Browser]) -> tuple[Browser, B
     return alice, bob, room_id
 
 
-async def test_hello_names_the_room_the_user_and_this_process(browser: Browser, chat_server: ChatServer) -> None:
+async def test_hello_names_the_room_the_user_and_this_process(browser: Browser, chat_server: Server) -> None:
     username = await browser.register()
     name = f"hello {uuid.uuid4().hex[:6]}"
     room_id = await browser.create_room(name)
@@ -110,7 +110,7 @@ async def test_messages_have_the_documented_shape(new_browser: Callable[[], Brow
     assert message["html"] == "<p>padded body</p>"
 
 
-async def test_joining_sends_the_last_50_messages_in_order(browser: Browser, chat_server: ChatServer) -> None:
+async def test_joining_sends_the_last_50_messages_in_order(browser: Browser, chat_server: Server) -> None:
     username = await browser.register()
     room_id = await browser.create_room()
     await seed_messages(chat_server.database_url, username, room_id, (f"m{i}" for i in range(55)))
@@ -124,7 +124,7 @@ async def test_joining_sends_the_last_50_messages_in_order(browser: Browser, cha
 
 
 async def test_since_resumes_with_every_later_message_in_pages_of_at_most_500(
-    browser: Browser, chat_server: ChatServer
+    browser: Browser, chat_server: Server
 ) -> None:
     username = await browser.register()
     room_id = await browser.create_room()
@@ -258,7 +258,7 @@ async def test_signing_out_ends_the_open_socket_at_once_and_nothing_more_is_stor
 
 
 async def test_the_handshake_is_refused_without_a_session_for_unknown_rooms_and_foreign_origins(
-    browser: Browser, chat_server: ChatServer
+    browser: Browser, chat_server: Server
 ) -> None:
     await browser.register()
     room_id = await browser.create_room()
@@ -282,7 +282,7 @@ async def test_html_in_a_message_is_shown_as_text_on_the_room_page(browser: Brow
 
 
 async def test_the_room_page_renders_the_last_50_messages_without_javascript(
-    browser: Browser, chat_server: ChatServer
+    browser: Browser, chat_server: Server
 ) -> None:
     username = await browser.register()
     room_id = await browser.create_room()
@@ -298,7 +298,7 @@ async def test_history_users_and_rooms_survive_a_server_restart(
     open_browser: Callable[[str], Browser],
 ) -> None:
     for backend in ("sqlite", "mongodb"):
-        server: ChatServer = server_factory(backend)
+        server: Server = server_factory(backend)
         browser = open_browser(server.base_url)
         username = await browser.register()
         room_id = await browser.create_room()

@@ -1,18 +1,34 @@
-"""Run the real chat server as a child process, the way supervisord or `make run` does."""
+"""The real chat server for tests: in this process (the app on a thread of its own), or as a child process.
+
+:class:`InProcessServer` serves what ``python -m chat`` serves, built by the
+same code (:func:`chat.app.start_serving`: ``build_services``, ``make_app``,
+the guarded HTTP server) on real loopback sockets, from a thread with its own
+event loop: no interpreter to start, and a breakpoint in the server stops the
+test. :class:`ChatServer` runs ``python -m chat`` as supervisord or ``make run``
+does, for the tests whose subject is the process itself: start-up, signals,
+shutdown, faults, its /metrics, its event loop's responsiveness.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sys
+import threading
 import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, Self
 
 import pytest
 
-from chat.config import lifted_limits
-from devtools.services import ServiceProcess
+from chat import logs
+from chat.app import Serving, start_serving
+from chat.config import Settings, lifted_limits, load_settings
+from chat.services import audit
+from devtools.services import ServiceProcess, free_port
 
 from .services import PROJECT_ROOT
 
@@ -82,13 +98,12 @@ class ChatServer(ServiceProcess):
             "PYTHONPATH": str(PROJECT_ROOT),
         }
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def uncaught_errors(self) -> list[str]:
-        """Log lines that mean a request or frame reached a bug: tracebacks, uncaught exceptions, 500s."""
-        return [
-            line
-            for line in self.logs().splitlines()
-            if "Traceback" in line or "Uncaught exception" in line or "access: 500 " in line or " ERROR " in line
-        ]
+        return uncaught_errors_in(self.logs())
 
     def ready(self) -> bool:
         # Listening is not enough: /healthz answers once the app is built.
@@ -99,5 +114,170 @@ class ChatServer(ServiceProcess):
             return False
 
 
-# The ``server_factory`` fixture: start a server on a backend with extra environment.
-ServerFactory = Callable[..., ChatServer]
+def uncaught_errors_in(log: str) -> list[str]:
+    """Log lines that mean a request or frame reached a bug: tracebacks, uncaught exceptions, 500s."""
+    return [
+        line
+        for line in log.splitlines()
+        if "Traceback" in line or "Uncaught exception" in line or "access: 500 " in line or " ERROR " in line
+    ]
+
+
+class ServerLog(logging.Handler):
+    """The lines one in-process server logs, as its process would write them: the records of its thread."""
+
+    def __init__(self, log_format: str) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logs.make_formatter(log_format))
+        self.addFilter(lambda record: record.thread in self.threads)
+        self.addFilter(logs.ContextFilter())
+        self.addFilter(logs.RepeatFilter())
+        self.threads: set[int | None] = set()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class InProcessServer:
+    """The chat app on a free loopback port, served from a thread of this process; restartable on the same database."""
+
+    start_timeout = 30.0
+    stop_timeout = 15.0
+
+    def __init__(self, database_url: str, work_dir: Path, **env: str) -> None:
+        self.database_url = database_url
+        self.work_dir = work_dir
+        self.env = env
+        self.port = free_port()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._log: ServerLog | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def settings(self) -> Settings:
+        """What ``python -m chat --port PORT`` would read from the environment ChatServer gives it."""
+        return load_settings(
+            {
+                **os.environ,
+                "CHAT_COOKIE_SECRETS": TEST_SECRET,
+                "CHAT_DATABASE_URL": self.database_url,
+                "CHAT_BROKER_URL": "memory://",
+                "CHAT_INSTANCE_NAME": f"127.0.0.1:{self.port}",
+                "CHAT_PORT": str(self.port),
+                **self.env,
+            }
+        )
+
+    def start(self) -> Self:
+        settings = self.settings()
+        if self._log is None:
+            self._log = ServerLog(settings.log_format)
+            # What the process's own log configuration would let through.
+            for name in ("chat", "tornado"):
+                logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger().addHandler(self._log)
+        # What a new process starts without: the audit log's throttle (the one
+        # piece of process-wide state a server keeps outside its services).
+        audit._throttle = audit.Throttle()
+        started = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(settings, started, failure), name=f"chat-server-{self.port}", daemon=True
+        )
+        self._thread.start()
+        if not started.wait(self.start_timeout) or failure:
+            self.stop()
+            why = repr(failure[0]) if failure else f"not serving after {self.start_timeout}s"
+            raise RuntimeError(f"chat server on port {self.port} did not start ({why}); log:\n{self.logs()}")
+        return self
+
+    def _run(self, settings: Settings, started: threading.Event, failure: list[BaseException]) -> None:
+        assert self._log is not None
+        self._log.threads.add(threading.get_ident())
+        try:
+            asyncio.run(self._serve(settings, started))
+        except BaseException as exc:
+            failure.append(exc)
+            logging.getLogger("chat.app").exception("the server failed")
+        finally:
+            started.set()
+
+    async def _serve(self, settings: Settings, started: threading.Event) -> None:
+        serving: Serving = await start_serving(settings, watch_stalls=False)
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        started.set()
+        await self._stop.wait()
+        await serving.stop()
+
+    def stop(self) -> None:
+        """Shut down as SIGTERM would (sockets told to go elsewhere, sends finished); wait for it."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is not None and thread.is_alive() and loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        if thread is not None:
+            thread.join(self.stop_timeout)
+            if thread.is_alive():
+                raise RuntimeError(f"chat server on port {self.port} did not stop within {self.stop_timeout}s")
+        self._thread = self._loop = self._stop = None
+        if self._log is not None:
+            logging.getLogger().removeHandler(self._log)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self) -> str:
+        """Everything the server logged so far, over all its starts."""
+        return "\n".join(self._log.lines) + "\n" if self._log is not None and self._log.lines else ""
+
+    def uncaught_errors(self) -> list[str]:
+        return uncaught_errors_in(self.logs())
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class Server(Protocol):
+    """What tests use of a server, in this process or a child."""
+
+    port: int
+    database_url: str
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def ws_base(self) -> str: ...
+
+    def logs(self) -> str: ...
+
+    def uncaught_errors(self) -> list[str]: ...
+
+    def stop(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+# The ``server_factory`` fixture: start a server on a backend with extra
+# environment; ``child=True`` for a ``python -m chat`` child process.
+ServerFactory = Callable[..., InProcessServer]
+ChildServerFactory = Callable[..., ChatServer]
