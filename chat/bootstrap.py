@@ -138,6 +138,7 @@ class Services:
         await self.presence.stop()
         await self.fanout.stop()
         await self.broker.disconnect()
+        await self.limiter.close()
         await self.storage.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.render_pool is not None:

@@ -71,10 +71,26 @@ class Limiter:
     ) -> None:
         self.ipv6_prefix = ipv6_prefix
         options = {"implementation": "redispy"} if "redis" in storage_uri.split("://")[0] else {}
-        self._strategy = MovingWindowRateLimiter(storage_from_string(storage_uri, **options))
+        self._storage = storage_from_string(storage_uri, **options)
+        self._strategy = MovingWindowRateLimiter(self._storage)
         self._rules = {action: parse_rules(spec) for action, spec in rules.items()}
         # Wall-clock seconds, as the library's windows use.
         self._clock = clock
+
+    async def close(self) -> None:
+        """Let go of the counters' Redis connections, if any.
+
+        The ``limits`` library has no close of its own; its Redis storages keep
+        their redis-py client on their bridge. Left open, a Redis Cluster
+        client complains when it is collected.
+        """
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception as exc:  # closing must not stop a shutdown
+                log.warning("closing the rate limiter's store failed: %s", exc)
 
     def address(self, client_ip: str) -> str:
         """The key a client address is counted under in per-address limits (see :func:`address_key`)."""
