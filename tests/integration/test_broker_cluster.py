@@ -184,6 +184,8 @@ async def test_rate_limits_are_counted_across_processes_on_the_cluster(redis_clu
     with pytest.raises(RateLimited):
         await two.take(Action.SEND, user)
     await two.take(Action.SEND, other_user)
+    await one.close()
+    await two.close()
 
 
 async def test_socket_leases_are_shared_across_processes_on_the_cluster(
