@@ -20,7 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import pytest
 
@@ -123,17 +123,40 @@ def uncaught_errors_in(log: str) -> list[str]:
     ]
 
 
+# Which server's loop is reporting an asyncio error on this thread, if any.
+_reporting = threading.local()
+
+
 class ServerLog(logging.Handler):
-    """The lines one in-process server logs, as its process would write them: the records of its thread."""
+    """The lines one in-process server logs, as its process would write them: the records of its thread.
+
+    asyncio's errors are the exception: a task destroyed while pending or a
+    client left unclosed is reported when the garbage collector finds it,
+    on whichever thread it runs, so it may be another test's garbage. Those
+    count where their loop reports them (:meth:`report`), whatever the thread.
+    """
 
     def __init__(self, log_format: str) -> None:
         super().__init__(logging.INFO)
         self.setFormatter(logs.make_formatter(log_format))
-        self.addFilter(lambda record: record.thread in self.threads)
+        self.addFilter(self._ours)
         self.addFilter(logs.ContextFilter())
         self.addFilter(logs.RepeatFilter())
         self.threads: set[int | None] = set()
         self.lines: list[str] = []
+
+    def _ours(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio" and record.levelno >= logging.ERROR:
+            return getattr(_reporting, "log", None) is self
+        return record.thread in self.threads
+
+    def report(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The server loop's exception handler: asyncio's own report, counted as this server's."""
+        _reporting.log = self
+        try:
+            loop.default_exception_handler(context)
+        finally:
+            _reporting.log = None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
@@ -216,6 +239,8 @@ class InProcessServer:
             started.set()
 
     async def _serve(self, settings: Settings, started: threading.Event) -> None:
+        assert self._log is not None
+        asyncio.get_running_loop().set_exception_handler(self._log.report)
         serving: Serving = await start_serving(settings, watch_stalls=False)
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         started.set()
