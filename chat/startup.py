@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from .broker import REDIS_CLUSTER_SCHEMES, REDIS_SCHEMES
+from .broker import BROKER_FORMS, BROKER_SCHEMES, REDIS_CLUSTER_SCHEMES, REDIS_SCHEMES, check_backplane_url
 from .config import ConfigError, Settings
 from .logs import JsonFormatter
 from .storage import DATABASE_FORMS, backend_of
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 EXIT_CONFIG = 2
 EXIT_CANNOT_LISTEN = 1
 
-BROKER_FORMS = (
-    "memory:// (one process), redis://[:password@]host[:port][/db], rediss://... (TLS), "
-    "unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]"
-)
 REDIS_PORT = 6379
 # How long a knock at the database or Redis may take before it counts as no answer.
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -101,28 +97,14 @@ def check_database_url(url: str, variable: str = "CHAT_DATABASE_URL") -> None:
 def check_broker_url(url: str, variable: str = "CHAT_BROKER_URL") -> None:
     """Raise :class:`ConfigError` unless ``url`` names a broker this server can use."""
     try:
-        parts = urlsplit(url)
+        scheme = urlsplit(url).scheme.lower()
     except ValueError as exc:
         raise _malformed(variable, url, f"is malformed ({exc})", BROKER_FORMS) from None
-    scheme = parts.scheme.lower()
+    if scheme not in BROKER_SCHEMES:
+        problem = f"has an unsupported scheme ({scheme}://)" if scheme else "is not a URL"
+        raise _malformed(variable, url, problem, BROKER_FORMS)
     try:
-        if scheme == "memory":
-            return
-        if scheme == "unix":
-            if not parts.path:
-                raise ValueError("no socket path")
-        elif scheme in REDIS_SCHEMES:
-            _ = parts.port  # raises ValueError for a port that is not a number in range
-            database = parts.path.strip("/")
-            if database and not database.isdigit():
-                raise ValueError(f"the database after the host must be a number, got {database!r}")
-        elif scheme in REDIS_CLUSTER_SCHEMES:
-            from .broker.redis_cluster import parse_cluster_url
-
-            parse_cluster_url(url)
-        else:
-            problem = f"has an unsupported scheme ({scheme}://)" if scheme else "is not a URL"
-            raise _malformed(variable, url, problem, BROKER_FORMS)
+        check_backplane_url(url)
     except ValueError as exc:
         raise _malformed(variable, url, f"is malformed ({mask_url(str(exc))})", BROKER_FORMS) from None
 

@@ -24,6 +24,8 @@ from .leases import LeaseStore
 from .presence import PresenceStore
 
 __all__ = [
+    "BROKER_FORMS",
+    "BROKER_SCHEMES",
     "CONTROL_CHANNEL",
     "RESYNC",
     "ROOMS_CHANNEL",
@@ -33,6 +35,7 @@ __all__ = [
     "Event",
     "LeaseStore",
     "PresenceStore",
+    "check_backplane_url",
     "open_backplane",
     "room_channel",
     "user_channel",
@@ -42,6 +45,12 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 # Kept here, not imported from .redis_cluster: naming the scheme must not
 # import the Redis client.
 REDIS_CLUSTER_SCHEMES = frozenset({"redis+cluster"})
+BROKER_SCHEMES = frozenset({"memory"}) | REDIS_SCHEMES | REDIS_CLUSTER_SCHEMES
+# How broker URLs look, for the message that refuses one.
+BROKER_FORMS = (
+    "memory:// (one process), redis://[:password@]host[:port][/db], rediss://... (TLS), "
+    "unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]"
+)
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,25 @@ def open_backplane(url: str, clock: Callable[[], float] = time.time) -> Backplan
 
         cluster = RedisClusterBroker(url)
         return Backplane(cluster, RedisPresence(cluster, clock), RedisLeases(cluster, clock), limits_uri(url))
-    raise ValueError(
-        f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use memory://, redis:// (rediss://, unix://)"
-        " or redis+cluster://host:port[,host:port...]"
-    )
+    raise ValueError(f"unsupported CHAT_BROKER_URL scheme {scheme!r}: use {BROKER_FORMS}")
+
+
+def check_backplane_url(url: str) -> None:
+    """ValueError saying what is wrong with a URL of one of BROKER_SCHEMES, if anything; never connects."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("no socket path")
+    elif scheme in REDIS_SCHEMES:
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"the database after the host must be a number, got {database!r}")
+    elif scheme in REDIS_CLUSTER_SCHEMES:
+        from .redis_cluster import parse_cluster_url
+
+        parse_cluster_url(url)
 
 
 def _limits_uri(url: str) -> str:
