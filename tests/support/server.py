@@ -60,7 +60,33 @@ def fresh_database_url(backend: str, request: pytest.FixtureRequest, tmp_dir: Pa
     return ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}")
 
 
-class ChatServer(ServiceProcess):
+def server_environment(database_url: str, port: int, env: dict[str, str]) -> dict[str, str]:
+    """What a test server reads as its environment: this process's, the test key, its database, then ``env``."""
+    return {
+        **os.environ,
+        "CHAT_COOKIE_SECRETS": TEST_SECRET,
+        "CHAT_DATABASE_URL": database_url,
+        "CHAT_BROKER_URL": "memory://",
+        "CHAT_INSTANCE_NAME": f"127.0.0.1:{port}",
+        **env,
+    }
+
+
+class OnLoopback:
+    """A server's addresses, from its port."""
+
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+class ChatServer(OnLoopback, ServiceProcess):
     """One ``python -m chat`` process on a free port; restartable on the same database."""
 
     name = "chat server"
@@ -76,27 +102,11 @@ class ChatServer(ServiceProcess):
         self.log_path = work_dir / f"chat-{self.port}.log"
         self.cwd = work_dir  # a stray relative path must not land in the repo
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_base(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
     def command(self) -> list[str]:
         return [self.binary, "-m", "chat", "--port", str(self.port)]
 
     def environment(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "CHAT_COOKIE_SECRETS": TEST_SECRET,
-            "CHAT_DATABASE_URL": self.database_url,
-            "CHAT_BROKER_URL": "memory://",
-            "CHAT_INSTANCE_NAME": f"127.0.0.1:{self.port}",
-            **self.env,
-            "PYTHONPATH": str(PROJECT_ROOT),
-        }
+        return {**server_environment(self.database_url, self.port, self.env), "PYTHONPATH": str(PROJECT_ROOT)}
 
     @property
     def running(self) -> bool:
@@ -162,7 +172,7 @@ class ServerLog(logging.Handler):
         self.lines.append(self.format(record))
 
 
-class InProcessServer:
+class InProcessServer(OnLoopback):
     """The chat app on a free loopback port, served from a thread of this process; restartable on the same database."""
 
     start_timeout = 30.0
@@ -179,29 +189,13 @@ class InProcessServer:
         self._log: ServerLog | None = None
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_base(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def settings(self) -> Settings:
         """What ``python -m chat --port PORT`` would read from the environment ChatServer gives it."""
         return load_settings(
-            {
-                **os.environ,
-                "CHAT_COOKIE_SECRETS": TEST_SECRET,
-                "CHAT_DATABASE_URL": self.database_url,
-                "CHAT_BROKER_URL": "memory://",
-                "CHAT_INSTANCE_NAME": f"127.0.0.1:{self.port}",
-                "CHAT_PORT": str(self.port),
-                **self.env,
-            }
+            {**server_environment(self.database_url, self.port, self.env), "CHAT_PORT": str(self.port)}
         )
 
     def start(self) -> Self:
