@@ -59,17 +59,26 @@ def nginx_path() -> str | None:
     return locate("nginx", "CHAT_NGINX_BIN", [Path("/usr/sbin/nginx")])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def fixed_ports() -> range:
+    """Ports the system never hands out by itself: below (or above) its ephemeral range.
+
+    A port picked from the ephemeral range and let go may be taken, before
+    the service binds it, by any outgoing connection or ``bind(0)`` on the
+    machine; with tests running in parallel, that happened. Outside the range
+    only another picker can take it, and pickers choose at random.
+    """
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(10000, low) if low > 12000 else range(high + 1, 65536)
 
 
-def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
-    """The first of ``count`` consecutive free loopback ports (for a process group)."""
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (for a process group), outside the ephemeral range."""
+    ports = fixed_ports()
     for _ in range(200):
-        base = random.randrange(start, stop - count)
+        base = random.randrange(ports.start, ports.stop - count)
         sockets = []
         try:
             for port in range(base, base + count):
@@ -83,6 +92,11 @@ def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
             for sock in sockets:
                 sock.close()
     raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def free_port() -> int:
+    """A free loopback port for a service to listen on, outside the ephemeral range (see :func:`fixed_ports`)."""
+    return free_port_range(1)
 
 
 def port_open(port: int) -> bool:
