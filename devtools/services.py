@@ -1,4 +1,4 @@
-"""Start and stop throwaway backing services (FerretDB, Redis, Toxiproxy) on free loopback ports.
+"""Start and stop throwaway backing services (FerretDB on PostgreSQL, Redis, Toxiproxy) on free loopback ports.
 
 Used by the soak tool and the tests; each instance keeps its files in a
 directory of its own and can be stopped and started again on the same port,
@@ -7,12 +7,16 @@ which is how outages are simulated.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +30,8 @@ from chat.config import PROJECT_ROOT
 FERRETDB_INSTALL_HINT = (
     "run `make ferretdb` (builds FerretDB v1.24.2 with Go into .cache/bin/ferretdb) or set CHAT_FERRETDB_BIN"
 )
+
+POSTGRES_INSTALL_HINT = "install PostgreSQL with `apt-get install postgresql` or set CHAT_POSTGRES_BINDIR"
 
 TOXIPROXY_INSTALL_HINT = (
     "run `make toxiproxy` (builds Toxiproxy v2.5.0 with Go into .cache/bin/toxiproxy-server) or set CHAT_TOXIPROXY_BIN"
@@ -45,6 +51,18 @@ def locate(name: str, env_var: str, candidates: list[Path]) -> str | None:
 
 def ferretdb_path() -> str | None:
     return locate("ferretdb", "CHAT_FERRETDB_BIN", [PROJECT_ROOT / ".cache" / "bin" / "ferretdb"])
+
+
+def postgres_bindir() -> str | None:
+    """The directory of PostgreSQL's server programs: CHAT_POSTGRES_BINDIR, Debian's newest, or PATH's."""
+    configured = os.environ.get("CHAT_POSTGRES_BINDIR")
+    if configured:
+        return configured if os.access(Path(configured) / "postgres", os.X_OK) else None
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda path: int(path.parts[-3]))
+    if installed:
+        return str(installed[-1].parent)
+    on_path = shutil.which("postgres")
+    return str(Path(on_path).parent) if on_path else None
 
 
 def toxiproxy_path() -> str | None:
@@ -119,11 +137,13 @@ def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[by
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+def terminate(
+    process: subprocess.Popen[bytes] | None, timeout: float = 10, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """``first`` (SIGTERM), then SIGKILL if it has not exited within ``timeout`` seconds."""
     if process is None or process.poll() is not None:
         return
-    process.terminate()
+    process.send_signal(first)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -142,8 +162,9 @@ class ServiceProcess:
     name = "service"
     log_name = "service.log"
     start_timeout = 20.0
-    # Seconds between SIGTERM and SIGKILL when stopping.
+    # Seconds between SIGTERM (or stop_signal) and SIGKILL when stopping.
     stop_timeout = 10.0
+    stop_signal = signal.SIGTERM
 
     def __init__(self, binary: str, data_dir: Path, port: int | None = None) -> None:
         self.binary = binary
@@ -161,6 +182,10 @@ class ServiceProcess:
         """The child's whole environment; None inherits this process's."""
         return None
 
+    def popen_options(self) -> dict[str, Any]:
+        """More for ``subprocess.Popen`` (who the child runs as, for one)."""
+        return {}
+
     def ready(self) -> bool:
         """Whether the running process is ready to serve; polled by :meth:`start`."""
         return port_open(self.port)
@@ -170,7 +195,12 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(), cwd=self.cwd, env=self.environment(), stdout=log, stderr=subprocess.STDOUT
+                self.command(),
+                cwd=self.cwd,
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self.popen_options(),
             )
         try:
             self._wait_ready()
@@ -190,8 +220,12 @@ class ServiceProcess:
             time.sleep(0.05)
         raise TimeoutError(f"not ready after {self.start_timeout}s")
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
-        terminate(self.process, timeout=self.stop_timeout)
+        terminate(self.process, timeout=self.stop_timeout, first=self.stop_signal)
         self.process = None
 
     def restart(self) -> None:
@@ -224,20 +258,143 @@ class ServiceProcess:
         self.stop()
 
 
+class PostgresServer(ServiceProcess):
+    """A throwaway PostgreSQL cluster: initdb'd on first start, loopback only, trust for its one role.
+
+    PostgreSQL refuses to run as root, so under root the cluster belongs to
+    an unprivileged user (``postgres`` from Debian's package, else
+    ``nobody``) and lives in a directory of its own under the system's
+    temporary directory (a test's directory is root's alone), removed when
+    this process exits. Durability is off: a throwaway cluster needs none,
+    and the MongoDB stand-in's writes are faster for it.
+    """
+
+    name = "PostgreSQL"
+    log_name = "postgres.log"
+    role = "chat"
+    # A fast shutdown: SIGTERM's smart one waits for every client to leave.
+    stop_signal = signal.SIGINT
+
+    def __init__(self, bindir: str, data_dir: Path, port: int | None = None) -> None:
+        super().__init__(str(Path(bindir) / "postgres"), data_dir, port)
+        self.bindir = Path(bindir)
+        self.owner = _unprivileged_user() if os.geteuid() == 0 else None
+        self.cluster_dir: Path | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://{self.role}@127.0.0.1:{self.port}/{database}"
+
+    def popen_options(self) -> dict[str, Any]:
+        if self.owner is None:
+            return {}
+        return {"user": self.owner.pw_uid, "group": self.owner.pw_gid, "extra_groups": []}
+
+    def start(self) -> Self:
+        if self.cluster_dir is None:
+            self.cluster_dir = self._initdb()
+        return super().start()
+
+    def _initdb(self) -> Path:
+        home = Path(tempfile.mkdtemp(prefix="chat-postgres-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        if self.owner is not None:
+            os.chown(home, self.owner.pw_uid, self.owner.pw_gid)
+        cluster = home / "cluster"
+        done = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(cluster),
+                "--username",
+                self.role,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            **self.popen_options(),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return cluster
+
+    def command(self) -> list[str]:
+        assert self.cluster_dir is not None
+        return [
+            self.binary,
+            "-D",
+            str(self.cluster_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.cluster_dir.parent),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
+
+    def ready(self) -> bool:
+        return (
+            subprocess.run(
+                [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
+            ).returncode
+            == 0
+        )
+
+
+def _unprivileged_user() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL as")
+
+
 class FerretDB(ServiceProcess):
-    """A FerretDB v1 server (MongoDB wire protocol) with its SQLite handler."""
+    """A FerretDB v1 server (MongoDB wire protocol) on a PostgreSQL cluster of its own (its default handler).
+
+    Starting it starts its PostgreSQL first (made on the first start);
+    stopping it stops both, so an outage is the whole database's.
+    """
 
     name = "FerretDB"
     log_name = "ferretdb.log"
 
+    def __init__(self, binary: str, data_dir: Path, port: int | None = None) -> None:
+        super().__init__(binary, data_dir, port)
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError(f"FerretDB needs PostgreSQL: {POSTGRES_INSTALL_HINT}")
+        self.postgres = PostgresServer(bindir, data_dir / "postgres")
+
     def url(self, database: str) -> str:
         return f"mongodb://127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> Self:
+        if not self.postgres.running:
+            self.postgres.start()
+        return super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self.postgres.stop()
 
     def command(self) -> list[str]:
         return [
             self.binary,
-            "--handler=sqlite",
-            f"--sqlite-url=file:{self.data_dir}/",
+            "--handler=postgresql",
+            f"--postgresql-url={self.postgres.url()}",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--state-dir=-",
             "--telemetry=disable",

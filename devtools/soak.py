@@ -5,7 +5,7 @@
     python -m devtools.soak --url http://chat.example.org --seconds 60   # an existing deployment, no faults
 
 Without ``--url`` it starts a whole deployment of its own on free loopback
-ports: Redis, FerretDB (a MongoDB wire-protocol server), a supervisord group
+ports: Redis, FerretDB (a MongoDB wire-protocol server, on PostgreSQL), a supervisord group
 of 2 chat processes and nginx in front. Each client behaves like the browser
 client: it reconnects with exponential backoff and jitter, resumes with
 ``since``, and re-sends unacked messages with their original ``client_id``.
@@ -50,6 +50,7 @@ from chat.wire.refusals import Close
 
 from .services import (
     FERRETDB_INSTALL_HINT,
+    POSTGRES_INSTALL_HINT,
     TOXIPROXY_INSTALL_HINT,
     FerretDB,
     RedisServer,
@@ -58,6 +59,7 @@ from .services import (
     free_port,
     free_port_range,
     nginx_path,
+    postgres_bindir,
     redis_server_path,
     toxiproxy_path,
 )
@@ -345,7 +347,7 @@ class SoakReport:
 
 
 class Deployment:
-    """A whole deployment on this machine: Redis, FerretDB, supervisord + 2 chat processes, nginx.
+    """A whole deployment on this machine: Redis, FerretDB on PostgreSQL, supervisord + 2 chat processes, nginx.
 
     With ``toxiproxy=True`` the chat processes reach Redis and the database
     through a Toxiproxy (proxies named ``redis`` and ``database``), so tests
@@ -359,6 +361,7 @@ class Deployment:
             hint
             for path, hint in (
                 (ferretdb_path(), f"ferretdb: {FERRETDB_INSTALL_HINT}"),
+                (postgres_bindir(), f"PostgreSQL (FerretDB stores on it): {POSTGRES_INSTALL_HINT}"),
                 (redis_server_path(), "redis-server: apt-get install redis-server"),
                 (nginx_path(), "nginx: apt-get install nginx"),
                 *([(toxiproxy_path(), f"toxiproxy-server: {TOXIPROXY_INSTALL_HINT}")] if toxiproxy else []),
@@ -579,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             url = args.url
         else:
             deployment = Deployment(Path(work.name))
-            say(f"starting Redis, FerretDB, 2 chat processes and nginx under {work.name}")
+            say(f"starting Redis, FerretDB on PostgreSQL, 2 chat processes and nginx under {work.name}")
             deployment.start()
             url = deployment.url
         report = asyncio.run(

@@ -2,7 +2,7 @@
 
 Measures the storage path alone (what a send waits for before its ack), with
 1, 16 and 64 senders writing to one room at once, each sending its next
-message as soon as the last is stored. Backends: a SQLite file, and FerretDB
+message as soon as the last is stored. Backends: a SQLite file, and FerretDB on PostgreSQL
 (the MongoDB wire-protocol server the tests use; MongoDB itself cannot be
 installed here), from one process and from two (two storage clients on the
 same database, as two chat processes are). Prints a Markdown table, or JSON

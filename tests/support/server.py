@@ -108,10 +108,6 @@ class ChatServer(OnLoopback, ServiceProcess):
     def environment(self) -> dict[str, str]:
         return {**server_environment(self.database_url, self.port, self.env), "PYTHONPATH": str(PROJECT_ROOT)}
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def uncaught_errors(self) -> list[str]:
         return uncaught_errors_in(self.logs())
 

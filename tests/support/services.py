@@ -14,6 +14,7 @@ import pytest
 from chat.config import PROJECT_ROOT
 from devtools.services import (
     FERRETDB_INSTALL_HINT,
+    POSTGRES_INSTALL_HINT,
     TOXIPROXY_INSTALL_HINT,
     FerretDB,
     RedisServer,
@@ -23,6 +24,7 @@ from devtools.services import (
     free_port_range,
     locate,
     nginx_path,
+    postgres_bindir,
     redis_server_path,
     toxiproxy_path,
     wait_for_port,
@@ -61,6 +63,8 @@ def find_binary(path: str | None, name: str, install_hint: str) -> str:
 
 
 def ferretdb_binary() -> str:
+    """FerretDB's binary, once PostgreSQL (which it runs on) is there too."""
+    find_binary(postgres_bindir(), "PostgreSQL", POSTGRES_INSTALL_HINT)
     return find_binary(ferretdb_path(), "ferretdb", FERRETDB_INSTALL_HINT)
 
 

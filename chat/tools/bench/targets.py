@@ -3,7 +3,7 @@
 - ``chat``: one chat process on the embedded default (SQLite + in-process
   broker), as ``make run`` starts it, with the abuse limits lifted;
 - ``cluster``: the distributed deployment on this machine (supervisord with N
-  chat processes, nginx, Redis, FerretDB), limits lifted;
+  chat processes, nginx, Redis, FerretDB on PostgreSQL), limits lifted;
 - ``baseline``: the minimal Tornado broadcast of :mod:`.baseline`;
 - a URL: servers somebody else started (their limits must allow the load).
 
@@ -146,7 +146,7 @@ class ProcessTarget(Target):
 
 @dataclass
 class ClusterTarget(Target):
-    """supervisord + N chat processes + nginx + Redis + FerretDB, started by the bench."""
+    """supervisord + N chat processes + nginx + Redis + FerretDB on PostgreSQL, started by the bench."""
 
     processes: int = 2
     deployment: Any = None
@@ -167,6 +167,8 @@ class ClusterTarget(Target):
             "nginx": with_children(nginx),
             "redis": [self.deployment.redis.process.pid],
             "ferretdb": [self.deployment.database.process.pid],
+            # Its server processes so far; connection backends forked later are not counted.
+            "postgresql": with_children(self.deployment.database.postgres.process.pid),
         }
 
     def restart(self) -> None:
