@@ -41,7 +41,7 @@ import numpy as np
 from . import report
 from .client import SocketPlan, WorkerResult, worker_main
 from .report import ScenarioResult
-from .targets import Target, cpu_seconds, make_target, rss_bytes, users_for
+from .targets import Target, cpu_by_pid, cpu_seconds, make_target, rss_bytes, users_for
 
 DEFAULT_OUT = Path(".cache/bench")
 
@@ -226,7 +226,8 @@ def run_scenario(
             for n in senders_per_worker
         ]
         cpu_before = sum(cpu_seconds(pid) for pid in target.pids)
-        infra_before = {name: sum(map(cpu_seconds, pids)) for name, pids in target.infrastructure.items()}
+        # By pid, asked again at the end: a database forks a backend per connection as it goes.
+        infra_before = {name: cpu_by_pid(pids()) for name, pids in target.infrastructure.items()}
         for i, pipe in enumerate(pipes):
             pipe.send(("run", args[i]))
         deadline = start_at + scenario.seconds + drain + 60
@@ -246,7 +247,7 @@ def run_scenario(
             time.sleep(0.25)
         measured = time.monotonic() - start_at
         cpu_after = sum(cpu_seconds(pid) for pid in target.pids)
-        infra_after = {name: sum(map(cpu_seconds, pids)) for name, pids in target.infrastructure.items()}
+        infra_after = {name: cpu_by_pid(pids()) for name, pids in target.infrastructure.items()}
         results = [pipe.recv()[1] for pipe in pipes]
         ask(pipes, "close", {})
     finally:
@@ -290,7 +291,8 @@ def run_scenario(
         else None,
         client_cpu_percent=round(100 * total.cpu_seconds / measured, 0),
         infrastructure_cpu_percent={
-            name: round(100 * (infra_after[name] - infra_before[name]) / measured) for name in infra_after
+            name: round(100 * sum(cpu - infra_before[name].get(pid, 0.0) for pid, cpu in after.items()) / measured)
+            for name, after in infra_after.items()
         },
         delivery_samples=samples,
         restart=report.RestartResult(

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """:func:`cpu_seconds` of each process still there (a database's backend may exit meanwhile)."""
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
 @dataclass
 class Target:
     """Servers to measure; ``start()`` them, ``stop()`` what was started."""
@@ -88,7 +99,8 @@ class Target:
     pids: list[int] = field(default_factory=list)
     # What serves the chat processes (nginx, Redis, the database): their CPU
     # is reported apart, to show which resource limited a figure.
-    infrastructure: dict[str, list[int]] = field(default_factory=dict)
+    # Each a function: the processes may change during a run.
+    infrastructure: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
     # True when there are no accounts (the baseline): sockets need no cookie.
     anonymous: bool = False
     # Extra server environment (the levers measured on and off).
@@ -163,12 +175,14 @@ class ClusterTarget(Target):
         cluster = self.deployment.cluster
         self.pids = [cluster.process_pid(port) for port in cluster.ports]
         nginx = int((cluster.run_dir / "nginx.pid").read_text().strip())
+        redis, ferretdb = self.deployment.redis.process.pid, self.deployment.database.process.pid
+        postgres = self.deployment.database.postgres.process.pid
         self.infrastructure = {
-            "nginx": with_children(nginx),
-            "redis": [self.deployment.redis.process.pid],
-            "ferretdb": [self.deployment.database.process.pid],
-            # Its server processes so far; connection backends forked later are not counted.
-            "postgresql": with_children(self.deployment.database.postgres.process.pid),
+            "nginx": lambda: with_children(nginx),
+            "redis": lambda: [redis],
+            "ferretdb": lambda: [ferretdb],
+            # The postmaster and its children: a backend per connection.
+            "postgresql": lambda: with_children(postgres),
         }
 
     def restart(self) -> None:
