@@ -22,6 +22,8 @@ def test_a_small_bench_delivers_everything_and_writes_its_report(tmp_path: Path)
         assert scenario["acked"] > 0 and scenario["errors"] == {} and scenario["disconnects"] == 0
         # Every acked message reached every member of its room, once.
         assert scenario["deliveries"] == scenario["expected_deliveries"]
+        assert (scenario["missing"], scenario["duplicates"]) == (0, 0)
+        assert scenario["stored_messages_per_second"] > 0
         assert scenario["delivery_ms"]["p50"] > 0
     assert chat["baseline_ratio"] is not None
     assert chat["server_rss_per_socket_kib"] is not None

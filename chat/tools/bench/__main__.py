@@ -272,6 +272,10 @@ def run_scenario(
         seconds=seconds,
         sent=total.sent,
         acked=total.acked,
+        offered_messages_per_second=None if scenario.window else scenario.rate,
+        stored_messages_per_second=round(total.acked / seconds, 1),
+        missing=total.gaps + sum(room_last[room] - seq for room, seqs in total.last_seqs.items() for seq in seqs),
+        duplicates=total.duplicates,
         deliveries=total.deliveries,
         expected_deliveries=int(total.acked * room_size),
         # Deliveries of messages sent in the window, over the window: the

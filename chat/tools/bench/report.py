@@ -57,6 +57,13 @@ class ScenarioResult:
     seconds: float
     sent: int = 0
     acked: int = 0
+    # Messages offered (the fixed rate; None when saturating) and stored (acked) per second.
+    offered_messages_per_second: float | None = None
+    stored_messages_per_second: float = 0.0
+    # Over every receiving socket: seqs it never got (holes in its stream, or
+    # short of the room's last at the end) and seqs it got twice.
+    missing: int = 0
+    duplicates: int = 0
     deliveries: int = 0
     # Each acked message should reach every member of its room.
     expected_deliveries: int = 0
@@ -117,17 +124,19 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def markdown(results: list[ScenarioResult]) -> str:
     lines = [
-        "| target | sockets | rooms | load | deliveries/s | x baseline | delivered | ack p50/p99 ms "
-        "| delivery p50/p95/p99/max ms | errors | drops | handshakes/s | KiB/socket | server CPU % | client CPU % "
-        "| other CPU % |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| target | sockets | rooms | load | stored msg/s | deliveries/s | x baseline | delivered | missing / dup "
+        "| ack p50/p99 ms | delivery p50/p95/p99/max ms | errors | drops | handshakes/s | KiB/socket "
+        "| server CPU % | client CPU % | other CPU % |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | --- |",
     ]
     for r in results:
         delivered = f"{r.deliveries / r.expected_deliveries:.1%}" if r.expected_deliveries else "-"
         errors = sum(r.errors.values()) + r.connect_failures
         lines.append(
-            f"| {r.target} | {r.sockets:,} | {r.rooms:,} | {r.mode} | {_fmt(r.deliveries_per_second)} "
-            f"| {_fmt(r.baseline_ratio, 2)} | {delivered} "
+            f"| {r.target} | {r.sockets:,} | {r.rooms:,} | {r.mode} | {_fmt(r.stored_messages_per_second)} "
+            f"| {_fmt(r.deliveries_per_second)} | {_fmt(r.baseline_ratio, 2)} | {delivered} "
+            f"| {r.missing} / {r.duplicates} "
             f"| {_fmt(r.ack_ms.get('p50'), 1)} / {_fmt(r.ack_ms.get('p99'), 1)} "
             f"| {_fmt(r.delivery_ms.get('p50'), 1)} / {_fmt(r.delivery_ms.get('p95'), 1)} / "
             f"{_fmt(r.delivery_ms.get('p99'), 1)} / {_fmt(r.delivery_ms.get('max'), 0)} "
