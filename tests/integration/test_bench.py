@@ -26,6 +26,8 @@ def test_a_small_bench_delivers_everything_and_writes_its_report(tmp_path: Path)
         assert scenario["stored_messages_per_second"] > 0
         assert scenario["delivery_ms"]["p50"] > 0
     assert chat["baseline_ratio"] is not None
+    # What its database alone accepts, measured in the same run (the baseline stores nothing).
+    assert chat["ceilings"]["storage"] > 0 and baseline["ceilings"] == {}
     assert chat["server_rss_per_socket_kib"] is not None
     assert "| chat | 20 | 2 | window 2 |" in (out / "report.md").read_text()
     assert (out / "latency-cdf.png").stat().st_size > 1000

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import report
+from .ceilings import measure as measure_ceilings
 from .client import SocketPlan, WorkerResult, worker_main
 from .report import ScenarioResult
 from .targets import Target, cpu_by_pid, cpu_seconds, make_target, rss_bytes, users_for
@@ -344,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop")
     parser.add_argument(
+        "--no-ceilings",
+        dest="ceilings",
+        action="store_false",
+        help="skip measuring what each target's database and broker alone accept (a few seconds per start)",
+    )
+    parser.add_argument(
         "--keep-servers",
         action="store_true",
         help="run every scenario on the same servers (default: fresh servers and database for each)",
@@ -383,8 +390,13 @@ def main(argv: list[str] | None = None) -> int:
             progress.show(f"{target.name}: starting", 0)
             target.start()
             try:
+                ceilings = {}
+                if args.ceilings and not target.anonymous and target.scratch_dir is not None:
+                    progress.show(f"{target.name}: measuring what its database and broker alone accept", 0)
+                    ceilings = measure_ceilings(target.database_url, target.broker_url, target.scratch_dir)
                 for scenario in batch:
                     results.append(run_scenario(target, scenario, args.workers, args.uvloop, progress))
+                    results[-1].ceilings = ceilings
                     progress.done += 1
             finally:
                 target.stop()

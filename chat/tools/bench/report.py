@@ -78,6 +78,9 @@ class ScenarioResult:
     server_rss_per_socket_kib: float | None = None
     server_cpu_percent: float | None = None
     client_cpu_percent: float = 0.0
+    # What the target's database and broker alone accept, measured when its
+    # servers started (chat.tools.bench.ceilings): "storage" messages/s, "broker" publishes/s.
+    ceilings: dict[str, float] = field(default_factory=dict)
     # nginx, Redis, the database (a cluster target): CPU % each.
     infrastructure_cpu_percent: dict[str, float] = field(default_factory=dict)
     baseline_ratio: float | None = None
@@ -144,6 +147,24 @@ def markdown(results: list[ScenarioResult]) -> str:
             f"| {_fmt(r.server_rss_per_socket_kib, 1)} | {_fmt(r.server_cpu_percent)} | {_fmt(r.client_cpu_percent)} "
             f"| {', '.join(f'{name} {cpu:.0f}' for name, cpu in r.infrastructure_cpu_percent.items()) or '-'} |"
         )
+    measured = [r for r in results if r.ceilings]
+    if measured:
+        lines += [
+            "",
+            "What the database and the broker alone accept, measured when the target's servers started "
+            "(batches of 64 straight through the driver; see chat/tools/bench/ceilings.py):",
+            "",
+            "| target | sockets | rooms | load | stored msg/s | storage alone msg/s | share "
+            "| Redis alone publishes/s |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for r in measured:
+            storage = r.ceilings.get("storage")
+            share = f"{r.stored_messages_per_second / storage:.1%}" if storage else "-"
+            lines.append(
+                f"| {r.target} | {r.sockets:,} | {r.rooms:,} | {r.mode} | {_fmt(r.stored_messages_per_second)} "
+                f"| {_fmt(storage)} | {share} | {_fmt(r.ceilings.get('broker'))} |"
+            )
     restarts = [r for r in results if r.restart is not None]
     if restarts:
         lines += [

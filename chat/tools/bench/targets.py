@@ -105,6 +105,10 @@ class Target:
     anonymous: bool = False
     # Extra server environment (the levers measured on and off).
     env: Mapping[str, str] = field(default_factory=dict)
+    # What the servers store in and publish through, for the ceilings (chat.tools.bench.ceilings).
+    database_url: str | None = None
+    broker_url: str | None = None
+    scratch_dir: Path | None = None
 
     def start(self) -> None:
         """Nothing to start for servers somebody else runs."""
@@ -138,6 +142,7 @@ class ProcessTarget(Target):
             **BENCH_ENV,
             **self.env,
         }
+        self.database_url, self.scratch_dir = env["CHAT_DATABASE_URL"], self.work_dir
         log = (self.work_dir / "server.log").open("wb")
         command = [arg.replace("{port}", str(port)) for arg in self.command]
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -172,6 +177,9 @@ class ClusterTarget(Target):
         self.deployment = Deployment(work_dir, processes=self.processes, env={**BENCH_ENV, **self.env})
         self.deployment.start()
         self.url = self.deployment.url
+        self.database_url = self.deployment.database.url("chat")
+        self.broker_url = self.deployment.redis.url()
+        self.scratch_dir = work_dir
         cluster = self.deployment.cluster
         self.pids = [cluster.process_pid(port) for port in cluster.ports]
         nginx = int((cluster.run_dir / "nginx.pid").read_text().strip())
