@@ -12,6 +12,7 @@ shutdown, faults, its /metrics, its event loop's responsiveness.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -212,7 +213,8 @@ class InProcessServer(OnLoopback):
         )
         self._thread.start()
         if not started.wait(self.start_timeout) or failure:
-            self.stop()
+            with contextlib.suppress(RuntimeError):  # still starting: the start's failure is the news
+                self.stop()
             why = repr(failure[0]) if failure else f"not serving after {self.start_timeout}s"
             raise RuntimeError(f"chat server on port {self.port} did not start ({why}); log:\n{self.logs()}")
         return self
