@@ -14,7 +14,7 @@ from chat.errors import RateLimited, Unavailable
 from chat.models import Message, NewMessage, Room, User
 from chat.services.conversation.messages import Messages
 from chat.services.identity.accounts import Accounts, session_key
-from chat.services.realtime.connection import RoomConnection
+from chat.services.realtime.connection import INBOX_FRAMES, RoomConnection
 from chat.services.realtime.fanout import Fanout
 from chat.services.realtime.presence import Presence
 from chat.services.realtime.sending import SEND_HOLD_GRACE_SECONDS
@@ -394,6 +394,36 @@ async def test_frames_already_in_history_are_not_delivered_again(connect: Connec
     assert len(transport.of_type("message")) == 1
 
 
+async def test_a_frame_given_up_while_it_waited_for_room_leaves_no_worker_behind_at_close(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tornado may cancel a handler's on_message while it waits for room in
+    # the inbox. That frame was never queued: it must not keep the
+    # connection "busy", or close() left the worker waiting for a frame
+    # forever (collected later as a task destroyed while pending) and a
+    # shutdown waited out its grace for it.
+    connection, _ = await connect()
+    gate = asyncio.Event()
+
+    async def slow_receive(text: str | bytes) -> None:
+        await gate.wait()
+
+    monkeypatch.setattr(connection, "_receive", slow_receive)
+    submits = [asyncio.create_task(connection.submit("{}")) for _ in range(INBOX_FRAMES + 2)]
+    await asyncio.sleep(0.01)  # one frame being handled, the inbox full, one submit waiting for room
+    waiting = submits[-1]
+    assert not waiting.done()
+    waiting.cancel()
+    gate.set()
+    await asyncio.gather(*submits[:-1])
+    await asyncio.wait_for(connection.wait_idle(), 1)  # every queued frame handled; the given-up one never counted
+
+    await connection.close()
+    worker = connection._worker
+    assert worker is not None
+    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 1)
+
+
 async def test_a_closed_connection_receives_nothing_more(connect: Connect, fanout: Fanout, chat_room: Room) -> None:
     sender, sender_transport = await connect()
     leaver, leaver_transport = await connect()
@@ -592,6 +622,36 @@ async def test_frames_are_queued_at_once_and_handled_in_order_by_their_own_worke
     await asyncio.wait_for(idle, 2)
     assert [a["client_id"] for a in transport.of_type("ack")] == ["c-0", "c-1", "c-2"]
     assert [a["message"]["seq"] for a in transport.of_type("ack")] == [1, 2, 3]
+
+
+async def test_a_socket_closed_while_its_send_is_being_stored_leaves_no_worker_waiting_for_frames(
+    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The send keeps the connection busy until it is stored, while its worker
+    # already waits for the next frame. Closing then left that worker waiting
+    # for good: the connection, forgotten, was collected with it pending
+    # ("Task was destroyed but it is pending!", seen in the fuzz tests).
+    connection, _ = await connect()
+    release, handed = asyncio.Event(), asyncio.Event()
+    original = memory_storage.messages.add_many
+
+    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        handed.set()
+        await release.wait()
+        return await original(news)
+
+    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
+    await connection.submit(send("c-1"))
+    await asyncio.wait_for(handed.wait(), 1)
+
+    await connection.close()
+    worker = connection._worker
+    assert worker is not None
+    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 1)
+    release.set()
+    await asyncio.wait_for(connection.wait_idle(), 2)  # the send itself still finishes
+    stored, _ = await memory_storage.messages.latest(connection.room.id, 5)
+    assert [m.client_id for m in stored] == ["c-1"]
 
 
 async def test_closing_drops_the_frames_not_yet_handed_to_storage_and_lets_the_others_finish(

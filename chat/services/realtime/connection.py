@@ -209,6 +209,8 @@ class RoomConnection(SendPipeline, HistoryReplay):
         # and a queue costs three deques (about 2 KiB) per socket.
         self._inbox: asyncio.Queue[str | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
+        # Whether the worker is handling a frame now (else it waits for one).
+        self._handling = False
         # Sends handed to storage, each finishing (ack, publish) on its own:
         # a client's next message does not wait for the last one's round
         # trip, and storage keeps their order (Messages.submit).
@@ -300,11 +302,19 @@ class RoomConnection(SendPipeline, HistoryReplay):
             self._inbox = asyncio.Queue(maxsize=INBOX_FRAMES)
             self._worker = asyncio.create_task(self._handle_frames(self._inbox), name=f"frames-{self._id}")
         self._started()
-        await self._inbox.put(text)
+        try:
+            await self._inbox.put(text)
+        except BaseException:
+            self._finished()  # never queued (the handler's coroutine was cancelled while it waited)
+            raise
+        if self.closed:
+            # Closed while this waited for room in the inbox: nobody will read it.
+            self._drop_queued()
 
     async def _handle_frames(self, inbox: asyncio.Queue[str | bytes]) -> None:
         while not self.closed:
             text = await inbox.get()
+            self._handling = True
             try:
                 await self._receive(text)
             except Exception:
@@ -313,6 +323,7 @@ class RoomConnection(SendPipeline, HistoryReplay):
                 log.exception("closing socket: a frame from %s in room %s failed", self.user.username, self.room.id)
                 self.transport.close(Close.INTERNAL_ERROR, "internal error; reconnect shortly")
             finally:
+                self._handling = False
                 self._finished()
 
     def _started(self) -> None:
@@ -329,8 +340,12 @@ class RoomConnection(SendPipeline, HistoryReplay):
         while self._inbox is not None and not self._inbox.empty():
             self._inbox.get_nowait()
             self._finished()
-        if self._worker is not None and self._busy == 0:
-            self._worker.cancel()  # waiting for a frame that will never come
+        if self._worker is not None and not self._handling:
+            # Waiting for a frame that will never come. Not judged by _busy,
+            # which also counts a submit still waiting for room in the inbox:
+            # a worker left waiting was collected while pending, and its
+            # socket's shutdown waited out the grace.
+            self._worker.cancel()
 
     def removed(self) -> None:
         """The user left this room, or was removed or banned: say so and close for good."""
