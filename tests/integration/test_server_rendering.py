@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from chat.services.conversation.messages import MAX_BODY_LENGTH
 from tests.support.client import Browser, RoomSocket
 from tests.support.server import ChildServerFactory
@@ -67,6 +69,8 @@ async def healthz_waits_while_sending(
     return waits, answers
 
 
+# A latency bound: run by itself, after the parallel workers (see the Makefile).
+@pytest.mark.serial
 async def test_two_accounts_sending_the_slowest_bodies_leave_healthz_answering_within_100_ms(
     child_server_factory: ChildServerFactory, open_browser: Callable[[str], Browser]
 ) -> None:
