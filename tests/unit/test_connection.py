@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -624,57 +625,65 @@ async def test_frames_are_queued_at_once_and_handled_in_order_by_their_own_worke
     assert [a["message"]["seq"] for a in transport.of_type("ack")] == [1, 2, 3]
 
 
+@dataclass
+class SlowStorage:
+    """Storage that takes sends and holds them until ``release`` is set; ``handed`` once it holds one."""
+
+    release: asyncio.Event
+    handed: asyncio.Event
+
+
+@pytest.fixture
+def slow_storage(memory_storage: Storage, monkeypatch: pytest.MonkeyPatch) -> SlowStorage:
+    slow = SlowStorage(asyncio.Event(), asyncio.Event())
+    original = memory_storage.messages.add_many
+
+    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
+        slow.handed.set()
+        await slow.release.wait()
+        return await original(news)
+
+    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
+    return slow
+
+
 async def test_a_socket_closed_while_its_send_is_being_stored_leaves_no_worker_waiting_for_frames(
-    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch
+    connect: Connect, memory_storage: Storage, slow_storage: SlowStorage
 ) -> None:
     # The send keeps the connection busy until it is stored, while its worker
     # already waits for the next frame. Closing then left that worker waiting
     # for good: the connection, forgotten, was collected with it pending
     # ("Task was destroyed but it is pending!", seen in the fuzz tests).
     connection, _ = await connect()
-    release, handed = asyncio.Event(), asyncio.Event()
-    original = memory_storage.messages.add_many
-
-    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
-        handed.set()
-        await release.wait()
-        return await original(news)
-
-    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
     await connection.submit(send("c-1"))
-    await asyncio.wait_for(handed.wait(), 1)
+    await asyncio.wait_for(slow_storage.handed.wait(), 1)
 
     await connection.close()
     worker = connection._worker
     assert worker is not None
     await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 1)
-    release.set()
+    slow_storage.release.set()
     await asyncio.wait_for(connection.wait_idle(), 2)  # the send itself still finishes
     stored, _ = await memory_storage.messages.latest(connection.room.id, 5)
     assert [m.client_id for m in stored] == ["c-1"]
 
 
 async def test_closing_drops_the_frames_not_yet_handed_to_storage_and_lets_the_others_finish(
-    connect: Connect, memory_storage: Storage, monkeypatch: pytest.MonkeyPatch, messages: Messages, chat_room: Room
+    connect: Connect,
+    slow_storage: SlowStorage,
+    monkeypatch: pytest.MonkeyPatch,
+    messages: Messages,
+    chat_room: Room,
 ) -> None:
     connection, _ = await connect()
-    release, handed = asyncio.Event(), asyncio.Event()
-    original = memory_storage.messages.add_many
-
-    async def slow_add(news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
-        handed.set()
-        await release.wait()
-        return await original(news)
-
-    monkeypatch.setattr(memory_storage.messages, "add_many", slow_add)
     monkeypatch.setattr(connection, "_sends_in_flight", asyncio.Semaphore(1))
     await connection.submit(send("in-hand"))  # handed to storage
     await connection.submit(send("waiting"))  # waiting for a place in flight
     await connection.submit(send("queued"))  # still in the inbox
-    await asyncio.wait_for(handed.wait(), 2)
+    await asyncio.wait_for(slow_storage.handed.wait(), 2)
 
     await connection.close()
-    release.set()
+    slow_storage.release.set()
     await asyncio.wait_for(connection.wait_idle(), 2)
 
     stored, _ = await messages.recent(chat_room.id)
