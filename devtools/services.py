@@ -92,11 +92,16 @@ def fixed_ports() -> range:
     return range(10000, low) if low > 12000 else range(high + 1, 65536)
 
 
+# Its own generator: Hypothesis seeds the global one, which made parallel test
+# workers pick the same "random" ports.
+_port_picker = random.SystemRandom()
+
+
 def free_port_range(count: int) -> int:
     """The first of ``count`` consecutive free loopback ports (for a process group), outside the ephemeral range."""
     ports = fixed_ports()
     for _ in range(200):
-        base = random.randrange(ports.start, ports.stop - count)
+        base = _port_picker.randrange(ports.start, ports.stop - count)
         sockets = []
         try:
             for port in range(base, base + count):

@@ -56,7 +56,6 @@ from .services import (
     RedisServer,
     Toxiproxy,
     ferretdb_path,
-    free_port,
     free_port_range,
     nginx_path,
     postgres_bindir,
@@ -375,11 +374,12 @@ class Deployment:
         self.db_outage_seconds = (1.0, 3.0)
         self.redis = RedisServer(str(redis_server_path()), work_dir / "redis")
         self.database = FerretDB(str(ferretdb_path()), work_dir / "ferretdb")
+        ports = free_port_range(processes + 1)  # the processes', then nginx's: one range, so they cannot meet
         self.cluster = Cluster(
             run_dir=work_dir / "cluster",
             processes=processes,
-            base_port=free_port_range(processes),
-            listen_port=free_port(),
+            base_port=ports,
+            listen_port=ports + processes,
             env={
                 "CHAT_DATABASE_URL": "",  # set in start(), once the database has its port
                 "CHAT_BROKER_URL": "",

@@ -24,7 +24,6 @@ from tests.support.services import (
     RedisServer,
     ferretdb_binary,
     find_binary,
-    free_port,
     free_port_range,
     nginx_binary,
     redis_binary,
@@ -79,11 +78,12 @@ def process_group(
 ) -> Cluster:
     """supervisord with 2 chat processes on MongoDB (FerretDB) and Redis, nginx in front (not started)."""
     nginx_binary()  # skip or fail early, naming the install command
+    ports = free_port_range(3)  # the processes', then nginx's: one range, so they cannot meet
     return Cluster(
         run_dir=tmp_path_factory.mktemp("cluster"),
         processes=2,
-        base_port=free_port_range(2),
-        listen_port=free_port(),
+        base_port=ports,
+        listen_port=ports + 2,
         env={
             "CHAT_DATABASE_URL": ferretdb.url(f"chat_{uuid.uuid4().hex[:12]}"),
             "CHAT_BROKER_URL": redis.url(),
