@@ -27,6 +27,8 @@ from ..models import (
     RoomKind,
     Session,
     User,
+    new_id,
+    utcnow,
 )
 
 
@@ -50,6 +52,35 @@ class Backend:
     addresses: Callable[[str], list[tuple[str, int | None]]]
     # Whether several processes can share one database (a process group needs it).
     shared: bool
+
+
+# What a room holds besides its own record, deleted with it (tables or collections).
+ROOM_CONTENTS = ("messages", "memberships", "bans", "mentions", "moderation")
+
+
+def new_room(name: str, creator: User, kind: RoomKind) -> Room:
+    """The room :meth:`RoomRepository.add` stores: a fresh id, created now."""
+    return Room(
+        id=new_id(),
+        name=name,
+        creator_id=creator.id,
+        creator_username=creator.username,
+        created_at=utcnow(),
+        kind=kind,
+    )
+
+
+def new_session(
+    session_id: str, user_id: str, expires_at: datetime.datetime, idle_expires_at: datetime.datetime | None
+) -> Session:
+    """The session :meth:`SessionRepository.add` stores: created now, never idling past its absolute end."""
+    return Session(
+        id=session_id,
+        user_id=user_id,
+        created_at=utcnow(),
+        expires_at=expires_at,
+        idle_expires_at=min(idle_expires_at or expires_at, expires_at),
+    )
 
 
 def room_of(messages: Sequence[Message]) -> str:

@@ -17,19 +17,17 @@ from ...models import (
     Room,
     RoomKind,
     User,
-    new_id,
     utcnow,
 )
 from ..base import (
+    ROOM_CONTENTS,
     RoomRepository,
+    new_room,
 )
 from .documents import _name_key, _room, _translate_errors
 
 if TYPE_CHECKING:
     from .storage import MongoStorage
-
-# What a room holds besides its own document, deleted with it.
-ROOM_CONTENTS = ("messages", "memberships", "bans", "mentions", "moderation")
 
 
 class MongoRooms(RoomRepository):
@@ -37,14 +35,7 @@ class MongoRooms(RoomRepository):
         self._storage = storage
 
     async def add(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
-        room = Room(
-            id=new_id(),
-            name=name,
-            creator_id=creator.id,
-            creator_username=creator.username,
-            created_at=utcnow(),
-            kind=kind,
-        )
+        room = new_room(name, creator, kind)
         await self._storage.insert(
             "rooms",
             {

@@ -14,6 +14,7 @@ from ...models import (
 )
 from ..base import (
     SessionRepository,
+    new_session,
 )
 from .documents import _live, _session, _translate_errors
 
@@ -32,13 +33,7 @@ class MongoSessions(SessionRepository):
         expires_at: datetime.datetime,
         idle_expires_at: datetime.datetime | None = None,
     ) -> Session:
-        session = Session(
-            id=session_id,
-            user_id=user_id,
-            created_at=utcnow(),
-            expires_at=expires_at,
-            idle_expires_at=min(idle_expires_at or expires_at, expires_at),
-        )
+        session = new_session(session_id, user_id, expires_at, idle_expires_at)
         await self._storage.insert(
             "sessions",
             {

@@ -10,17 +10,14 @@ from ...models import (
     Room,
     RoomKind,
     User,
-    new_id,
-    utcnow,
 )
 from ..base import (
+    ROOM_CONTENTS,
     RoomRepository,
+    new_room,
 )
 from .database import _Database
 from .rows import _room, _to_ms
-
-# What a room holds besides its own row, deleted with it.
-ROOM_CONTENTS = ("messages", "memberships", "bans", "mentions", "moderation")
 
 
 class SQLiteRooms(RoomRepository):
@@ -28,14 +25,7 @@ class SQLiteRooms(RoomRepository):
         self._db = db
 
     async def add(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
-        room = Room(
-            id=new_id(),
-            name=name,
-            creator_id=creator.id,
-            creator_username=creator.username,
-            created_at=utcnow(),
-            kind=kind,
-        )
+        room = new_room(name, creator, kind)
         await self._db.insert(
             "INSERT INTO rooms (id, name, name_lower, creator_id, creator_username, created_at, last_seq, kind)"
             " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",

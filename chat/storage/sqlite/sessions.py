@@ -11,6 +11,7 @@ from ...models import (
 )
 from ..base import (
     SessionRepository,
+    new_session,
 )
 from .database import _Database
 from .rows import _LIVE, _session, _to_ms
@@ -27,13 +28,7 @@ class SQLiteSessions(SessionRepository):
         expires_at: datetime.datetime,
         idle_expires_at: datetime.datetime | None = None,
     ) -> Session:
-        session = Session(
-            id=session_id,
-            user_id=user_id,
-            created_at=utcnow(),
-            expires_at=expires_at,
-            idle_expires_at=min(idle_expires_at or expires_at, expires_at),
-        )
+        session = new_session(session_id, user_id, expires_at, idle_expires_at)
         await self._db.insert(
             "INSERT INTO sessions (id, user_id, created_at, expires_at, idle_expires_at) VALUES (?, ?, ?, ?, ?)",
             (
