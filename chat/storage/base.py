@@ -344,15 +344,12 @@ class MessageRepository(abc.ABC):
         [result] = await self.add_many([new])
         return result
 
-    # Whether one add_many may mix rooms: true where all writes share one
-    # lock anyway (SQLite), so a busy process commits once for every room.
-    batches_across_rooms = False
-
     @abc.abstractmethod
     async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
         """Store messages together, as :meth:`add` stores one, each room's in the order given.
 
-        All of one room unless ``batches_across_rooms``. A room's seqs follow
+        The batch may mix rooms: a busy process stores every room's waiting
+        messages in one write, not one per room. A room's seqs follow
         each other (unless another process writes in between). What raises
         may have stored some of them: the senders retry with their
         client_ids, which finds those. A batch touching an archived room

@@ -1290,9 +1290,8 @@ async def test_sqlite_reads_and_writes_after_close_raise_unavailable(sqlite_url:
         await store.users.add("bob", b"hash")
 
 
-async def test_sqlite_stores_a_batch_of_several_rooms_with_each_rooms_seqs_in_order(sqlite_url: str) -> None:
-    async with connected_storage(sqlite_url) as storage:
-        assert storage.messages.batches_across_rooms
+async def test_a_batch_of_several_rooms_keeps_each_rooms_seqs_in_order(storage_url: str) -> None:
+    async with connected_storage(storage_url) as storage:
         user = await storage.users.add("alice", b"hash")
         a, b = await storage.rooms.add("a", user), await storage.rooms.add("b", user)
         await storage.messages.add(new_message(b, user, "b-first"))
@@ -1316,8 +1315,39 @@ async def test_sqlite_stores_a_batch_of_several_rooms_with_each_rooms_seqs_in_or
         assert (await storage.messages.add(new_message(a, user, "a4")))[0].seq == 4  # nothing of that batch stayed
 
 
-async def test_sqlite_refuses_a_batch_touching_an_archived_room_naming_it_and_storing_nothing(sqlite_url: str) -> None:
-    async with connected_storage(sqlite_url) as storage:
+async def test_batches_of_several_rooms_from_two_processes_with_resends_leave_no_hole(storage_url: str) -> None:
+    async with connected_storage(storage_url) as storage, connected_storage(storage_url) as other:
+        user = await storage.users.add("alice", b"hash")
+        a, b = await storage.rooms.add("a", user), await storage.rooms.add("b", user)
+        original, _ = await storage.messages.add(new_message(a, user, "again", "the original"))
+
+        batches = await asyncio.gather(
+            *(
+                (storage if i % 2 else other).messages.add_many(
+                    [
+                        new_message(a, user, f"a{i}"),
+                        new_message(b, user, f"b{i}"),
+                        new_message(a, user, "again", "a resend"),
+                        new_message(b, user, f"b{i}-2"),
+                    ]
+                )
+                for i in range(6)
+            )
+        )
+
+        for batch in batches:
+            assert [(m.client_id, created) for m, created in batch][2] == ("again", False)
+            assert batch[2][0].seq == original.seq
+            assert batch[1][0].seq < batch[3][0].seq  # each room's in the order given
+        for room, count in ((a, 7), (b, 12)):
+            stored, _ = await storage.messages.latest(room.id, 100)
+            assert [m.seq for m in stored] == list(range(1, count + 1))
+            assert len({m.client_id for m in stored}) == count
+        assert await storage.messages.acknowledged_seqs([a.id, b.id]) == {a.id: 7, b.id: 12}
+
+
+async def test_a_batch_touching_an_archived_room_is_refused_naming_it_and_storing_nothing(storage_url: str) -> None:
+    async with connected_storage(storage_url) as storage:
         user = await storage.users.add("alice", b"hash")
         a, b = await storage.rooms.add("a", user), await storage.rooms.add("b", user)
         await storage.rooms.set_archived(b.id, utcnow())

@@ -31,8 +31,6 @@ from tests.support.waiting import eventually
 class UnavailableMessages:
     """A message repository whose database has gone away."""
 
-    batches_across_rooms = False
-
     async def add_many(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
         raise Unavailable("database down")
 

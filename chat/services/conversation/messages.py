@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence, Sized
+from typing import TypeVar
 
 from ... import metrics
 from ...errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
@@ -14,6 +16,8 @@ from .formatting import Renderer
 from .rendering_pool import RenderPool
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=Sized)
 
 MAX_BODY_LENGTH = 4000
 # The most messages one write stores together.
@@ -38,16 +42,18 @@ def clean_body(body: str) -> str:
 
 
 class GroupCommit:
-    """Messages sent to one room while its last write is under way are stored together, in one write.
+    """Messages sent while the last write is under way are stored together, in one write, whatever their rooms.
 
-    One writer per room in this process, or one for every room where the
-    storage batches across rooms (SQLite: one write lock for the file). The
-    first sender starts it; whoever sends while it writes waits for the next
+    ``writers`` writers per process, each serving its share of the rooms (a
+    room always the same one, so its messages keep their order). The first
+    sender starts one; whoever sends while it writes waits for the next
     write, which takes everything that queued meanwhile (up to MAX_BATCH), in
-    the order sent. An idle room's message is written at once; a busy room
-    pays one round trip (one commit) per batch instead of per message, and
-    its messages then reach each socket together, in one write
-    (chat.web.transport).
+    the order sent. A quiet process writes each message at once; a busy one
+    pays a few round trips (one commit on SQLite) per batch instead of per
+    message or per room: two hundred rooms with a message a second each were
+    two hundred writes a second, and are now as many as the database takes
+    in turn. A busy room's messages then reach each socket together, in one
+    write (chat.web.transport).
 
     A message is known by (room, user, client_id): a resend of one queued or
     being written waits for that write instead of queueing again. Clients
@@ -64,16 +70,16 @@ class GroupCommit:
         store: Store,
         max_batch: int = MAX_BATCH,
         max_wait: float = MAX_WAIT_SECONDS,
-        across_rooms: Callable[[], bool] = lambda: False,
+        writers: int = 1,
     ) -> None:
         self.max_wait = max_wait
         self._batches: Batches[tuple[str, str, str], NewMessage, tuple[Message, bool]] = Batches(
             store,
             max_batch=max_batch,
-            lane_of=lambda new: "*" if across_rooms() else new.room_id,
+            lane_of=lambda new: str(hash(new.room_id) % writers) if writers > 1 else "",
             join_in_flight=True,
             fail_queued_on=(Unavailable,),
-            name="messages to this room",
+            name="messages",
         )
 
     def submit(self, new: NewMessage) -> Awaitable[tuple[Message, bool]]:
@@ -92,16 +98,13 @@ class Messages:
         self.history_limit = history_limit
         # Without a pool (tests, tools), Markdown is rendered on the loop.
         self._renderer = Renderer(storage.users.get_by_username, pool=render_pool)
-        self._commits = GroupCommit(
-            self._store,
-            across_rooms=lambda: self._storage.messages.batches_across_rooms,
-        )
+        self._commits = GroupCommit(self._store)
 
     async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool] | ChatError]:
         try:
             stored = await self._storage.messages.add_many(news)
         except (RoomArchived, RoomGone) as exc:
-            # A batch of several rooms (SQLite) stores the others' messages
+            # A batch of several rooms stores the others' messages
             # still; only the senders to archived or deleted rooms are refused.
             others = [new for new in news if new.room_id not in exc.room_ids]
             if not others:
@@ -117,12 +120,6 @@ class Messages:
             if created
             for user_id in new.mentions
         ]
-        if mentions:
-            try:
-                await self._storage.mentions.add_many(mentions)
-            except Unavailable as exc:
-                # The messages are stored and will be acked; only a mention count comes out low.
-                log.warning("recording %d mentions failed: %s", len(mentions), exc)
         # Writing a message is reading the room up to it: its author never
         # finds their own words unread, even from a tab closed right after sending.
         read_up_to: dict[tuple[str, str], int] = {}
@@ -130,11 +127,24 @@ class Messages:
             if created:
                 key = (message.room_id, message.user_id)
                 read_up_to[key] = max(read_up_to.get(key, 0), message.seq)
-        try:
-            await self._storage.memberships.advance_read_many(read_up_to)
-        except Unavailable as exc:
-            log.warning("moving %d authors' read markers failed: %s", len(read_up_to), exc)
+        # Both at once: neither depends on the other, and the senders wait for both.
+        await asyncio.gather(
+            self._after_storing("recording %d mentions", self._storage.mentions.add_many, mentions),
+            self._after_storing(
+                "moving %d authors' read markers", self._storage.memberships.advance_read_many, read_up_to
+            ),
+        )
         return results
+
+    @staticmethod
+    async def _after_storing(what: str, write: Callable[[T], Awaitable[None]], items: T) -> None:
+        """A write that follows stored messages; if it fails they are still stored and acked, only a count is off."""
+        if not items:
+            return
+        try:
+            await write(items)
+        except Unavailable as exc:
+            log.warning(what + " failed: %s", len(items), exc)
 
     async def prepare(self, user: User, room: Room, client_id: str, body: str) -> NewMessage:
         """Check a message and render its body (raises ValidationError or TooLarge).

@@ -23,10 +23,6 @@ from .rows import _client_key, _message, _to_ms
 
 
 class SQLiteMessages(MessageRepository):
-    # One write lock for the whole file: one transaction for every room's
-    # waiting messages costs one commit instead of one per room.
-    batches_across_rooms = True
-
     def __init__(self, db: _Database) -> None:
         self._db = db
 
