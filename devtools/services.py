@@ -263,6 +263,11 @@ class ServiceProcess:
         self.stop()
 
 
+# FerretDB's own compose file runs PostgreSQL with 400 connections; its pool takes most.
+POSTGRES_MAX_CONNECTIONS = 400
+FERRETDB_POOL_CONNECTIONS = 300
+
+
 class PostgresServer(ServiceProcess):
     """A throwaway PostgreSQL cluster: initdb'd on first start, loopback only, trust for its one role.
 
@@ -346,6 +351,8 @@ class PostgresServer(ServiceProcess):
             "synchronous_commit=off",
             "-c",
             "full_page_writes=off",
+            "-c",
+            f"max_connections={POSTGRES_MAX_CONNECTIONS}",
         ]
 
     def ready(self) -> bool:
@@ -399,7 +406,10 @@ class FerretDB(ServiceProcess):
         return [
             self.binary,
             "--handler=postgresql",
-            f"--postgresql-url={self.postgres.url()}",
+            # FerretDB v1 holds one PostgreSQL connection per statement of an
+            # update command until the command ends: at its default pool of
+            # 50, two processes' bulk updates wait for each other for good.
+            f"--postgresql-url={self.postgres.url()}?pool_max_conns={FERRETDB_POOL_CONNECTIONS}",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--state-dir=-",
             "--telemetry=disable",

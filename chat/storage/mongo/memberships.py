@@ -17,6 +17,7 @@ from ...models import (
 from ..base import (
     MembershipRepository,
 )
+from .bulk import update_each
 from .documents import _membership, _pair_id, _translate_errors
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class MongoMemberships(MembershipRepository):
             for (room_id, user_id), seq in markers.items()
         ]
         with _translate_errors():
-            await self._storage.db.memberships.bulk_write(updates, ordered=False)
+            await update_each(self._storage.db.memberships, updates)
 
     async def rooms_of(self, user_id: str) -> list[Membership]:
         with _translate_errors():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from ..base import (
     MessageRepository,
     room_of,
 )
+from .bulk import update_each
 from .documents import DUPLICATE_KEY, NOT_ARCHIVED, _document, _message, _new_message, _translate_errors, message_id
 from .writers import RoomWriters
 
@@ -165,8 +165,7 @@ class MongoMessages(MessageRepository):
             )
             for room_id, message in highest.items()
         ]
-        if moves:
-            await self._storage.db.rooms.bulk_write(moves, ordered=False)
+        await update_each(self._storage.db.rooms, moves)
 
     async def latest(self, room_id: str, limit: int) -> tuple[list[Message], bool]:
         with _translate_errors():
