@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Collection, Sequence
 from dataclasses import replace
@@ -62,12 +63,8 @@ class MongoMessages(MessageRepository):
         """Each room's next seq as its counter says, in one query; RoomGone or RoomArchived naming the rooms."""
         rooms = self._storage.db.rooms
         fields = {"last_seq": 1, "archived_at": 1}
-        if len(room_ids) == 1:  # by equality: FerretDB answers that far faster than an $in of one
-            found = await rooms.find_one({"_id": room_ids[0]}, fields)
-            docs = [found] if found else []
-        else:
-            docs = [doc async for doc in rooms.find({"_id": {"$in": list(room_ids)}}, fields)]
-        by_id = {doc["_id"]: doc for doc in docs}
+        found = await asyncio.gather(*(rooms.find_one({"_id": room_id}, fields) for room_id in room_ids))
+        by_id = {doc["_id"]: doc for doc in found if doc is not None}
         if gone := [room_id for room_id in room_ids if room_id not in by_id]:
             raise RoomGone(gone)
         if archived := [room_id for room_id, doc in by_id.items() if doc.get("archived_at") is not None]:
