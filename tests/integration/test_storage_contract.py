@@ -1346,6 +1346,35 @@ async def test_batches_of_several_rooms_from_two_processes_with_resends_leave_no
         assert await storage.messages.acknowledged_seqs([a.id, b.id]) == {a.id: 7, b.id: 12}
 
 
+async def test_a_resend_first_in_a_batch_of_several_rooms_leaves_every_room_in_order(storage_url: str) -> None:
+    async with connected_storage(storage_url) as storage:
+        user = await storage.users.add("alice", b"hash")
+        a, b, c = [await storage.rooms.add(name, user) for name in "abc"]
+        await storage.messages.add(new_message(a, user, "a1"))
+        await storage.messages.add(new_message(b, user, "b1"))
+
+        results = await storage.messages.add_many(
+            [
+                new_message(a, user, "a1", "a resend"),
+                new_message(b, user, "b1", "a resend"),
+                new_message(a, user, "a2"),
+                new_message(c, user, "c1"),
+                new_message(b, user, "b2"),
+                new_message(a, user, "a3"),
+            ]
+        )
+
+        assert [(m.client_id, m.seq, created) for m, created in results] == [
+            ("a1", 1, False),
+            ("b1", 1, False),
+            ("a2", 2, True),
+            ("c1", 1, True),
+            ("b2", 2, True),
+            ("a3", 3, True),
+        ]
+        assert await storage.messages.acknowledged_seqs([a.id, b.id, c.id]) == {a.id: 3, b.id: 2, c.id: 1}
+
+
 async def test_a_batch_touching_an_archived_room_is_refused_naming_it_and_storing_nothing(storage_url: str) -> None:
     async with connected_storage(storage_url) as storage:
         user = await storage.users.add("alice", b"hash")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -86,12 +86,11 @@ class MongoMessages(MessageRepository):
         between the inserts and the counters' move only leaves a counter
         behind, and the next writer steps past it.
 
-        A busy process's messages to many rooms cost the same four round
-        trips as one room's: the rooms' counters, the insert, the counters'
-        moves (in one bulk write) and, in the service, the authors' read
-        markers. Only a refused insert (a resend, or a seq another process
-        took) costs one more, and the messages after it in the batch are
-        sent again.
+        A busy process's messages to many rooms cost the same few commands
+        as one room's: the rooms' reads (by ``_id``, at once), one insert, the
+        counters' moves (one bulk write) and, in the service, the authors'
+        read markers (another). Only a refused insert (a resend, or a seq
+        another process took) costs more (see :meth:`_insert_in_order`).
 
         A message's ``_id`` is derived from its room, user and client_id
         (:func:`message_id`), so a resend collides on ``_id`` and the original
@@ -99,8 +98,22 @@ class MongoMessages(MessageRepository):
         scans for any query but one on ``_id``, and does not say which unique
         index refused an insert).
         """
-        db = self._storage.db
         next_seq = await self._next_seqs(room_ids)
+        done = await self._insert_in_order(news, next_seq)
+        await self._move_counters(done)
+        return done
+
+    async def _insert_in_order(
+        self, news: Sequence[NewMessage], next_seq: dict[str, int]
+    ) -> list[tuple[Message, bool]]:
+        """Insert ``news`` in one ordered insert from ``next_seq`` on; after a refusal, each room goes on alone.
+
+        A refused message (a resend, or a seq another process took) stops
+        the ordered insert there, so after the first refusal every room's
+        rest is inserted at once, each in its own ordered inserts: one room's
+        refusals (a sender resending many unacknowledged messages) must not
+        cost every other room of the batch a round trip each.
+        """
         results: list[tuple[Message, bool] | None] = [None] * len(news)
         waiting = list(range(len(news)))  # indexes into news, in order
         # Every refusal settles one message or moves past one taken seq.
@@ -112,15 +125,7 @@ class MongoMessages(MessageRepository):
                 room_id = news[i].room_id
                 batch.append(_new_message(news[i], seqs[room_id], now))
                 seqs[room_id] += 1
-            try:
-                await db.messages.insert_many([_document(m) for m in batch], ordered=True)
-                stored = len(batch)
-            except BulkWriteError as exc:
-                # Ordered: everything before the first error was stored, nothing after it.
-                errors = exc.details.get("writeErrors") or [{}]
-                if errors[0].get("code") != DUPLICATE_KEY:
-                    raise
-                stored = int(errors[0]["index"])
+            stored = await self._insert_ordered(batch)
             for offset in range(stored):
                 results[waiting[offset]] = (batch[offset], True)
                 next_seq[batch[offset].room_id] = batch[offset].seq + 1
@@ -135,13 +140,47 @@ class MongoMessages(MessageRepository):
             else:
                 next_seq[refused_as.room_id] = refused_as.seq + 1  # taken, so stored: the next may follow it
                 waiting = waiting[stored:]
+            if len({news[i].room_id for i in waiting}) > 1:
+                for i, result in await self._each_room_alone([news[i] for i in waiting], waiting, next_seq):
+                    results[i] = result
+                waiting = []
             if not waiting:
                 break
         if waiting:
-            raise Unavailable(f"could not store messages in rooms {', '.join(room_ids)} after many attempts")
-        done = [result for result in results if result is not None]
-        await self._move_counters(done)
-        return done
+            rooms = ", ".join(sorted({news[i].room_id for i in waiting}))
+            raise Unavailable(f"could not store messages in rooms {rooms} after {MAX_SEQ_ATTEMPTS} attempts")
+        return [result for result in results if result is not None]
+
+    async def _insert_ordered(self, batch: Sequence[Message]) -> int:
+        """Insert ``batch`` in order, stopping at a duplicate key; how many were stored."""
+        try:
+            await self._storage.db.messages.insert_many([_document(m) for m in batch], ordered=True)
+        except BulkWriteError as exc:
+            # Ordered: everything before the first error was stored, nothing after it.
+            errors = exc.details.get("writeErrors") or [{}]
+            if errors[0].get("code") != DUPLICATE_KEY:
+                raise
+            return int(errors[0]["index"])
+        return len(batch)
+
+    async def _each_room_alone(
+        self, news: Sequence[NewMessage], indexes: Sequence[int], next_seq: Mapping[str, int]
+    ) -> list[tuple[int, tuple[Message, bool]]]:
+        """Each room's messages of ``news`` inserted on its own, all rooms at once; results by ``indexes``."""
+        by_room: dict[str, list[int]] = {}
+        for position, new in enumerate(news):
+            by_room.setdefault(new.room_id, []).append(position)
+        outcomes = await asyncio.gather(
+            *(
+                self._insert_in_order([news[p] for p in positions], {room_id: next_seq[room_id]})
+                for room_id, positions in by_room.items()
+            )
+        )
+        return [
+            (indexes[p], result)
+            for positions, outcome in zip(by_room.values(), outcomes, strict=True)
+            for p, result in zip(positions, outcome, strict=True)
+        ]
 
     async def _move_counters(self, done: Sequence[tuple[Message, bool]]) -> None:
         """Move each room's counter up to its highest seq in ``done``, in one write.
