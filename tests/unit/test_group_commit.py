@@ -79,28 +79,6 @@ async def test_a_batch_is_at_most_max_batch() -> None:
     assert store.writes == [["a", "b"], ["c", "d"], ["e"]]
 
 
-async def test_with_several_writers_a_room_keeps_to_one_and_rooms_on_others_do_not_wait() -> None:
-    store = SlowStore()
-    commits = GroupCommit(store, writers=2)
-    store.gate.clear()
-    # Two rooms that land on different writers (a room's writer is fixed for the process).
-    rooms = [f"r{i}" for i in range(20)]
-    first, second = rooms[0], next(r for r in rooms if hash(r) % 2 != hash(rooms[0]) % 2)
-    tasks = [asyncio.create_task(commits.submit(new(f"{room}-0", room=room))) for room in (first, second)]
-    for _ in range(3):  # the sends queue, then each writer starts
-        await asyncio.sleep(0)
-    assert sorted(store.writes) == sorted([[f"{first}-0"], [f"{second}-0"]])  # both being written at once
-    tasks += [
-        asyncio.create_task(commits.submit(new(f"{room}-{i}", room=room))) for i in (1, 2) for room in (first, second)
-    ]
-    await asyncio.sleep(0)
-    store.gate.set()
-    await asyncio.gather(*tasks)
-
-    assert [f"{first}-1", f"{first}-2"] in store.writes
-    assert [f"{second}-1", f"{second}-2"] in store.writes
-
-
 async def two_sends_whose_first_write_fails(
     store: SlowStore, error: Exception
 ) -> tuple[GroupCommit, asyncio.Task[tuple[Message, bool]], asyncio.Task[tuple[Message, bool]]]:

@@ -44,16 +44,15 @@ def clean_body(body: str) -> str:
 class GroupCommit:
     """Messages sent while the last write is under way are stored together, in one write, whatever their rooms.
 
-    ``writers`` writers per process, each serving its share of the rooms (a
-    room always the same one, so its messages keep their order). The first
-    sender starts one; whoever sends while it writes waits for the next
-    write, which takes everything that queued meanwhile (up to MAX_BATCH), in
-    the order sent. A quiet process writes each message at once; a busy one
-    pays a few round trips (one commit on SQLite) per batch instead of per
-    message or per room: two hundred rooms with a message a second each were
-    two hundred writes a second, and are now as many as the database takes
-    in turn. A busy room's messages then reach each socket together, in one
-    write (chat.web.transport).
+    One writer per process, for every room. The first sender starts it;
+    whoever sends while it writes waits for the next write, which takes
+    everything that queued meanwhile (up to MAX_BATCH), in the order sent. A
+    quiet process writes each message at once; a busy one pays a few round
+    trips (one commit on SQLite) per batch instead of per message or per
+    room: two hundred rooms with a message a second each were two hundred
+    writes a second, and are now as many as the database takes in turn. A
+    busy room's messages then reach each socket together, in one write
+    (chat.web.transport).
 
     A message is known by (room, user, client_id): a resend of one queued or
     being written waits for that write instead of queueing again. Clients
@@ -70,13 +69,11 @@ class GroupCommit:
         store: Store,
         max_batch: int = MAX_BATCH,
         max_wait: float = MAX_WAIT_SECONDS,
-        writers: int = 1,
     ) -> None:
         self.max_wait = max_wait
         self._batches: Batches[tuple[str, str, str], NewMessage, tuple[Message, bool]] = Batches(
             store,
             max_batch=max_batch,
-            lane_of=lambda new: str(hash(new.room_id) % writers) if writers > 1 else "",
             join_in_flight=True,
             fail_queued_on=(Unavailable,),
             name="messages",
