@@ -188,6 +188,13 @@ class MongoMessages(MessageRepository):
         Resends' originals too: they are acknowledged and published once
         add_many returns, and the counter must cover every seq that is (their
         first writer may have died before moving it).
+
+        On MongoDB each move is atomic (the filter and the change), so a
+        counter never moves down. FerretDB v1 reads the document and writes
+        it back: two processes moving one room's counter at the same instant
+        can leave it at the lower seq. The next writer then steps past the
+        seqs it finds taken, and the sweep notices a lost publish only once
+        the counter moves again.
         """
         highest: dict[str, Message] = {}
         for message, _ in done:
