@@ -415,6 +415,11 @@ class Deployment:
                 f"mongodb://127.0.0.1:{database_port}/chat?serverSelectionTimeoutMS=2000"
             )
             self.cluster.env["CHAT_BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            # Picked again now that the services above hold theirs: picked
+            # before them, one of them could take a port of the range (a chat
+            # process then found its port in use, restart after restart).
+            ports = free_port_range(self.cluster.processes + 1)
+            self.cluster.base_port, self.cluster.listen_port = ports, ports + self.cluster.processes
             self.cluster.start()
         except BaseException:
             # Whatever did start must not outlive a failed start.
