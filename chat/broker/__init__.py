@@ -68,9 +68,10 @@ def open_backplane(url: str, clock: Callable[[], float] = time.time) -> Backplan
     if scheme == "memory":
         from .leases import MemoryLeases
         from .memory import MemoryBroker
+        from .memory_limits import SCHEME as LIMITS_SCHEME  # registers the storage with ``limits``
         from .presence import MemoryPresence
 
-        return Backplane(MemoryBroker(), MemoryPresence(clock), MemoryLeases(clock), "async+memory://")
+        return Backplane(MemoryBroker(), MemoryPresence(clock), MemoryLeases(clock), f"{LIMITS_SCHEME}://")
     if scheme in REDIS_SCHEMES:
         from .redis import RedisBroker, RedisLeases, RedisPresence
 

@@ -33,6 +33,7 @@ def wall_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """
     fake = FakeClock(start=1_800_000_000.0)
     monkeypatch.setattr("limits.aio.storage.memory.time", SimpleNamespace(time=fake))
+    monkeypatch.setattr("chat.broker.memory_limits.time", SimpleNamespace(time=fake))
     return fake
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from chat.broker import memory_limits
+from chat.broker.memory_limits import SCHEME as MEMORY_LIMITS
 from chat.errors import RateLimited, ValidationError
 from chat.models import User
 from chat.services import audit
@@ -23,7 +25,7 @@ PASSWORD = "correct horse"
 
 
 def limiter(wall_clock: FakeClock, **rules: str) -> Limiter:
-    return Limiter("async+memory://", {Action(action): spec for action, spec in rules.items()}, clock=wall_clock)
+    return Limiter(f"{MEMORY_LIMITS}://", {Action(action): spec for action, spec in rules.items()}, clock=wall_clock)
 
 
 async def test_actions_past_any_rule_are_refused_saying_how_long_to_wait(wall_clock: FakeClock) -> None:
@@ -293,3 +295,30 @@ async def test_registrations_from_one_ipv6_network_share_one_limit(guarded: Acco
     with pytest.raises(RateLimited):
         await guarded.register("carol", PASSWORD, PASSWORD, "2001:db8:0:1:ffff::c")
     assert isinstance(await guarded.register("dave", PASSWORD, PASSWORD, "2001:db8:0:2::a"), User)
+
+
+async def test_one_process_counts_never_hop_threads_and_expired_ones_are_swept_once_a_second(
+    wall_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The library's own memory store swept every key through a worker thread
+    # after every count: most of a busy process's loop.
+    def no_threads(*_: object, **__: object) -> None:
+        raise AssertionError("a count went to a thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_threads)
+    monkeypatch.setattr(memory_limits, "SWEEP_SECONDS", 0.01)
+    limits = limiter(wall_clock, send="3 per second", login="2 per minute")
+    storage = limits._storage
+    assert isinstance(storage, memory_limits.PacedMemoryStorage)
+    for user in ("alice", "bob"):
+        for _ in range(3):
+            await limits.take(Action.SEND, user)
+    await limits.take(Action.LOGIN, "carol")
+    assert len(storage.events) == 3
+
+    wall_clock.advance(1.5)  # the sends' window is over, the sign-in's is not
+    await asyncio.sleep(0.05)
+
+    assert list(storage.events) == [key for key in storage.events if "carol" in key]
+    assert storage.events
+    await limits.take(Action.SEND, "alice")  # counted afresh
