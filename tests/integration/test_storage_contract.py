@@ -1377,6 +1377,43 @@ async def test_a_resend_first_in_a_batch_of_several_rooms_leaves_every_room_in_o
         assert await storage.messages.acknowledged_seqs([a.id, b.id, c.id]) == {a.id: 3, b.id: 2, c.id: 1}
 
 
+async def test_a_room_archived_or_deleted_by_another_process_is_refused_by_a_writer_that_just_wrote_there(
+    storage_url: str,
+) -> None:
+    # A writer remembers the rooms it found open (MongoDB: until the rooms'
+    # closing token moves); another process's archiving must still stop it.
+    async with connected_storage(storage_url) as storage, connected_storage(storage_url) as other:
+        user = await storage.users.add("alice", b"hash")
+        a, b = await storage.rooms.add("a", user), await storage.rooms.add("b", user)
+        await storage.messages.add_many([new_message(a, user, "a1"), new_message(b, user, "b1")])
+
+        await other.rooms.set_archived(a.id, utcnow())
+        with pytest.raises(RoomArchived):
+            await storage.messages.add(new_message(a, user, "a2"))
+        assert (await storage.messages.add(new_message(b, user, "b2")))[0].seq == 2
+
+        await other.rooms.set_archived(a.id, None)
+        assert (await storage.messages.add(new_message(a, user, "a2")))[0].seq == 2
+        await other.rooms.delete(b.id)
+        with pytest.raises(LookupError):
+            await storage.messages.add(new_message(b, user, "b3"))
+
+
+async def test_a_writer_that_remembers_a_room_steps_past_what_another_process_wrote_since(storage_url: str) -> None:
+    async with connected_storage(storage_url) as storage, connected_storage(storage_url) as other:
+        user = await storage.users.add("alice", b"hash")
+        room = await storage.rooms.add("a", user)
+        await storage.messages.add(new_message(room, user, "first"))
+        for i in range(5):
+            await other.messages.add(new_message(room, user, f"other{i}"))
+
+        message, created = await storage.messages.add(new_message(room, user, "next"))
+
+        assert (message.seq, created) == (7, True)
+        stored, _ = await storage.messages.latest(room.id, 10)
+        assert [m.seq for m in stored] == list(range(1, 8))
+
+
 async def test_a_batch_touching_an_archived_room_is_refused_naming_it_and_storing_nothing(storage_url: str) -> None:
     async with connected_storage(storage_url) as storage:
         user = await storage.users.add("alice", b"hash")

@@ -26,6 +26,7 @@ from ..base import (
     room_of,
 )
 from .bulk import update_each
+from .closings import OpenRooms, closing_token
 from .documents import DUPLICATE_KEY, NOT_ARCHIVED, _document, _message, _new_message, _translate_errors, message_id
 from .writers import RoomWriters
 
@@ -41,6 +42,7 @@ class MongoMessages(MessageRepository):
     def __init__(self, storage: MongoStorage) -> None:
         self._storage = storage
         self._writers = RoomWriters()
+        self._open = OpenRooms()
         # Revisions of a room take turns too (apart from sends, which they need not wait for).
         self._revisers = RoomWriters()
 
@@ -87,9 +89,11 @@ class MongoMessages(MessageRepository):
         behind, and the next writer steps past it.
 
         A busy process's messages to many rooms cost the same few commands
-        as one room's: the rooms' reads (by ``_id``, at once), one insert, the
-        counters' moves (one bulk write) and, in the service, the authors'
-        read markers (another). Only a refused insert (a resend, or a seq
+        as one room's: one read of the rooms' closing token
+        (chat.storage.mongo.closings), reads by ``_id`` (at once) of the rooms
+        this writer has not checked in the last seconds, one insert, the
+        counters' moves (bulk writes sent at once) and, in the service, the
+        authors' read markers. Only a refused insert (a resend, or a seq
         another process took) costs more (see :meth:`_insert_in_order`).
 
         A message's ``_id`` is derived from its room, user and client_id
@@ -98,9 +102,19 @@ class MongoMessages(MessageRepository):
         scans for any query but one on ``_id``, and does not say which unique
         index refused an insert).
         """
-        next_seq = await self._next_seqs(room_ids)
+        db = self._storage.db
+        token = await closing_token(db)
+        next_seq = self._open.next_seqs(token, room_ids)
+        if unknown := [room_id for room_id in room_ids if room_id not in next_seq]:
+            read = await self._next_seqs(unknown)
+            self._open.checked(token, read)
+            next_seq.update(read)
         done = await self._insert_in_order(news, next_seq)
         await self._move_counters(done)
+        after: dict[str, int] = {}
+        for message, _ in done:
+            after[message.room_id] = max(after.get(message.room_id, 0), message.seq + 1)
+        self._open.wrote(after)
         return done
 
     async def _insert_in_order(
@@ -138,7 +152,11 @@ class MongoMessages(MessageRepository):
                 results[refused] = (existing, False)  # a resend: acknowledge the original; its seq is still free
                 waiting = waiting[stored + 1 :]
             else:
-                next_seq[refused_as.room_id] = refused_as.seq + 1  # taken, so stored: the next may follow it
+                # Taken, so stored: the next may follow it, or follow the
+                # counter if another process wrote several meanwhile.
+                counted = await self.counters([refused_as.room_id])
+                last = counted.get(refused_as.room_id, RoomCounters()).seq
+                next_seq[refused_as.room_id] = max(refused_as.seq, last) + 1
                 waiting = waiting[stored:]
             if len({news[i].room_id for i in waiting}) > 1:
                 for i, result in await self._each_room_alone([news[i] for i in waiting], waiting, next_seq):

@@ -24,6 +24,7 @@ from ..base import (
     RoomRepository,
     new_room,
 )
+from .closings import note_closing
 from .documents import _name_key, _room, _translate_errors
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class MongoRooms(RoomRepository):
         change = {"$set": {"archived_at": archived_at}} if archived_at is not None else {"$unset": {"archived_at": ""}}
         with _translate_errors():
             await self._storage.db.rooms.update_one({"_id": room_id}, change)
+            await note_closing(self._storage.db)
         return await self.get(room_id)
 
     async def delete(self, room_id: str) -> bool:
@@ -135,6 +137,7 @@ class MongoRooms(RoomRepository):
             found = await db.rooms.update_one({"_id": room_id}, {"$set": {"archived_at": utcnow()}})
             if not found.matched_count:
                 return False
+            await note_closing(db)
             for collection in ROOM_CONTENTS:
                 await db[collection].delete_many({"room_id": room_id})
             await db.rooms.delete_one({"_id": room_id})
