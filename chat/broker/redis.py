@@ -219,6 +219,34 @@ def _unavailable_on_error() -> Iterator[None]:
         raise Unavailable(f"Redis: {exc}") from exc
 
 
+# Commands per pipeline when renewing many entries: one pipeline of thousands
+# held the loop for 100 ms and more every heartbeat (encoding and parsing
+# them all at once); slices of this many let other work run in between.
+RENEW_COMMANDS_PER_PIPELINE = 256
+
+
+async def _renew_members(
+    source: RedisClientSource, members: Iterable[tuple[str, str]], expiry: float, ttl: float
+) -> None:
+    """Give each (sorted set, member) the score ``expiry``, and each set ``ttl`` seconds more, in slices.
+
+    One ZADD of every member of a set and one EXPIRE per set, not one of
+    each per member.
+    """
+    by_key: dict[str, dict[str, float]] = {}
+    for key, member in members:
+        by_key.setdefault(key, {})[member] = expiry
+    keys = list(by_key)
+    step = RENEW_COMMANDS_PER_PIPELINE // 2
+    with _unavailable_on_error():
+        for start in range(0, len(keys), step):
+            async with source.require_client().pipeline(transaction=False) as pipe:
+                for key in keys[start : start + step]:
+                    pipe.zadd(key, by_key[key])
+                    pipe.expire(key, int(ttl) + 1)
+                await pipe.execute()
+
+
 def _presence_key(room_id: str) -> str:
     return f"chat:presence:{room_id}"
 
@@ -247,16 +275,9 @@ class RedisPresence(PresenceStore):
             await self._broker.require_client().zrem(_presence_key(room_id), _member(instance, user))
 
     async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
-        expiry = self._clock() + ttl
-        entries = list(entries)
-        if not entries:
-            return  # nothing to send (and an empty cluster pipeline still asks for the slot map)
-        with _unavailable_on_error():
-            async with self._broker.require_client().pipeline(transaction=False) as pipe:
-                for room_id, user in entries:
-                    pipe.zadd(_presence_key(room_id), {_member(instance, user): expiry})
-                    pipe.expire(_presence_key(room_id), int(ttl) + 1)
-                await pipe.execute()
+        # Nothing sent for no entries (an empty cluster pipeline still asks for the slot map).
+        members = [(_presence_key(room_id), _member(instance, user)) for room_id, user in entries]
+        await _renew_members(self._broker, members, self._clock() + ttl, ttl)
 
     async def online(self, room_id: str) -> list[OnlineUser]:
         key = _presence_key(room_id)
@@ -310,16 +331,8 @@ class RedisLeases(LeaseStore):
             await self._broker.require_client().zrem(_lease_key(pool), holder)
 
     async def renew(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
-        expiry = self._clock() + ttl
-        leases = list(leases)
-        if not leases:
-            return
-        with _unavailable_on_error():
-            async with self._broker.require_client().pipeline(transaction=False) as pipe:
-                for pool, holder in leases:
-                    pipe.zadd(_lease_key(pool), {holder: expiry})
-                    pipe.expire(_lease_key(pool), int(ttl) + 1)
-                await pipe.execute()
+        members = [(_lease_key(pool), holder) for pool, holder in leases]
+        await _renew_members(self._broker, members, self._clock() + ttl, ttl)
 
     async def count(self, pool: str) -> int:
         with _unavailable_on_error():

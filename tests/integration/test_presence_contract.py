@@ -153,3 +153,18 @@ async def test_rooms_are_independent(presence: PresenceStore) -> None:
 
     assert await presence.online(lobby) == [ALICE]
     assert await presence.online(kitchen) == []
+
+
+async def test_a_heartbeat_of_hundreds_of_rooms_keeps_every_entry_alive(
+    presence: PresenceStore, clock: FakeClock
+) -> None:
+    # Renewed in slices of a pipeline each (Redis), one ZADD per room for all its members.
+    rooms = [room_id() for _ in range(300)]
+    entries = [(room, user) for room in rooms for user in (ALICE, BOB)]
+    await presence.refresh("i1", entries, TTL)
+    clock.advance(TTL - 1)
+    await presence.refresh("i1", entries, TTL)
+    clock.advance(TTL - 1)
+
+    for room in (rooms[0], rooms[150], rooms[-1]):
+        assert await presence.online(room) == [ALICE, BOB]
