@@ -244,8 +244,9 @@ class Settings:
     presence_heartbeat_seconds: float = field(
         default=10.0, metadata=env("CHAT_PRESENCE_HEARTBEAT_SECONDS", number(0.1))
     )
-    # Each process checks every room it serves against storage this often,
-    # to deliver a message whose publish was lost with a crashed process.
+    # Each process checks the rooms it serves that went quiet (every room
+    # every 6th time) against storage this often, to deliver a message whose
+    # publish was lost with a crashed process.
     catchup_interval_seconds: float = field(default=10.0, metadata=env("CHAT_CATCHUP_INTERVAL_SECONDS", number(0.1)))
     # The event loop silent this long is logged with what it is running (0: off).
     loop_stall_seconds: float = field(default=0.5, metadata=env("CHAT_LOOP_STALL_SECONDS", number(0)))

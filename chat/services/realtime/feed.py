@@ -254,8 +254,8 @@ class RoomFeed:
         try:
             missed = await self._fanout.log.backfill(self.room_id, self.last_seq)
         except Exception:
-            # Storage is down too; held frames still get delivered once their
-            # hole times out, and the fill is retried until it succeeds.
+            # Storage is down too: the frames after the hole stay held (never
+            # delivered past it), and the fill is retried, waiting longer each time.
             log.warning("backfill of room %s after seq %d failed; retrying", self.room_id, self.last_seq, exc_info=True)
             return []
         self._resync_due = False
