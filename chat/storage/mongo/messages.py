@@ -62,7 +62,10 @@ class MongoMessages(MessageRepository):
                 return await self._insert_next(news, room_ids)
 
     async def _next_seqs(self, room_ids: Sequence[str]) -> dict[str, int]:
-        """Each room's next seq as its counter says, in one query; RoomGone or RoomArchived naming the rooms."""
+        """Each room's next seq as its counter says, one find by ``_id`` each, all at once.
+
+        RoomGone or RoomArchived naming the rooms that are so.
+        """
         rooms = self._storage.db.rooms
         fields = {"last_seq": 1, "archived_at": 1}
         found = await asyncio.gather(*(rooms.find_one({"_id": room_id}, fields) for room_id in room_ids))
