@@ -113,11 +113,16 @@ class MongoMessages(MessageRepository):
             self._open.checked(token, read)
             next_seq.update(read)
         done = await self._insert_in_order(news, next_seq)
-        await self._move_counters(done)
-        after: dict[str, int] = {}
+        # Resends' originals too: they are acknowledged and published once
+        # add_many returns, and the counter must cover every seq that is
+        # (their first writer may have died before moving it).
+        highest: dict[str, Message] = {}
         for message, _ in done:
-            after[message.room_id] = max(after.get(message.room_id, 0), message.seq + 1)
-        self._open.wrote(after)
+            held = highest.get(message.room_id)
+            if held is None or message.seq > held.seq:
+                highest[message.room_id] = message
+        await self._move_counters(highest)
+        self._open.wrote({room_id: message.seq + 1 for room_id, message in highest.items()})
         return done
 
     async def _insert_in_order(
@@ -203,12 +208,8 @@ class MongoMessages(MessageRepository):
             for p, result in zip(positions, outcome, strict=True)
         ]
 
-    async def _move_counters(self, done: Sequence[tuple[Message, bool]]) -> None:
-        """Move each room's counter up to its highest seq in ``done``, in one write.
-
-        Resends' originals too: they are acknowledged and published once
-        add_many returns, and the counter must cover every seq that is (their
-        first writer may have died before moving it).
+    async def _move_counters(self, highest: Mapping[str, Message]) -> None:
+        """Move each room's counter up to the seq of its message in ``highest`` (never down).
 
         On MongoDB each move is atomic (the filter and the change), so a
         counter never moves down. FerretDB v1 reads the document and writes
@@ -217,11 +218,6 @@ class MongoMessages(MessageRepository):
         seqs it finds taken, and the sweep notices a lost publish only once
         the counter moves again.
         """
-        highest: dict[str, Message] = {}
-        for message, _ in done:
-            held = highest.get(message.room_id)
-            if held is None or message.seq > held.seq:
-                highest[message.room_id] = message
         moves = [
             UpdateOne(
                 {"_id": room_id, "last_seq": {"$lt": message.seq}},
