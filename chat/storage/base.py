@@ -100,6 +100,10 @@ class UserRepository(abc.ABC):
     async def get(self, user_id: str) -> User | None: ...
 
     @abc.abstractmethod
+    async def get_many(self, user_ids: Collection[str]) -> dict[str, User]:
+        """The users among ``user_ids``, by id, in one query."""
+
+    @abc.abstractmethod
     async def get_by_username(self, username: str) -> User | None:
         """Find a user by name, ignoring case."""
 

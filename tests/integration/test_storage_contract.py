@@ -233,6 +233,32 @@ async def test_get_many_reads_the_live_sessions_among_many_in_one_query(storage:
     assert await storage.sessions.get_many([]) == {}
 
 
+async def test_get_many_reads_users_by_id_whether_few_or_many_are_asked_for(storage: Storage, user: User) -> None:
+    # Few ids and many take different queries on MongoDB (one each, or one $in).
+    added = [await storage.users.add(f"user{n}", b"hash") for n in range(24)]
+    others = [await storage.users.get(other.id) for other in added]
+    alice = await storage.users.get(user.id)
+    unknown = "0" * 24
+
+    few = await storage.users.get_many([user.id, added[3].id, unknown])
+    many = await storage.users.get_many([*(other.id for other in added), unknown])
+
+    assert few == {user.id: alice, added[3].id: others[3]}
+    assert many == {other.id: other for other in others if other is not None}
+    assert len(many) == 24
+    assert await storage.users.get_many([]) == {}
+
+
+async def test_get_many_finds_only_live_sessions_among_many_ids(storage: Storage, user: User) -> None:
+    for n in range(20):
+        await storage.sessions.add(f"live-{n}", user.id, utc_in(3600))
+        await storage.sessions.add(f"expired-{n}", user.id, utc_in(-1))
+
+    found = await storage.sessions.get_many([f"{kind}-{n}" for kind in ("live", "expired") for n in range(20)])
+
+    assert sorted(found) == sorted(f"live-{n}" for n in range(20))
+
+
 async def test_delete_for_user_ends_every_session_of_that_user_but_the_one_kept(storage: Storage, user: User) -> None:
     bob = await storage.users.add("bob", b"hash")
     for session_id in ("a1", "a2", "a3"):

@@ -88,6 +88,7 @@ class Accounts:
         # Sessions are read every time (that is what makes signing out
         # immediate), but reads that arrive together go together.
         self._sessions = batched_reads(lambda keys: self._storage.sessions.get_many(keys), name="session look-ups")
+        self._user_reads = batched_reads(lambda ids: self._storage.users.get_many(ids), name="user look-ups")
         # Idle ends to write (session key -> new idle end), and their writer.
         self._touches: dict[str, datetime.datetime] = {}
         self._touch_writer: asyncio.Task[None] | None = None
@@ -312,7 +313,7 @@ class Accounts:
             return None
         user = self._users.get(session.user_id)
         if user is None:
-            user = await self._storage.users.get(session.user_id)
+            user = await self._user_reads.outcome(session.user_id, session.user_id)
             if user is None or user.disabled:
                 return None
             self._users[user.id] = user

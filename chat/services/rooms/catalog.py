@@ -13,6 +13,7 @@ from ...events import EventBus, RoomsChanged
 from ...models import Role, Room, RoomKind, User
 from ...storage import Storage
 from ...wire.actions import Action
+from ..batching import batched_reads
 from ..limits import Limiter
 
 MAX_ROOM_NAME_LENGTH = 64
@@ -69,6 +70,9 @@ class Rooms:
         self._limiter = limiter
         self._events = events or EventBus()
         self._found: TTLCache[str, Room] = TTLCache(ROOM_CACHE_SIZE, ROOM_CACHE_SECONDS, timer=clock)
+        # Rooms not remembered: asked for together (a storm of sockets coming
+        # back after a restart), read together.
+        self._reads = batched_reads(lambda ids: self._storage.rooms.get_many(ids), name="room look-ups")
 
     async def create(self, name: str, creator: User, kind: RoomKind = RoomKind.PUBLIC) -> Room:
         """Make a public or private room; its creator is its owner (and first member)."""
@@ -116,7 +120,7 @@ class Rooms:
         if room is not None:
             return room
         # A room not found is not remembered: it may be created a moment later.
-        room = await self._storage.rooms.get(room_id)
+        room = await self._reads.outcome(room_id, room_id)
         if room is None:
             raise NotFound(f"no room {room_id!r}")
         self._found[room_id] = room

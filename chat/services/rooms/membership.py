@@ -25,6 +25,7 @@ from ...events import EventBus, MemberRemoved, MembershipNotice, RoomsChanged
 from ...models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User, utcnow
 from ...storage import Storage
 from ...wire.actions import Action
+from ..batching import batched_reads
 from ..limits import Limiter
 from .catalog import Rooms
 
@@ -73,6 +74,13 @@ class Memberships:
         self._rooms = rooms
         self._events = events
         self._limiter = limiter
+        # A handshake's access check, asked by thousands of sockets at once
+        # after a restart: read together. Always read, never remembered, so a
+        # ban or a removal counts from the moment it is stored.
+        self._ban_reads = batched_reads(lambda pairs: self._storage.bans.get_many(pairs), name="ban look-ups")
+        self._membership_reads = batched_reads(
+            lambda pairs: self._storage.memberships.get_many(pairs), name="membership look-ups"
+        )
 
     async def _told(self, room: Room, change: str, user_id: str, username: str | None = None) -> None:
         """Tell the room's sockets that someone joined, left, or was removed or banned."""
@@ -97,11 +105,12 @@ class Memberships:
         Forbidden for a public room ``user`` was banned from.
         """
         room = await self._rooms.get(room_id)
+        pair = (room.id, user.id)
         if room.listed:
-            if await self._storage.bans.get(room.id, user.id) is not None:
+            if await self._ban_reads.outcome(pair, pair) is not None:
                 raise Forbidden("You were banned from this room.")
             return room
-        if await self._storage.memberships.get(room.id, user.id) is None:
+        if await self._membership_reads.outcome(pair, pair) is None:
             raise NotFound(f"no room {room_id!r}")
         return room
 

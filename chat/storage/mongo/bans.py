@@ -50,10 +50,7 @@ class MongoBans(BanRepository):
 
     async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Ban]:
         ids = [_pair_id(room_id, user_id) for room_id, user_id in keys]
-        if not ids:
-            return {}
-        with _translate_errors():
-            found = [_ban(doc) async for doc in self._storage.db.bans.find({"_id": {"$in": ids}})]
+        found = [_ban(doc) for doc in await self._storage.find_by_ids("bans", ids)]
         return {(ban.room_id, ban.user_id): ban for ban in found}
 
     async def remove(self, room_id: str, user_id: str) -> bool:

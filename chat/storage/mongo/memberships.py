@@ -56,11 +56,7 @@ class MongoMemberships(MembershipRepository):
 
     async def get_many(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Membership]:
         ids = [_pair_id(room_id, user_id) for room_id, user_id in keys]
-        if not ids:
-            return {}
-        with _translate_errors():
-            cursor = self._storage.db.memberships.find({"_id": {"$in": ids}})
-            found = [_membership(doc) async for doc in cursor]
+        found = [_membership(doc) for doc in await self._storage.find_by_ids("memberships", ids)]
         return {(m.room_id, m.user_id): m for m in found}
 
     async def set_role(self, room_id: str, user_id: str, role: Role) -> Membership | None:

@@ -61,11 +61,7 @@ class MongoRooms(RoomRepository):
         return _room(doc) if doc else None
 
     async def get_many(self, room_ids: Collection[str]) -> dict[str, Room]:
-        ids = list(room_ids)
-        if not ids:
-            return {}
-        with _translate_errors():
-            return {doc["_id"]: _room(doc) async for doc in self._storage.db.rooms.find({"_id": {"$in": ids}})}
+        return {doc["_id"]: _room(doc) for doc in await self._storage.find_by_ids("rooms", list(room_ids))}
 
     async def get_by_name(self, name: str) -> Room | None:
         # A private room's key is no name: it is not found.

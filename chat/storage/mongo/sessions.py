@@ -52,15 +52,8 @@ class MongoSessions(SessionRepository):
         return _session(doc) if doc else None
 
     async def get_many(self, session_ids: Collection[str]) -> dict[str, Session]:
-        ids = list(session_ids)
-        if len(ids) <= 1:
-            # One id by equality: FerretDB answers that far faster than an
-            # $in of one (MongoDB uses the _id index for both).
-            session = await self.get(ids[0]) if ids else None
-            return {session.id: session} if session else {}
-        with _translate_errors():
-            cursor = self._storage.db.sessions.find({"_id": {"$in": ids}, **_live(utcnow())})
-            return {doc["_id"]: _session(doc) async for doc in cursor}
+        found = await self._storage.find_by_ids("sessions", list(session_ids), _live(utcnow()))
+        return {doc["_id"]: _session(doc) for doc in found}
 
     async def live(self, session_ids: Collection[str]) -> set[str]:
         if not session_ids:

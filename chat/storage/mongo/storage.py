@@ -5,7 +5,8 @@ The client, its write concern and timeouts, the indexes, and its repositories, b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
@@ -42,6 +43,10 @@ DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 500
 # for a majority of the replica set, journaled. A URL's own w= / journal=
 # options win (w=1 trades that promise for latency; see README).
 DEFAULT_WRITE_CONCERN = {"w": "majority", "journal": True}
+
+
+# Up to this many documents asked for by id are read one query each (see find_by_ids).
+FIND_ONE_BY_ONE_AT_MOST = 16
 
 
 class MongoStorage(Storage):
@@ -93,6 +98,25 @@ class MongoStorage(Storage):
         with _translate_errors():
             doc: Mapping[str, Any] | None = await self.db[collection].find_one(query)
         return doc
+
+    async def find_by_ids(
+        self, collection: str, ids: Sequence[str], query: Mapping[str, Any] | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The documents of ``collection`` whose ``_id`` is in ``ids`` (and that match ``query``).
+
+        A few ids are read one by one, all at once; more in one ``$in``.
+        MongoDB answers both from the ``_id`` index. FerretDB answers an
+        equality on ``_id`` from its index (2 ms on PostgreSQL) but decodes
+        the whole collection for an ``$in``, whatever its length: worth it for
+        a storm's hundreds of ids, not for the two or three that arrive
+        together on a normal day.
+        """
+        extra = dict(query or {})
+        if len(ids) <= FIND_ONE_BY_ONE_AT_MOST:
+            found = await asyncio.gather(*(self.find_one(collection, {"_id": one, **extra}) for one in ids))
+            return [doc for doc in found if doc is not None]
+        with _translate_errors():
+            return [doc async for doc in self.db[collection].find({"_id": {"$in": list(ids)}, **extra})]
 
     async def connect(self) -> None:
         if self._client is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from ...models import (
@@ -40,6 +41,9 @@ class MongoUsers(UserRepository):
     async def get(self, user_id: str) -> User | None:
         doc = await self._storage.find_one("users", {"_id": user_id})
         return _user(doc) if doc else None
+
+    async def get_many(self, user_ids: Collection[str]) -> dict[str, User]:
+        return {doc["_id"]: _user(doc) for doc in await self._storage.find_by_ids("users", list(user_ids))}
 
     async def get_by_username(self, username: str) -> User | None:
         doc = await self._storage.find_one("users", {"username_lower": username.lower()})
