@@ -11,7 +11,7 @@ from ... import metrics
 from ...errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
 from ...models import Message, NewMessage, Revision, Room, RoomCounters, User, utcnow
 from ...storage import Storage
-from ..batching import Batches
+from ..batching import Batches, batched_reads
 from .formatting import Renderer
 from .rendering_pool import RenderPool
 
@@ -96,6 +96,9 @@ class Messages:
         # Without a pool (tests, tools), Markdown is rendered on the loop.
         self._renderer = Renderer(storage.users.get_by_username, pool=render_pool)
         self._commits = GroupCommit(self._store)
+        # A room's counters, asked by every socket of it that comes back after
+        # a restart: read together, always after any write acknowledged before.
+        self._counter_reads = batched_reads(lambda ids: self._storage.messages.counters(ids), name="counter look-ups")
 
     async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool] | ChatError]:
         try:
@@ -191,7 +194,7 @@ class Messages:
 
     async def stored_seq(self, room_id: str) -> int:
         """The room's counter: every message acknowledged (and so every one published) is at or below it."""
-        return (await self._storage.messages.acknowledged_seqs([room_id])).get(room_id, 0)
+        return (await self._room_counters(room_id)).seq
 
     async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
         """Each room's seq and rev counters, in one query."""
@@ -199,7 +202,10 @@ class Messages:
 
     async def stored_rev(self, room_id: str) -> int:
         """The room's rev counter: a page read after it, resuming from it, misses no edit."""
-        return (await self.counters([room_id])).get(room_id, RoomCounters()).rev
+        return (await self._room_counters(room_id)).rev
+
+    async def _room_counters(self, room_id: str) -> RoomCounters:
+        return await self._counter_reads.outcome(room_id, room_id) or RoomCounters()
 
     async def edit(self, user: User, room: Room, message_id: str, body: str) -> Message:
         """Replace the body of ``user``'s own message; Forbidden for anyone else's (RoomArchived: storage's word)."""

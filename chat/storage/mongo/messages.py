@@ -234,16 +234,7 @@ class MongoMessages(MessageRepository):
         return [_message(doc) for doc in reversed(docs[:limit])], len(docs) > limit
 
     async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
-        ids = list(room_ids)
-        if not ids:
-            return {}
-        fields = {"last_seq": 1, "last_rev": 1}
-        with _translate_errors():
-            if len(ids) == 1:  # by equality: FerretDB answers that far faster than an $in of one
-                doc = await self._storage.db.rooms.find_one({"_id": ids[0]}, fields)
-                docs = [doc] if doc else []
-            else:
-                docs = [doc async for doc in self._storage.db.rooms.find({"_id": {"$in": ids}}, fields)]
+        docs = await self._storage.find_by_ids("rooms", list(room_ids), fields={"last_seq": 1, "last_rev": 1})
         return {doc["_id"]: RoomCounters(int(doc.get("last_seq", 0)), int(doc.get("last_rev", 0))) for doc in docs}
 
     async def get(self, room_id: str, message_id: str) -> Message | None:

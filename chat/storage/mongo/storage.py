@@ -94,15 +94,21 @@ class MongoStorage(Storage):
         with _translate_errors():
             return int(await self.db[collection].count_documents(query))
 
-    async def find_one(self, collection: str, query: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    async def find_one(
+        self, collection: str, query: Mapping[str, Any], fields: Mapping[str, Any] | None = None
+    ) -> Mapping[str, Any] | None:
         with _translate_errors():
-            doc: Mapping[str, Any] | None = await self.db[collection].find_one(query)
+            doc: Mapping[str, Any] | None = await self.db[collection].find_one(query, fields)
         return doc
 
     async def find_by_ids(
-        self, collection: str, ids: Sequence[str], query: Mapping[str, Any] | None = None
+        self,
+        collection: str,
+        ids: Sequence[str],
+        query: Mapping[str, Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> list[Mapping[str, Any]]:
-        """The documents of ``collection`` whose ``_id`` is in ``ids`` (and that match ``query``).
+        """The documents of ``collection`` whose ``_id`` is in ``ids`` (and that match ``query``), with ``fields``.
 
         A few ids are read one by one, all at once; more in one ``$in``.
         MongoDB answers both from the ``_id`` index. FerretDB answers an
@@ -113,10 +119,10 @@ class MongoStorage(Storage):
         """
         extra = dict(query or {})
         if len(ids) <= FIND_ONE_BY_ONE_AT_MOST:
-            found = await asyncio.gather(*(self.find_one(collection, {"_id": one, **extra}) for one in ids))
+            found = await asyncio.gather(*(self.find_one(collection, {"_id": one, **extra}, fields) for one in ids))
             return [doc for doc in found if doc is not None]
         with _translate_errors():
-            return [doc async for doc in self.db[collection].find({"_id": {"$in": list(ids)}, **extra})]
+            return [doc async for doc in self.db[collection].find({"_id": {"$in": list(ids)}, **extra}, fields)]
 
     async def connect(self) -> None:
         if self._client is None:
