@@ -390,18 +390,18 @@ async def test_sessions_are_read_every_time_but_their_user_once(
     user = await register(accounts)
     tokens = [await accounts.start_session(user) for _ in range(3)]
     reads: dict[str, list[int]] = {"sessions": [], "users": []}
-    read_sessions, read_user = memory_storage.sessions.get_many, memory_storage.users.get
+    read_sessions, read_users = memory_storage.sessions.get_many, memory_storage.users.get_many
 
     async def counting_sessions(keys: Collection[str]) -> dict[str, Session]:
         reads["sessions"].append(len(keys))
         return await read_sessions(keys)
 
-    async def counting_user(user_id: str) -> User | None:
-        reads["users"].append(1)
-        return await read_user(user_id)
+    async def counting_users(user_ids: Collection[str]) -> dict[str, User]:
+        reads["users"].append(len(user_ids))
+        return await read_users(user_ids)
 
     monkeypatch.setattr(memory_storage.sessions, "get_many", counting_sessions)
-    monkeypatch.setattr(memory_storage.users, "get", counting_user)
+    monkeypatch.setattr(memory_storage.users, "get_many", counting_users)
 
     for token in tokens * 5:  # one after the other: each read alone
         assert await accounts.resolve(token) is not None

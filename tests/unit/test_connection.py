@@ -12,7 +12,7 @@ import pytest
 
 from chat.bootstrap import Services
 from chat.errors import RateLimited, Unavailable
-from chat.models import Message, NewMessage, Room, User
+from chat.models import Message, NewMessage, Room, RoomCounters, User
 from chat.services.conversation.messages import Messages
 from chat.services.identity.accounts import Accounts, session_key
 from chat.services.realtime.connection import INBOX_FRAMES, RoomConnection
@@ -41,6 +41,9 @@ class UnavailableMessages:
         raise Unavailable("database down")
 
     async def acknowledged_seqs(self, room_ids: Collection[str]) -> dict[str, int]:
+        raise Unavailable("database down")
+
+    async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
         raise Unavailable("database down")
 
 

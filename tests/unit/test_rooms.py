@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
+
 import pytest
 
 from chat.errors import NotFound
@@ -15,13 +18,13 @@ from tests.support.clock import FakeClock
 def reads(memory_storage: Storage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The room ids storage is asked for, in order."""
     asked: list[str] = []
-    read = memory_storage.rooms.get
+    read = memory_storage.rooms.get_many
 
-    async def counting(room_id: str) -> Room | None:
-        asked.append(room_id)
-        return await read(room_id)
+    async def counting(room_ids: Collection[str]) -> dict[str, Room]:
+        asked.extend(room_ids)
+        return await read(room_ids)
 
-    monkeypatch.setattr(memory_storage.rooms, "get", counting)
+    monkeypatch.setattr(memory_storage.rooms, "get_many", counting)
     return asked
 
 
@@ -49,3 +52,17 @@ async def test_a_room_not_found_is_asked_for_again_each_time(memory_storage: Sto
         with pytest.raises(NotFound):
             await rooms.get("not-yet")
     assert reads == ["not-yet", "not-yet"]
+
+
+async def test_a_room_asked_for_by_many_at_once_is_read_once_or_twice(memory_storage: Storage, reads: list[str]) -> None:
+    # A storm of sockets coming back after a restart: the first asker reads
+    # it, everyone asking meanwhile shares the next read, then it is known.
+    rooms = Rooms(memory_storage)
+    creator = await memory_storage.users.add("alice", b"hash")
+    lobby = await memory_storage.rooms.add("lobby", creator)
+    other = await memory_storage.rooms.add("other", creator)
+
+    found = await asyncio.gather(*(rooms.get(room.id) for room in [lobby, other] * 20))
+
+    assert found == [lobby, other] * 20
+    assert 1 <= reads.count(lobby.id) <= 2 and 1 <= reads.count(other.id) <= 2
