@@ -54,7 +54,9 @@ async def test_a_room_not_found_is_asked_for_again_each_time(memory_storage: Sto
     assert reads == ["not-yet", "not-yet"]
 
 
-async def test_a_room_asked_for_by_many_at_once_is_read_once_or_twice(memory_storage: Storage, reads: list[str]) -> None:
+async def test_a_room_asked_for_by_many_at_once_is_read_once_or_twice(
+    memory_storage: Storage, reads: list[str]
+) -> None:
     # A storm of sockets coming back after a restart: the first asker reads
     # it, everyone asking meanwhile shares the next read, then it is known.
     rooms = Rooms(memory_storage)
