@@ -198,6 +198,12 @@ class Messages:
 
     async def counters(self, room_ids: Collection[str]) -> dict[str, RoomCounters]:
         """Each room's seq and rev counters, in one query."""
+        if len(room_ids) == 1:
+            # One room's, as every room's feed reads when its first socket
+            # joins: in a storm of joins, read together with the others.
+            (room_id,) = room_ids
+            found = await self._counter_reads.outcome(room_id, room_id)
+            return {room_id: found} if found is not None else {}
         return await self._storage.messages.counters(room_ids)
 
     async def stored_rev(self, room_id: str) -> int:
