@@ -66,6 +66,12 @@ STORAGE_ERRORS = Counter(
 SLOW_CONSUMERS = Counter(
     "chat_slow_consumer_disconnects_total", "Sockets closed because their client fell too far behind in reading"
 )
+HISTORY_SERVED = Counter(
+    "chat_history_served_total",
+    "History sent to a socket that opened or resumed, by where it came from: the room feed's memory, or storage"
+    " (feed_behind: the feed was not current; not_remembered: the feed did not hold all of it)",
+    ["source"],
+)
 LOOP_STALLS = Counter("chat_event_loop_stalls_total", "Times the event loop was blocked past CHAT_LOOP_STALL_SECONDS")
 
 # The creation time inside a message frame's MSG (protocol.message_wire), read

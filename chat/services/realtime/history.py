@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ... import metrics
 from ...models import Room
 from ...wire.client import FetchFrame
 from ...wire.server import (
@@ -77,7 +78,9 @@ class HistoryReplay:
             wires, has_more = latest
             self.transport.send_text(history_frame_of(wires, has_more))
             self.last_seq = max(self.last_seq, recent.last_seq if recent is not None else 0)
+            metrics.HISTORY_SERVED.labels("memory").inc()
             return
+        metrics.HISTORY_SERVED.labels("feed_behind" if recent is None else "not_remembered").inc()
         messages, has_more = await hub.messages.recent(self.room.id)
         hub.fanout.remember_read(self.room.id, messages)
         self.transport.send_text(history_frame(messages, has_more))
@@ -96,7 +99,9 @@ class HistoryReplay:
                 for frame in history_frames_of(wires, False, policy.history_frame_max_bytes):
                     self.transport.send_text(frame)
                 self.last_seq = max(self.last_seq, recent.last_seq)
+                metrics.HISTORY_SERVED.labels("memory").inc()
                 return
+        metrics.HISTORY_SERVED.labels("feed_behind" if recent is None else "not_remembered").inc()
         stored = await hub.messages.stored_seq(self.room.id)
         if stored - since > policy.resume_max_messages or since > stored:
             # Too far behind to catch up frame by frame (seqs have no holes,
