@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence, Sized
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ... import metrics
 from ...errors import ChatError, Forbidden, NotFound, RoomArchived, RoomGone, TooLarge, Unavailable, ValidationError
@@ -18,6 +18,17 @@ from .rendering_pool import RenderPool
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=Sized)
+# A page of a room's history, ascending, and whether more lie beyond it.
+Page = tuple[list[Message], bool]
+
+
+class PageKey(NamedTuple):
+    """Which page: the latest ``limit`` messages (``since_seq`` None), or up to ``limit`` after ``since_seq``."""
+
+    room_id: str
+    since_seq: int | None
+    limit: int
+
 
 MAX_BODY_LENGTH = 4000
 # The most messages one write stores together.
@@ -98,6 +109,9 @@ class Messages:
         self._commits = GroupCommit(self._store)
         # A room's counters, asked by every socket of it that comes back after
         # a restart: read together, always after any write acknowledged before.
+        self._page_reads: Batches[PageKey, PageKey, Page] = Batches(
+            self._read_pages, max_batch=8, lane_of=lambda key: key.room_id, name="history reads"
+        )
         self._counter_reads = batched_reads(lambda ids: self._storage.messages.counters(ids), name="counter look-ups")
 
     async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool] | ChatError]:
@@ -173,7 +187,10 @@ class Messages:
         return self._commits.submit(new)
 
     async def recent(self, room_id: str) -> tuple[list[Message], bool]:
-        return await self._storage.messages.latest(room_id, self.history_limit)
+        """The room's latest ``history_limit`` messages, ascending, and whether older ones exist."""
+        key = PageKey(room_id, None, self.history_limit)
+        messages, more = await self._page_reads.outcome(key, key)
+        return list(messages), more  # the page is shared by every asker: each gets its own list
 
     async def before(self, room_id: str, before_seq: int, limit: int) -> tuple[list[Message], bool]:
         """Up to ``limit`` messages just before ``before_seq``, ascending, and whether older ones exist.
@@ -190,7 +207,30 @@ class Messages:
         return [m for m in page if m.seq < before_seq], first > 1
 
     async def after(self, room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
-        return await self._storage.messages.after(room_id, since_seq, limit)
+        """Up to ``limit`` messages after ``since_seq``, ascending, and whether more follow.
+
+        Like :meth:`recent`, read once for every socket of the room that asks
+        for the same page at once (a restart brings a room's sockets back
+        together, most of them resuming from the same seq). The read starts
+        after the ask, so it holds every message acknowledged before.
+        """
+        key = PageKey(room_id, since_seq, limit)
+        messages, more = await self._page_reads.outcome(key, key)
+        return list(messages), more  # the page is shared by every asker: each gets its own list
+
+    async def _read_pages(self, keys: list[PageKey]) -> list[Page | Exception]:
+        pages = await asyncio.gather(*map(self._read_page, keys), return_exceptions=True)
+        outcomes: list[Page | Exception] = []
+        for page in pages:
+            if isinstance(page, BaseException) and not isinstance(page, Exception):
+                raise page  # cancelled: shutting down
+            outcomes.append(page)
+        return outcomes
+
+    async def _read_page(self, key: PageKey) -> Page:
+        if key.since_seq is None:
+            return await self._storage.messages.latest(key.room_id, key.limit)
+        return await self._storage.messages.after(key.room_id, key.since_seq, key.limit)
 
     async def stored_seq(self, room_id: str) -> int:
         """The room's counter: every message acknowledged (and so every one published) is at or below it."""
