@@ -244,10 +244,13 @@ def run_scenario(
             pipe.send(("run", args[i]))
         deadline = start_at + scenario.seconds + drain + 60
         restart_due = None if scenario.restart_at is None else start_at + scenario.restart_at
+        processes_up_seconds: float | None = None
         while not all(pipe.poll() for pipe in pipes):
             if restart_due is not None and time.monotonic() >= restart_due:
                 progress.show(f"{label}: restarting every chat process", 0.1)
+                restarting = time.monotonic()
                 target.restart()
+                processes_up_seconds = time.monotonic() - restarting
                 restart_due = None
             if time.monotonic() > deadline or not all(p.is_alive() for p in processes):
                 raise RuntimeError(f"{label}: a client worker died or hung; see its traceback above")
@@ -318,6 +321,7 @@ def run_scenario(
             if total.first_drop is not None and total.last_resume is not None
             else None,
             resume_ms=report.percentiles(total.resume_ms),
+            processes_up_seconds=round(processes_up_seconds, 1) if processes_up_seconds is not None else None,
             still_down=total.still_down,
             gaps=total.gaps,
             duplicates=total.duplicates,
