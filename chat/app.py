@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 import tornado.httpserver
@@ -181,8 +182,9 @@ async def shutdown(services: Services, server: tornado.httpserver.HTTPServer) ->
     the same client_id, which stores nothing twice.
     """
     grace = services.settings.shutdown_grace_seconds
+    started = time.monotonic()
     log.info("shutting down: closing %d sockets", len(services.connections))
-    services.draining = True
+    services.going_away()
     server.stop()
     if not await services.connections.close_all(Close.GOING_AWAY, "server shutting down; reconnect", grace):
         log.warning("shutdown: some sends did not finish within %.0fs", grace)
@@ -192,4 +194,4 @@ async def shutdown(services: Services, server: tornado.httpserver.HTTPServer) ->
     # and must not find their old sockets counted against their limits.
     await services.admissions.release_all()
     await services.close()
-    log.info("shut down")
+    log.info("shut down in %.1f s", time.monotonic() - started)

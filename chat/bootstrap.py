@@ -130,6 +130,19 @@ class Services:
             except Unavailable as exc:
                 log.warning("could not renew socket leases: %s", exc)
 
+    def going_away(self) -> None:
+        """The process is shutting down: stop giving back, socket by socket, what closing sockets held.
+
+        Their places in the socket limits, their presence in each room and
+        each room's subscription go back all at once afterwards
+        (``admissions.release_all``, ``close``): a few round trips, where
+        thousands of sockets closing one by one took seconds of a restart.
+        """
+        self.draining = True
+        self.admissions.going_away = True
+        self.presence.going_away = True
+        self.fanout.going_away = True
+
     async def close(self) -> None:
         await self.revocations.stop()
         for task in list(self._background):

@@ -10,6 +10,7 @@ matter how many sockets are in it.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -46,6 +47,11 @@ class Broker(abc.ABC):
         At most once: a process that is not subscribed at that moment never
         sees it, which is why receivers backfill from storage by ``seq``.
         """
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Send each ``(channel, payload)``, in order, in as few round trips as the broker allows."""
+        for channel, payload in messages:
+            await self.publish(channel, payload)
 
     @abc.abstractmethod
     async def next_published(self) -> Event:

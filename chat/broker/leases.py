@@ -23,6 +23,11 @@ class LeaseStore(abc.ABC):
     @abc.abstractmethod
     async def release(self, pool: str, holder: str) -> None: ...
 
+    async def release_many(self, leases: Iterable[tuple[str, str]]) -> None:
+        """Give back every ``(pool, holder)`` (a process going away)."""
+        for pool, holder in leases:
+            await self.release(pool, holder)
+
     @abc.abstractmethod
     async def renew(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         """Heartbeat: push the expiry of every ``(pool, holder)`` forward."""

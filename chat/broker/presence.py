@@ -29,6 +29,11 @@ class PresenceStore(abc.ABC):
     @abc.abstractmethod
     async def remove(self, room_id: str, instance: str, user: OnlineUser) -> None: ...
 
+    async def remove_many(self, instance: str, entries: Iterable[tuple[str, OnlineUser]]) -> None:
+        """Take every ``(room_id, user)`` of ``instance`` off (a process going away)."""
+        for room_id, user in entries:
+            await self.remove(room_id, instance, user)
+
     @abc.abstractmethod
     async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
         """Heartbeat: push the expiry of every ``(room_id, user)`` of this instance forward."""

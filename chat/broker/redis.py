@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -111,6 +111,16 @@ class RedisBroker(Broker):
     async def publish(self, channel: str, payload: str) -> None:
         try:
             await self.require_client().publish(channel, payload)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        try:
+            for start in range(0, len(messages), COMMANDS_PER_PIPELINE):
+                async with self.require_client().pipeline(transaction=False) as pipe:
+                    for channel, payload in messages[start : start + COMMANDS_PER_PIPELINE]:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis: {exc}") from exc
 
@@ -222,7 +232,7 @@ def _unavailable_on_error() -> Iterator[None]:
 # Commands per pipeline when renewing many entries: one pipeline of thousands
 # held the loop for 100 ms and more every heartbeat (encoding and parsing
 # them all at once); slices of this many let other work run in between.
-RENEW_COMMANDS_PER_PIPELINE = 256
+COMMANDS_PER_PIPELINE = 256
 
 
 async def _renew_members(
@@ -237,13 +247,27 @@ async def _renew_members(
     for key, member in members:
         by_key.setdefault(key, {})[member] = expiry
     keys = list(by_key)
-    step = RENEW_COMMANDS_PER_PIPELINE // 2
+    step = COMMANDS_PER_PIPELINE // 2
     with _unavailable_on_error():
         for start in range(0, len(keys), step):
             async with source.require_client().pipeline(transaction=False) as pipe:
                 for key in keys[start : start + step]:
                     pipe.zadd(key, by_key[key])
                     pipe.expire(key, int(ttl) + 1)
+                await pipe.execute()
+
+
+async def _remove_members(source: RedisClientSource, members: Iterable[tuple[str, str]]) -> None:
+    """Remove each (sorted set, member): one ZREM per set, in pipelines of a few hundred."""
+    by_key: dict[str, list[str]] = {}
+    for key, member in members:
+        by_key.setdefault(key, []).append(member)
+    keys = list(by_key)
+    with _unavailable_on_error():
+        for start in range(0, len(keys), COMMANDS_PER_PIPELINE):
+            async with source.require_client().pipeline(transaction=False) as pipe:
+                for key in keys[start : start + COMMANDS_PER_PIPELINE]:
+                    pipe.zrem(key, *by_key[key])
                 await pipe.execute()
 
 
@@ -273,6 +297,11 @@ class RedisPresence(PresenceStore):
     async def remove(self, room_id: str, instance: str, user: OnlineUser) -> None:
         with _unavailable_on_error():
             await self._broker.require_client().zrem(_presence_key(room_id), _member(instance, user))
+
+    async def remove_many(self, instance: str, entries: Iterable[tuple[str, OnlineUser]]) -> None:
+        await _remove_members(
+            self._broker, [(_presence_key(room_id), _member(instance, user)) for room_id, user in entries]
+        )
 
     async def refresh(self, instance: str, entries: Iterable[tuple[str, OnlineUser]], ttl: float) -> None:
         # Nothing sent for no entries (an empty cluster pipeline still asks for the slot map).
@@ -329,6 +358,9 @@ class RedisLeases(LeaseStore):
     async def release(self, pool: str, holder: str) -> None:
         with _unavailable_on_error():
             await self._broker.require_client().zrem(_lease_key(pool), holder)
+
+    async def release_many(self, leases: Iterable[tuple[str, str]]) -> None:
+        await _remove_members(self._broker, [(_lease_key(pool), holder) for pool, holder in leases])
 
     async def renew(self, leases: Iterable[tuple[str, str]], ttl: float) -> None:
         members = [(_lease_key(pool), holder) for pool, holder in leases]

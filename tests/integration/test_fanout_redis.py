@@ -259,6 +259,35 @@ async def test_the_users_of_a_process_that_died_without_leaving_drop_out_after_t
     assert [user.username for user in await presence_b.online(room.id)] == ["bob"]
 
 
+async def test_a_process_going_away_takes_its_users_off_every_room_at_once(
+    stacks: tuple[Stack, Stack],
+    presences: tuple[Presence, Presence],
+    storage: Storage,
+    alice: User,
+    bob: User,
+    room: Room,
+) -> None:
+    a, b = stacks
+    _, presence_b = presences
+    # Entries that outlive the test: only A's goodbye can take alice off.
+    presence_a = Presence(a.backplane.presence, a.fanout, "a:1", ttl=60.0, heartbeat=30.0)
+    rooms = [room, await storage.rooms.add("other", alice)]
+    on_b = {r.id: RecordingListener() for r in rooms}
+    for r in rooms:
+        await b.fanout.join(r.id, on_b[r.id])
+        await presence_b.joined(r.id, bob)
+        await presence_a.joined(r.id, alice)
+        await eventually(lambda r=r: on_b[r.id].presence_lists[-1:] == [["alice", "bob"]], DELIVERY_TIMEOUT)
+
+    presence_a.going_away = True
+    await presence_a.left(room.id, alice)  # a socket closing as its process goes: no round trip of its own
+    await presence_a.stop()  # every entry of the process at once, and each room told
+
+    for r in rooms:
+        await eventually(lambda r=r: on_b[r.id].presence_lists[-1:] == [["bob"]], DELIVERY_TIMEOUT)
+        assert [user.username for user in await presence_b.online(r.id)] == ["bob"]
+
+
 async def test_a_user_joining_on_the_same_process_is_shown_to_the_sockets_already_there(
     stacks: tuple[Stack, Stack], presences: tuple[Presence, Presence], alice: User, bob: User, room: Room
 ) -> None:

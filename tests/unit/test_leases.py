@@ -34,3 +34,14 @@ async def test_renewing_keeps_places_past_their_first_expiry() -> None:
     clock.advance(50)
 
     assert await leases.count("ip:192.0.2.1") == 1
+
+
+async def test_places_in_many_pools_are_given_back_at_once() -> None:
+    leases = MemoryLeases(FakeClock())
+    for pool in ("user:u1", "ip:192.0.2.1"):
+        await leases.acquire(pool, "a", limit=5, ttl=60)
+        await leases.acquire(pool, "b", limit=5, ttl=60)
+
+    await leases.release_many([("user:u1", "a"), ("ip:192.0.2.1", "a")])
+
+    assert await leases.count("user:u1") == await leases.count("ip:192.0.2.1") == 1

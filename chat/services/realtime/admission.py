@@ -47,6 +47,9 @@ class SocketAdmissions:
     # A place expires this long after the last heartbeat (every third of it).
     lease_seconds: float = 30.0
     _admitted: dict[str, Admission] = field(default_factory=dict, init=False, repr=False)
+    # Set when the process is going away: sockets closing keep their places,
+    # which release_all then gives back all at once.
+    going_away: bool = field(default=False, init=False)
 
     async def admit(self, user: User, client_ip: str) -> Admission:
         """Count one more socket of ``user`` from ``client_ip``, or raise RateLimited.
@@ -81,6 +84,8 @@ class SocketAdmissions:
         return admission
 
     async def release(self, admission: Admission) -> None:
+        if self.going_away:
+            return
         self._admitted.pop(admission.holder, None)
         for pool in admission.pools:
             try:
@@ -89,9 +94,12 @@ class SocketAdmissions:
                 log.warning("could not release a socket place (%s); it expires by itself", exc)
 
     async def release_all(self) -> None:
-        """Give back every place this process holds (shutting down: its sockets are gone)."""
-        for admission in list(self._admitted.values()):
-            await self.release(admission)
+        """Give back every place this process holds, in a few round trips (shutting down: its sockets are gone)."""
+        admitted, self._admitted = self._admitted, {}
+        try:
+            await self.leases.release_many((pool, a.holder) for a in admitted.values() for pool in a.pools)
+        except Unavailable as exc:
+            log.warning("could not give back the socket places (%s); they expire by themselves", exc)
 
     async def renew_leases(self) -> None:
         """Heartbeat for the places this process's sockets hold."""

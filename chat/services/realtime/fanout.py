@@ -102,6 +102,9 @@ class Fanout:
         self.gap_retry = gap_retry
         self.sweep_interval = sweep_interval
         self._background: set[asyncio.Task[None]] = set()
+        # Set when the process is going away: a room its last socket leaves is
+        # not unsubscribed one by one (the broker disconnects next).
+        self.going_away = False
         self._feeds: dict[str, RoomFeed] = {}
         self._listen_task: asyncio.Task[None] | None = None
         self._control_handlers: dict[str, ControlHandler] = {}
@@ -198,6 +201,8 @@ class Fanout:
         if feed is None:
             return
         feed.listeners.discard(listener)
+        if self.going_away:
+            return  # the broker's connection closes with every subscription on it
         if not feed.listeners and feed.ready.is_set():
             del self._feeds[room_id]
             feed.close()
@@ -309,6 +314,10 @@ class Fanout:
     async def publish_control(self, room_id: str, event: str) -> None:
         """Send a control event to every process serving the room (this one included)."""
         await self.broker.publish(room_channel(room_id), event)
+
+    async def publish_control_to_each(self, room_ids: Collection[str], event: str) -> None:
+        """:meth:`publish_control` to many rooms, in a few round trips."""
+        await self.broker.publish_many([(room_channel(room_id), event) for room_id in room_ids])
 
     async def announce(self, room_id: str, event: str) -> None:
         """A control event every process serving the room must hear (a removal); never raises.

@@ -22,7 +22,6 @@ list catches up at the next heartbeat.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 
@@ -64,6 +63,9 @@ class Presence:
         self._reading: dict[str, asyncio.Future[list[OnlineUser]]] = {}
         self._dirty: set[str] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Set when the process is going away: sockets closing leave their
+        # entries, which stop() then takes off all at once.
+        self.going_away = False
 
     async def start(self) -> None:
         if self._heartbeat_task is None:
@@ -75,12 +77,15 @@ class Presence:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Say goodbye so others do not wait for our entries to expire.
-        for room_id, users in list(self._local.items()):
-            for user, _ in users.values():
-                with contextlib.suppress(Unavailable):
-                    await self._store.remove(room_id, self._instance, user)
-        self._local.clear()
+        # Say goodbye so others do not wait for our entries to expire: every
+        # entry in a few round trips, then each room's processes are told.
+        local, self._local = self._local, {}
+        entries = [(room_id, user) for room_id, users in local.items() for user, _ in users.values()]
+        try:
+            await self._store.remove_many(self._instance, entries)
+            await self._fanout.publish_control_to_each(list(local), control_event(PRESENCE_CHANGED))
+        except Unavailable as exc:
+            log.warning("could not take this process's users off the rooms (%s); they expire by themselves", exc)
 
     async def online(self, room_id: str) -> list[OnlineUser]:
         """Everyone online in the room; empty if the store cannot be reached."""
@@ -133,6 +138,8 @@ class Presence:
         return users
 
     async def left(self, room_id: str, user: User) -> None:
+        if self.going_away:
+            return  # stop() takes everyone off at once
         room = self._local.get(room_id, {})
         if user.id not in room:
             return
