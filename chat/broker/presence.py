@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from ..models import OnlineUser
 
@@ -41,6 +41,10 @@ class PresenceStore(abc.ABC):
     @abc.abstractmethod
     async def online(self, room_id: str) -> list[OnlineUser]:
         """Everyone online in the room now, once each, sorted by username."""
+
+    async def online_in_each(self, room_ids: Sequence[str]) -> dict[str, list[OnlineUser]]:
+        """:meth:`online` for each room, in as few round trips as the store allows."""
+        return {room_id: await self.online(room_id) for room_id in room_ids}
 
 
 class MemoryPresence(PresenceStore):

@@ -275,6 +275,11 @@ def _presence_key(room_id: str) -> str:
     return f"chat:presence:{room_id}"
 
 
+def _online_user(member: str) -> OnlineUser:
+    data = json.loads(member)
+    return OnlineUser(username=data["username"], id=data["id"])
+
+
 def _member(instance: str, user: OnlineUser) -> str:
     return json.dumps({"instance": instance, "id": user.id, "username": user.username}, sort_keys=True)
 
@@ -309,18 +314,24 @@ class RedisPresence(PresenceStore):
         await _renew_members(self._broker, members, self._clock() + ttl, ttl)
 
     async def online(self, room_id: str) -> list[OnlineUser]:
-        key = _presence_key(room_id)
+        return (await self.online_in_each([room_id]))[room_id]
+
+    async def online_in_each(self, room_ids: Sequence[str]) -> dict[str, list[OnlineUser]]:
         now = self._clock()
+        found: dict[str, list[OnlineUser]] = {}
+        step = COMMANDS_PER_PIPELINE // 2
         with _unavailable_on_error():
-            async with self._broker.require_client().pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(key, "-inf", now)
-                pipe.zrangebyscore(key, now, "+inf")
-                _, members = await pipe.execute()
-        users = []
-        for member in members:
-            data = json.loads(member)
-            users.append(OnlineUser(username=data["username"], id=data["id"]))
-        return unique_users(users)
+            for start in range(0, len(room_ids), step):
+                rooms = room_ids[start : start + step]
+                async with self._broker.require_client().pipeline(transaction=False) as pipe:
+                    for room_id in rooms:
+                        key = _presence_key(room_id)
+                        pipe.zremrangebyscore(key, "-inf", now)
+                        pipe.zrangebyscore(key, now, "+inf")
+                    replies = await pipe.execute()
+                for room_id, members in zip(rooms, replies[1::2], strict=True):
+                    found[room_id] = unique_users(_online_user(member) for member in members)
+        return found
 
 
 # Take a place unless the pool is full, atomically: expired places first leave.

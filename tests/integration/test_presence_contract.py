@@ -168,3 +168,24 @@ async def test_a_heartbeat_of_hundreds_of_rooms_keeps_every_entry_alive(
 
     for room in (rooms[0], rooms[150], rooms[-1]):
         assert await presence.online(room) == [ALICE, BOB]
+
+
+async def test_an_instance_going_away_is_taken_off_every_room_at_once(presence: PresenceStore) -> None:
+    rooms = [room_id() for _ in range(3)]
+    for room in rooms:
+        await presence.add(room, "a:1", ALICE, TTL)
+        await presence.add(room, "b:2", BOB, TTL)
+
+    await presence.remove_many("a:1", [(room, ALICE) for room in rooms])
+
+    assert await presence.online_in_each(rooms) == {room: [BOB] for room in rooms}
+
+
+async def test_many_rooms_are_read_at_once(presence: PresenceStore) -> None:
+    rooms = [room_id() for _ in range(300)]  # more than one pipeline's worth
+    for room in rooms[::2]:
+        await presence.add(room, "a:1", CAROL, TTL)
+
+    found = await presence.online_in_each(rooms)
+
+    assert found == {room: [CAROL] if n % 2 == 0 else [] for n, room in enumerate(rooms)}

@@ -30,6 +30,7 @@ from ...errors import Unavailable
 from ...models import OnlineUser, User
 from ...wire.events import PRESENCE_CHANGED, control_event
 from ...wire.server import presence_frame
+from ..batching import batched_reads
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class Presence:
         self._reading: dict[str, asyncio.Future[list[OnlineUser]]] = {}
         self._dirty: set[str] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Rooms re-read together go to the store together: a process that went
+        # away tells each of its rooms at once, and a thousand reads at once
+        # took a connection each.
+        self._reads = batched_reads(lambda room_ids: self._store.online_in_each(room_ids), name="presence reads")
         # Set when the process is going away: sockets closing leave their
         # entries, which stop() then takes off all at once.
         self.going_away = False
@@ -127,7 +132,7 @@ class Presence:
 
     async def _read_for_newcomers(self, room_id: str) -> list[OnlineUser]:
         try:
-            users = await self._store.online(room_id)
+            users = await self._read(room_id)
         except Unavailable as exc:
             log.warning("presence of room %s unavailable: %s", room_id, exc)
             # The newcomer is shown itself alone; the next heartbeat finds the
@@ -161,6 +166,9 @@ class Presence:
         except Unavailable as exc:
             log.warning("presence update for room %s failed: %s", room_id, exc)
 
+    async def _read(self, room_id: str) -> list[OnlineUser]:
+        return await self._reads.outcome(room_id, room_id) or []
+
     def changed(self, room_id: str, event: str = "") -> None:
         """A process announced a change in the room: re-read it, coalescing bursts.
 
@@ -179,7 +187,7 @@ class Presence:
                 # Let a burst of changes land, then read once for all of them.
                 await asyncio.sleep(self.coalesce)
                 self._dirty.discard(room_id)
-                users = await self._store.online(room_id)
+                users = await self._read(room_id)
                 if room_id in self._local and users != self._shown.get(room_id):
                     self._shown[room_id] = users
                     self._fanout.deliver_local(room_id, presence_frame(users))
