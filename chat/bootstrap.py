@@ -211,7 +211,11 @@ def build_services(
         heartbeat=settings.presence_heartbeat_seconds,
     )
     limiter = Limiter(
-        backplane.limits_uri, settings.limit_rules(), clock=wall_clock, ipv6_prefix=settings.ipv6_prefix_length
+        backplane.limits_uri,
+        settings.limit_rules(),
+        clock=wall_clock,
+        ipv6_prefix=settings.ipv6_prefix_length,
+        storage_options=backplane.limits_options,
     )
     # The services below realtime publish what happened here; who reacts is
     # wired at the end (see chat.events for every event and its owner).

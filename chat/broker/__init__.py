@@ -14,8 +14,9 @@ the Redis client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .base import RESYNC, Broker, BrokerClosed, Event
@@ -58,8 +59,10 @@ class Backplane:
     broker: Broker
     presence: PresenceStore
     leases: LeaseStore
-    # Where the rate limiter keeps its counts (a ``limits`` storage URI).
+    # Where the rate limiter keeps its counts (a ``limits`` storage URI), and
+    # the options of that storage's client.
     limits_uri: str
+    limits_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def open_backplane(url: str, clock: Callable[[], float] = time.time) -> Backplane:
@@ -73,10 +76,16 @@ def open_backplane(url: str, clock: Callable[[], float] = time.time) -> Backplan
 
         return Backplane(MemoryBroker(), MemoryPresence(clock), MemoryLeases(clock), f"{LIMITS_SCHEME}://")
     if scheme in REDIS_SCHEMES:
-        from .redis import RedisBroker, RedisLeases, RedisPresence
+        from .redis import RedisBroker, RedisLeases, RedisPresence, bounded_pool
 
         broker = RedisBroker(url)
-        return Backplane(broker, RedisPresence(broker, clock), RedisLeases(broker, clock), _limits_uri(url))
+        return Backplane(
+            broker,
+            RedisPresence(broker, clock),
+            RedisLeases(broker, clock),
+            _limits_uri(url),
+            {"connection_pool": bounded_pool(url)},
+        )
     if scheme in REDIS_CLUSTER_SCHEMES:
         from .redis import RedisLeases, RedisPresence
         from .redis_cluster import RedisClusterBroker, limits_uri

@@ -41,6 +41,20 @@ RECONNECT_MAX_SECONDS = 5.0
 # How long one read waits before checking for shutdown; not a latency bound.
 POLL_SECONDS = 1.0
 
+# At most this many connections per client; a command beyond them waits up to
+# POOL_WAIT_SECONDS for one to come free. Unbounded, the storm of handshakes
+# after a restart opened a connection per concurrent command, thousands,
+# until Redis refused every new one ("max number of clients reached").
+POOL_CONNECTIONS = 64
+POOL_WAIT_SECONDS = 5.0
+
+
+def bounded_pool(url: str, **options: Any) -> aioredis.BlockingConnectionPool:
+    """A pool of POOL_CONNECTIONS connections to the Redis of ``url`` that makes commands wait, not fail."""
+    return aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS, **options
+    )
+
 
 class RedisBroker(Broker):
     def __init__(self, url: str) -> None:
@@ -60,8 +74,8 @@ class RedisBroker(Broker):
     async def connect(self) -> None:
         if self.client is not None:
             return
-        self.client = aioredis.from_url(
-            self.url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+        self.client = aioredis.Redis.from_pool(
+            bounded_pool(self.url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
         )
         self._subscriber = aioredis.from_url(
             self.url, decode_responses=True, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)

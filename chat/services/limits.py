@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -68,9 +68,11 @@ class Limiter:
         rules: Mapping[Action, str],
         clock: Callable[[], float] = time.time,
         ipv6_prefix: int = 64,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.ipv6_prefix = ipv6_prefix
-        options = {"implementation": "redispy"} if "redis" in storage_uri.split("://")[0] else {}
+        options: dict[str, Any] = {"implementation": "redispy"} if "redis" in storage_uri.split("://")[0] else {}
+        options.update(storage_options or {})
         self._storage = storage_from_string(storage_uri, **options)
         self._strategy = MovingWindowRateLimiter(self._storage)
         self._rules = {action: parse_rules(spec) for action, spec in rules.items()}
@@ -89,6 +91,10 @@ class Limiter:
         if close is not None:
             try:
                 await close()
+                # A pool given to the client (CHAT_BROKER_URL redis://) is not closed with it.
+                pool = getattr(client, "connection_pool", None)
+                if pool is not None:
+                    await pool.disconnect()
             except Exception as exc:  # closing must not stop a shutdown
                 log.warning("closing the rate limiter's store failed: %s", exc)
 

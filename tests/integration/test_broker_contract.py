@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chat.broker import RESYNC, Broker, BrokerClosed, Event, open_backplane
-from chat.broker.redis import RedisBroker
+from chat.broker.redis import POOL_CONNECTIONS, RedisBroker, RedisPresence
 from chat.errors import Unavailable
 from tests.support.brokers import RECOVERY_TIMEOUT, Collector, publish_until_received
 from tests.support.services import RedisServer
@@ -227,6 +227,19 @@ async def test_after_a_redis_restart_the_broker_yields_resync_and_hears_channels
 
 
 @pytest.mark.slow
+async def test_a_burst_of_commands_waits_for_a_bounded_pool_and_every_one_is_answered(redis_only: RedisBroker) -> None:
+    # Unbounded, a handshake storm opened a connection per concurrent command
+    # until Redis refused new ones; bounded, the burst queues for connections.
+    presence = RedisPresence(redis_only)
+    burst = POOL_CONNECTIONS * 4
+
+    found = await asyncio.gather(*(presence.online(f"room-{uuid.uuid4().hex}") for _ in range(burst)))
+
+    assert found == [[]] * burst
+    assert redis_only.require_client().connection_pool.max_connections == POOL_CONNECTIONS
+    await redis_only.publish_many([(channel(), f"message {n}") for n in range(burst)])  # pipelined, answered
+
+
 async def test_publish_and_ping_raise_unavailable_while_redis_is_down(
     redis_only: RedisBroker, redis_server: RedisServer
 ) -> None:
