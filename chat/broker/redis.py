@@ -45,8 +45,8 @@ POLL_SECONDS = 1.0
 # POOL_WAIT_SECONDS for one to come free. Unbounded, the storm of handshakes
 # after a restart opened a connection per concurrent command, thousands,
 # until Redis refused every new one ("max number of clients reached").
-POOL_CONNECTIONS = 64
-POOL_WAIT_SECONDS = 5.0
+POOL_CONNECTIONS = 256
+POOL_WAIT_SECONDS = 10.0
 
 
 def bounded_pool(url: str, **options: Any) -> aioredis.BlockingConnectionPool:
