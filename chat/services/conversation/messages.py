@@ -107,11 +107,13 @@ class Messages:
         # Without a pool (tests, tools), Markdown is rendered on the loop.
         self._renderer = Renderer(storage.users.get_by_username, pool=render_pool)
         self._commits = GroupCommit(self._store)
-        # A room's counters, asked by every socket of it that comes back after
-        # a restart: read together, always after any write acknowledged before.
+        # A page of history asked for by several sockets of a room at once (a
+        # restart brings them back together) is read once for all of them.
         self._page_reads: Batches[PageKey, PageKey, Page] = Batches(
             self._read_pages, max_batch=8, lane_of=lambda key: key.room_id, name="history reads"
         )
+        # A room's counters, asked by every socket of it that comes back after
+        # a restart: read together, always after any write acknowledged before.
         self._counter_reads = batched_reads(lambda ids: self._storage.messages.counters(ids), name="counter look-ups")
 
     async def _store(self, news: Sequence[NewMessage]) -> list[tuple[Message, bool] | ChatError]:
