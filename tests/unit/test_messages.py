@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from chat.errors import NotFound, RoomArchived, TooLarge, ValidationError
-from chat.models import Room, User, utcnow
+from chat.models import Message, Room, User, utcnow
 from chat.services.conversation.messages import MAX_BODY_LENGTH, Messages, clean_body
 from chat.storage import Storage
 from tests.support.handling import post
@@ -196,3 +196,39 @@ async def test_one_write_for_several_rooms_refuses_only_the_senders_to_archived_
     assert [type(result).__name__ for result in results] == ["tuple", "RoomArchived", "RoomGone", "tuple"]
     assert [result[0].seq for result in results if isinstance(result, tuple)] == [1, 2]
     assert isinstance(results[2], NotFound)
+
+
+async def test_a_page_asked_for_by_many_sockets_at_once_is_read_once_or_twice(
+    messages: Messages, memory_storage: Storage, user: User, room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restart brings a room's sockets back together, resuming from one seq.
+    for n in range(3):
+        await post(messages, user, room, f"c-{n}", f"m{n}")
+    reads: list[int] = []
+    read_after = memory_storage.messages.after
+
+    async def counting(room_id: str, since_seq: int, limit: int) -> tuple[list[Message], bool]:
+        reads.append(since_seq)
+        await asyncio.sleep(0.01)  # a read takes a while: the others arrive meanwhile
+        return await read_after(room_id, since_seq, limit)
+
+    monkeypatch.setattr(memory_storage.messages, "after", counting)
+
+    pages = await asyncio.gather(*(messages.after(room.id, 1, 50) for _ in range(20)))
+
+    assert all([m.seq for m in page] == [2, 3] and not more for page, more in pages)
+    assert 1 <= len(reads) <= 2
+    pages[0][0].clear()  # each asker has a list of its own
+    assert [m.seq for m in pages[1][0]] == [2, 3]
+
+
+async def test_a_page_asked_for_after_a_message_is_acknowledged_holds_it(
+    messages: Messages, user: User, room: Room
+) -> None:
+    first = asyncio.ensure_future(messages.after(room.id, 0, 50))  # a read under way...
+    await asyncio.sleep(0)
+    await post(messages, user, room, "c-1", "hello")  # ...when a message is acknowledged
+    second = await messages.after(room.id, 0, 50)  # asked after: not answered by the read before
+
+    await first
+    assert [m.body for m in second[0]] == ["hello"]
