@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import aiosqlite
@@ -100,6 +100,17 @@ class _Database:
         with _translate_errors():
             async with self._require(self._reader).execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
+
+    async def rows_by_id(self, table: str, ids: Collection[str]) -> list[sqlite3.Row]:
+        """Every row of ``table`` whose ``id`` is in ``ids`` (``table`` is ours, never a user's)."""
+        wanted = list(ids)
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(wanted), 500):  # SQLite caps the parameters of one statement
+            chunk = wanted[start : start + 500]
+            rows += await self.fetchall(
+                f"SELECT * FROM {table} WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk)
+            )
+        return rows
 
     async def insert(self, sql: str, params: tuple[object, ...], conflict: str) -> None:
         """Insert one row in its own transaction; a unique-key clash raises Conflict(conflict)."""

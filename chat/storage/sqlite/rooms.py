@@ -39,15 +39,7 @@ class SQLiteRooms(RoomRepository):
         return _room(row) if row else None
 
     async def get_many(self, room_ids: Collection[str]) -> dict[str, Room]:
-        ids = list(room_ids)
-        found: dict[str, Room] = {}
-        for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
-            chunk = ids[start : start + 500]
-            rows = await self._db.fetchall(
-                f"SELECT * FROM rooms WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk)
-            )
-            found.update((row["id"], _room(row)) for row in rows)
-        return found
+        return {row["id"]: _room(row) for row in await self._db.rows_by_id("rooms", room_ids)}
 
     async def get_by_name(self, name: str) -> Room | None:
         # The very condition of rooms_unique_names, so that SQLite looks the name up in it.

@@ -34,15 +34,7 @@ class SQLiteUsers(UserRepository):
         return _user(row) if row else None
 
     async def get_many(self, user_ids: Collection[str]) -> dict[str, User]:
-        ids = list(user_ids)
-        found: dict[str, User] = {}
-        for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
-            chunk = ids[start : start + 500]
-            rows = await self._db.fetchall(
-                f"SELECT * FROM users WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk)
-            )
-            found.update((row["id"], _user(row)) for row in rows)
-        return found
+        return {row["id"]: _user(row) for row in await self._db.rows_by_id("users", user_ids)}
 
     async def get_by_username(self, username: str) -> User | None:
         row = await self._db.fetchone("SELECT * FROM users WHERE username_lower = ?", (username.lower(),))
