@@ -16,9 +16,13 @@ const BACKOFF_BASE_MS = 500;
 // Short enough that a reader never waits long once the server is back (the
 // banner also offers "Reconnect now"); full jitter spreads a restart's herd.
 const BACKOFF_MAX_MS = 10000;
-const OFFLINE_AFTER_ATTEMPTS = 6;
+// After this many failed tries in a row the banner stops calling it a blip:
+// the server cannot be reached (the browser itself says when it is offline).
+const UNREACHABLE_AFTER_ATTEMPTS = 6;
 // Retrying a refused send: the server's retry_after when it gives one.
 const RETRY_FALLBACK_MS = 2000;
+// The states in which the page is trying to connect again by itself.
+const RETRYING_STATES = new Set(["reconnecting", "unreachable", "offline"]);
 const RETRY_JITTER_MS = 1000;
 const RETRYABLE_ERRORS = new Set(["rate_limited", "unavailable"]);
 const NEAR_BOTTOM_PX = 80;
@@ -508,9 +512,10 @@ class RevisionCursor {
  * hands on parsed frames.
  *
  * States: "connecting" (the first attempt), "connected" (hello received),
- * "reconnecting" (waiting to try again; the detail says when), "offline"
- * (many attempts failed, or the browser says it is offline), and two that
- * end it: "session-ended" and "removed".
+ * "reconnecting" (waiting to try again; the detail says when), "unreachable"
+ * (many attempts in a row failed while the browser is online), "offline"
+ * (the browser says it is), and two that end it: "session-ended" and
+ * "removed".
  *
  * A browser does not say why a handshake was refused, so when a socket
  * closes before hello the connection asks the server's access probe
@@ -648,8 +653,12 @@ class RoomConnection {
     // by every client at the same instant.
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (this.#attempt - 1));
     const delay = Math.random() * ceiling;
-    const offline = this.#attempt > OFFLINE_AFTER_ATTEMPTS || !navigator.onLine;
-    this.#setState(offline ? "offline" : "reconnecting", { retryAt: Date.now() + delay });
+    // Offline only when the browser says so: a server that does not answer
+    // is not the reader's Wi-Fi.
+    const state = !navigator.onLine
+      ? "offline"
+      : this.#attempt > UNREACHABLE_AFTER_ATTEMPTS ? "unreachable" : "reconnecting";
+    this.#setState(state, { retryAt: Date.now() + delay });
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null;
       this.#setState(this.#state, { retryAt: null }); // trying now
@@ -707,6 +716,7 @@ function main() {
     connecting: "connecting",
     connected: "connected",
     reconnecting: "reconnecting",
+    unreachable: "unreachable",
     offline: "offline",
     "session-ended": "signed out",
     removed: "no access",
@@ -717,6 +727,8 @@ function main() {
     switch (state) {
       case "reconnecting":
         return "Connection lost. Messages you write are kept and sent once it is back.";
+      case "unreachable":
+        return "Can't reach the server. Messages you write are kept and sent once it answers again.";
       case "offline":
         return "You are offline. Messages you write are kept and sent once the connection is back.";
       case "session-ended":
@@ -738,14 +750,14 @@ function main() {
     banner.dataset.state = state;
     clearInterval(countdown);
     bannerText.textContent = bannerMessage(state);
-    const retrying = state === "reconnecting" || state === "offline";
+    const retrying = RETRYING_STATES.has(state);
     const paintWhen = () => {
       const inSeconds = retryAt ? Math.max(1, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
       bannerWhen.textContent = !retrying ? "" : inSeconds ? `Trying again in ${inSeconds} s.` : "Trying now…";
     };
     paintWhen();
     if (retryAt) countdown = setInterval(paintWhen, 1000);
-    reconnectButton.hidden = !(state === "reconnecting" || state === "offline");
+    reconnectButton.hidden = !retrying;
     signInLink.hidden = state !== "session-ended";
     if (state === "removed") {
       const rooms = document.createElement("a");

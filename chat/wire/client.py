@@ -64,6 +64,9 @@ class FrameType:
     limits: tuple[Limit, ...] = ()
     # Its refusals carry its client_id (the client is waiting for an answer to it).
     answers_with_client_id: bool = True
+    # Over its limits it is dropped without an answer: it is a best-effort
+    # notice, and an error frame would read to the person as a failed message.
+    dropped_over_limits: bool = False
     # What it causes reaches the room's sockets on every process (through the broker).
     crosses_processes: bool = False
 
@@ -255,8 +258,9 @@ TYPING = declare(
         TypingFrame,
         frozenset(),
         lambda r: TypingFrame(client_id=r.client_id),
-        "tell the others in the room that the sender is typing (stored nowhere)",
+        "tell the others in the room that the sender is typing (stored nowhere); over its limit, dropped unanswered",
         limits=(Limit(Action.TYPING),),
+        dropped_over_limits=True,
         crosses_processes=True,
     )
 )

@@ -87,6 +87,67 @@ async def test_a_server_outage_shows_a_banner_in_view_and_reconnect_now_gets_bac
     await reader.context.close()
 
 
+async def test_a_server_that_does_not_answer_is_called_unreachable_never_offline(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    # People told "you are offline" go and check their Wi-Fi; only the
+    # browser knows whether it is offline.
+    server = server_factory()
+    reader = await alone_in_a_room(chromium, server.base_url, "quinn")
+    page = reader.page
+    await page.clock.install()  # the backoff's waits pass when the test says
+    await asyncio.to_thread(server.stop)
+    await page.wait_for_selector("#room[data-state=reconnecting]")
+
+    async def tried_many_times() -> bool:
+        # Past the longest backoff: the next try runs, fails at once (nothing
+        # listens), and the one after it is scheduled.
+        await page.clock.run_for(11_000)
+        return await page.get_attribute("#room", "data-state") == "unreachable"
+
+    await eventually(tried_many_times, 30, "the page to give up calling it a blip", interval=0.2)
+    banner = await page.text_content("#banner-text") or ""
+    assert "Can't reach the server" in banner and "offline" not in banner.lower(), banner
+    assert await page.text_content("#connection-state") == "unreachable"
+    assert await page.is_visible("#reconnect-now")
+
+    await asyncio.to_thread(server.start)
+    await page.evaluate("document.getElementById('reconnect-now').click()")
+    await page.wait_for_selector("#room[data-state=connected]", timeout=15000)
+    assert reader.errors == []
+    await reader.context.close()
+
+
+async def test_quick_messages_over_the_typing_limit_show_no_error(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    # Each new message starts with a typing notice; over the typing limit
+    # those were answered with "Too many requests", shown as if a message had
+    # failed while every message was stored.
+    server = server_factory(CHAT_LIMIT_TYPING="3 per minute")
+    reader = await alone_in_a_room(chromium, server.base_url, "rosa")
+    page = reader.page
+    # Every notice the page shows, however briefly (the next ack clears it).
+    await page.evaluate(
+        """() => {
+            const notice = document.getElementById("notice");
+            window.noticesShown = [];
+            new MutationObserver(() => {
+                if (!notice.hidden && notice.textContent) window.noticesShown.push(notice.textContent);
+            }).observe(notice, { attributes: true, childList: true, characterData: true, subtree: true });
+        }"""
+    )
+
+    for n in range(8):
+        await say(page, f"quick {n}")
+    await page.wait_for_selector("li.message[data-seq='8'] .sent-mark")
+
+    assert await page.evaluate("window.noticesShown") == []
+    assert await page.locator("li.message.pending").count() == 0
+    assert reader.errors == []
+    await reader.context.close()
+
+
 async def test_coming_back_online_or_to_the_tab_reconnects_without_waiting_out_the_backoff(
     server_factory: ServerFactory, chromium: Chromium
 ) -> None:

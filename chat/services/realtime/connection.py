@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ...errors import ChatError, SessionEnded, Unavailable
+from ...errors import ChatError, RateLimited, SessionEnded, Unavailable
 from ...models import Room, User
 from ...wire.client import (
     DeleteFrame,
@@ -366,7 +366,12 @@ class RoomConnection(SendPipeline, HistoryReplay):
             if frame_type.answers_with_client_id:
                 client_id = getattr(frame, "client_id", None)
             for limit in frame_type.limits:
-                await self._hub.limiter.take(limit.action, self._id if limit.per is Per.SOCKET else self.user.id)
+                try:
+                    await self._hub.limiter.take(limit.action, self._id if limit.per is Per.SOCKET else self.user.id)
+                except RateLimited:
+                    if frame_type.dropped_over_limits:
+                        return  # counted and logged as any refusal, but not answered
+                    raise
             await getattr(self, frame_type.handler)(frame)
         except ChatError as exc:
             self._refuse(exc, client_id)
