@@ -91,6 +91,22 @@ function scrollToBottom() {
   window.scrollTo(0, document.body.scrollHeight);
 }
 
+/**
+ * The list ends above the dock, whatever the dock shows: a banner, a notice
+ * and a grown message box make it taller (a third of a phone's screen), and
+ * a fixed padding left the newest messages under it. A reader at the bottom
+ * stays at the bottom as it grows.
+ */
+function keepClearOfDock(dock) {
+  if (!dock) return;
+  const root = document.documentElement;
+  new ResizeObserver(() => {
+    const stick = nearBottom();
+    root.style.setProperty("--dock-height", `${Math.ceil(dock.getBoundingClientRect().height)}px`);
+    if (stick) scrollToBottom();
+  }).observe(dock);
+}
+
 // Index of the first element of ascending `sorted` greater than `value`.
 function upperBound(sorted, value) {
   let low = 0;
@@ -1196,6 +1212,7 @@ function main() {
     if (event.persisted) connection.reconnectNow();
   });
 
+  keepClearOfDock(document.querySelector(".dock"));
   messages.localizeTimes();
   restoreUnsent();
   scrollToBottom();

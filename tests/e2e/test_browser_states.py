@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import Page, ViewportSize
 
@@ -84,6 +85,36 @@ async def test_a_server_outage_shows_a_banner_in_view_and_reconnect_now_gets_bac
     assert await page.locator("li.message.pending").count() == 0
     assert await page.is_visible("#presence") and await page.is_hidden("#presence-stale")
     assert reader.errors == []
+    await reader.context.close()
+
+
+@pytest.mark.parametrize(
+    "viewport", [ViewportSize(width=1366, height=768), ViewportSize(width=390, height=844)], ids=["desktop", "phone"]
+)
+async def test_no_message_hides_behind_the_dock_however_tall_it_grows(
+    server_factory: ServerFactory, chromium: Chromium, viewport: ViewportSize
+) -> None:
+    # The banner, a notice and the message box make the dock tall (a third
+    # of a phone's screen); a fixed padding left the newest messages under it.
+    server = server_factory()
+    reader = await alone_in_a_room(chromium, server.base_url, "sami", viewport=viewport)
+    page = reader.page
+    for n in range(20):
+        await say(page, f"line {n}")
+    await page.wait_for_selector("li.message[data-seq='20'] .sent-mark")
+    await asyncio.to_thread(server.stop)
+    await page.wait_for_selector("#room[data-state=reconnecting]")
+    await say(page, "written while down")
+    await page.fill("#body", "a draft\nof three\nlines")
+
+    async def last_message_clear_of_dock() -> bool:
+        await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # as End does
+        last = await page.locator("li.message").last.bounding_box()
+        dock = await page.locator(".dock").bounding_box()
+        return last is not None and dock is not None and last["y"] + last["height"] <= dock["y"] + 1
+
+    await eventually(last_message_clear_of_dock, 5, "the newest message to show above the dock")
+    assert await page.locator("li.message").last.text_content() or ""
     await reader.context.close()
 
 
