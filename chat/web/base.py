@@ -250,7 +250,7 @@ class BaseHandler(AppHandler):
     session_token: str | None = None
     # The signed-in reader's rooms with their counts, for the sidebar of a page (None: no sidebar).
     badges: list[Badge] | None = None
-    # Whether GETs answer with an HTML page (with a sidebar); sockets and JSON probes do not.
+    # Whether GETs (and refused POSTs) answer with an HTML page with a sidebar; sockets and JSON probes do not.
     renders_pages: bool = True
 
     @property
@@ -280,7 +280,8 @@ class BaseHandler(AppHandler):
         self.session_token = token
         self.current_user = resolved[1]
         logs.bind(user_id=resolved[1].id)
-        if self.request.method == "GET" and self.renders_pages:
+        # A POST too: a refused form is answered with its page again, sidebar included.
+        if self.request.method in ("GET", "POST") and self.renders_pages:
             try:
                 self.badges = await self.services.unread.badges(resolved[1])
             except Unavailable as exc:

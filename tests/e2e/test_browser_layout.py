@@ -33,3 +33,24 @@ async def test_the_rooms_search_button_keeps_its_word_on_one_line(
     )
     assert lines == 1
     await context.close()
+
+
+async def test_a_refused_form_keeps_the_sidebar(server_factory: ServerFactory, chromium: Chromium) -> None:
+    # Inviting someone who does not exist answers with the room again and
+    # the error under the field: the reader's rooms must not vanish with it.
+    server = server_factory()
+    context = await chromium.new_context(viewport=SIZES[0])
+    page = await context.new_page()
+    await register(page, server.base_url, f"uma_{uuid.uuid4().hex[:6]}")
+    await page.fill("input[name=name]", f"secret {uuid.uuid4().hex[:4]}")
+    await page.check("input[name=private]")
+    await page.click("form.create-room button[type=submit]")
+    await page.wait_for_url(f"{server.base_url}/rooms/*")
+    assert await page.is_visible("#sidebar")
+
+    await page.fill("form.invite input[name=username]", f"nobody_{uuid.uuid4().hex[:6]}")
+    await page.click("form.invite button[type=submit]")
+    await page.wait_for_selector("form.invite [aria-invalid=true], .field-error")
+
+    assert await page.is_visible("#sidebar")
+    await context.close()
