@@ -69,6 +69,8 @@ async def test_register_signs_the_user_in_with_a_hardened_cookie(browser: Browse
         ("goodname", "p" * 73, "p" * 73, "at most 72 bytes"),
         ("goodname", "é" * 37, "é" * 37, "at most 72 bytes"),  # 37 characters, 74 bytes
         ("goodname", PASSWORD, PASSWORD + "x", "do not match"),
+        ("goodname", "iloveyou1", "iloveyou1", "most common"),
+        ("goodname", "my goodname pw", "my goodname pw", "must not contain your username"),
     ],
 )
 async def test_register_rerenders_the_form_with_a_clear_message_on_bad_input(

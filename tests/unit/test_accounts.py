@@ -62,9 +62,24 @@ def test_invalid_usernames_are_rejected_naming_the_field(username: str) -> None:
 # -- passwords ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("password", ["12345678", "a" * 72, "é" * 36, "pass word"])
+@pytest.mark.parametrize("password", ["73519246", "a" * 72, "é" * 36, "pass word"])
 def test_valid_passwords_are_accepted(password: str) -> None:
     Accounts.validate_password(password)
+
+
+@pytest.mark.parametrize("password", ["12345678", "password", "PassWord1", "iloveyou", "qwertyuiop"])
+def test_common_breached_passwords_are_refused_whatever_their_case(password: str) -> None:
+    # NIST SP 800-63B 3.1.1.2: refuse values from lists of commonly used or breached passwords.
+    with pytest.raises(ValidationError) as caught:
+        Accounts.validate_password(password)
+    assert caught.value.field == "password" and "most common" in str(caught.value)
+
+
+def test_a_password_containing_the_username_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Accounts.validate_password("xx-Alice-2026", username="alice")
+    assert caught.value.field == "password"
+    Accounts.validate_password("xx-Alice-2026", username="bob")
 
 
 @pytest.mark.parametrize("password", ["", "1234567"])
@@ -115,7 +130,7 @@ async def test_mismatched_confirmation_is_rejected(accounts: Accounts, memory_st
     with pytest.raises(ValidationError) as caught:
         await accounts.register("alice", PASSWORD, PASSWORD + "!")
 
-    assert caught.value.field == "confirm"
+    assert caught.value.field == "password"  # both boxes come back empty: the first is retyped first
     assert await memory_storage.users.get_by_username("alice") is None
 
 

@@ -29,6 +29,7 @@ from ...wire.text import USERNAME_PATTERN, USERNAME_RULE
 from .. import audit
 from ..batching import batched_reads
 from ..limits import Limiter
+from . import common_passwords
 from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PasswordHasher
 
 # 256 bits of randomness; the issue asks for at least 128.
@@ -75,6 +76,7 @@ class Accounts:
         # Ended sessions are published (SessionsEnded) so their sockets close on every process.
         self._events = events or EventBus()
         self._hasher = hasher
+        common_passwords.load()  # once per process, at start-up rather than in a registration
         self._limiter = limiter
         self._clock = clock
         self.session_max_age = session_max_age
@@ -103,7 +105,8 @@ class Accounts:
         return username
 
     @staticmethod
-    def validate_password(password: str, field: str = "password") -> None:
+    def validate_password(password: str, field: str = "password", username: str = "") -> None:
+        """Length, and not a common or guessable value (NIST SP 800-63B: no composition rules, a blocklist)."""
         if len(password) < MIN_PASSWORD_LENGTH:
             raise ValidationError(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", field=field)
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
@@ -111,14 +114,22 @@ class Accounts:
                 f"Passwords can be at most {MAX_PASSWORD_BYTES} bytes (fewer if they use non-ASCII characters).",
                 field=field,
             )
+        if common_passwords.is_common(password):
+            raise ValidationError(
+                "That password is one of the most common ones, the first a guesser tries: choose another.",
+                field=field,
+            )
+        if username and username.lower() in password.lower():
+            raise ValidationError("A password must not contain your username.", field=field)
 
     # -- registration and sign-in -----------------------------------------
 
     async def register(self, username: str, password: str, confirmation: str, client_ip: str = "") -> User:
         username = self.validate_username(username)
-        self.validate_password(password)
+        self.validate_password(password, username=username)
         if password != confirmation:
-            raise ValidationError("The two passwords do not match.", field="confirm")
+            # Both boxes come back empty: the message, and the focus, go to the first.
+            raise ValidationError("The two passwords do not match: type it again in both boxes.", field="password")
         if self._limiter is not None:
             await self._limiter.take(Action.REGISTRATION, self._limiter.address(client_ip))
         # Cheap early answer for the common case; the unique index decides races.
@@ -193,9 +204,9 @@ class Accounts:
             audit.event("password_check_failed", user=user.id, reason="locked" if locked else "wrong", ip=client_ip)
             raise ValidationError("That is not your current password.", field="current")
         await self._forget_failures(account)
-        self.validate_password(new)
+        self.validate_password(new, username=user.username)
         if new != confirmation:
-            raise ValidationError("The two new passwords do not match.", field="confirm")
+            raise ValidationError("The two new passwords do not match: type it again in both boxes.", field="password")
         await self._storage.users.set_password(user.id, await self._hasher.hash(new))
         self._users.pop(user.id, None)
         audit.event("password_changed", user=user.id)
