@@ -982,7 +982,18 @@ function main() {
       const entry = state === "session-ended" ? outbox.peek(clientId) : outbox.take(clientId);
       if (entry) messages.markFailed(entry.element, why, false);
     }
-    if (state === "session-ended") keepUnsent();
+    if (state === "session-ended") {
+      keepUnsent();
+      signedOutEverywhere();
+    }
+  }
+
+  // The top bar said "Signed in as …" after signing out in another tab.
+  function signedOutEverywhere() {
+    const whoami = document.querySelector(".whoami");
+    if (whoami) whoami.textContent = "Signed out";
+    const signOut = document.querySelector("form[action='/logout']");
+    if (signOut) signOut.hidden = true;
   }
 
   // Leaving the page (a reload, another room, signing in again) keeps what
@@ -1016,6 +1027,9 @@ function main() {
       if (RETRYABLE_ERRORS.has(frame.code)) setTimeout(fetchOlder, retryDelayMs(frame));
       return;
     }
+    // Refused for good (the session ended, or no longer a member): a close
+    // follows whose banner says it; the same words twice is one too many.
+    if (frame.code === "forbidden" && !frame.client_id) return;
     showNotice(frame.message);
     if (!frame.client_id) return;
     if (RETRYABLE_ERRORS.has(frame.code)) {

@@ -30,6 +30,19 @@ async def banner_in_view(page: Page) -> bool:
     return box is not None and size is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"]
 
 
+async def record_notices(page: Page) -> None:
+    """From now on, ``window.noticesShown`` lists every notice the page shows, however briefly."""
+    await page.evaluate(
+        """() => {
+            const notice = document.getElementById("notice");
+            window.noticesShown = [];
+            new MutationObserver(() => {
+                if (!notice.hidden && notice.textContent) window.noticesShown.push(notice.textContent);
+            }).observe(notice, { attributes: true, childList: true, characterData: true, subtree: true });
+        }"""
+    )
+
+
 async def test_a_server_outage_shows_a_banner_in_view_and_reconnect_now_gets_back_at_once(
     server_factory: ServerFactory, chromium: Chromium
 ) -> None:
@@ -158,16 +171,7 @@ async def test_quick_messages_over_the_typing_limit_show_no_error(
     server = server_factory(CHAT_LIMIT_TYPING="3 per minute")
     reader = await alone_in_a_room(chromium, server.base_url, "rosa")
     page = reader.page
-    # Every notice the page shows, however briefly (the next ack clears it).
-    await page.evaluate(
-        """() => {
-            const notice = document.getElementById("notice");
-            window.noticesShown = [];
-            new MutationObserver(() => {
-                if (!notice.hidden && notice.textContent) window.noticesShown.push(notice.textContent);
-            }).observe(notice, { attributes: true, childList: true, characterData: true, subtree: true });
-        }"""
-    )
+    await record_notices(page)
 
     for n in range(8):
         await say(page, f"quick {n}")
@@ -211,6 +215,8 @@ async def test_a_session_that_ends_says_so_keeps_what_was_written_and_sends_it_a
     await say(page, "before signing out")
     await page.wait_for_selector("li.message[data-seq='1'] .sent-mark")
 
+    await record_notices(page)
+
     # Signing out in another tab ends the session under this page.
     other = await context.new_page()
     await other.goto(f"{base}/rooms")
@@ -219,6 +225,10 @@ async def test_a_session_that_ends_says_so_keeps_what_was_written_and_sends_it_a
     await page.wait_for_selector("#room[data-state=session-ended]")
     assert await banner_in_view(page)
     assert "Your session has ended" in (await page.text_content("#banner-text") or "")
+    # Said once, by the banner; and the top bar no longer says who is signed in.
+    assert await page.evaluate("window.noticesShown") == []
+    assert await page.text_content(".whoami") == "Signed out"
+    assert await page.is_hidden("form[action='/logout']")
     assert await page.is_hidden("#reconnect-now")
     sign_in = page.locator("#sign-in-again")
     assert await sign_in.get_attribute("href") == f"/login?next=%2Frooms%2F{room}"
