@@ -29,13 +29,23 @@ function rowOf(roomId) {
 function paint(li) {
   const unread = Math.max(0, Number(li.dataset.lastSeq) - Number(li.dataset.readSeq));
   const mentions = Number(li.dataset.mentions);
-  const unreadBadge = li.querySelector(".unread");
-  unreadBadge.textContent = unread;
-  unreadBadge.hidden = unread === 0;
-  const mentionBadge = li.querySelector(".mentions");
-  mentionBadge.textContent = `@${mentions}`;
-  mentionBadge.hidden = mentions === 0;
+  paintBadge(li.querySelector(".unread"), unread, String(unread), "unread");
+  paintBadge(li.querySelector(".mentions"), mentions, `@${mentions}`, mentions === 1 ? "mention" : "mentions");
   li.classList.toggle("unread-some", unread > 0);
+}
+
+// A badge shows its number; a screen reader hears what it counts, in the
+// link's name ("general, 3 unread"): an aria-label on the badge replaced the
+// number with the bare word. The same markup as templates/_sidebar.html.
+function paintBadge(badge, count, shown, said) {
+  const visible = document.createElement("span");
+  visible.setAttribute("aria-hidden", "true");
+  visible.textContent = shown;
+  const words = document.createElement("span");
+  words.className = "visually-hidden";
+  words.textContent = `, ${count} ${said}`;
+  badge.replaceChildren(visible, words);
+  badge.hidden = count === 0;
 }
 
 function paintTitle() {
@@ -92,10 +102,8 @@ function renderBadges(rooms) {
       name.textContent = (room.kind === "private" ? "🔒 " : "") + room.title;
       const mentions = document.createElement("span");
       mentions.className = "mentions";
-      mentions.setAttribute("aria-label", "mentions");
       const unread = document.createElement("span");
       unread.className = "unread";
-      unread.setAttribute("aria-label", "unread");
       link.append(name, mentions, unread);
       li.append(link);
       paint(li);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from playwright.async_api import Browser as Chromium
@@ -16,7 +17,7 @@ async def badge(page: Page, title: str, kind: str) -> str:
     """The unread (kind "unread") or mention ("mentions") badge of a sidebar row, "" when hidden."""
     row = page.locator("#sidebar li[data-room-id]", has=page.locator(f".name[title='{title}']"))
     element = row.locator(f".{kind}")
-    return "" if await element.is_hidden() else (await element.text_content() or "")
+    return "" if await element.is_hidden() else (await element.locator("[aria-hidden=true]").text_content() or "")
 
 
 async def test_badges_and_the_title_count_update_live_across_rooms_and_a_dm(
@@ -64,6 +65,10 @@ async def test_badges_and_the_title_count_update_live_across_rooms_and_a_dm(
         )
 
     await eventually(counted, 10, "bob's badges counting alice's messages", interval=0.1)
+    # A screen reader hears the numbers with what they count, in each link's name.
+    # (was "Alpha … unread": the badge's label replaced its number)
+    assert await bob.get_by_role("link", name=re.compile(rf"^Alpha {tag}\s*, 2 unread$")).count() == 1
+    assert await bob.get_by_role("link", name=re.compile(rf"^Beta {tag}\s*, 1 mention\s*, 1 unread$")).count() == 1
     assert await badge(bob, f"Gamma {tag}", "unread") == ""
     assert (await bob.title()).startswith("(4) ")
     assert await badge(alice, f"Alpha {tag}", "unread") == ""  # her own messages are read by writing them
