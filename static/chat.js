@@ -908,6 +908,23 @@ function main() {
     renderTyping();
   }
 
+  // The box grows with what is in it (a long paste, several lines), up to
+  // its CSS max-height, then scrolls; emptied, it is two lines again.
+  function fitComposer() {
+    input.style.height = "auto";
+    const border = input.offsetHeight - input.clientHeight;
+    input.style.height = `${input.scrollHeight + border}px`;
+  }
+  input.addEventListener("input", fitComposer);
+  // The "too long" notice goes once the text fits.
+  let tooLongSaid = false;
+  input.addEventListener("input", () => {
+    if (tooLongSaid && [...input.value.trim()].length <= config.maxBodyLength) {
+      tooLongSaid = false;
+      showNotice("");
+    }
+  });
+
   let typingSentAt = 0;
   input.addEventListener("input", () => {
     const now = Date.now();
@@ -1013,7 +1030,10 @@ function main() {
     for (const [clientId, body] of saved.unsent || []) {
       outbox.add(clientId, body, messages.addPending({ client_id: clientId, username, body }));
     }
-    if (saved.draft && !input.value) input.value = saved.draft;
+    if (saved.draft && !input.value) {
+      input.value = saved.draft;
+      fitComposer();
+    }
   }
 
   function onError(frame) {
@@ -1189,8 +1209,15 @@ function main() {
       showNotice("You are no longer in this room: nothing can be sent here.");
       return;
     }
-    if ([...body].length > config.maxBodyLength) {
-      // static/forms.js already says by how much, under the box.
+    const length = [...body].length;
+    if (length > config.maxBodyLength) {
+      // static/forms.js counts under the box; Enter must also say what to do.
+      const over = (length - config.maxBodyLength).toLocaleString();
+      showNotice(
+        `This message is ${over} characters too long to send (the limit is ${config.maxBodyLength.toLocaleString()}): ` +
+          "split it into shorter messages.",
+      );
+      tooLongSaid = true;
       input.setAttribute("aria-invalid", "true");
       input.focus();
       return;

@@ -132,6 +132,31 @@ async def test_no_message_hides_behind_the_dock_however_tall_it_grows(
     await reader.context.close()
 
 
+async def test_a_paste_over_the_limit_grows_the_box_and_enter_says_what_to_do(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    server = server_factory()
+    reader = await alone_in_a_room(chromium, server.base_url, "vera")
+    page = reader.page
+    two_lines = await page.evaluate("document.getElementById('body').offsetHeight")
+
+    await page.fill("#body", "a long paste " * 400)  # 5,200 characters
+    grown = await page.evaluate("document.getElementById('body').offsetHeight")
+    assert grown > 2 * two_lines  # it grows (up to its max-height), not a two-line slot
+    assert "too many" in (await page.text_content("#body-count") or "")
+    await page.keyboard.press("Enter")
+
+    notice = await page.text_content("#notice") or ""
+    assert await page.is_visible("#notice") and "split it into shorter messages" in notice, notice
+    assert await page.locator("li.message").count() == 0  # nothing sent, nothing lost
+    assert (await page.input_value("#body")).startswith("a long paste")
+
+    await page.fill("#body", "a short one")  # fits: the notice goes, the box shrinks
+    assert await page.is_hidden("#notice")
+    assert await page.evaluate("document.getElementById('body').offsetHeight") == two_lines
+    await reader.context.close()
+
+
 async def test_a_server_that_does_not_answer_is_called_unreachable_never_offline(
     server_factory: ServerFactory, chromium: Chromium
 ) -> None:
