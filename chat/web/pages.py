@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import tornado.web
 
@@ -195,6 +195,8 @@ class RoomPageHandler(BaseHandler):
         online = await self.presence.online(room.id)
         membership = await self.memberships.membership(self.user, room)
         members = await self.memberships.members(room)
+        invited_id = self.get_query_argument("invited", None)
+        invited = next((m.username for m in members if m.user_id == invited_id), None) if invited_id else None
         # The membership just read decides too: no second read of it.
         moderator = can_moderate(self.user, room, membership)
         moderation_log = await self.services.moderation.log(room) if moderator else []
@@ -215,6 +217,7 @@ class RoomPageHandler(BaseHandler):
             moderation_log=moderation_log,
             error=error,
             field=field,
+            done=f"{invited} was invited: the room is in their list now." if invited else None,
             archive=before_argument is not None,
             older_before=messages[0].seq if has_more and messages else None,
         )
@@ -282,7 +285,11 @@ class RoomActionHandler(RoomPageHandler):
                 self.redirect("/rooms")
                 return
             elif action == "invite":
-                await memberships.invite(self.user, room, self.form("username")["username"])
+                invited = await memberships.invite(self.user, room, self.form("username")["username"])
+                audit.event("room_invite", user=self.user.id, room=room.id, ip=self.client_ip)
+                # Said on the page it returns to (only while they are a member: a link cannot make it up).
+                self.redirect(f"/rooms/{room.id}?{urlencode({'invited': invited.user_id})}")
+                return
             elif action == "remove":
                 await memberships.remove(self.user, room, self.form("user_id")["user_id"])
             else:

@@ -8,7 +8,7 @@ import pytest
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import ViewportSize
 
-from tests.support.pages import register
+from tests.support.pages import register, two_people
 from tests.support.server import ServerFactory
 
 SIZES = [ViewportSize(width=1366, height=768), ViewportSize(width=390, height=844), ViewportSize(width=320, height=640)]
@@ -54,3 +54,25 @@ async def test_a_refused_form_keeps_the_sidebar(server_factory: ServerFactory, c
 
     assert await page.is_visible("#sidebar")
     await context.close()
+
+
+async def test_inviting_says_it_was_done(server_factory: ServerFactory, chromium: Chromium) -> None:
+    server = server_factory()
+    base = server.base_url
+    people = await two_people(chromium, base)
+    alice = people.alice.page
+    await alice.fill("input[name=name]", f"plans {uuid.uuid4().hex[:4]}")
+    await alice.check("input[name=private]")
+    await alice.click("form.create-room button[type=submit]")
+    await alice.wait_for_url(f"{base}/rooms/*")
+
+    await alice.fill("form.invite input[name=username]", people.bob.name)
+    await alice.click("form.invite button[type=submit]")
+
+    await alice.wait_for_selector("#room-done[role=status]")
+    assert f"{people.bob.name} was invited" in (await alice.text_content("#room-done") or "")
+    # The confirmation is the page's own word: a link cannot make one up for someone not invited.
+    await alice.goto(alice.url.split("?")[0] + "?invited=0123456789abcdef01234567")
+    assert await alice.locator("#room-done").count() == 0
+    assert people.errors == []
+    await people.close()
