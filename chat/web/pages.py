@@ -8,8 +8,8 @@ from urllib.parse import urlencode, urlsplit
 import tornado.web
 
 from .. import metrics
-from ..errors import RateLimited, Unavailable, ValidationError
-from ..models import Membership, Role, Room, RoomKind, User
+from ..errors import Forbidden, RateLimited, Unavailable, ValidationError
+from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User
 from ..services import audit
 from ..services.rooms.membership import can_moderate
 from ..wire.text import has_control_characters
@@ -195,11 +195,17 @@ class RoomPageHandler(BaseHandler):
         online = await self.presence.online(room.id)
         membership = await self.memberships.membership(self.user, room)
         members = await self.memberships.members(room)
-        invited_id = self.get_query_argument("invited", None)
-        invited = next((m.username for m in members if m.user_id == invited_id), None) if invited_id else None
         # The membership just read decides too: no second read of it.
         moderator = can_moderate(self.user, room, membership)
         moderation_log = await self.services.moderation.log(room) if moderator else []
+        done = _done_message(
+            self.get_query_argument("invited", None),
+            self.get_query_argument("done", None),
+            self.get_query_argument("user", None),
+            self.get_query_argument("name", None),
+            members,
+            moderation_log,
+        )
         last_seq = messages[-1].seq if messages else 0
         self.set_status(status)
         self.render_template(
@@ -217,7 +223,7 @@ class RoomPageHandler(BaseHandler):
             moderation_log=moderation_log,
             error=error,
             field=field,
-            done=f"{invited} was invited: the room is in their list now." if invited else None,
+            done=done,
             archive=before_argument is not None,
             older_before=messages[0].seq if has_more and messages else None,
         )
@@ -261,6 +267,34 @@ def room_title(room: Room, members: list[Membership], reader: User) -> str:
     return room.name
 
 
+def _done_message(
+    invited_id: str | None,
+    action: str | None,
+    user_id: str | None,
+    username: str | None,
+    members: list[Membership],
+    moderation_log: list[ModerationEntry],
+) -> str | None:
+    """What a membership form just did, said on the room page it returns to.
+
+    Only when the room says so too (the person is a member now; the latest
+    moderation entries hold the removal or ban): a crafted link cannot make
+    a page say something that did not happen.
+    """
+    if invited_id:
+        invited = next((m.username for m in members if m.user_id == invited_id), None)
+        return f"{invited} was invited: the room is in their list now." if invited else None
+    logged = {"remove": ModerationAction.REMOVE_MEMBER, "ban": ModerationAction.BAN}.get(action or "")
+    if logged is None or not user_id:
+        return None
+    if not any(entry.action == logged and entry.target == user_id for entry in moderation_log[:5]):
+        return None
+    who = username or "They"
+    if logged is ModerationAction.BAN:
+        return f"{who} was banned: removed, and kept out until unbanned."
+    return f"{who} was removed from the room."
+
+
 class RoomActionHandler(RoomPageHandler):
     """``POST /rooms/{id}/ACTION``: the membership and moderation forms of the room page."""
 
@@ -290,16 +324,35 @@ class RoomActionHandler(RoomPageHandler):
                 # Said on the page it returns to (only while they are a member: a link cannot make it up).
                 self.redirect(f"/rooms/{room.id}?{urlencode({'invited': invited.user_id})}")
                 return
-            elif action == "remove":
-                await memberships.remove(self.user, room, self.form("user_id")["user_id"])
-            else:
-                await memberships.ban(self.user, room, self.form("user_id")["user_id"])
+            else:  # remove or ban: asked first, then done and said
+                form = self.form("user_id", "username", "confirmed")
+                if form["confirmed"] != "yes":
+                    await self.confirm(room, action, form["user_id"])
+                    return
+                if action == "remove":
+                    await memberships.remove(self.user, room, form["user_id"])
+                else:
+                    await memberships.ban(self.user, room, form["user_id"])
+                audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
+                done = {"done": action, "user": form["user_id"], "name": form["username"]}
+                self.redirect(f"/rooms/{room.id}?{urlencode(done)}")
+                return
         except (ValidationError, RateLimited) as exc:
             error = self.form_refusal(exc)  # 400, or 429 with Retry-After
             await self.render_room(room, error=error, field=_field(exc), status=self.get_status())
             return
         audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
         self.redirect(f"/rooms/{room.id}")
+
+    async def confirm(self, room: Room, action: str, user_id: str) -> None:
+        """Ask before removing or banning someone: one click on a list of names was enough."""
+        if not can_moderate(self.user, room, await self.memberships.membership(self.user, room)):
+            raise Forbidden("Only the room's owner and moderators may do that.")
+        members = await self.memberships.members(room)
+        username = next((m.username for m in members if m.user_id == user_id), None)
+        if username is None:
+            raise ValidationError("That person is not a member of this room.")
+        self.render_template("confirm_member_action.html", room=room, action=action, user_id=user_id, username=username)
 
 
 class AdminPage(BaseHandler):

@@ -8,7 +8,7 @@ import pytest
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import ViewportSize
 
-from tests.support.pages import register, two_people
+from tests.support.pages import connected, create_room, record_notices, register, two_people
 from tests.support.server import ServerFactory
 
 SIZES = [ViewportSize(width=1366, height=768), ViewportSize(width=390, height=844), ViewportSize(width=320, height=640)]
@@ -74,5 +74,41 @@ async def test_inviting_says_it_was_done(server_factory: ServerFactory, chromium
     # The confirmation is the page's own word: a link cannot make one up for someone not invited.
     await alice.goto(alice.url.split("?")[0] + "?invited=0123456789abcdef01234567")
     assert await alice.locator("#room-done").count() == 0
+    assert people.errors == []
+    await people.close()
+
+
+async def test_removing_or_banning_asks_first_then_says_it_was_done(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    server = server_factory()
+    base = server.base_url
+    people = await two_people(chromium, base)
+    alice, bob = people.alice.page, people.bob.page
+    room_id = await create_room(alice, base, f"club {uuid.uuid4().hex[:4]}")
+    await bob.goto(f"{base}/rooms/{room_id}")
+    await bob.click("text=Join room")
+    await connected(bob)
+    await record_notices(bob)
+
+    await alice.goto(f"{base}/rooms/{room_id}")
+    await alice.click("summary:has-text('Members')")
+    row = alice.locator(f".members li:has-text('{people.bob.name}')")
+    await row.locator("button:has-text('Remove')").click()
+    # One click on a list of names no longer acts: it asks.
+    await alice.wait_for_selector(f"h1:has-text('Remove {people.bob.name}')")
+    await alice.click("text=Cancel")
+    await alice.wait_for_url(f"{base}/rooms/{room_id}")
+    assert await alice.locator(f".members li:has-text('{people.bob.name}')").count() == 1
+
+    await alice.click("summary:has-text('Members')")
+    await row.locator("button:has-text('Ban')").click()
+    await alice.click(f"button:has-text('Ban {people.bob.name}')")
+    await alice.wait_for_selector("#room-done[role=status]")
+    assert f"{people.bob.name} was banned" in (await alice.text_content("#room-done") or "")
+
+    # Bob is told once, by the banner: not also by a notice saying the same.
+    await bob.wait_for_selector("#room[data-state=removed]")
+    assert await bob.evaluate("window.noticesShown") == []
     assert people.errors == []
     await people.close()

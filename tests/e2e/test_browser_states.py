@@ -18,7 +18,7 @@ from playwright.async_api import Browser as Chromium
 from playwright.async_api import Page, ViewportSize
 
 from tests.support.client import PASSWORD
-from tests.support.pages import alone_in_a_room, connected, create_room, register, say, two_people
+from tests.support.pages import alone_in_a_room, connected, create_room, record_notices, register, say, two_people
 from tests.support.server import ServerFactory
 from tests.support.waiting import eventually
 
@@ -28,19 +28,6 @@ async def banner_in_view(page: Page) -> bool:
     box = await page.locator("#banner").bounding_box()
     size = page.viewport_size
     return box is not None and size is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"]
-
-
-async def record_notices(page: Page) -> None:
-    """From now on, ``window.noticesShown`` lists every notice the page shows, however briefly."""
-    await page.evaluate(
-        """() => {
-            const notice = document.getElementById("notice");
-            window.noticesShown = [];
-            new MutationObserver(() => {
-                if (!notice.hidden && notice.textContent) window.noticesShown.push(notice.textContent);
-            }).observe(notice, { attributes: true, childList: true, characterData: true, subtree: true });
-        }"""
-    )
 
 
 async def test_a_server_outage_shows_a_banner_in_view_and_reconnect_now_gets_back_at_once(

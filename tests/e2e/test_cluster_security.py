@@ -141,10 +141,14 @@ async def test_a_removal_while_redis_is_down_answers_and_cuts_the_member_off_eve
 
     with cluster_redis.outage():
         # Stored, and said so: not a 503 with the membership already gone.
-        assert (await owner_here.post(f"/rooms/{private_id}/remove", {"user_id": member_id})).code == 302
+        assert (
+            await owner_here.post(f"/rooms/{private_id}/remove", {"user_id": member_id, "confirmed": "yes"})
+        ).code == 302
         assert await here.closed(timeout=2) == Close.REMOVED  # this process: at once
         # Asking again (an owner would, after an outage) is fine too.
-        assert (await owner_here.post(f"/rooms/{private_id}/remove", {"user_id": member_id})).code == 302
+        assert (
+            await owner_here.post(f"/rooms/{private_id}/remove", {"user_id": member_id, "confirmed": "yes"})
+        ).code == 302
         # Nothing announced reaches the other process now. A history read asks storage at once...
         await reading.send_json({"type": "fetch", "before": 1, "client_id": "scroll"})
         frames = await reading.frames_until_closed(timeout=2)
@@ -166,7 +170,9 @@ async def test_a_removal_announced_while_redis_was_down_takes_effect_when_it_is_
     owner_on_first = on_process(owner, cluster.ports[0])
 
     with cluster_redis.outage():
-        assert (await owner_on_first.post(f"/rooms/{private_id}/remove", {"user_id": member_id})).code == 302
+        assert (
+            await owner_on_first.post(f"/rooms/{private_id}/remove", {"user_id": member_id, "confirmed": "yes"})
+        ).code == 302
         assert await socks[0].closed(timeout=2) == Close.REMOVED  # the process that removed them: at once
     # Redis back: the retried announcement, or the re-check after the broker's
     # resync, reaches the other process within seconds, not a minute.

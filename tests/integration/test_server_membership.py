@@ -128,7 +128,7 @@ async def test_an_invited_member_reads_and_speaks_and_a_removed_one_is_closed_ou
     assert message["body"] == "thanks for having me"
     guest_id = message["user_id"]
 
-    response = await owner.post(f"/rooms/{room_id}/remove", {"user_id": guest_id})
+    response = await owner.post(f"/rooms/{room_id}/remove", {"user_id": guest_id, "confirmed": "yes"})
     assert response.code == 302
     refusal = await sock.skip_to("error")
     assert refusal["code"] == "forbidden"
@@ -151,7 +151,9 @@ async def test_only_members_invite_and_only_the_owner_or_a_moderator_removes(
     assert (await member.post(f"/rooms/{room_id}/invite", {"username": names[2]})).code == 302
     sock = await outsider.socket(room_id)  # invited now
     hello, _ = await sock.join()
-    assert (await member.post(f"/rooms/{room_id}/remove", {"user_id": hello["user"]["id"]})).code == 403
+    assert (
+        await member.post(f"/rooms/{room_id}/remove", {"user_id": hello["user"]["id"], "confirmed": "yes"})
+    ).code == 403
     unknown = await owner.post(f"/rooms/{room_id}/invite", {"username": "nobody_by_that_name"})
     assert unknown.code == 400 and "no user named" in unknown.body.decode()
 
@@ -167,7 +169,7 @@ async def test_a_banned_user_is_closed_out_of_a_public_room_and_kept_out(new_bro
     joined = await watcher.skip_to("membership")
     assert (joined["change"], joined["user"]) == ("joined", hello["user"])
 
-    assert (await owner.post(f"/rooms/{room_id}/ban", {"user_id": hello["user"]["id"]})).code == 302
+    assert (await owner.post(f"/rooms/{room_id}/ban", {"user_id": hello["user"]["id"], "confirmed": "yes"})).code == 302
 
     assert await sock.closed() == Close.REMOVED
     banned = await watcher.skip_to("membership")

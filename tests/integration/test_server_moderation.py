@@ -56,7 +56,9 @@ async def test_an_ordinary_member_is_refused_every_moderation(new_browser: Calla
     assert (await member.post(f"/rooms/{room_id}/rename", {"name": "mine now"})).code == 403
     assert (await member.post(f"/rooms/{room_id}/topic", {"topic": "vandalised"})).code == 403
     assert (await member.post(f"/rooms/{room_id}/role", {"user_id": ids["member"], "role": "moderator"})).code == 403
-    assert (await member.post(f"/rooms/{room_id}/remove", {"user_id": ids["moderator"]})).code == 403
+    assert (
+        await member.post(f"/rooms/{room_id}/remove", {"user_id": ids["moderator"], "confirmed": "yes"})
+    ).code == 403
     # A moderator may not name moderators either: that is the owner's.
     await people["owner"].post(f"/rooms/{room_id}/role", {"user_id": ids["moderator"], "role": "moderator"})
     moderator = people["moderator"]

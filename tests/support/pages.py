@@ -100,3 +100,16 @@ async def two_people(chromium: Chromium, base_url: str, init_script: str | None 
         await register(page, base_url, name)
         people.append(Person(context, page, name))
     return TwoPeople(people[0], people[1], errors)
+
+
+async def record_notices(page: Page) -> None:
+    """From now on, ``window.noticesShown`` lists every notice the page shows, however briefly."""
+    await page.evaluate(
+        """() => {
+            const notice = document.getElementById("notice");
+            window.noticesShown = [];
+            new MutationObserver(() => {
+                if (!notice.hidden && notice.textContent) window.noticesShown.push(notice.textContent);
+            }).observe(notice, { attributes: true, childList: true, characterData: true, subtree: true });
+        }"""
+    )
