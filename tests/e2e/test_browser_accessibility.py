@@ -130,6 +130,12 @@ async def test_pages_meet_wcag_aa(
         response = await page.goto(f"{base}/rooms/doesnotexist")
         assert response is not None and response.status == 404
         await audit.check("404 page")
+        # The question before removing someone (the room's owner asks it of a member).
+        await page.goto(f"{base}/rooms/{room}")
+        await page.click("summary:has-text('Members')")
+        await page.locator(f".members li:has-text('{other}') button:has-text('Remove')").click()
+        await page.wait_for_selector(f"h1:has-text('Remove {other}')")
+        await audit.check("confirm removing a member")
 
         # The room again, in each state it can be in.
         await page.goto(f"{base}/rooms/{room}")
