@@ -8,7 +8,7 @@ import pytest
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import ViewportSize
 
-from tests.support.pages import connected, create_room, record_notices, register, two_people
+from tests.support.pages import alone_in_a_room, connected, create_room, record_notices, register, say, two_people
 from tests.support.server import ServerFactory
 
 SIZES = [ViewportSize(width=1366, height=768), ViewportSize(width=390, height=844), ViewportSize(width=320, height=640)]
@@ -112,3 +112,20 @@ async def test_removing_or_banning_asks_first_then_says_it_was_done(
     assert await bob.evaluate("window.noticesShown") == []
     assert people.errors == []
     await people.close()
+
+
+async def test_a_message_under_the_same_name_still_names_its_author_to_a_screen_reader(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    server = server_factory()
+    reader = await alone_in_a_room(chromium, server.base_url, "wendy")
+    page = reader.page
+    await say(page, "first")
+    await say(page, "second, under the same name")
+    await page.wait_for_selector("li.message.continued[data-seq='2']")
+
+    # Shown once, on the first; in the accessibility tree on both.
+    second = page.locator("li.message[data-seq='2']")
+    assert reader.name in await second.aria_snapshot()
+    assert (await second.locator(".author").bounding_box() or {"width": 0})["width"] <= 1
+    await reader.context.close()
