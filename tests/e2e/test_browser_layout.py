@@ -129,3 +129,31 @@ async def test_a_message_under_the_same_name_still_names_its_author_to_a_screen_
     assert reader.name in await second.aria_snapshot()
     assert (await second.locator(".author").bounding_box() or {"width": 0})["width"] <= 1
     await reader.context.close()
+
+
+async def test_the_message_list_is_one_tab_stop_and_the_arrow_keys_move_in_it(
+    server_factory: ServerFactory, chromium: Chromium
+) -> None:
+    server = server_factory()
+    reader = await alone_in_a_room(chromium, server.base_url, "xena")
+    page = reader.page
+    for n in range(5):
+        await say(page, f"line {n}")
+    await page.wait_for_selector("li.message[data-seq='5'] .sent-mark")
+
+    # Every own message has Edit and Delete: still one stop for the whole list.
+    stops = """() => [...document.querySelectorAll('#messages li, #messages button')]
+        .filter((el) => el.tabIndex >= 0 && !el.closest('[hidden]')).length"""
+    assert await page.evaluate(stops) == 1
+    await page.focus("li.message[data-seq='5']")
+    await page.keyboard.press("ArrowUp")
+    await page.keyboard.press("ArrowUp")
+    assert await page.evaluate("document.activeElement.dataset.seq") == "3"
+    await page.keyboard.press("Tab")  # into the focused message's own buttons
+    assert await page.evaluate("document.activeElement.textContent") == "Edit"
+    await page.keyboard.press("Shift+Tab")
+    await page.keyboard.press("End")
+    assert await page.evaluate("document.activeElement.dataset.seq") == "5"
+    assert await page.evaluate(stops) == 1 + 2  # the focused message's Edit and Delete join, no others
+    assert reader.errors == []
+    await reader.context.close()
