@@ -289,7 +289,7 @@ async def test_a_removed_or_banned_members_sockets_on_every_process_close_within
         (troll_socks, public_id, "ban", troll_id),
     ):
         started = asyncio.get_running_loop().time()
-        assert (await owner.post(f"/rooms/{room_id}/{action}", {"user_id": user_id})).code == 302
+        assert (await owner.post(f"/rooms/{room_id}/{action}", {"user_id": user_id, "confirmed": "yes"})).code == 302
         for sock in socks:
             assert await sock.closed(timeout=5) == Close.REMOVED
         assert asyncio.get_running_loop().time() - started < 1.0, action
