@@ -80,8 +80,19 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
-// A whole new list (the reader joined or left a room).
+// The rooms the list showed last, to say which ones are new (an invitation
+// arrived unannounced). Rows the server rendered count as known.
+const known = new Set(rows().map((li) => li.dataset.roomId));
+const news = document.createElement("p");
+news.className = "visually-hidden";
+news.setAttribute("aria-live", "polite");
+sidebar.append(news);
+
+// A whole new list (the reader joined or left a room, or was invited).
 function renderBadges(rooms) {
+  const added = rooms.filter((room) => !known.has(room.room_id));
+  known.clear();
+  for (const room of rooms) known.add(room.room_id);
   for (const list of sidebar.querySelectorAll("ul.conversations")) {
     const kinds = list.dataset.kinds.split(" ");
     const mine = rooms.filter((room) => kinds.includes(room.kind));
@@ -105,11 +116,18 @@ function renderBadges(rooms) {
       const unread = document.createElement("span");
       unread.className = "unread";
       link.append(name, mentions, unread);
+      if (added.includes(room)) {
+        const mark = document.createElement("span");
+        mark.className = "new-mark";
+        mark.textContent = "new";
+        link.append(mark);
+      }
       li.append(link);
       paint(li);
       return li;
     }));
   }
+  if (added.length) news.textContent = `New in your list: ${added.map((room) => room.title).join(", ")}.`;
   filter();
   paintTitle();
 }

@@ -66,11 +66,19 @@ async def test_inviting_says_it_was_done(server_factory: ServerFactory, chromium
     await alice.click("form.create-room button[type=submit]")
     await alice.wait_for_url(f"{base}/rooms/*")
 
+    bob = people.bob.page
+    await bob.goto(f"{base}/rooms")
+    await bob.wait_for_timeout(300)  # the event stream is up
+
     await alice.fill("form.invite input[name=username]", people.bob.name)
     await alice.click("form.invite button[type=submit]")
 
     await alice.wait_for_selector("#room-done[role=status]")
     assert f"{people.bob.name} was invited" in (await alice.text_content("#room-done") or "")
+    # Bob's list gains the room, and says so: it used to appear unannounced.
+    await bob.wait_for_selector("#sidebar li[data-kind=private] .new-mark")
+    said = await bob.text_content("#sidebar [aria-live=polite]") or ""
+    assert said.startswith("New in your list: plans"), said
     # The confirmation is the page's own word: a link cannot make one up for someone not invited.
     await alice.goto(alice.url.split("?")[0] + "?invited=0123456789abcdef01234567")
     assert await alice.locator("#room-done").count() == 0
