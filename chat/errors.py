@@ -23,6 +23,19 @@ class ValidationError(ChatError):
         self.field = field
 
 
+class FormErrors(ValidationError):
+    """Several fields of one form are wrong: ``errors`` maps each to its message, in the form's order.
+
+    A ValidationError about the first of them, so whoever handles one field at
+    a time still says the first thing to fix.
+    """
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        field, message = next(iter(errors.items()))
+        super().__init__(message, field)
+        self.errors = errors
+
+
 class TooLarge(ValidationError):
     """The input is well-formed but over a size limit."""
 

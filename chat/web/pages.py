@@ -8,7 +8,7 @@ from urllib.parse import urlencode, urlsplit
 import tornado.web
 
 from .. import metrics
-from ..errors import Forbidden, RateLimited, Unavailable, ValidationError
+from ..errors import Forbidden, FormErrors, RateLimited, Unavailable, ValidationError
 from ..models import Membership, ModerationAction, ModerationEntry, Role, Room, RoomKind, User
 from ..services import audit
 from ..services.rooms.membership import can_moderate
@@ -54,7 +54,7 @@ class RegisterHandler(BaseHandler):
         if self.current_user:
             self.redirect("/rooms")
             return
-        self.render_template("register.html", error=None, field=None, username="")
+        self.render_template("register.html", error=None, field=None, errors={}, username="")
 
     async def post(self) -> None:
         form = self.form("username", "password", "confirm")
@@ -63,7 +63,8 @@ class RegisterHandler(BaseHandler):
             user = await self.accounts.register(username, form["password"], form["confirm"], self.client_ip)
         except (ValidationError, RateLimited) as exc:
             error = self.form_refusal(exc)
-            self.render_template("register.html", error=error, field=_field(exc), username=username)
+            errors = exc.errors if isinstance(exc, FormErrors) else {}
+            self.render_template("register.html", error=error, field=_field(exc), errors=errors, username=username)
             return
         await self.sign_in(user)
         self.redirect("/rooms")

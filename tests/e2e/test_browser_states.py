@@ -434,6 +434,16 @@ async def test_forms_put_the_servers_message_on_the_field_and_focus_it(
     await page.click("button[type=submit]")
     await page.wait_for_selector("#field-password-error >> text=most common")
 
+    # Every field's problem at once, the first one focused: not one per try.
+    await page.fill("#field-username", "x")
+    await page.fill("#field-password", "short")
+    await page.fill("#field-confirm", "short")
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#field-password-error >> text=at least")
+    assert "Usernames are" in (await page.text_content("#field-username-error") or "")
+    assert await page.evaluate("document.activeElement.id") == "field-username"
+    assert await page.get_attribute("#field-password", "aria-invalid") == "true"
+
     # A room name past the limit is not cut: the box counts, the server refuses it by name.
     await register(page, base, f"tara_{uuid.uuid4().hex[:6]}")
     # Elsewhere the first Tab stop skips the navigation.

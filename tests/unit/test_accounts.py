@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Mapping
 
 import pytest
 
-from chat.errors import ValidationError
+from chat.errors import FormErrors, ValidationError
 from chat.events import EventBus, SessionsEnded
 from chat.models import Session, User
 from chat.services.identity.accounts import Accounts, session_key
@@ -500,3 +500,11 @@ async def test_every_failed_sign_in_costs_one_bcrypt_check_whatever_the_reason(
             await accounts.authenticate(name, password)
 
     assert len(checks) == 3 and len(set(checks)) == 1
+
+
+async def test_registering_says_every_field_that_is_wrong_at_once(accounts: Accounts) -> None:
+    with pytest.raises(FormErrors) as caught:
+        await accounts.register("x", "short", "short")
+
+    assert list(caught.value.errors) == ["username", "password"]
+    assert caught.value.field == "username"  # the first, for whoever reads one

@@ -20,7 +20,7 @@ from time import monotonic
 
 from cachetools import TTLCache
 
-from ...errors import Conflict, Forbidden, Unavailable, ValidationError
+from ...errors import Conflict, Forbidden, FormErrors, Unavailable, ValidationError
 from ...events import EventBus, SessionsEnded
 from ...models import Session, User, utcnow
 from ...storage import Storage
@@ -125,11 +125,22 @@ class Accounts:
     # -- registration and sign-in -----------------------------------------
 
     async def register(self, username: str, password: str, confirmation: str, client_ip: str = "") -> User:
-        username = self.validate_username(username)
-        self.validate_password(password, username=username)
-        if password != confirmation:
+        # Every field's problem at once (FormErrors): one at a time made a
+        # person fix, submit and be refused again for the next.
+        errors: dict[str, str] = {}
+        try:
+            username = self.validate_username(username)
+        except ValidationError as exc:
+            errors["username"] = exc.message
+        try:
+            self.validate_password(password, username=username.strip())
+        except ValidationError as exc:
+            errors["password"] = exc.message
+        if "password" not in errors and password != confirmation:
             # Both boxes come back empty: the message, and the focus, go to the first.
-            raise ValidationError("The two passwords do not match: type it again in both boxes.", field="password")
+            errors["password"] = "The two passwords do not match: type it again in both boxes."
+        if errors:
+            raise FormErrors(errors)
         if self._limiter is not None:
             await self._limiter.take(Action.REGISTRATION, self._limiter.address(client_ip))
         # Cheap early answer for the common case; the unique index decides races.
