@@ -80,6 +80,13 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+// A private room's mark, as templates/_lock_icon.html draws it (a constant: no data in it).
+const LOCK_ICON =
+  '<svg class="icon" viewBox="0 0 16 16" width="12" height="12" aria-hidden="true" focusable="false">' +
+  '<path d="M5 7V5a3 3 0 0 1 6 0v2" fill="none" stroke="currentColor" stroke-width="1.6"/>' +
+  '<rect x="3" y="7" width="10" height="7" rx="1.5" fill="currentColor"/></svg>' +
+  '<span class="visually-hidden">private: </span>';
+
 // The rooms the list showed last, to say which ones are new (an invitation
 // arrived unannounced). Rows the server rendered count as known.
 const known = new Set(rows().map((li) => li.dataset.roomId));
@@ -110,7 +117,8 @@ function renderBadges(rooms) {
       const name = document.createElement("span");
       name.className = "name";
       name.title = room.title;
-      name.textContent = (room.kind === "private" ? "🔒 " : "") + room.title;
+      if (room.kind === "private") name.insertAdjacentHTML("afterbegin", LOCK_ICON);
+      name.append(room.title);
       const mentions = document.createElement("span");
       mentions.className = "mentions";
       const unread = document.createElement("span");

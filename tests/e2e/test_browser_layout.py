@@ -79,6 +79,14 @@ async def test_inviting_says_it_was_done(server_factory: ServerFactory, chromium
     await bob.wait_for_selector("#sidebar li[data-kind=private] .new-mark")
     said = await bob.text_content("#sidebar [aria-live=polite]") or ""
     assert said.startswith("New in your list: plans"), said
+    # A private room's mark is a drawing, not an emoji (a box without an emoji font), and is said.
+    private_row = bob.locator("#sidebar li[data-kind=private]")
+    assert await private_row.locator("svg.icon").count() == 1
+    assert "🔒" not in (await bob.text_content("#sidebar") or "")
+    assert "private:" in await private_row.aria_snapshot()
+    await bob.reload()  # and the same from the server
+    assert await private_row.locator("svg.icon").count() == 1
+    assert "private:" in await private_row.aria_snapshot()
     # The confirmation is the page's own word: a link cannot make one up for someone not invited.
     await alice.goto(alice.url.split("?")[0] + "?invited=0123456789abcdef01234567")
     assert await alice.locator("#room-done").count() == 0
