@@ -27,8 +27,11 @@ async def test_a_blocked_loop_is_logged_once_with_its_stack_and_its_length(caplo
         watch.stop()
 
     messages = [r.getMessage() for r in caplog.records]
-    assert watch.stalls == 1
-    assert any("a_blocking_call_that_slipped_in" in m and "stalled" in m for m in messages)
+    # Once for the blocking call, with its stack: a loaded machine (CI) may
+    # add a stall of its own around it, which must not be logged as this one.
+    blamed = [m for m in messages if "a_blocking_call_that_slipped_in" in m and "stalled" in m]
+    assert len(blamed) == 1
+    assert watch.stalls >= 1
     assert any("stall over after" in m for m in messages)
 
 
