@@ -101,7 +101,7 @@ function scrollToBottom() {
 function keyboardList(list) {
   if (!list) return;
   let current = null;
-  const messagesIn = (root) => (root.matches?.("li.message") ? [root] : [...(root.querySelectorAll?.("li.message") ?? [])]);
+  const messagesIn = (root) => (root.matches("li.message") ? [root] : [...root.querySelectorAll("li.message")]);
   const setButtons = (li, tabbable) => {
     for (const button of li.querySelectorAll("button")) button.tabIndex = tabbable ? 0 : -1;
   };

@@ -303,6 +303,7 @@ class RoomActionHandler(RoomPageHandler):
     async def post(self, room_id: str, action: str) -> None:
         room = await self.memberships.room_for(self.user, room_id)
         memberships, moderation = self.memberships, self.services.moderation
+        said: dict[str, str] = {}  # what the room page it returns to says was done
         try:
             if action == "topic":
                 await moderation.set_topic(self.user, room, self.form("topic")["topic"])
@@ -321,10 +322,8 @@ class RoomActionHandler(RoomPageHandler):
                 return
             elif action == "invite":
                 invited = await memberships.invite(self.user, room, self.form("username")["username"])
-                audit.event("room_invite", user=self.user.id, room=room.id, ip=self.client_ip)
                 # Said on the page it returns to (only while they are a member: a link cannot make it up).
-                self.redirect(f"/rooms/{room.id}?{urlencode({'invited': invited.user_id})}")
-                return
+                said = {"invited": invited.user_id}
             else:  # remove or ban: asked first, then done and said
                 form = self.form("user_id", "username", "confirmed")
                 if form["confirmed"] != "yes":
@@ -334,16 +333,13 @@ class RoomActionHandler(RoomPageHandler):
                     await memberships.remove(self.user, room, form["user_id"])
                 else:
                     await memberships.ban(self.user, room, form["user_id"])
-                audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
-                done = {"done": action, "user": form["user_id"], "name": form["username"]}
-                self.redirect(f"/rooms/{room.id}?{urlencode(done)}")
-                return
+                said = {"done": action, "user": form["user_id"], "name": form["username"]}
         except (ValidationError, RateLimited) as exc:
             error = self.form_refusal(exc)  # 400, or 429 with Retry-After
             await self.render_room(room, error=error, field=_field(exc), status=self.get_status())
             return
         audit.event(f"room_{action}", user=self.user.id, room=room.id, ip=self.client_ip)
-        self.redirect(f"/rooms/{room.id}")
+        self.redirect(f"/rooms/{room.id}?{urlencode(said)}" if said else f"/rooms/{room.id}")
 
     async def confirm(self, room: Room, action: str, user_id: str) -> None:
         """Ask before removing or banning someone: one click on a list of names was enough."""
